@@ -1,0 +1,366 @@
+//! WebSocket frames: what clients send ([`ClientFrame`], parsed here with
+//! the contract's error split) and what servers send ([`ServerFrame`]).
+//!
+//! Parsing is separated from I/O so it is unit-tested with strings. The
+//! contract distinguishes a frame that is not understood at all
+//! (`invalid_frame`: bad JSON, no or unknown `type`, wrong field types) from
+//! an understood frame with unacceptable content (`invalid_request`: body
+//! size and the like), and both leave the connection open.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Limits, Message};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Send {
+        room: String,
+        body: String,
+        client_msg_id: Option<String>,
+    },
+    Resume {
+        rooms: BTreeMap<String, u64>,
+    },
+    Typing {
+        room: String,
+    },
+    Ping {
+        nonce: serde_json::Value,
+    },
+}
+
+/// Why a client frame was refused, with the `client_msg_id` to echo when the
+/// frame got far enough to carry one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    fn invalid_frame(message: impl Into<String>) -> Self {
+        FrameError {
+            code: ErrorCode::InvalidFrame,
+            message: message.into(),
+            client_msg_id: None,
+        }
+    }
+
+    pub fn into_server_frame(self) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message,
+            client_msg_id: self.client_msg_id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SendFields {
+    room: String,
+    body: String,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResumeFields {
+    rooms: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct TypingFields {
+    room: String,
+}
+
+impl ClientFrame {
+    /// Parses one text frame. Size limits on the raw frame are enforced by
+    /// the WebSocket layer (close 1009) before this is called.
+    pub fn parse(text: &str, limits: &Limits) -> Result<ClientFrame, FrameError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| FrameError::invalid_frame(format!("frame is not valid JSON: {e}")))?;
+        let Some(object) = value.as_object() else {
+            return Err(FrameError::invalid_frame("frame must be a JSON object"));
+        };
+        let Some(kind) = object.get("type").and_then(|t| t.as_str()) else {
+            return Err(FrameError::invalid_frame("frame has no string \"type\""));
+        };
+        // Echo the client_msg_id in errors whenever it is a string, even if
+        // the rest of the frame is broken: the client needs it to match up.
+        let client_msg_id = object
+            .get("client_msg_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let fields_error = |e: serde_json::Error| FrameError {
+            code: ErrorCode::InvalidFrame,
+            message: format!("bad \"{kind}\" frame: {e}"),
+            client_msg_id: client_msg_id.clone(),
+        };
+        match kind {
+            "send" => {
+                let f: SendFields = serde_json::from_value(value.clone()).map_err(fields_error)?;
+                if let Err(message) = limits.check_message(&f.body, f.client_msg_id.as_deref()) {
+                    return Err(FrameError {
+                        code: ErrorCode::InvalidRequest,
+                        message,
+                        client_msg_id: f.client_msg_id,
+                    });
+                }
+                Ok(ClientFrame::Send {
+                    room: f.room,
+                    body: f.body,
+                    client_msg_id: f.client_msg_id,
+                })
+            }
+            "resume" => {
+                let f: ResumeFields =
+                    serde_json::from_value(value.clone()).map_err(fields_error)?;
+                if f.rooms.len() > limits.max_resume_rooms {
+                    return Err(FrameError {
+                        code: ErrorCode::InvalidRequest,
+                        message: format!(
+                            "resume names {} rooms; at most {} are allowed",
+                            f.rooms.len(),
+                            limits.max_resume_rooms
+                        ),
+                        client_msg_id: None,
+                    });
+                }
+                Ok(ClientFrame::Resume { rooms: f.rooms })
+            }
+            "typing" => {
+                let f: TypingFields =
+                    serde_json::from_value(value.clone()).map_err(fields_error)?;
+                Ok(ClientFrame::Typing { room: f.room })
+            }
+            "ping" => Ok(ClientFrame::Ping {
+                nonce: object
+                    .get("nonce")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            }),
+            other => Err(FrameError::invalid_frame(format!(
+                "unknown frame type \"{}\"",
+                other.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
+}
+
+/// Frames the chat server sends. `Message` flattens the stored message next
+/// to `"type": "message"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        server_id: String,
+        user: String,
+        session: String,
+    },
+    Message(Message),
+    Ack {
+        client_msg_id: Option<String>,
+        room: String,
+        seq: u64,
+        id: String,
+    },
+    Resumed {
+        rooms: BTreeMap<String, u64>,
+    },
+    Typing {
+        room: String,
+        user: String,
+    },
+    Pong {
+        nonce: serde_json::Value,
+    },
+    Reconnect {
+        reason: String,
+        after_ms: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        client_msg_id: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with
+        // non-string keys, no custom serialisers.
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+            client_msg_id: None,
+        }
+    }
+}
+
+/// WebSocket close codes the contract names.
+pub mod close_code {
+    /// A frame over the size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server is draining; reconnect elsewhere.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Repeated abuse.
+    pub const POLICY_VIOLATION: u16 = 1008;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        ClientFrame::parse(text, &Limits::default())
+    }
+
+    #[test]
+    fn send_frames_parse_with_and_without_client_msg_id() {
+        assert_eq!(
+            parse(r#"{"type":"send","room":"r","body":"hi","client_msg_id":"c1"}"#).unwrap(),
+            ClientFrame::Send {
+                room: "r".into(),
+                body: "hi".into(),
+                client_msg_id: Some("c1".into())
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"send","room":"r","body":"hi"}"#).unwrap(),
+            ClientFrame::Send {
+                room: "r".into(),
+                body: "hi".into(),
+                client_msg_id: None
+            }
+        );
+        assert!(matches!(
+            parse(r#"{"type":"send","room":"r","body":"hi","client_msg_id":null}"#),
+            Ok(ClientFrame::Send {
+                client_msg_id: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_json_and_unknown_types_are_invalid_frame() {
+        for text in [
+            "not json",
+            "{",
+            "[]",
+            "42",
+            r#"{"no_type":1}"#,
+            r#"{"type":7}"#,
+            r#"{"type":"explode"}"#,
+            r#"{"type":"send","room":"r"}"#,
+            r#"{"type":"send","room":5,"body":"x"}"#,
+            r#"{"type":"resume","rooms":{"r":-1}}"#,
+            r#"{"type":"resume","rooms":[]}"#,
+            r#"{"type":"typing"}"#,
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidFrame, "{text}");
+        }
+    }
+
+    #[test]
+    fn oversize_and_empty_bodies_are_invalid_request_and_echo_the_client_msg_id() {
+        let big = "a".repeat(4097);
+        let err = parse(&format!(
+            r#"{{"type":"send","room":"r","body":"{big}","client_msg_id":"c9"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert_eq!(err.client_msg_id.as_deref(), Some("c9"));
+        let err = parse(r#"{"type":"send","room":"r","body":""}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn broken_send_frames_still_echo_a_string_client_msg_id() {
+        let err = parse(r#"{"type":"send","room":"r","client_msg_id":"c2"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidFrame);
+        assert_eq!(err.client_msg_id.as_deref(), Some("c2"));
+    }
+
+    #[test]
+    fn resume_typing_and_ping_parse() {
+        let f = parse(r#"{"type":"resume","rooms":{"a":3,"b":0}}"#).unwrap();
+        let ClientFrame::Resume { rooms } = f else {
+            panic!("expected resume")
+        };
+        assert_eq!(rooms.get("a"), Some(&3));
+        assert_eq!(
+            parse(r#"{"type":"typing","room":"a"}"#).unwrap(),
+            ClientFrame::Typing { room: "a".into() }
+        );
+        assert_eq!(
+            parse(r#"{"type":"ping","nonce":{"k":[1,2]}}"#).unwrap(),
+            ClientFrame::Ping {
+                nonce: serde_json::json!({"k":[1,2]})
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping {
+                nonce: serde_json::Value::Null
+            }
+        );
+    }
+
+    #[test]
+    fn resume_with_too_many_rooms_is_invalid_request() {
+        let limits = Limits {
+            max_resume_rooms: 2,
+            ..Limits::default()
+        };
+        let err = ClientFrame::parse(r#"{"type":"resume","rooms":{"a":1,"b":1,"c":1}}"#, &limits)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn server_frames_serialize_to_the_contract_shapes() {
+        let msg = Message {
+            room: "r".into(),
+            seq: 1,
+            id: "m".into(),
+            from: "a".into(),
+            body: "b".into(),
+            ts: 5,
+            client_msg_id: None,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerFrame::Message(msg.clone()).to_json()).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["client_msg_id"], serde_json::Value::Null);
+        let back: ServerFrame = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ServerFrame::Message(msg));
+
+        let v: serde_json::Value = serde_json::from_str(
+            &ServerFrame::Reconnect {
+                reason: "draining".into(),
+                after_ms: 10,
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"reconnect","reason":"draining","after_ms":10})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerFrame::error(ErrorCode::InvalidFrame, "x").to_json())
+                .unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "invalid_frame");
+    }
+}

@@ -1,0 +1,159 @@
+//! REST request and response bodies. The `ToSchema` derives feed the API
+//! server's generated `/openapi.json`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ErrorCode;
+
+/// A stored chat message. `seq` starts at 1 in each room and has no gaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub room: String,
+    pub seq: u64,
+    pub id: String,
+    pub from: String,
+    pub body: String,
+    pub ts: u64,
+    pub client_msg_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Room {
+    pub id: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: u64,
+    pub member_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    pub token: String,
+    pub user: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateRoomRequest {
+    pub name: String,
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoomList {
+    pub rooms: Vec<Room>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub user: String,
+    pub online: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberList {
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PostMessageRequest {
+    pub body: String,
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageList {
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectResponse {
+    pub url: String,
+    pub ticket: String,
+    pub server_id: String,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    Ready,
+    Draining,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerInfo {
+    pub id: String,
+    pub url: String,
+    pub state: ServerState,
+    pub connections: u64,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerList {
+    pub servers: Vec<ServerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// `{"error": {"code": ..., "message": ...}}`, the body of every REST error.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_serializes_with_contract_field_names_and_null_client_msg_id() {
+        let m = Message {
+            room: "r_1".into(),
+            seq: 3,
+            id: "m_1".into(),
+            from: "alice".into(),
+            body: "hi".into(),
+            ts: 17,
+            client_msg_id: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"room":"r_1","seq":3,"id":"m_1","from":"alice","body":"hi","ts":17,"client_msg_id":null})
+        );
+    }
+
+    #[test]
+    fn error_body_has_the_contract_shape() {
+        let v = serde_json::to_value(ErrorBody::new(ErrorCode::NotFound, "no such room")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{"code":"not_found","message":"no such room"}})
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! The behaviour every [`Store`] must have, as test scenarios that run
+//! against both implementations (`tests/memory_store.rs` and
+//! `tests/redis_store.rs` expand [`store_conformance_tests!`]).
+//!
+//! Each scenario makes its own rooms and users with fresh random ids, so the
+//! scenarios can run in parallel against one shared Redis Cluster.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_protocol::ids::new_id;
+use chat_protocol::now_ms;
+use chat_protocol::rest::ServerState;
+
+use crate::{NewMessage, NewRoom, ServerHealth, SessionLocation, Store, StoreError};
+
+pub type SharedStore = Arc<dyn Store>;
+
+fn user(tag: &str) -> String {
+    format!("{tag}-{}", &new_id("")[..12])
+}
+
+async fn room_with(store: &SharedStore, creator: &str, others: &[&str]) -> String {
+    let id = new_id("r_");
+    let mut members = vec![creator.to_owned()];
+    members.extend(others.iter().map(|s| s.to_string()));
+    store
+        .create_room(NewRoom {
+            id: id.clone(),
+            name: "room".into(),
+            created_by: creator.into(),
+            created_at: now_ms(),
+            members,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn msg(room: &str, from: &str, body: &str, cmid: Option<&str>) -> NewMessage {
+    NewMessage {
+        room: room.into(),
+        id: new_id("m_"),
+        from: from.into(),
+        body: body.into(),
+        ts: now_ms(),
+        client_msg_id: cmid.map(str::to_owned),
+    }
+}
+
+pub async fn created_room_reads_back_with_members_and_index(store: SharedStore) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let id = new_id("r_");
+    let room = store
+        .create_room(NewRoom {
+            id: id.clone(),
+            name: "général".into(),
+            created_by: alice.clone(),
+            created_at: 1234,
+            members: vec![alice.clone(), bob.clone(), alice.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(room.member_count, 2);
+    let read = store.room(&id).await.unwrap().unwrap();
+    assert_eq!(read, room);
+    assert_eq!(read.name, "général");
+    assert_eq!(read.created_at, 1234);
+    let mut expected = vec![alice.clone(), bob.clone()];
+    expected.sort();
+    assert_eq!(store.members(&id).await.unwrap(), expected);
+    assert!(store.is_member(&id, &bob).await.unwrap());
+    assert_eq!(store.rooms_of_user(&bob).await.unwrap(), vec![room]);
+    assert_eq!(store.room_ids_of_user(&alice).await.unwrap(), vec![id]);
+    assert!(store.room(&new_id("r_")).await.unwrap().is_none());
+}
+
+pub async fn membership_changes_are_idempotent_and_need_a_room(store: SharedStore) {
+    let (alice, carol) = (user("alice"), user("carol"));
+    let id = room_with(&store, &alice, &[]).await;
+    assert!(store.add_member(&id, &carol).await.unwrap());
+    assert!(!store.add_member(&id, &carol).await.unwrap());
+    assert_eq!(store.room(&id).await.unwrap().unwrap().member_count, 2);
+    assert_eq!(
+        store.room_ids_of_user(&carol).await.unwrap(),
+        vec![id.clone()]
+    );
+    assert!(store.remove_member(&id, &carol).await.unwrap());
+    assert!(!store.remove_member(&id, &carol).await.unwrap());
+    assert!(!store.is_member(&id, &carol).await.unwrap());
+    assert!(store.rooms_of_user(&carol).await.unwrap().is_empty());
+    let missing = new_id("r_");
+    assert!(matches!(
+        store.add_member(&missing, &carol).await,
+        Err(StoreError::NoRoom(_))
+    ));
+    assert!(matches!(
+        store.remove_member(&missing, &carol).await,
+        Err(StoreError::NoRoom(_))
+    ));
+}
+
+pub async fn appends_get_gapless_seqs_per_room(store: SharedStore) {
+    let alice = user("alice");
+    let a = room_with(&store, &alice, &[]).await;
+    let b = room_with(&store, &alice, &[]).await;
+    for i in 1..=3u64 {
+        let m = store
+            .append(msg(&a, &alice, &format!("a{i}"), None))
+            .await
+            .unwrap();
+        assert_eq!(m.message.seq, i);
+        assert!(!m.duplicate);
+        assert_eq!(m.message.body, format!("a{i}"));
+        assert_eq!(m.message.client_msg_id, None);
+    }
+    let first_b = store.append(msg(&b, &alice, "b1", None)).await.unwrap();
+    assert_eq!(first_b.message.seq, 1);
+    let seqs = store
+        .latest_seqs(&[a.clone(), b.clone(), new_id("r_")])
+        .await
+        .unwrap();
+    assert_eq!(seqs[&a], 3);
+    assert_eq!(seqs[&b], 1);
+    assert_eq!(seqs.values().filter(|s| **s == 0).count(), 1);
+}
+
+pub async fn non_members_and_missing_rooms_store_nothing(store: SharedStore) {
+    let (alice, mallory) = (user("alice"), user("mallory"));
+    let id = room_with(&store, &alice, &[]).await;
+    assert!(matches!(
+        store.append(msg(&id, &mallory, "x", Some("c1"))).await,
+        Err(StoreError::NotMember { .. })
+    ));
+    assert!(matches!(
+        store.append(msg(&new_id("r_"), &alice, "x", None)).await,
+        Err(StoreError::NoRoom(_))
+    ));
+    assert!(store.messages_after(&id, 0, 50).await.unwrap().is_empty());
+    assert_eq!(store.latest_seqs(&[id.clone()]).await.unwrap()[&id], 0);
+    // A later member's message still gets seq 1: the refusal used no seq.
+    let m = store.append(msg(&id, &alice, "ok", None)).await.unwrap();
+    assert_eq!(m.message.seq, 1);
+}
+
+pub async fn repeated_client_msg_id_returns_the_original(store: SharedStore) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let id = room_with(&store, &alice, &[&bob]).await;
+    let first = store
+        .append(msg(&id, &alice, "hello \"quoted\" \n", Some("c-1")))
+        .await
+        .unwrap();
+    let again = store
+        .append(msg(&id, &alice, "different", Some("c-1")))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    assert_eq!(first.message.body, "hello \"quoted\" \n");
+    // Same client_msg_id from another sender is another message.
+    let other = store
+        .append(msg(&id, &bob, "hi", Some("c-1")))
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(other.message.seq, 2);
+    assert_eq!(store.messages_after(&id, 0, 50).await.unwrap().len(), 2);
+}
+
+pub async fn history_pages_after_and_before(store: SharedStore) {
+    let alice = user("alice");
+    let id = room_with(&store, &alice, &[]).await;
+    for i in 1..=10 {
+        store
+            .append(msg(&id, &alice, &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    let seqs = |v: Vec<chat_protocol::Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.messages_after(&id, 0, 3).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        seqs(store.messages_after(&id, 8, 50).await.unwrap()),
+        vec![9, 10]
+    );
+    assert!(store.messages_after(&id, 10, 50).await.unwrap().is_empty());
+    assert_eq!(
+        seqs(store.messages_before(&id, 5, 3).await.unwrap()),
+        vec![2, 3, 4]
+    );
+    assert_eq!(
+        seqs(store.messages_before(&id, 3, 50).await.unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(store.messages_before(&id, u64::MAX, 2).await.unwrap()),
+        vec![9, 10]
+    );
+    assert!(store.messages_before(&id, 1, 50).await.unwrap().is_empty());
+}
+
+/// Needs a store made with `history_retention = 5`.
+pub async fn history_is_trimmed_to_the_retention(store: SharedStore) {
+    let alice = user("alice");
+    let id = room_with(&store, &alice, &[]).await;
+    for i in 1..=8 {
+        store
+            .append(msg(&id, &alice, &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    let kept: Vec<u64> = store
+        .messages_after(&id, 0, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(kept, vec![4, 5, 6, 7, 8]);
+}
+
+pub async fn concurrent_appends_stay_gapless(store: SharedStore) {
+    let senders: Vec<String> = (0..5).map(|i| user(&format!("s{i}"))).collect();
+    let others: Vec<&str> = senders[1..].iter().map(String::as_str).collect();
+    let id = room_with(&store, &senders[0], &others).await;
+    let mut tasks = Vec::new();
+    for s in senders.clone() {
+        let store = store.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..20 {
+                let m = store
+                    .append(msg(&id, &s, &format!("{s}-{i}"), None))
+                    .await
+                    .unwrap();
+                seqs.push(m.message.seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one sender's seqs ascend"
+        );
+        all.extend(seqs);
+    }
+    all.sort();
+    assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+    let history = store.messages_after(&id, 0, 200).await.unwrap();
+    assert_eq!(history.len(), 100);
+    let ids: HashSet<_> = history.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids.len(), 100);
+}
+
+fn health(id: &str, connections: u64) -> ServerHealth {
+    ServerHealth {
+        id: id.into(),
+        url: format!("ws://127.0.0.1:1/{id}"),
+        internal_url: format!("http://127.0.0.1:1/{id}"),
+        state: ServerState::Ready,
+        connections,
+        load: 0.0,
+        last_seen_ms: now_ms(),
+    }
+}
+
+pub async fn registry_lists_live_servers_and_forgets_silent_ones(store: SharedStore) {
+    let (a, b) = (new_id("srv-"), new_id("srv-"));
+    store.put_server(&health(&a, 3), 60_000).await.unwrap();
+    store.put_server(&health(&b, 1), 300).await.unwrap();
+    let ids =
+        |v: Vec<crate::ServerSnapshot>| v.into_iter().map(|s| s.health.id).collect::<HashSet<_>>();
+    let listed = ids(store.servers(now_ms()).await.unwrap());
+    assert!(listed.contains(&a) && listed.contains(&b));
+    let mine = store
+        .servers(now_ms())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.health.id == a)
+        .unwrap();
+    assert_eq!(
+        mine.health,
+        health(&a, 3).clone_with_seen(mine.health.last_seen_ms)
+    );
+    // b stops reporting: gone once its TTL passes (generous margin).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let listed = ids(store.servers(now_ms()).await.unwrap());
+    assert!(listed.contains(&a));
+    assert!(!listed.contains(&b));
+    store.remove_server(&a).await.unwrap();
+    assert!(!ids(store.servers(now_ms()).await.unwrap()).contains(&a));
+}
+
+impl ServerHealth {
+    fn clone_with_seen(&self, last_seen_ms: u64) -> ServerHealth {
+        ServerHealth {
+            last_seen_ms,
+            ..self.clone()
+        }
+    }
+}
+
+pub async fn pending_tickets_count_until_taken_once(store: SharedStore) {
+    let srv = new_id("srv-");
+    store.put_server(&health(&srv, 0), 60_000).await.unwrap();
+    let now = now_ms();
+    store
+        .add_pending_ticket(&srv, "t1", now + 30_000)
+        .await
+        .unwrap();
+    store
+        .add_pending_ticket(&srv, "t2", now + 30_000)
+        .await
+        .unwrap();
+    store
+        .add_pending_ticket(&srv, "old", now + 100)
+        .await
+        .unwrap();
+    let pending = |v: Vec<crate::ServerSnapshot>| {
+        v.into_iter()
+            .find(|s| s.health.id == srv)
+            .unwrap()
+            .pending_tickets
+    };
+    assert_eq!(pending(store.servers(now).await.unwrap()), 3);
+    assert!(store
+        .take_pending_ticket(&srv, "t1", now_ms())
+        .await
+        .unwrap());
+    assert!(!store
+        .take_pending_ticket(&srv, "t1", now_ms())
+        .await
+        .unwrap());
+    assert!(!store
+        .take_pending_ticket(&srv, "never", now_ms())
+        .await
+        .unwrap());
+    assert!(!store
+        .take_pending_ticket(&new_id("srv-"), "t2", now_ms())
+        .await
+        .unwrap());
+    // Counted at a time after "old" expired: only t2 remains.
+    assert_eq!(pending(store.servers(now + 1000).await.unwrap()), 1);
+    assert!(!store
+        .take_pending_ticket(&srv, "old", now + 1000)
+        .await
+        .unwrap());
+    store.remove_server(&srv).await.unwrap();
+}
+
+pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStore) {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let loc = |s: &str, srv: &str| SessionLocation {
+        session: s.into(),
+        server_id: srv.into(),
+    };
+    store
+        .add_session(&alice, &loc("s1", "A"), 60_000)
+        .await
+        .unwrap();
+    store
+        .add_session(&alice, &loc("s2", "B"), 60_000)
+        .await
+        .unwrap();
+    store.add_session(&bob, &loc("s3", "A"), 300).await.unwrap();
+    let found = store
+        .sessions_of(&[alice.clone(), bob.clone(), carol.clone()])
+        .await
+        .unwrap();
+    let mut alice_sessions = found[&alice].clone();
+    alice_sessions.sort_by(|a, b| a.session.cmp(&b.session));
+    assert_eq!(alice_sessions, vec![loc("s1", "A"), loc("s2", "B")]);
+    assert_eq!(found[&bob], vec![loc("s3", "A")]);
+    assert!(!found.contains_key(&carol));
+
+    store.remove_session(&alice, "s1").await.unwrap();
+    // Refreshing keeps alice past bob's expiry; bob's record lapses.
+    store
+        .refresh_sessions(&[alice.clone()], 60_000)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let found = store
+        .sessions_of(&[alice.clone(), bob.clone()])
+        .await
+        .unwrap();
+    assert_eq!(found[&alice], vec![loc("s2", "B")]);
+    assert!(!found.contains_key(&bob));
+    store.remove_session(&alice, "s2").await.unwrap();
+    assert!(store
+        .sessions_of(&[alice.clone()])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Expands to one `#[tokio::test]` per scenario. `$make` is an async
+/// expression-producing closure `|config: StoreConfig| -> SharedStore`
+/// (called with `history_retention = 5` for the retention scenario).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            created_room_reads_back_with_members_and_index,
+            membership_changes_are_idempotent_and_need_a_room,
+            appends_get_gapless_seqs_per_room,
+            non_members_and_missing_rooms_store_nothing,
+            repeated_client_msg_id_returns_the_original,
+            history_pages_after_and_before,
+            concurrent_appends_stay_gapless,
+            registry_lists_live_servers_and_forgets_silent_ones,
+            pending_tickets_count_until_taken_once,
+            presence_tracks_sessions_until_removed_or_expired,
+        );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn history_is_trimmed_to_the_retention() {
+            let config = $crate::StoreConfig { history_retention: 5, ..Default::default() };
+            if let Some(store) = ($make)(config).await {
+                $crate::conformance::history_is_trimmed_to_the_retention(store).await;
+            }
+        }
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(store) = ($make)($crate::StoreConfig::default()).await {
+                    $crate::conformance::$name(store).await;
+                }
+            }
+        )*
+    };
+}

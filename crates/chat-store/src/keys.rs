@@ -1,0 +1,91 @@
+//! The Redis key layout, in one place (mirrored in `docs/redis-keys.md`).
+//!
+//! Every key starts with `chat:` and carries a hash tag in braces. Keys that
+//! must change together share the tag, so one Lua script or MULTI touches
+//! one slot of the cluster:
+//!
+//! | key | type | contents |
+//! |---|---|---|
+//! | `chat:{room:<id>}:meta` | hash | `name`, `created_by`, `created_at` |
+//! | `chat:{room:<id>}:members` | set | user ids (authoritative membership) |
+//! | `chat:{room:<id>}:seq` | string | last assigned seq |
+//! | `chat:{room:<id>}:msgs` | sorted set | message JSON scored by seq, trimmed to the retention |
+//! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | message JSON, expires after the dedup TTL |
+//! | `chat:{user:<id>}:rooms` | set | room ids (index derived from the member sets) |
+//! | `chat:{user:<id>}:sessions` | hash | session id -> chat server id, expires unless refreshed |
+//! | `chat:{registry}:servers` | set | chat server ids that reported health |
+//! | `chat:{registry}:server:<id>` | string | health JSON, expires after the dead-after interval |
+//! | `chat:{registry}:pending:<id>` | sorted set | unused ticket ids scored by expiry |
+//!
+//! The registry shares one slot on purpose: it is small, written once a
+//! second per server, and read as a whole by placement.
+
+pub fn room_meta(room: &str) -> String {
+    format!("chat:{{room:{room}}}:meta")
+}
+pub fn room_members(room: &str) -> String {
+    format!("chat:{{room:{room}}}:members")
+}
+pub fn room_seq(room: &str) -> String {
+    format!("chat:{{room:{room}}}:seq")
+}
+pub fn room_messages(room: &str) -> String {
+    format!("chat:{{room:{room}}}:msgs")
+}
+pub fn room_dedup(room: &str, user: &str, client_msg_id: &str) -> String {
+    format!("chat:{{room:{room}}}:dedup:{user}:{client_msg_id}")
+}
+pub fn user_rooms(user: &str) -> String {
+    format!("chat:{{user:{user}}}:rooms")
+}
+pub fn user_sessions(user: &str) -> String {
+    format!("chat:{{user:{user}}}:sessions")
+}
+pub const REGISTRY_SERVERS: &str = "chat:{registry}:servers";
+pub fn registry_server(server_id: &str) -> String {
+    format!("chat:{{registry}}:server:{server_id}")
+}
+pub fn registry_pending(server_id: &str) -> String {
+    format!("chat:{{registry}}:pending:{server_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The substring Redis Cluster hashes: the first `{...}` with content.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open..].find('}').unwrap() + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn keys_of_one_room_share_a_hash_tag() {
+        let room = "r_abc";
+        let meta = room_meta(room);
+        let tag = hash_tag(&meta);
+        for key in [
+            room_members(room),
+            room_seq(room),
+            room_messages(room),
+            room_dedup(room, "alice", "c{1}"),
+        ] {
+            assert_eq!(hash_tag(&key), tag, "{key}");
+        }
+    }
+
+    #[test]
+    fn keys_of_one_user_and_the_registry_share_their_tags() {
+        assert_eq!(
+            hash_tag(&user_rooms("bob")),
+            hash_tag(&user_sessions("bob"))
+        );
+        assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(&registry_server("s1")));
+        assert_eq!(
+            hash_tag(REGISTRY_SERVERS),
+            hash_tag(&registry_pending("s1"))
+        );
+        assert_ne!(hash_tag(&user_rooms("bob")), hash_tag(&room_meta("bob")));
+    }
+}

@@ -1,0 +1,190 @@
+//! The shared state of the chat service behind one [`Store`] trait.
+//!
+//! Two implementations: [`RedisStore`] on a Redis Cluster (production, any
+//! number of API and chat servers) and [`MemoryStore`] (the embedded local
+//! mode, one process). Both pass the same behaviour suite in
+//! [`conformance`], which is the real specification of the trait.
+//!
+//! The Redis key layout is written down once, in [`keys`].
+
+pub mod conformance;
+pub mod keys;
+mod memory;
+mod redis_store;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chat_protocol::rest::{Room, ServerState};
+use chat_protocol::Message;
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("room {0} does not exist")]
+    NoRoom(String),
+    #[error("{user} is not a member of room {room}")]
+    NotMember { room: String, user: String },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt record in store: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Tunables of a store, with units in their names.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Messages kept per room; older ones are trimmed on append.
+    pub history_retention: u64,
+    /// How long a `client_msg_id` is remembered for deduplication.
+    pub dedup_ttl_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            history_retention: 10_000,
+            dedup_ttl_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub id: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: u64,
+    /// Every member including the creator, deduplicated by the store.
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: String,
+    pub id: String,
+    pub from: String,
+    pub body: String,
+    pub ts: u64,
+    pub client_msg_id: Option<String>,
+}
+
+/// The result of an append: the stored message, and whether it was already
+/// stored under the same `(from, client_msg_id)` (then nothing was written).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// A chat server's self-reported health, as kept in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerHealth {
+    pub id: String,
+    /// Public WebSocket URL handed to clients.
+    pub url: String,
+    /// Base URL other processes use for the internal delivery link.
+    pub internal_url: String,
+    pub state: ServerState,
+    pub connections: u64,
+    /// Load figure in 0..=1 (connections over capacity, or CPU), for placement.
+    pub load: f64,
+    pub last_seen_ms: u64,
+}
+
+/// A registry entry plus the tickets handed out for it that have not been
+/// used yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSnapshot {
+    pub health: ServerHealth,
+    pub pending_tickets: u64,
+}
+
+/// One live WebSocket session of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionLocation {
+    pub session: String,
+    pub server_id: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Round trip to the backing store, for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Rooms and membership. The room's member set is authoritative; the
+    // per-user room index is derived from it and repaired on read.
+    async fn create_room(&self, room: NewRoom) -> StoreResult<Room>;
+    async fn room(&self, room: &str) -> StoreResult<Option<Room>>;
+    async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool>;
+    async fn members(&self, room: &str) -> StoreResult<Vec<String>>;
+    async fn rooms_of_user(&self, user: &str) -> StoreResult<Vec<Room>>;
+    async fn room_ids_of_user(&self, user: &str) -> StoreResult<Vec<String>>;
+    /// Adds a member; `Ok(false)` if already a member. `NoRoom` if none.
+    async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool>;
+    /// Removes a member; `Ok(false)` if not a member. `NoRoom` if none.
+    async fn remove_member(&self, room: &str, user: &str) -> StoreResult<bool>;
+
+    // Messages.
+    /// Atomically: check the room exists and `from` is a member, dedup by
+    /// `(from, client_msg_id)`, assign the next seq, store, trim history.
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
+    /// Up to `limit` messages with `seq > after`, ascending.
+    async fn messages_after(&self, room: &str, after: u64, limit: u32)
+        -> StoreResult<Vec<Message>>;
+    /// The `limit` messages just below `before`, ascending.
+    async fn messages_before(
+        &self,
+        room: &str,
+        before: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>>;
+    /// The latest seq of each room (0 for an empty or unknown room).
+    async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>>;
+
+    // Chat server registry.
+    /// Writes a server's health; it disappears after `ttl_ms` without refresh.
+    async fn put_server(&self, health: &ServerHealth, ttl_ms: u64) -> StoreResult<()>;
+    async fn remove_server(&self, server_id: &str) -> StoreResult<()>;
+    /// Unexpired servers with their pending ticket counts at `now_ms`.
+    async fn servers(&self, now_ms: u64) -> StoreResult<Vec<ServerSnapshot>>;
+    async fn add_pending_ticket(
+        &self,
+        server_id: &str,
+        ticket_id: &str,
+        expires_at_ms: u64,
+    ) -> StoreResult<()>;
+    /// Consumes a pending ticket: `true` exactly once per unexpired ticket.
+    async fn take_pending_ticket(
+        &self,
+        server_id: &str,
+        ticket_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
+
+    // Presence: where each user's sessions are.
+    async fn add_session(
+        &self,
+        user: &str,
+        location: &SessionLocation,
+        ttl_ms: u64,
+    ) -> StoreResult<()>;
+    async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()>;
+    /// Extends the lifetime of these users' presence records.
+    async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()>;
+    /// Sessions of each given user (users without sessions are omitted).
+    async fn sessions_of(
+        &self,
+        users: &[String],
+    ) -> StoreResult<HashMap<String, Vec<SessionLocation>>>;
+}
+
+/// The message record as stored: the contract's JSON.
+pub(crate) fn decode_message(raw: &str) -> StoreResult<Message> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("message: {e}")))
+}

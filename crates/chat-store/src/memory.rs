@@ -1,0 +1,407 @@
+//! The in-memory store of the local mode: one process, no Redis.
+//!
+//! All state sits behind one `std::sync::Mutex`. Every operation is a short
+//! critical section with no `.await` inside, so a blocking mutex is both
+//! correct and cheaper than an async one; it also makes each trait method
+//! trivially atomic, which is what the Redis scripts achieve per slot.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chat_protocol::rest::Room;
+use chat_protocol::{now_ms, Message};
+
+use crate::{
+    Appended, NewMessage, NewRoom, ServerHealth, ServerSnapshot, SessionLocation, Store,
+    StoreConfig, StoreError, StoreResult,
+};
+
+#[derive(Default)]
+struct RoomState {
+    name: String,
+    created_by: String,
+    created_at: u64,
+    members: HashSet<String>,
+    seq: u64,
+    messages: BTreeMap<u64, Message>,
+    /// `(from, client_msg_id)` -> (seq-independent copy of the message, expiry).
+    dedup: HashMap<(String, String), (Message, u64)>,
+}
+
+#[derive(Default)]
+struct UserSessions {
+    sessions: HashMap<String, String>,
+    expires_at_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<String, RoomState>,
+    user_rooms: HashMap<String, HashSet<String>>,
+    servers: HashMap<String, (ServerHealth, u64)>,
+    pending: HashMap<String, HashMap<String, u64>>,
+    presence: HashMap<String, UserSessions>,
+}
+
+pub struct MemoryStore {
+    config: StoreConfig,
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new(config: StoreConfig) -> Self {
+        MemoryStore {
+            config,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied write
+        // (each method mutates after all checks), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(StoreConfig::default())
+    }
+}
+
+fn room_view(id: &str, r: &RoomState) -> Room {
+    Room {
+        id: id.to_owned(),
+        name: r.name.clone(),
+        created_by: r.created_by.clone(),
+        created_at: r.created_at,
+        member_count: r.members.len() as u64,
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn create_room(&self, room: NewRoom) -> StoreResult<Room> {
+        let mut st = self.lock();
+        let state = RoomState {
+            name: room.name,
+            created_by: room.created_by,
+            created_at: room.created_at,
+            members: room.members.iter().cloned().collect(),
+            ..RoomState::default()
+        };
+        for m in &state.members {
+            st.user_rooms
+                .entry(m.clone())
+                .or_default()
+                .insert(room.id.clone());
+        }
+        let view = room_view(&room.id, &state);
+        st.rooms.insert(room.id, state);
+        Ok(view)
+    }
+
+    async fn room(&self, room: &str) -> StoreResult<Option<Room>> {
+        Ok(self.lock().rooms.get(room).map(|r| room_view(room, r)))
+    }
+
+    async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        Ok(self
+            .lock()
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.members.contains(user)))
+    }
+
+    async fn members(&self, room: &str) -> StoreResult<Vec<String>> {
+        let st = self.lock();
+        let mut members: Vec<String> = st
+            .rooms
+            .get(room)
+            .map(|r| r.members.iter().cloned().collect())
+            .unwrap_or_default();
+        members.sort();
+        Ok(members)
+    }
+
+    async fn rooms_of_user(&self, user: &str) -> StoreResult<Vec<Room>> {
+        let st = self.lock();
+        let mut rooms: Vec<Room> = st
+            .user_rooms
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| st.rooms.get(id).map(|r| (id, r)))
+            .filter(|(_, r)| r.members.contains(user))
+            .map(|(id, r)| room_view(id, r))
+            .collect();
+        rooms.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(rooms)
+    }
+
+    async fn room_ids_of_user(&self, user: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .rooms_of_user(user)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        let mut st = self.lock();
+        let r = st
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
+        let added = r.members.insert(user.to_owned());
+        st.user_rooms
+            .entry(user.to_owned())
+            .or_default()
+            .insert(room.to_owned());
+        Ok(added)
+    }
+
+    async fn remove_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        let mut st = self.lock();
+        let r = st
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
+        let removed = r.members.remove(user);
+        if let Some(set) = st.user_rooms.get_mut(user) {
+            set.remove(room);
+        }
+        Ok(removed)
+    }
+
+    async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
+        let now = now_ms();
+        let retention = self.config.history_retention;
+        let dedup_ttl = self.config.dedup_ttl_ms;
+        let mut st = self.lock();
+        let r = st
+            .rooms
+            .get_mut(&m.room)
+            .ok_or_else(|| StoreError::NoRoom(m.room.clone()))?;
+        if !r.members.contains(&m.from) {
+            return Err(StoreError::NotMember {
+                room: m.room,
+                user: m.from,
+            });
+        }
+        let dedup_key = m.client_msg_id.clone().map(|c| (m.from.clone(), c));
+        if let Some(key) = &dedup_key {
+            if let Some((original, expires)) = r.dedup.get(key) {
+                if *expires > now {
+                    return Ok(Appended {
+                        message: original.clone(),
+                        duplicate: true,
+                    });
+                }
+            }
+        }
+        r.seq += 1;
+        let message = Message {
+            room: m.room,
+            seq: r.seq,
+            id: m.id,
+            from: m.from,
+            body: m.body,
+            ts: m.ts,
+            client_msg_id: m.client_msg_id,
+        };
+        r.messages.insert(message.seq, message.clone());
+        while r.messages.len() as u64 > retention {
+            r.messages.pop_first();
+        }
+        if let Some(key) = dedup_key {
+            r.dedup.retain(|_, (_, exp)| *exp > now);
+            r.dedup.insert(key, (message.clone(), now + dedup_ttl));
+        }
+        Ok(Appended {
+            message,
+            duplicate: false,
+        })
+    }
+
+    async fn messages_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let st = self.lock();
+        Ok(st
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.messages
+                    .range(after.saturating_add(1)..)
+                    .take(limit as usize)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn messages_before(
+        &self,
+        room: &str,
+        before: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let st = self.lock();
+        let mut out: Vec<Message> = st
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.messages
+                    .range(..before)
+                    .rev()
+                    .take(limit as usize)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {
+        let st = self.lock();
+        Ok(rooms
+            .iter()
+            .map(|id| (id.clone(), st.rooms.get(id).map_or(0, |r| r.seq)))
+            .collect())
+    }
+
+    async fn put_server(&self, health: &ServerHealth, ttl_ms: u64) -> StoreResult<()> {
+        self.lock()
+            .servers
+            .insert(health.id.clone(), (health.clone(), now_ms() + ttl_ms));
+        Ok(())
+    }
+
+    async fn remove_server(&self, server_id: &str) -> StoreResult<()> {
+        let mut st = self.lock();
+        st.servers.remove(server_id);
+        st.pending.remove(server_id);
+        Ok(())
+    }
+
+    async fn servers(&self, now: u64) -> StoreResult<Vec<ServerSnapshot>> {
+        let mut st = self.lock();
+        let wall = now_ms();
+        st.servers.retain(|_, (_, expires)| *expires > wall);
+        let mut out: Vec<ServerSnapshot> = st
+            .servers
+            .values()
+            .map(|(health, _)| ServerSnapshot {
+                health: health.clone(),
+                pending_tickets: st
+                    .pending
+                    .get(&health.id)
+                    .map_or(0, |p| p.values().filter(|exp| **exp > now).count() as u64),
+            })
+            .collect();
+        out.sort_by(|a, b| a.health.id.cmp(&b.health.id));
+        Ok(out)
+    }
+
+    async fn add_pending_ticket(
+        &self,
+        server_id: &str,
+        ticket_id: &str,
+        expires_at_ms: u64,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let pending = st.pending.entry(server_id.to_owned()).or_default();
+        pending.retain(|_, exp| *exp > now);
+        pending.insert(ticket_id.to_owned(), expires_at_ms);
+        Ok(())
+    }
+
+    async fn take_pending_ticket(
+        &self,
+        server_id: &str,
+        ticket_id: &str,
+        now: u64,
+    ) -> StoreResult<bool> {
+        let mut st = self.lock();
+        Ok(st
+            .pending
+            .get_mut(server_id)
+            .and_then(|p| p.remove(ticket_id))
+            .is_some_and(|exp| exp > now))
+    }
+
+    async fn add_session(
+        &self,
+        user: &str,
+        location: &SessionLocation,
+        ttl_ms: u64,
+    ) -> StoreResult<()> {
+        let mut st = self.lock();
+        let entry = st.presence.entry(user.to_owned()).or_default();
+        entry
+            .sessions
+            .insert(location.session.clone(), location.server_id.clone());
+        entry.expires_at_ms = now_ms() + ttl_ms;
+        Ok(())
+    }
+
+    async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
+        let mut st = self.lock();
+        if let Some(entry) = st.presence.get_mut(user) {
+            entry.sessions.remove(session);
+            if entry.sessions.is_empty() {
+                st.presence.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()> {
+        let expires = now_ms() + ttl_ms;
+        let mut st = self.lock();
+        for user in users {
+            if let Some(entry) = st.presence.get_mut(user) {
+                entry.expires_at_ms = expires;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sessions_of(
+        &self,
+        users: &[String],
+    ) -> StoreResult<HashMap<String, Vec<SessionLocation>>> {
+        let now = now_ms();
+        let st = self.lock();
+        Ok(users
+            .iter()
+            .filter_map(|user| {
+                let entry = st.presence.get(user)?;
+                if entry.expires_at_ms <= now || entry.sessions.is_empty() {
+                    return None;
+                }
+                let locations = entry
+                    .sessions
+                    .iter()
+                    .map(|(session, server)| SessionLocation {
+                        session: session.clone(),
+                        server_id: server.clone(),
+                    })
+                    .collect();
+                Some((user.clone(), locations))
+            })
+            .collect())
+    }
+}

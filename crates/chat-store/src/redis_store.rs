@@ -1,0 +1,573 @@
+//! The Redis Cluster store. Layout in [`crate::keys`].
+//!
+//! Operations that must be atomic run as Lua scripts on the keys of one
+//! room (one hash slot): appending a message checks membership, dedups,
+//! assigns the seq, stores and trims in a single step, so a message either
+//! exists with its seq or not at all. Independent reads are issued
+//! concurrently on the multiplexed cluster connection, which pipelines them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_protocol::rest::Room;
+use chat_protocol::Message;
+use futures_util::future::try_join_all;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Script};
+
+use crate::keys;
+use crate::{
+    decode_message, Appended, NewMessage, NewRoom, ServerHealth, ServerSnapshot, SessionLocation,
+    Store, StoreConfig, StoreError, StoreResult,
+};
+
+/// KEYS: meta, members, seq, msgs, dedup. ARGV: from, has_cmid, json_prefix,
+/// retention, dedup_ttl_ms. The message JSON is built by the caller up to
+/// `"seq":` so that the stored record is exactly the contract's JSON.
+const APPEND_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'E:noroom' end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 'E:notmember' end
+if ARGV[2] == '1' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then return 'D:' .. prev end
+end
+local seq = redis.call('INCR', KEYS[3])
+local json = ARGV[3] .. seq .. '}'
+redis.call('ZADD', KEYS[4], seq, json)
+local keep = tonumber(ARGV[4])
+local n = redis.call('ZCARD', KEYS[4])
+if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - keep - 1) end
+if ARGV[2] == '1' then redis.call('SET', KEYS[5], json, 'PX', ARGV[5]) end
+return 'N:' .. json
+"#;
+
+/// KEYS: meta, members. ARGV: user (may be empty). Returns {} when the room
+/// does not exist, else {name, created_by, created_at, member_count, is_member}.
+const ROOM_VIEW_LUA: &str = r#"
+local meta = redis.call('HMGET', KEYS[1], 'name', 'created_by', 'created_at')
+if not meta[1] then return {} end
+local count = redis.call('SCARD', KEYS[2])
+local member = '0'
+if ARGV[1] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then member = '1' end
+return {meta[1], meta[2], meta[3], tostring(count), member}
+"#;
+
+/// KEYS: meta, members. ARGV: name, created_by, created_at, member...
+const CREATE_ROOM_LUA: &str = r#"
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3])
+for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+return redis.call('SCARD', KEYS[2])
+"#;
+
+/// KEYS: meta, members. ARGV: op ('add' or 'remove'), user. -1 if no room.
+const MEMBERSHIP_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[1] == 'add' then return redis.call('SADD', KEYS[2], ARGV[2]) end
+return redis.call('SREM', KEYS[2], ARGV[2])
+"#;
+
+pub struct RedisStore {
+    conn: ClusterConnection,
+    config: StoreConfig,
+    append: Script,
+    room_view: Script,
+    create_room: Script,
+    membership: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects to a Redis Cluster given any of its nodes' URLs.
+    pub async fn connect(urls: &[String], config: StoreConfig) -> StoreResult<Self> {
+        let client = ClusterClientBuilder::new(urls.to_vec())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(unavailable)?;
+        let conn = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(RedisStore {
+            conn,
+            config,
+            append: Script::new(APPEND_LUA),
+            room_view: Script::new(ROOM_VIEW_LUA),
+            create_room: Script::new(CREATE_ROOM_LUA),
+            membership: Script::new(MEMBERSHIP_LUA),
+        })
+    }
+
+    fn conn(&self) -> ClusterConnection {
+        self.conn.clone()
+    }
+
+    async fn room_view_for(&self, room: &str, user: &str) -> StoreResult<Option<(Room, bool)>> {
+        let fields: Vec<String> = self
+            .room_view
+            .key(keys::room_meta(room))
+            .key(keys::room_members(room))
+            .arg(user)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if fields.len() != 5 {
+            return Ok(None);
+        }
+        let num = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| StoreError::Corrupt(format!("room {room}: bad number {s:?}")))
+        };
+        Ok(Some((
+            Room {
+                id: room.to_owned(),
+                name: fields[0].clone(),
+                created_by: fields[1].clone(),
+                created_at: num(&fields[2])?,
+                member_count: num(&fields[3])?,
+            },
+            fields[4] == "1",
+        )))
+    }
+
+    async fn change_membership(&self, room: &str, user: &str, op: &str) -> StoreResult<bool> {
+        let changed: i64 = self
+            .membership
+            .key(keys::room_meta(room))
+            .key(keys::room_members(room))
+            .arg(op)
+            .arg(user)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if changed < 0 {
+            return Err(StoreError::NoRoom(room.to_owned()));
+        }
+        // The per-user index lives in another slot: it follows the member
+        // set (the source of truth) and is repaired on read if this step is
+        // lost to a crash.
+        let mut conn = self.conn();
+        let index = keys::user_rooms(user);
+        let _: i64 = if op == "add" {
+            conn.sadd(index, room).await
+        } else {
+            conn.srem(index, room).await
+        }
+        .map_err(unavailable)?;
+        Ok(changed == 1)
+    }
+}
+
+/// The contract's message JSON up to and including `"seq":`, for the append
+/// script to complete with the number it assigns.
+fn message_json_prefix(m: &NewMessage) -> String {
+    let mut prefix = serde_json::to_string(&serde_json::json!({
+        "room": m.room,
+        "id": m.id,
+        "from": m.from,
+        "body": m.body,
+        "ts": m.ts,
+        "client_msg_id": m.client_msg_id,
+    }))
+    .expect("json values always serialise");
+    prefix.pop(); // the closing brace
+    prefix.push_str(",\"seq\":");
+    prefix
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn create_room(&self, room: NewRoom) -> StoreResult<Room> {
+        let mut invocation = self.create_room.prepare_invoke();
+        invocation
+            .key(keys::room_meta(&room.id))
+            .key(keys::room_members(&room.id))
+            .arg(&room.name)
+            .arg(&room.created_by)
+            .arg(room.created_at);
+        for m in &room.members {
+            invocation.arg(m);
+        }
+        let count: u64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        try_join_all(room.members.iter().map(|m| {
+            let mut conn = self.conn();
+            let key = keys::user_rooms(m);
+            let id = room.id.clone();
+            async move { conn.sadd::<_, _, i64>(key, id).await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(Room {
+            id: room.id,
+            name: room.name,
+            created_by: room.created_by,
+            created_at: room.created_at,
+            member_count: count,
+        })
+    }
+
+    async fn room(&self, room: &str) -> StoreResult<Option<Room>> {
+        Ok(self.room_view_for(room, "").await?.map(|(r, _)| r))
+    }
+
+    async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        self.conn()
+            .sismember(keys::room_members(room), user)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn members(&self, room: &str) -> StoreResult<Vec<String>> {
+        let mut members: Vec<String> = self
+            .conn()
+            .smembers(keys::room_members(room))
+            .await
+            .map_err(unavailable)?;
+        members.sort();
+        Ok(members)
+    }
+
+    async fn rooms_of_user(&self, user: &str) -> StoreResult<Vec<Room>> {
+        let ids: Vec<String> = self
+            .conn()
+            .smembers(keys::user_rooms(user))
+            .await
+            .map_err(unavailable)?;
+        let views = try_join_all(ids.iter().map(|id| self.room_view_for(id, user))).await?;
+        let mut rooms = Vec::with_capacity(views.len());
+        for (id, view) in ids.iter().zip(views) {
+            match view {
+                Some((room, true)) => rooms.push(room),
+                // Stale index entry (a removal interrupted halfway): repair.
+                _ => {
+                    let _: Result<i64, _> = self.conn().srem(keys::user_rooms(user), id).await;
+                }
+            }
+        }
+        rooms.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(rooms)
+    }
+
+    async fn room_ids_of_user(&self, user: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .rooms_of_user(user)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        self.change_membership(room, user, "add").await
+    }
+
+    async fn remove_member(&self, room: &str, user: &str) -> StoreResult<bool> {
+        self.change_membership(room, user, "remove").await
+    }
+
+    async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
+        let dedup_key =
+            keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
+        let reply: String = self
+            .append
+            .key(keys::room_meta(&m.room))
+            .key(keys::room_members(&m.room))
+            .key(keys::room_seq(&m.room))
+            .key(keys::room_messages(&m.room))
+            .key(dedup_key)
+            .arg(&m.from)
+            .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
+            .arg(message_json_prefix(&m))
+            .arg(self.config.history_retention)
+            .arg(self.config.dedup_ttl_ms)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match reply.split_at_checked(2) {
+            Some(("N:", json)) => Ok(Appended {
+                message: decode_message(json)?,
+                duplicate: false,
+            }),
+            Some(("D:", json)) => Ok(Appended {
+                message: decode_message(json)?,
+                duplicate: true,
+            }),
+            _ if reply == "E:noroom" => Err(StoreError::NoRoom(m.room)),
+            _ if reply == "E:notmember" => Err(StoreError::NotMember {
+                room: m.room,
+                user: m.from,
+            }),
+            _ => Err(StoreError::Corrupt(format!("append reply {reply:?}"))),
+        }
+    }
+
+    async fn messages_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let raw: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::room_messages(room))
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().map(|r| decode_message(r)).collect()
+    }
+
+    async fn messages_before(
+        &self,
+        room: &str,
+        before: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let raw: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::room_messages(room))
+            .arg(format!("({before}"))
+            .arg("-inf")
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut out = raw
+            .iter()
+            .map(|r| decode_message(r))
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {
+        let seqs = try_join_all(rooms.iter().map(|room| {
+            let mut conn = self.conn();
+            let key = keys::room_seq(room);
+            async move { conn.get::<_, Option<u64>>(key).await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(rooms
+            .iter()
+            .cloned()
+            .zip(seqs.into_iter().map(|s| s.unwrap_or(0)))
+            .collect())
+    }
+
+    async fn put_server(&self, health: &ServerHealth, ttl_ms: u64) -> StoreResult<()> {
+        let json = serde_json::to_string(health).expect("health serialises");
+        redis::pipe()
+            .cmd("SET")
+            .arg(keys::registry_server(&health.id))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys::REGISTRY_SERVERS)
+            .arg(&health.id)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn remove_server(&self, server_id: &str) -> StoreResult<()> {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(keys::registry_server(server_id))
+            .ignore()
+            .cmd("DEL")
+            .arg(keys::registry_pending(server_id))
+            .ignore()
+            .cmd("SREM")
+            .arg(keys::REGISTRY_SERVERS)
+            .arg(server_id)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn servers(&self, now_ms: u64) -> StoreResult<Vec<ServerSnapshot>> {
+        let mut conn = self.conn();
+        let mut ids: Vec<String> = conn
+            .smembers(keys::REGISTRY_SERVERS)
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        ids.sort();
+        let server_keys: Vec<String> = ids.iter().map(|id| keys::registry_server(id)).collect();
+        let records: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&server_keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        let mut live = Vec::new();
+        for (id, record) in ids.iter().zip(records) {
+            match record.and_then(|r| serde_json::from_str::<ServerHealth>(&r).ok()) {
+                Some(health) => live.push(health),
+                None => expired.push(id.clone()),
+            }
+        }
+        if !expired.is_empty() {
+            let _: Result<i64, _> = conn.srem(keys::REGISTRY_SERVERS, &expired).await;
+        }
+        let counts = try_join_all(live.iter().map(|h| {
+            let mut conn = self.conn();
+            let key = keys::registry_pending(&h.id);
+            async move {
+                conn.zcount::<_, _, _, u64>(key, format!("({now_ms}"), "+inf")
+                    .await
+            }
+        }))
+        .await
+        .map_err(unavailable)?;
+        for (health, pending_tickets) in live.into_iter().zip(counts) {
+            out.push(ServerSnapshot {
+                health,
+                pending_tickets,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn add_pending_ticket(
+        &self,
+        server_id: &str,
+        ticket_id: &str,
+        expires_at_ms: u64,
+    ) -> StoreResult<()> {
+        let key = keys::registry_pending(server_id);
+        let now = chat_protocol::now_ms();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(expires_at_ms)
+            .arg(ticket_id)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(600_000)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn take_pending_ticket(
+        &self,
+        server_id: &str,
+        ticket_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        let key = keys::registry_pending(server_id);
+        let (score, removed): (Option<f64>, i64) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(&key)
+            .arg(ticket_id)
+            .cmd("ZREM")
+            .arg(&key)
+            .arg(ticket_id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1 && score.is_some_and(|s| s > now_ms as f64))
+    }
+
+    async fn add_session(
+        &self,
+        user: &str,
+        location: &SessionLocation,
+        ttl_ms: u64,
+    ) -> StoreResult<()> {
+        let key = keys::user_sessions(user);
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(&location.session)
+            .arg(&location.server_id)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
+        self.conn()
+            .hdel::<_, _, i64>(keys::user_sessions(user), session)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()> {
+        try_join_all(users.iter().map(|user| {
+            let mut conn = self.conn();
+            let key = keys::user_sessions(user);
+            async move { conn.pexpire::<_, i64>(key, ttl_ms as i64).await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn sessions_of(
+        &self,
+        users: &[String],
+    ) -> StoreResult<HashMap<String, Vec<SessionLocation>>> {
+        let all = try_join_all(users.iter().map(|user| {
+            let mut conn = self.conn();
+            let key = keys::user_sessions(user);
+            async move { conn.hgetall::<_, HashMap<String, String>>(key).await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        Ok(users
+            .iter()
+            .zip(all)
+            .filter(|(_, sessions)| !sessions.is_empty())
+            .map(|(user, sessions)| {
+                let locations = sessions
+                    .into_iter()
+                    .map(|(session, server_id)| SessionLocation { session, server_id })
+                    .collect();
+                (user.clone(), locations)
+            })
+            .collect())
+    }
+}
