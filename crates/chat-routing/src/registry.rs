@@ -1,0 +1,151 @@
+//! [`ServerRegistry`]: this process's view of the live chat servers.
+//!
+//! Every chat server writes its health to the store each second. Placement
+//! and routing read a snapshot refreshed in the background (every
+//! `refresh_interval_ms`), so `/v1/connect` and message routing never wait
+//! on a registry read. A server silent for longer than `dead_after_ms` is
+//! dead: never placed, never routed to.
+//!
+//! Tickets handed out since the last refresh are counted locally on top of
+//! the store's pending counts, so a burst of connects from one API server
+//! spreads evenly even between two refreshes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chat_protocol::now_ms;
+use chat_store::{ServerSnapshot, Store};
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub refresh_interval_ms: u64,
+    pub dead_after_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            refresh_interval_ms: 250,
+            dead_after_ms: 3000,
+        }
+    }
+}
+
+pub struct ServerRegistry {
+    store: Arc<dyn Store>,
+    config: RegistryConfig,
+    snapshot: RwLock<Arc<Vec<ServerSnapshot>>>,
+    /// Tickets issued by this process since the snapshot was taken.
+    issued_since_refresh: Mutex<HashMap<String, u64>>,
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+impl ServerRegistry {
+    pub fn new(store: Arc<dyn Store>, config: RegistryConfig) -> Arc<Self> {
+        Arc::new(ServerRegistry {
+            store,
+            config,
+            snapshot: RwLock::new(Arc::new(Vec::new())),
+            issued_since_refresh: Mutex::new(HashMap::new()),
+            healthy: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Starts the background refresh; it ends when the registry is dropped.
+    pub fn spawn_refresh(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let interval = Duration::from_millis(self.config.refresh_interval_ms.max(10));
+        tokio::spawn(async move {
+            loop {
+                let Some(registry) = weak.upgrade() else { return };
+                registry.refresh().await;
+                drop(registry);
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    /// Reads the store now. Called by the background task, and by tests.
+    pub async fn refresh(&self) {
+        let now = now_ms();
+        match self.store.servers(now).await {
+            Ok(servers) => {
+                let live: Vec<ServerSnapshot> = servers
+                    .into_iter()
+                    .filter(|s| now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms)
+                    .collect();
+                *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+                self.issued_since_refresh
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "registry refresh failed");
+            }
+        }
+    }
+
+    /// Whether the last refresh reached the store.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The live servers (silent ones already removed) as of the last refresh.
+    pub fn live(&self) -> Arc<Vec<ServerSnapshot>> {
+        let snapshot = self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // Between refreshes a server can cross its dead-after line.
+        let now = now_ms();
+        if snapshot
+            .iter()
+            .all(|s| now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms)
+        {
+            return snapshot;
+        }
+        Arc::new(
+            snapshot
+                .iter()
+                .filter(|s| now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    pub fn is_live(&self, server_id: &str) -> bool {
+        self.live().iter().any(|s| s.health.id == server_id)
+    }
+
+    /// Live servers with this process's recently issued tickets added to
+    /// their pending counts, for placement.
+    pub fn live_with_local_pending(&self) -> Vec<ServerSnapshot> {
+        let issued = self
+            .issued_since_refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.live()
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.pending_tickets += issued.get(&s.health.id).copied().unwrap_or(0);
+                s
+            })
+            .collect()
+    }
+
+    pub fn note_ticket_issued(&self, server_id: &str) {
+        *self
+            .issued_since_refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server_id.to_owned())
+            .or_default() += 1;
+    }
+}
