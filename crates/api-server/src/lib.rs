@@ -1,1 +1,174 @@
+//! The stateless REST API of the chat service.
+//!
+//! Every replica is interchangeable: all state is in the [`Store`]. The
+//! router is built by [`app`] so tests and the local mode can serve it
+//! in-process; [`main.rs`] only parses flags and wires the store.
 
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod placement;
+pub mod routes;
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chat_ops::{Counter, Metrics, ReadinessCheck};
+use chat_protocol::Limits;
+use chat_routing::{LinkConfig, LinkPool, MessageRouter, RegistryConfig, ServerRegistry};
+use chat_store::Store;
+
+pub use config::ApiConfig;
+use error::ApiError;
+use placement::PlacementPolicy;
+
+pub struct ApiMetrics {
+    pub http_requests: Arc<Counter>,
+    pub http_errors: Arc<Counter>,
+    pub messages_posted: Arc<Counter>,
+    pub connects: Arc<Counter>,
+    pub connect_no_server: Arc<Counter>,
+}
+
+impl ApiMetrics {
+    fn new(m: &Metrics) -> Self {
+        ApiMetrics {
+            http_requests: m.counter("api_http_requests_total", "REST requests served."),
+            http_errors: m.counter(
+                "api_http_errors_total",
+                "REST requests answered with an error status.",
+            ),
+            messages_posted: m
+                .counter("api_messages_posted_total", "Messages stored through REST."),
+            connects: m.counter(
+                "api_connect_tickets_total",
+                "Tickets handed out by /v1/connect.",
+            ),
+            connect_no_server: m.counter(
+                "api_connect_no_server_total",
+                "/v1/connect calls refused because no chat server was available.",
+            ),
+        }
+    }
+}
+
+pub struct AppState {
+    pub config: ApiConfig,
+    pub limits: Limits,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<ServerRegistry>,
+    pub router: Arc<MessageRouter>,
+    pub placement: PlacementPolicy,
+    pub placement_lock: Mutex<()>,
+    pub metrics: ApiMetrics,
+    pub metrics_registry: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Wires the state and starts the registry refresh.
+    pub fn new(config: ApiConfig, store: Arc<dyn Store>) -> Arc<Self> {
+        let metrics_registry = Metrics::new();
+        let registry = ServerRegistry::new(
+            store.clone(),
+            RegistryConfig {
+                refresh_interval_ms: config.registry_refresh_ms,
+                dead_after_ms: config.dead_after_ms,
+            },
+        );
+        registry.spawn_refresh();
+        let links = LinkPool::new(LinkConfig {
+            internal_secret: config.internal_secret.clone(),
+            ..LinkConfig::default()
+        });
+        let router = Arc::new(MessageRouter::new(
+            store.clone(),
+            registry.clone(),
+            links,
+            None,
+        ));
+        Arc::new(AppState {
+            limits: config.limits(),
+            config,
+            store,
+            registry,
+            router,
+            placement: PlacementPolicy::default(),
+            placement_lock: Mutex::new(()),
+            metrics: ApiMetrics::new(&metrics_registry),
+            metrics_registry,
+        })
+    }
+}
+
+struct StoreReadiness(Arc<dyn Store>);
+
+#[async_trait]
+impl ReadinessCheck for StoreReadiness {
+    async fn ready(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+/// The whole HTTP surface: REST, operational endpoints, OpenAPI.
+pub fn app(state: Arc<AppState>) -> Router {
+    use routes::{auth, connect, messages, rooms};
+    let api = Router::new()
+        .route("/v1/auth/token", post(auth::issue_token))
+        .route("/v1/rooms", post(rooms::create_room).get(rooms::list_rooms))
+        .route("/v1/rooms/{room}", get(rooms::get_room))
+        .route("/v1/rooms/{room}/members", get(rooms::list_members))
+        .route(
+            "/v1/rooms/{room}/members/{user}",
+            put(rooms::add_member).delete(rooms::remove_member),
+        )
+        .route(
+            "/v1/rooms/{room}/messages",
+            post(messages::post_message).get(messages::list_messages),
+        )
+        .route("/v1/connect", post(connect::connect))
+        .route("/v1/servers", get(connect::list_servers))
+        .route("/openapi.json", get(|| async { Json(openapi::spec()) }))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: Some(axum::http::StatusCode::METHOD_NOT_ALLOWED),
+                ..ApiError::invalid("method not allowed on this endpoint")
+            }
+        })
+        .layer(DefaultBodyLimit::max(state.limits.max_request_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state.clone());
+    api.merge(chat_ops::ops_router(
+        state.metrics_registry.clone(),
+        Arc::new(StoreReadiness(state.store.clone())),
+    ))
+}
+
+async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    state.metrics.http_requests.inc();
+    let response = next.run(req).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        state.metrics.http_errors.inc();
+    }
+    response
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

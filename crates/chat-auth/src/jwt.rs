@@ -36,7 +36,8 @@ pub fn verify_token(
     leeway_s: u64,
 ) -> Result<Claims, AuthError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::Malformed);
     };
@@ -88,15 +89,24 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused_within_the_leeway_only() {
         let token = mint(SECRET, &claims(1000));
-        assert_eq!(verify_token(SECRET, &token, 1000, 0), Err(AuthError::Expired));
+        assert_eq!(
+            verify_token(SECRET, &token, 1000, 0),
+            Err(AuthError::Expired)
+        );
         assert!(verify_token(SECRET, &token, 1020, 30).is_ok());
-        assert_eq!(verify_token(SECRET, &token, 1031, 30), Err(AuthError::Expired));
+        assert_eq!(
+            verify_token(SECRET, &token, 1031, 30),
+            Err(AuthError::Expired)
+        );
     }
 
     #[test]
     fn forged_and_tampered_tokens_are_refused() {
         let token = mint(b"other-secret", &claims(2000));
-        assert_eq!(verify_token(SECRET, &token, 1000, 0), Err(AuthError::Signature));
+        assert_eq!(
+            verify_token(SECRET, &token, 1000, 0),
+            Err(AuthError::Signature)
+        );
         let good = mint(SECRET, &claims(2000));
         let mut parts: Vec<&str> = good.split('.').collect();
         let evil = b64(br#"{"sub":"mallory","exp":2000}"#);
@@ -110,9 +120,16 @@ mod tests {
     #[test]
     fn alg_none_and_other_algorithms_are_refused() {
         let payload = b64(br#"{"sub":"alice","exp":2000}"#);
-        for header in [r#"{"alg":"none"}"#, r#"{"alg":"HS512"}"#, r#"{"alg":"RS256"}"#] {
+        for header in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS512"}"#,
+            r#"{"alg":"RS256"}"#,
+        ] {
             let token = format!("{}.{payload}.", b64(header.as_bytes()));
-            assert_eq!(verify_token(SECRET, &token, 1000, 0), Err(AuthError::Algorithm));
+            assert_eq!(
+                verify_token(SECRET, &token, 1000, 0),
+                Err(AuthError::Algorithm)
+            );
         }
     }
 
@@ -133,6 +150,9 @@ mod tests {
                 iat: None,
             },
         );
-        assert_eq!(verify_token(SECRET, &token, 1000, 0), Err(AuthError::Subject));
+        assert_eq!(
+            verify_token(SECRET, &token, 1000, 0),
+            Err(AuthError::Subject)
+        );
     }
 }

@@ -62,15 +62,27 @@ mod tests {
     #[test]
     fn minted_tickets_verify_on_their_server_only() {
         let text = mint(b"k", &ticket());
-        assert_eq!(verify_ticket(b"k", &text, "chat-1", 1000).unwrap(), ticket());
-        assert_eq!(verify_ticket(b"k", &text, "chat-2", 1000), Err(AuthError::WrongServer));
+        assert_eq!(
+            verify_ticket(b"k", &text, "chat-1", 1000).unwrap(),
+            ticket()
+        );
+        assert_eq!(
+            verify_ticket(b"k", &text, "chat-2", 1000),
+            Err(AuthError::WrongServer)
+        );
     }
 
     #[test]
     fn expired_forged_and_malformed_tickets_are_refused() {
         let text = mint(b"k", &ticket());
-        assert_eq!(verify_ticket(b"k", &text, "chat-1", 5000), Err(AuthError::Expired));
-        assert_eq!(verify_ticket(b"other", &text, "chat-1", 1000), Err(AuthError::Signature));
+        assert_eq!(
+            verify_ticket(b"k", &text, "chat-1", 5000),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            verify_ticket(b"other", &text, "chat-1", 1000),
+            Err(AuthError::Signature)
+        );
         for bad in ["", "abc", "a.b", ".", "!!!.???"] {
             assert!(verify_ticket(b"k", bad, "chat-1", 1000).is_err(), "{bad}");
         }

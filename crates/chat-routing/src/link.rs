@@ -95,7 +95,8 @@ impl LinkPool {
         }
         let link = links.get(server_id).expect("inserted above");
         if link.tx.try_send(delivery).is_err() {
-            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(server_id, "link queue full: delivery dropped");
         }
     }

@@ -62,7 +62,9 @@ impl ServerRegistry {
         let interval = Duration::from_millis(self.config.refresh_interval_ms.max(10));
         tokio::spawn(async move {
             loop {
-                let Some(registry) = weak.upgrade() else { return };
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
                 registry.refresh().await;
                 drop(registry);
                 tokio::time::sleep(interval).await;
@@ -77,17 +79,21 @@ impl ServerRegistry {
             Ok(servers) => {
                 let live: Vec<ServerSnapshot> = servers
                     .into_iter()
-                    .filter(|s| now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms)
+                    .filter(|s| {
+                        now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms
+                    })
                     .collect();
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
                 self.issued_since_refresh
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
-                self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.healthy
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
-                self.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.healthy
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "registry refresh failed");
             }
         }
@@ -100,7 +106,11 @@ impl ServerRegistry {
 
     /// The live servers (silent ones already removed) as of the last refresh.
     pub fn live(&self) -> Arc<Vec<ServerSnapshot>> {
-        let snapshot = self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let snapshot = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         // Between refreshes a server can cross its dead-after line.
         let now = now_ms();
         if snapshot

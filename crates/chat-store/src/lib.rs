@@ -7,8 +7,10 @@
 //!
 //! The Redis key layout is written down once, in [`keys`].
 
+mod args;
 pub mod conformance;
 pub mod keys;
+pub use args::StoreArgs;
 mod memory;
 mod redis_store;
 

@@ -1,0 +1,84 @@
+//! Placement: `/v1/connect` and `/v1/servers`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use chat_auth::ticket::{mint, Ticket};
+use chat_protocol::ids::new_id;
+use chat_protocol::rest::{ConnectResponse, ErrorBody, ServerInfo, ServerList};
+use chat_protocol::{now_ms, ErrorCode};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::AuthUser;
+use crate::AppState;
+
+#[utoipa::path(post, path = "/v1/connect",
+    responses((status = 200, body = ConnectResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn connect(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+) -> ApiResult<Json<ConnectResponse>> {
+    // Choosing and counting the ticket happen under one lock so concurrent
+    // connects on this replica see each other's tickets.
+    let chosen = {
+        let _guard = state
+            .placement_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let servers = state.registry.live_with_local_pending();
+        let chosen = state.placement.choose(&servers).cloned();
+        if let Some(s) = &chosen {
+            state.registry.note_ticket_issued(&s.health.id);
+        }
+        chosen
+    };
+    let Some(server) = chosen else {
+        state.metrics.connect_no_server.inc();
+        return Err(ApiError::new(
+            ErrorCode::NoChatServer,
+            "no healthy chat server is available",
+        ));
+    };
+    let ttl = state.config.ticket_ttl_ms;
+    let ticket = Ticket {
+        id: new_id("t_"),
+        user: caller,
+        server_id: server.health.id.clone(),
+        expires_at_ms: now_ms() + ttl,
+    };
+    state
+        .store
+        .add_pending_ticket(&ticket.server_id, &ticket.id, ticket.expires_at_ms)
+        .await?;
+    state.metrics.connects.inc();
+    Ok(Json(ConnectResponse {
+        url: server.health.url,
+        ticket: mint(state.config.ticket_secret.as_bytes(), &ticket),
+        server_id: ticket.server_id,
+        expires_in_ms: ttl,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/servers",
+    responses((status = 200, body = ServerList), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_servers(
+    State(state): State<Arc<AppState>>,
+    AuthUser(_): AuthUser,
+) -> ApiResult<Json<ServerList>> {
+    Ok(Json(ServerList {
+        servers: state
+            .registry
+            .live()
+            .iter()
+            .map(|s| ServerInfo {
+                id: s.health.id.clone(),
+                url: s.health.url.clone(),
+                state: s.health.state,
+                connections: s.health.connections,
+                last_seen_ms: s.health.last_seen_ms,
+            })
+            .collect(),
+    }))
+}

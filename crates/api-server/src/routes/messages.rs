@@ -1,0 +1,178 @@
+//! Posting and reading messages.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chat_protocol::ids::new_id;
+use chat_protocol::now_ms;
+use chat_protocol::rest::{ErrorBody, Message, MessageList, PostMessageRequest};
+use chat_store::NewMessage;
+
+use super::room_for_member;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthUser, JsonBody};
+use crate::AppState;
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/messages", params(("room" = String, Path)),
+    request_body = PostMessageRequest,
+    responses((status = 201, body = Message), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_message(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    Path(room): Path<String>,
+    JsonBody(req): JsonBody<PostMessageRequest>,
+) -> ApiResult<(StatusCode, Json<Message>)> {
+    room_for_member(&state, &room, &caller).await?;
+    state
+        .limits
+        .check_message(&req.body, req.client_msg_id.as_deref())
+        .map_err(ApiError::invalid)?;
+    // Membership is checked again inside the atomic append: a removal that
+    // lands between the two checks still refuses the message.
+    let appended = state
+        .store
+        .append(NewMessage {
+            room,
+            id: new_id("m_"),
+            from: caller,
+            body: req.body,
+            ts: now_ms(),
+            client_msg_id: req.client_msg_id,
+        })
+        .await?;
+    if !appended.duplicate {
+        state.metrics.messages_posted.inc();
+        let router = state.router.clone();
+        let message = appended.message.clone();
+        tokio::spawn(async move {
+            if let Err(e) = router.route_message(&message).await {
+                tracing::warn!(error = %e, room = %message.room, seq = message.seq, "routing failed; clients recover through resume");
+            }
+        });
+    }
+    Ok((StatusCode::CREATED, Json(appended.message)))
+}
+
+/// `after` and `before` select the page; neither means the latest messages.
+#[derive(Debug, PartialEq)]
+pub(crate) struct HistoryQuery {
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: u32,
+}
+
+pub(crate) fn parse_history_query(
+    raw: Option<&str>,
+    default_limit: u32,
+    max_limit: u32,
+) -> Result<HistoryQuery, String> {
+    let mut q = HistoryQuery {
+        after: None,
+        before: None,
+        limit: default_limit,
+    };
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{key} must be a non-negative integer"))
+        };
+        match key {
+            "after" => q.after = Some(number()?),
+            "before" => q.before = Some(number()?),
+            "limit" => {
+                let n = number()?;
+                if n == 0 || n > max_limit as u64 {
+                    return Err(format!("limit must be 1..{max_limit}"));
+                }
+                q.limit = n as u32;
+            }
+            _ => {}
+        }
+    }
+    if q.after.is_some() && q.before.is_some() {
+        return Err("give after or before, not both".into());
+    }
+    Ok(q)
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/messages",
+    params(("room" = String, Path), ("after" = Option<u64>, Query), ("before" = Option<u64>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = MessageList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    Path(room): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<MessageList>> {
+    let q = parse_history_query(
+        raw.as_deref(),
+        state.limits.default_history_limit,
+        state.limits.max_history_limit,
+    )
+    .map_err(ApiError::invalid)?;
+    room_for_member(&state, &room, &caller).await?;
+    let messages = match (q.after, q.before) {
+        (Some(after), _) => state.store.messages_after(&room, after, q.limit).await?,
+        (None, Some(before)) => state.store.messages_before(&room, before, q.limit).await?,
+        (None, None) => {
+            state
+                .store
+                .messages_before(&room, u64::MAX, q.limit)
+                .await?
+        }
+    };
+    Ok(Json(MessageList { messages }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<HistoryQuery, String> {
+        parse_history_query(Some(raw), 50, 200)
+    }
+
+    #[test]
+    fn history_queries_parse_with_defaults() {
+        assert_eq!(
+            parse("").unwrap(),
+            HistoryQuery {
+                after: None,
+                before: None,
+                limit: 50
+            }
+        );
+        assert_eq!(
+            parse("after=5&limit=200").unwrap(),
+            HistoryQuery {
+                after: Some(5),
+                before: None,
+                limit: 200
+            }
+        );
+        assert_eq!(parse("before=9&x=y").unwrap().before, Some(9));
+    }
+
+    #[test]
+    fn bad_history_queries_are_refused() {
+        for raw in [
+            "limit=0",
+            "limit=201",
+            "limit=-1",
+            "after=x",
+            "after=",
+            "before=1.5",
+            "after=1&before=3",
+            "limit",
+        ] {
+            assert!(parse(raw).is_err(), "{raw}");
+        }
+    }
+}

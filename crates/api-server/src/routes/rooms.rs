@@ -1,0 +1,147 @@
+//! Rooms and membership.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chat_protocol::ids::{is_valid_user_id, new_id};
+use chat_protocol::now_ms;
+use chat_protocol::rest::{CreateRoomRequest, ErrorBody, Member, MemberList, Room, RoomList};
+use chat_store::NewRoom;
+
+use super::room_for_member;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthUser, JsonBody};
+use crate::AppState;
+
+#[utoipa::path(post, path = "/v1/rooms", request_body = CreateRoomRequest,
+    responses((status = 201, body = Room), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_room(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    JsonBody(req): JsonBody<CreateRoomRequest>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    state
+        .limits
+        .check_room_name(&req.name)
+        .map_err(ApiError::invalid)?;
+    let requested = req.members.unwrap_or_default();
+    if requested.len() > state.limits.max_initial_members {
+        return Err(ApiError::invalid(format!(
+            "at most {} initial members",
+            state.limits.max_initial_members
+        )));
+    }
+    if let Some(bad) = requested.iter().find(|u| !is_valid_user_id(u)) {
+        return Err(ApiError::invalid(format!(
+            "invalid member id {:?}",
+            bad.chars().take(70).collect::<String>()
+        )));
+    }
+    let mut members = vec![caller.clone()];
+    for m in requested {
+        if !members.contains(&m) {
+            members.push(m);
+        }
+    }
+    let room = state
+        .store
+        .create_room(NewRoom {
+            id: new_id("r_"),
+            name: req.name,
+            created_by: caller,
+            created_at: now_ms(),
+            members,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(room)))
+}
+
+#[utoipa::path(get, path = "/v1/rooms",
+    responses((status = 200, body = RoomList), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_rooms(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+) -> ApiResult<Json<RoomList>> {
+    Ok(Json(RoomList {
+        rooms: state.store.rooms_of_user(&caller).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}", params(("room" = String, Path)),
+    responses((status = 200, body = Room), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_room(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    Path(room): Path<String>,
+) -> ApiResult<Json<Room>> {
+    Ok(Json(room_for_member(&state, &room, &caller).await?))
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/members", params(("room" = String, Path)),
+    responses((status = 200, body = MemberList), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_members(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    Path(room): Path<String>,
+) -> ApiResult<Json<MemberList>> {
+    room_for_member(&state, &room, &caller).await?;
+    let users = state.store.members(&room).await?;
+    let online = state.router.online(&users).await?;
+    Ok(Json(MemberList {
+        members: users
+            .into_iter()
+            .map(|user| Member {
+                online: online.contains(&user),
+                user,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(put, path = "/v1/rooms/{room}/members/{user}",
+    params(("room" = String, Path), ("user" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_member(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    Path((room, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    if !is_valid_user_id(&user) {
+        return Err(ApiError::invalid(
+            "user must be 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    room_for_member(&state, &room, &caller).await?;
+    state.store.add_member(&room, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/rooms/{room}/members/{user}",
+    params(("room" = String, Path), ("user" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_member(
+    State(state): State<Arc<AppState>>,
+    AuthUser(caller): AuthUser,
+    Path((room, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    if !is_valid_user_id(&user) {
+        return Err(ApiError::invalid(
+            "user must be 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    let found = room_for_member(&state, &room, &caller).await?;
+    if caller != user && caller != found.created_by {
+        return Err(ApiError::forbidden(
+            "only the room's creator may remove other members",
+        ));
+    }
+    state.store.remove_member(&room, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
