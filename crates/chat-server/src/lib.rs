@@ -1,1 +1,358 @@
+//! The WebSocket front of the chat service.
+//!
+//! A chat server holds client sessions ([`session`]), reports its health to
+//! the store every heartbeat, receives deliveries from other processes on
+//! the internal link ([`link_endpoint`]), pushes them to local sessions
+//! ([`hub`]) in seq order ([`order`]), and drains gracefully on shutdown:
+//! marked draining at once (no new placements), every client told to
+//! reconnect elsewhere and closed with 1012, then it leaves the registry.
 
+pub mod config;
+pub mod hub;
+mod link_endpoint;
+pub mod order;
+mod session;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chat_ops::{Counter, Gauge, Metrics, ReadinessCheck};
+use chat_protocol::rest::{ErrorBody, ServerState};
+use chat_protocol::{now_ms, ErrorCode, Limits};
+use chat_routing::{
+    LinkConfig, LinkPool, LocalDelivery, MessageRouter, RegistryConfig, ServerRegistry,
+};
+use chat_store::{ServerHealth, Store};
+use tokio::sync::watch;
+
+pub use config::ChatConfig;
+use hub::SessionHub;
+
+pub struct ChatMetrics {
+    pub sessions: Arc<Gauge>,
+    pub sessions_opened: Arc<Counter>,
+    pub handshakes_refused: Arc<Counter>,
+    pub frames_received: Arc<Counter>,
+    pub messages_stored: Arc<Counter>,
+    pub frames_delivered: Arc<Counter>,
+    pub link_batches: Arc<Counter>,
+    pub gap_fills: Arc<Counter>,
+    pub slow_consumers: Arc<Counter>,
+}
+
+impl ChatMetrics {
+    fn new(m: &Metrics) -> Self {
+        ChatMetrics {
+            sessions: m.gauge("chat_server_sessions", "Open WebSocket sessions."),
+            sessions_opened: m.counter("chat_server_sessions_opened_total", "Sessions accepted."),
+            handshakes_refused: m.counter(
+                "chat_server_handshakes_refused_total",
+                "Upgrades refused (bad ticket, draining, full).",
+            ),
+            frames_received: m.counter(
+                "chat_server_frames_received_total",
+                "Client frames received.",
+            ),
+            messages_stored: m.counter(
+                "chat_server_messages_stored_total",
+                "Messages stored from WebSocket sends.",
+            ),
+            frames_delivered: m.counter(
+                "chat_server_frames_delivered_total",
+                "Message and typing frames written to clients.",
+            ),
+            link_batches: m.counter(
+                "chat_server_link_batches_total",
+                "Delivery batches received on internal links.",
+            ),
+            gap_fills: m.counter(
+                "chat_server_gap_fills_total",
+                "Out-of-order gaps filled from history.",
+            ),
+            slow_consumers: m.counter(
+                "chat_server_slow_consumer_disconnects_total",
+                "Sessions closed because their queue was full.",
+            ),
+        }
+    }
+}
+
+pub struct ChatServer {
+    pub config: ChatConfig,
+    pub server_id: String,
+    pub limits: Limits,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<SessionHub>,
+    pub router: Arc<MessageRouter>,
+    pub registry: Arc<ServerRegistry>,
+    pub metrics: ChatMetrics,
+    metrics_registry: Arc<Metrics>,
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+}
+
+impl ChatServer {
+    pub fn new(config: ChatConfig, store: Arc<dyn Store>) -> Arc<Self> {
+        let server_id = config.server_id();
+        let hub = Arc::new(SessionHub::default());
+        let registry = ServerRegistry::new(
+            store.clone(),
+            RegistryConfig {
+                refresh_interval_ms: 250,
+                dead_after_ms: config.dead_after_ms,
+            },
+        );
+        registry.spawn_refresh();
+        let links = LinkPool::new(LinkConfig {
+            internal_secret: config.internal_secret.clone(),
+            ..LinkConfig::default()
+        });
+        let router = Arc::new(MessageRouter::new(
+            store.clone(),
+            registry.clone(),
+            links,
+            Some((server_id.clone(), hub.clone() as Arc<dyn LocalDelivery>)),
+        ));
+        let metrics_registry = Metrics::new();
+        let limits = Limits {
+            max_frame_bytes: config.max_frame_bytes,
+            max_body_bytes: config.max_body_bytes,
+            ..Limits::default()
+        };
+        Arc::new(ChatServer {
+            metrics: ChatMetrics::new(&metrics_registry),
+            metrics_registry,
+            server_id,
+            limits,
+            store,
+            hub,
+            router,
+            registry,
+            config,
+            draining: AtomicBool::new(false),
+            drain_tx: watch::channel(false).0,
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn health(&self) -> ServerHealth {
+        let connections = self.hub.connections() as u64;
+        ServerHealth {
+            id: self.server_id.clone(),
+            url: self.config.public_url(),
+            internal_url: self.config.internal_url(),
+            state: if self.is_draining() {
+                ServerState::Draining
+            } else {
+                ServerState::Ready
+            },
+            connections,
+            load: connections as f64 / self.config.max_connections.max(1) as f64,
+            last_seen_ms: now_ms(),
+        }
+    }
+
+    async fn report_health(&self) {
+        if let Err(e) = self
+            .store
+            .put_server(&self.health(), self.config.dead_after_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "health report failed");
+        }
+    }
+
+    /// Health every heartbeat; presence refresh every third of its TTL.
+    fn spawn_reporters(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let interval = Duration::from_millis(self.config.heartbeat_interval_ms.max(50));
+        tokio::spawn(async move {
+            loop {
+                let Some(server) = weak.upgrade() else { return };
+                if server.is_draining() {
+                    return; // the drain reports for itself from here on
+                }
+                server.report_health().await;
+                server.metrics.sessions.set(server.hub.connections() as i64);
+                drop(server);
+                tokio::time::sleep(interval).await;
+            }
+        });
+        let weak = Arc::downgrade(self);
+        let interval = Duration::from_millis((self.config.presence_ttl_ms / 3).max(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(server) = weak.upgrade() else { return };
+                let users = server.hub.users();
+                if let Err(e) = server
+                    .store
+                    .refresh_sessions(&users, server.config.presence_ttl_ms)
+                    .await
+                {
+                    tracing::warn!(error = %e, "presence refresh failed");
+                }
+            }
+        });
+    }
+
+    /// Graceful drain: draining at once, clients told to reconnect, wait
+    /// for them to leave (bounded by the drain timeout), leave the registry.
+    pub async fn drain(&self) {
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        self.draining.store(true, Ordering::Relaxed);
+        self.report_health().await;
+        tracing::info!(sessions = self.hub.connections(), "draining");
+        let _ = self.drain_tx.send(true);
+        while self.hub.connections() > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.store.remove_server(&self.server_id).await {
+            tracing::warn!(error = %e, "could not leave the registry; it expires by itself");
+        }
+        tracing::info!(
+            remaining = self.hub.connections(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "drained"
+        );
+    }
+
+    pub fn app(self: &Arc<Self>) -> Router {
+        let routes = Router::new()
+            .route("/ws", get(ws_upgrade))
+            .route("/internal/link", get(link_endpoint::upgrade))
+            .with_state(self.clone());
+        routes.merge(chat_ops::ops_router(
+            self.metrics_registry.clone(),
+            Arc::new(ChatReadiness(self.clone())),
+        ))
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains. Returns
+    /// once the drain is over.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.report_health().await;
+        self.spawn_reporters();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = self.app();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        tracing::info!(server_id = %self.server_id, url = %self.config.public_url(), "chat-server ready");
+        shutdown.await;
+        self.drain().await;
+        let _ = stop_tx.send(());
+        // Connections still open after the drain (timeout hit) must not keep
+        // the process alive: give the server a moment, then move on.
+        let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
+        Ok(())
+    }
+}
+
+struct ChatReadiness(Arc<ChatServer>);
+
+#[async_trait]
+impl ReadinessCheck for ChatReadiness {
+    async fn ready(&self) -> Result<(), String> {
+        if self.0.is_draining() {
+            return Err("draining".into());
+        }
+        self.0.store.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TicketQuery {
+    ticket: Option<String>,
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    (status, Json(ErrorBody::new(code, message))).into_response()
+}
+
+/// Checks the ticket before upgrading: a refused client gets an HTTP error,
+/// never a WebSocket.
+async fn ws_upgrade(
+    State(server): State<Arc<ChatServer>>,
+    Query(query): Query<TicketQuery>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let unauthorized = |server: &ChatServer, why: &str| {
+        server.metrics.handshakes_refused.inc();
+        refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, why)
+    };
+    let Some(text) = query.ticket else {
+        return unauthorized(&server, "missing ticket");
+    };
+    let now = now_ms();
+    let ticket = match chat_auth::ticket::verify_ticket(
+        server.config.ticket_secret.as_bytes(),
+        &text,
+        &server.server_id,
+        now,
+    ) {
+        Ok(t) => t,
+        Err(e) => return unauthorized(&server, &format!("invalid ticket: {e}")),
+    };
+    if server.is_draining() {
+        server.metrics.handshakes_refused.inc();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "this chat server is draining; call /v1/connect again",
+        );
+    }
+    if server.hub.connections() >= server.config.max_connections {
+        server.metrics.handshakes_refused.inc();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "this chat server is full; call /v1/connect again",
+        );
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    // Single use: the pending entry is consumed exactly once.
+    match server
+        .store
+        .take_pending_ticket(&server.server_id, &ticket.id, now)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return unauthorized(&server, "ticket already used or unknown"),
+        Err(e) => {
+            tracing::warn!(error = %e, "ticket check failed");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "storage unavailable",
+            );
+        }
+    }
+    let max = server.config.max_frame_bytes;
+    upgrade
+        .max_frame_size(max)
+        .max_message_size(max)
+        .on_upgrade(move |socket| session::run(server, socket, ticket.user))
+}

@@ -1,0 +1,87 @@
+//! Chat server configuration: flags and `CHAT_*` environment variables.
+
+use std::net::SocketAddr;
+
+use chat_store::StoreArgs;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatConfig {
+    /// Address for WebSocket clients, the internal link and ops endpoints.
+    #[arg(
+        long = "listen",
+        env = "CHAT_SERVER_LISTEN",
+        default_value = "127.0.0.1:9001"
+    )]
+    pub listen: SocketAddr,
+    /// Unique id of this chat server (default: generated).
+    #[arg(long, env = "CHAT_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// WebSocket URL handed to clients (default: ws://<listen>/ws).
+    #[arg(long, env = "CHAT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// URL other processes use for the internal link (default: ws://<listen>/internal/link).
+    #[arg(long, env = "CHAT_INTERNAL_URL")]
+    pub internal_url: Option<String>,
+    /// Secret shared with the API servers that signs WebSocket tickets.
+    #[arg(long, env = "CHAT_TICKET_SECRET", hide_env_values = true)]
+    pub ticket_secret: String,
+    /// Secret that authenticates internal links.
+    #[arg(long, env = "CHAT_INTERNAL_SECRET", hide_env_values = true)]
+    pub internal_secret: String,
+    /// How often health is reported.
+    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// Lifetime of a health report: silent longer than this means dead.
+    #[arg(long, env = "CHAT_DEAD_AFTER_MS", default_value_t = 3000)]
+    pub dead_after_ms: u64,
+    /// Longest graceful drain after SIGTERM before the process exits.
+    #[arg(long, env = "CHAT_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Largest `after_ms` in reconnect frames (spreads the reconnect storm).
+    #[arg(long, env = "CHAT_RECONNECT_JITTER_MS", default_value_t = 1000)]
+    pub reconnect_jitter_ms: u64,
+    /// Sessions accepted before the handshake is refused with 503.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Frames queued per session before it counts as a slow consumer.
+    #[arg(long, env = "CHAT_SESSION_QUEUE_LEN", default_value_t = 4096)]
+    pub session_queue_len: usize,
+    /// Lifetime of presence records, refreshed at a third of it.
+    #[arg(long, env = "CHAT_PRESENCE_TTL_MS", default_value_t = 60_000)]
+    pub presence_ttl_ms: u64,
+    /// How long an out-of-order gap waits before it is filled from history.
+    #[arg(long, env = "CHAT_GAP_FILL_DELAY_MS", default_value_t = 200)]
+    pub gap_fill_delay_ms: u64,
+    /// Interval of WebSocket pings to idle clients.
+    #[arg(long, env = "CHAT_WS_PING_INTERVAL_MS", default_value_t = 20_000)]
+    pub ws_ping_interval_ms: u64,
+    /// A client silent (no frame, no pong) for this long is dropped.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Largest client frame in bytes (contract: 64 KiB; larger closes with 1009).
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+    /// Largest message body in bytes.
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl ChatConfig {
+    pub fn server_id(&self) -> String {
+        self.server_id
+            .clone()
+            .unwrap_or_else(|| chat_protocol::ids::new_id("chat-")[..17].to_owned())
+    }
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{}/ws", self.listen))
+    }
+    pub fn internal_url(&self) -> String {
+        self.internal_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{}/internal/link", self.listen))
+    }
+}

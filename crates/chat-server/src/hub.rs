@@ -1,0 +1,82 @@
+//! [`SessionHub`]: the sessions on this chat server, by user.
+//!
+//! Delivery never blocks: each session has a bounded queue and the hub only
+//! `try_send`s. A session whose queue is full is a slow consumer; it is told
+//! to close (`kick`) instead of slowing everyone else down.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use chat_routing::{Delivery, LocalDelivery};
+use tokio::sync::{mpsc, Notify};
+
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub session: String,
+    pub tx: mpsc::Sender<Arc<Delivery>>,
+    pub kick: Arc<Notify>,
+}
+
+#[derive(Default)]
+pub struct SessionHub {
+    users: RwLock<HashMap<String, Vec<SessionHandle>>>,
+    count: AtomicUsize,
+    overflows: AtomicUsize,
+}
+
+impl SessionHub {
+    pub fn add(&self, user: &str, handle: SessionHandle) {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        users.entry(user.to_owned()).or_default().push(handle);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn remove(&self, user: &str, session: &str) {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = users.get_mut(user) {
+            let before = list.len();
+            list.retain(|h| h.session != session);
+            if list.len() < before {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if list.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Sessions disconnected because their queue was full.
+    pub fn overflows(&self) -> usize {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    pub fn users(&self) -> Vec<String> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+impl LocalDelivery for SessionHub {
+    fn deliver(&self, delivery: Arc<Delivery>) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        for user in &delivery.users {
+            for handle in users.get(user).into_iter().flatten() {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    handle.tx.try_send(delivery.clone())
+                {
+                    self.overflows.fetch_add(1, Ordering::Relaxed);
+                    handle.kick.notify_one();
+                }
+            }
+        }
+    }
+}

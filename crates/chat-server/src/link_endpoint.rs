@@ -1,0 +1,53 @@
+//! The receiving end of internal links: batches of deliveries from API
+//! servers and other chat servers, authenticated by the shared secret.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chat_protocol::ErrorCode;
+use chat_routing::delivery::decode_batch;
+use chat_routing::{secret_matches, LocalDelivery, INTERNAL_SECRET_HEADER};
+
+use crate::{refuse, ChatServer};
+
+pub(crate) async fn upgrade(
+    State(server): State<Arc<ChatServer>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let presented = headers
+        .get(INTERNAL_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !secret_matches(presented, &server.config.internal_secret) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "bad internal secret",
+        );
+    }
+    upgrade
+        .max_message_size(64 << 20)
+        .on_upgrade(move |socket| receive(server, socket))
+        .into_response()
+}
+
+async fn receive(server: Arc<ChatServer>, mut socket: WebSocket) {
+    while let Some(Ok(frame)) = socket.recv().await {
+        let WsMessage::Text(text) = frame else {
+            continue;
+        };
+        server.metrics.link_batches.inc();
+        match decode_batch(text.as_str()) {
+            Ok(deliveries) => {
+                for d in deliveries {
+                    server.hub.deliver(Arc::new(d));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "dropping malformed link batch"),
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! One client session: a single task owns the socket, so frames to this
+//! client are written in one place, in order. It reacts to four things:
+//! client frames, deliveries from the hub, due gap fills, and the drain.
+//!
+//! Acks are written by this task right after the store confirms the append
+//! and before the message is routed, so on the sender's connection the ack
+//! always precedes the message itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use chat_protocol::frame::close_code;
+use chat_protocol::ids::{is_plausible_room_id, new_id};
+use chat_protocol::{now_ms, ClientFrame, ErrorCode, ServerFrame};
+use chat_routing::{Delivery, DeliveryKind};
+use chat_store::{NewMessage, SessionLocation, StoreError};
+use rand::Rng;
+use tokio::sync::{mpsc, Notify};
+
+use crate::hub::SessionHandle;
+use crate::order::RoomOrder;
+use crate::ChatServer;
+
+/// Why the session loop ended, deciding how the socket is closed.
+enum End {
+    ClientLeft,
+    Drain,
+    SlowConsumer,
+    TooBig,
+    Idle,
+    WriteFailed,
+}
+
+struct Session {
+    server: Arc<ChatServer>,
+    socket: WebSocket,
+    user: String,
+    id: String,
+    order: RoomOrder,
+    last_heard: Instant,
+}
+
+pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String) {
+    let id = new_id("s_");
+    let (tx, rx) = mpsc::channel(server.config.session_queue_len.max(16));
+    let kick = Arc::new(Notify::new());
+    server.hub.add(
+        &user,
+        SessionHandle {
+            session: id.clone(),
+            tx,
+            kick: kick.clone(),
+        },
+    );
+    server.metrics.sessions_opened.inc();
+    server.metrics.sessions.set(server.hub.connections() as i64);
+    let mut session = Session {
+        server: server.clone(),
+        socket,
+        user: user.clone(),
+        id: id.clone(),
+        order: RoomOrder::default(),
+        last_heard: Instant::now(),
+    };
+    match session.start().await {
+        Ok(()) => {
+            let end = session.serve(rx, kick).await;
+            session.close(end).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %user, "session setup failed");
+            let _ = session
+                .write(&ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable; reconnect later",
+                ))
+                .await;
+        }
+    }
+    server.hub.remove(&user, &id);
+    server.metrics.sessions.set(server.hub.connections() as i64);
+    if let Err(e) = server.store.remove_session(&user, &id).await {
+        tracing::debug!(error = %e, "presence removal failed; it expires by itself");
+    }
+}
+
+impl Session {
+    /// Registers presence, records where each room stands (messages after
+    /// this point are live), then welcomes the client.
+    async fn start(&mut self) -> Result<(), StoreError> {
+        let store = &self.server.store;
+        store
+            .add_session(
+                &self.user,
+                &SessionLocation {
+                    session: self.id.clone(),
+                    server_id: self.server.server_id.clone(),
+                },
+                self.server.config.presence_ttl_ms,
+            )
+            .await?;
+        let rooms = store.room_ids_of_user(&self.user).await?;
+        for (room, seq) in store.latest_seqs(&rooms).await? {
+            self.order.set_baseline(&room, seq);
+        }
+        let welcome = ServerFrame::Welcome {
+            server_id: self.server.server_id.clone(),
+            user: self.user.clone(),
+            session: self.id.clone(),
+        };
+        let _ = self.write(&welcome).await;
+        Ok(())
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Arc<Delivery>>, kick: Arc<Notify>) -> End {
+        let mut drain = self.server.drain_tx.subscribe();
+        if *drain.borrow() {
+            return End::Drain;
+        }
+        let gap_delay = Duration::from_millis(self.server.config.gap_fill_delay_ms);
+        let ping_every = Duration::from_millis(self.server.config.ws_ping_interval_ms.max(100));
+        let idle_timeout = Duration::from_millis(self.server.config.idle_timeout_ms.max(1000));
+        let mut ping = tokio::time::interval(ping_every);
+        ping.tick().await;
+        loop {
+            let fill_at = self.order.next_fill_at(gap_delay);
+            tokio::select! {
+                biased;
+                _ = drain.changed() => return End::Drain,
+                _ = kick.notified() => return End::SlowConsumer,
+                incoming = self.socket.recv() => {
+                    self.last_heard = Instant::now();
+                    match incoming {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if let Err(end) = self.on_text(text.as_str()).await { return end; }
+                        }
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            let frame = ServerFrame::error(ErrorCode::InvalidFrame, "frames must be text");
+                            if self.write(&frame).await.is_err() { return End::WriteFailed; }
+                        }
+                        Some(Ok(WsMessage::Close(_))) | None => return End::ClientLeft,
+                        Some(Ok(_)) => {} // ping/pong: answered by the library
+                        Some(Err(e)) => {
+                            return if is_too_big(&e) { End::TooBig } else { End::ClientLeft };
+                        }
+                    }
+                }
+                Some(delivery) = rx.recv() => {
+                    if let Err(end) = self.on_delivery(delivery).await { return end; }
+                }
+                _ = sleep_until(fill_at), if fill_at.is_some() => {
+                    if let Err(end) = self.fill_gaps(gap_delay).await { return end; }
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > idle_timeout {
+                        return End::Idle;
+                    }
+                    if self.socket.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        return End::WriteFailed;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, end: End) {
+        let (code, reason) = match end {
+            End::ClientLeft | End::WriteFailed => return,
+            End::Drain => {
+                let jitter = self.server.config.reconnect_jitter_ms;
+                let after_ms = if jitter == 0 {
+                    0
+                } else {
+                    rand::rng().random_range(0..=jitter)
+                };
+                let frame = ServerFrame::Reconnect {
+                    reason: "draining".into(),
+                    after_ms,
+                };
+                let _ = self.write(&frame).await;
+                (close_code::SERVICE_RESTART, "server draining")
+            }
+            End::SlowConsumer => {
+                self.server.metrics.slow_consumers.inc();
+                (close_code::POLICY_VIOLATION, "slow consumer")
+            }
+            End::TooBig => (close_code::MESSAGE_TOO_BIG, "frame too big"),
+            End::Idle => (close_code::POLICY_VIOLATION, "idle timeout"),
+        };
+        let _ = self
+            .socket
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+        // Let the close handshake finish so the client reads the code.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = self.socket.recv().await {}
+        })
+        .await;
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.write_raw(Utf8Bytes::from(frame.to_json())).await
+    }
+
+    async fn write_raw(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        self.socket
+            .send(WsMessage::Text(text))
+            .await
+            .map_err(|_| End::WriteFailed)
+    }
+
+    async fn write_frames(&mut self, frames: Vec<Arc<str>>) -> Result<(), End> {
+        for frame in frames {
+            self.server.metrics.frames_delivered.inc();
+            self.write_raw(Utf8Bytes::from(&*frame)).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_delivery(&mut self, delivery: Arc<Delivery>) -> Result<(), End> {
+        match delivery.kind() {
+            DeliveryKind::Ephemeral => self.write_frames(vec![delivery.frame.clone()]).await,
+            DeliveryKind::Message => {
+                let mut ready = Vec::new();
+                self.order.offer(
+                    &delivery.room,
+                    delivery.seq,
+                    delivery.frame.clone(),
+                    Instant::now(),
+                    &mut ready,
+                );
+                self.write_frames(ready).await
+            }
+        }
+    }
+
+    async fn fill_gaps(&mut self, delay: Duration) -> Result<(), End> {
+        for gap in self.order.due_gaps(Instant::now(), delay) {
+            self.server.metrics.gap_fills.inc();
+            let limit = (gap.before - gap.after - 1).min(1000) as u32;
+            let mut ready = Vec::new();
+            match self
+                .server
+                .store
+                .messages_after(&gap.room, gap.after, limit)
+                .await
+            {
+                Ok(messages) => {
+                    for m in messages.into_iter().filter(|m| m.seq < gap.before) {
+                        let seq = m.seq;
+                        let frame: Arc<str> = Arc::from(ServerFrame::Message(m).to_json());
+                        self.order
+                            .offer(&gap.room, seq, frame, Instant::now(), &mut ready);
+                    }
+                    self.order.skip_gap(&gap.room, &mut ready);
+                }
+                Err(e) => tracing::warn!(error = %e, "gap fill failed; retrying"),
+            }
+            self.write_frames(ready).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        self.server.metrics.frames_received.inc();
+        let frame = match ClientFrame::parse(text, &self.server.limits) {
+            Ok(frame) => frame,
+            Err(e) => return self.write(&e.into_server_frame()).await,
+        };
+        match frame {
+            ClientFrame::Send {
+                room,
+                body,
+                client_msg_id,
+            } => self.on_send(room, body, client_msg_id).await,
+            ClientFrame::Resume { rooms } => self.on_resume(rooms).await,
+            ClientFrame::Typing { room } => self.on_typing(room).await,
+            ClientFrame::Ping { nonce } => self.write(&ServerFrame::Pong { nonce }).await,
+        }
+    }
+
+    async fn on_send(
+        &mut self,
+        room: String,
+        body: String,
+        client_msg_id: Option<String>,
+    ) -> Result<(), End> {
+        let error = |code, message: &str, cmid: &Option<String>| ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+            client_msg_id: cmid.clone(),
+        };
+        if !is_plausible_room_id(&room) {
+            return self
+                .write(&error(
+                    ErrorCode::Forbidden,
+                    "not a member of this room",
+                    &client_msg_id,
+                ))
+                .await;
+        }
+        let result = self
+            .server
+            .store
+            .append(NewMessage {
+                room,
+                id: new_id("m_"),
+                from: self.user.clone(),
+                body,
+                ts: now_ms(),
+                client_msg_id: client_msg_id.clone(),
+            })
+            .await;
+        match result {
+            Ok(appended) => {
+                let m = &appended.message;
+                self.write(&ServerFrame::Ack {
+                    client_msg_id: m.client_msg_id.clone(),
+                    room: m.room.clone(),
+                    seq: m.seq,
+                    id: m.id.clone(),
+                })
+                .await?;
+                if !appended.duplicate {
+                    self.server.metrics.messages_stored.inc();
+                    let router = self.server.router.clone();
+                    tokio::spawn(async move {
+                        let m = appended.message;
+                        if let Err(e) = router.route_message(&m).await {
+                            tracing::warn!(error = %e, room = %m.room, seq = m.seq, "routing failed; clients recover through resume");
+                        }
+                    });
+                }
+                Ok(())
+            }
+            Err(StoreError::NoRoom(_) | StoreError::NotMember { .. }) => {
+                self.write(&error(
+                    ErrorCode::Forbidden,
+                    "not a member of this room",
+                    &client_msg_id,
+                ))
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "append failed");
+                self.write(&error(
+                    ErrorCode::Unavailable,
+                    "the message was not stored; retry with the same client_msg_id",
+                    &client_msg_id,
+                ))
+                .await
+            }
+        }
+    }
+
+    /// Replays every stored message after each given seq, in order, then
+    /// `resumed`. Live deliveries queue meanwhile and are deduplicated by
+    /// the room cursor afterwards, so nothing is lost or doubled.
+    async fn on_resume(&mut self, rooms: BTreeMap<String, u64>) -> Result<(), End> {
+        let store = self.server.store.clone();
+        let mut resumed = BTreeMap::new();
+        for (room, from) in rooms {
+            let member = is_plausible_room_id(&room)
+                && match store.is_member(&room, &self.user).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "resume membership check failed");
+                        return self
+                            .write(&ServerFrame::error(
+                                ErrorCode::Unavailable,
+                                "storage unavailable; resume again",
+                            ))
+                            .await;
+                    }
+                };
+            if !member {
+                let frame = ServerFrame::error(
+                    ErrorCode::Forbidden,
+                    format!("not a member of room {room}"),
+                );
+                self.write(&frame).await?;
+                continue;
+            }
+            let latest = match store.latest_seqs(std::slice::from_ref(&room)).await {
+                Ok(seqs) => seqs.get(&room).copied().unwrap_or(0),
+                Err(_) => {
+                    return self
+                        .write(&ServerFrame::error(
+                            ErrorCode::Unavailable,
+                            "storage unavailable; resume again",
+                        ))
+                        .await
+                }
+            };
+            self.order.rewind(&room, from.min(latest));
+            loop {
+                let after = self.order.last(&room).unwrap_or(0);
+                let page = match store.messages_after(&room, after, 200).await {
+                    Ok(page) => page,
+                    Err(_) => {
+                        return self
+                            .write(&ServerFrame::error(
+                                ErrorCode::Unavailable,
+                                "storage unavailable; resume again",
+                            ))
+                            .await
+                    }
+                };
+                if page.is_empty() {
+                    break;
+                }
+                let mut ready = Vec::new();
+                for m in page {
+                    let seq = m.seq;
+                    if seq != self.order.last(&room).unwrap_or(0) + 1 {
+                        // Trimmed by retention: skip ahead to what exists.
+                        self.order.rewind(&room, seq - 1);
+                    }
+                    let frame: Arc<str> = Arc::from(ServerFrame::Message(m).to_json());
+                    self.order
+                        .offer(&room, seq, frame, Instant::now(), &mut ready);
+                }
+                self.write_frames(ready).await?;
+            }
+            resumed.insert(room.clone(), self.order.last(&room).unwrap_or(0));
+        }
+        self.write(&ServerFrame::Resumed { rooms: resumed }).await
+    }
+
+    async fn on_typing(&mut self, room: String) -> Result<(), End> {
+        let member = is_plausible_room_id(&room)
+            && self
+                .server
+                .store
+                .is_member(&room, &self.user)
+                .await
+                .unwrap_or(false);
+        if !member {
+            return self
+                .write(&ServerFrame::error(
+                    ErrorCode::Forbidden,
+                    "not a member of this room",
+                ))
+                .await;
+        }
+        let router = self.server.router.clone();
+        let user = self.user.clone();
+        tokio::spawn(async move {
+            let _ = router.route_typing(&room, &user).await;
+        });
+        Ok(())
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("too long")
+        || text.contains("too big")
+        || text.contains("capacity")
+        || text.contains("size")
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
