@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, the store conformance suite on both
+# stores, and the end-to-end tests with real processes against a real
+# six-node Redis Cluster on loopback. Installs redis-server when missing
+# (scripts/redis-cluster.sh does), starts the cluster, stops it afterwards.
+#
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo is required (install Rust from https://rustup.rs)" >&2
+  exit 1
+fi
+
+echo "== building the workspace (binaries are used by the end-to-end tests)"
+cargo build --workspace --bins --tests --locked
+
+echo "== starting the Redis Cluster"
+trap 'scripts/redis-cluster.sh stop >/dev/null 2>&1 || true' EXIT
+scripts/redis-cluster.sh start
+CHAT_TEST_REDIS_URLS="$(scripts/redis-cluster.sh urls)"
+export CHAT_TEST_REDIS_URLS
+export CHAT_TEST_REQUIRE_REDIS=1
+
+echo "== running the tests"
+cargo test --workspace --locked "$@"
