@@ -39,6 +39,7 @@ pub struct ServerRegistry {
     /// Tickets issued by this process since the snapshot was taken.
     issued_since_refresh: Mutex<HashMap<String, u64>>,
     healthy: std::sync::atomic::AtomicBool,
+    last_refresh: Mutex<Option<std::time::Instant>>,
 }
 
 impl ServerRegistry {
@@ -49,6 +50,7 @@ impl ServerRegistry {
             snapshot: RwLock::new(Arc::new(Vec::new())),
             issued_since_refresh: Mutex::new(HashMap::new()),
             healthy: std::sync::atomic::AtomicBool::new(false),
+            last_refresh: Mutex::new(None),
         })
     }
 
@@ -72,8 +74,26 @@ impl ServerRegistry {
         });
     }
 
+    /// Refreshes now unless the snapshot is younger than `min_age`. Routing
+    /// calls this when a session points at a server it does not know: the
+    /// server may have started since the last refresh. The age bound keeps
+    /// sessions left behind by a dead server from costing a read per message.
+    pub async fn refresh_if_older_than(&self, min_age: Duration) -> bool {
+        let stale = self
+            .last_refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= min_age);
+        if stale {
+            self.refresh().await;
+        }
+        stale
+    }
+
     /// Reads the store now. Called by the background task, and by tests.
     pub async fn refresh(&self) {
+        *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
         let now = now_ms();
         match self.store.servers(now).await {
             Ok(servers) => {

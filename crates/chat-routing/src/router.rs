@@ -77,7 +77,18 @@ impl MessageRouter {
             return Ok(0);
         }
         let sessions = self.store.sessions_of(&members).await?;
-        let live = self.registry.live();
+        let mut live = self.registry.live();
+        let unknown = sessions.values().flatten().any(|l| {
+            !self.is_local(&l.server_id) && !live.iter().any(|s| s.health.id == l.server_id)
+        });
+        if unknown
+            && self
+                .registry
+                .refresh_if_older_than(std::time::Duration::from_millis(100))
+                .await
+        {
+            live = self.registry.live();
+        }
         let mut by_server: HashMap<&str, Vec<String>> = HashMap::new();
         for (user, locations) in &sessions {
             for location in locations {
@@ -112,6 +123,10 @@ impl MessageRouter {
             }
         }
         Ok(targets)
+    }
+
+    fn is_local(&self, server_id: &str) -> bool {
+        self.local.as_ref().is_some_and(|(own, _)| own == server_id)
     }
 
     /// Users among `users` with at least one session on a live chat server.
