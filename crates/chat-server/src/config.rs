@@ -64,6 +64,15 @@ pub struct ChatConfig {
     /// Largest message body in bytes.
     #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
     pub max_body_bytes: usize,
+    /// Sustained `send` + `typing` frames per second per connection (0: no limit).
+    #[arg(long, env = "CHAT_SEND_RATE_PER_S", default_value_t = 50)]
+    pub send_rate_per_s: u32,
+    /// Frames a connection may send in a burst above the sustained rate.
+    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 100)]
+    pub send_burst: u32,
+    /// Refusals in a row after which the connection is closed with 1008 (0: never).
+    #[arg(long, env = "CHAT_ABUSE_CLOSE_AFTER", default_value_t = 200)]
+    pub abuse_close_after: u32,
     #[command(flatten)]
     pub store: StoreArgs,
 }

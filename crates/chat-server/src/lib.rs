@@ -11,6 +11,7 @@ pub mod config;
 pub mod hub;
 mod link_endpoint;
 pub mod order;
+pub mod rate;
 mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};

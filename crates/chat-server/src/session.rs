@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::hub::SessionHandle;
 use crate::order::RoomOrder;
+use crate::rate::{SendRateLimit, Verdict};
 use crate::ChatServer;
 
 /// Why the session loop ended, deciding how the socket is closed.
@@ -30,6 +31,7 @@ enum End {
     SlowConsumer,
     TooBig,
     Idle,
+    Abuse,
     WriteFailed,
 }
 
@@ -40,6 +42,7 @@ struct Session {
     id: String,
     order: RoomOrder,
     last_heard: Instant,
+    rate: SendRateLimit,
 }
 
 pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String) {
@@ -63,6 +66,12 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
         id: id.clone(),
         order: RoomOrder::default(),
         last_heard: Instant::now(),
+        rate: SendRateLimit::new(
+            server.config.send_rate_per_s,
+            server.config.send_burst,
+            server.config.abuse_close_after,
+            Instant::now(),
+        ),
     };
     match session.start().await {
         Ok(()) => {
@@ -188,6 +197,7 @@ impl Session {
             }
             End::TooBig => (close_code::MESSAGE_TOO_BIG, "frame too big"),
             End::Idle => (close_code::POLICY_VIOLATION, "idle timeout"),
+            End::Abuse => (close_code::POLICY_VIOLATION, "rate limit ignored"),
         };
         let _ = self
             .socket
@@ -272,6 +282,25 @@ impl Session {
             Ok(frame) => frame,
             Err(e) => return self.write(&e.into_server_frame()).await,
         };
+        if matches!(frame, ClientFrame::Send { .. } | ClientFrame::Typing { .. }) {
+            match self.rate.check(Instant::now()) {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    let client_msg_id = match &frame {
+                        ClientFrame::Send { client_msg_id, .. } => client_msg_id.clone(),
+                        _ => None,
+                    };
+                    return self
+                        .write(&ServerFrame::Error {
+                            code: ErrorCode::RateLimited,
+                            message: "too many frames; slow down (nothing was stored)".into(),
+                            client_msg_id,
+                        })
+                        .await;
+                }
+                Verdict::Abuse => return Err(End::Abuse),
+            }
+        }
         match frame {
             ClientFrame::Send {
                 room,
