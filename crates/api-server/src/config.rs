@@ -41,6 +41,10 @@ pub struct ApiConfig {
     /// How often the live-server view is re-read from the store.
     #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS", default_value_t = 250)]
     pub registry_refresh_ms: u64,
+    /// Kubernetes mode: place clients only on chat servers the operator
+    /// registered for a ChatCluster.
+    #[arg(long, env = "CHAT_REQUIRE_REGISTRATION", default_value_t = false)]
+    pub require_registration: bool,
     /// Largest message body in bytes.
     #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
     pub max_body_bytes: usize,

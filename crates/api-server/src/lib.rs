@@ -79,6 +79,7 @@ impl AppState {
             RegistryConfig {
                 refresh_interval_ms: config.registry_refresh_ms,
                 dead_after_ms: config.dead_after_ms,
+                require_registration: config.require_registration,
             },
         );
         registry.spawn_refresh();

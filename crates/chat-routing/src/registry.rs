@@ -21,6 +21,9 @@ use chat_store::{ServerSnapshot, Store};
 pub struct RegistryConfig {
     pub refresh_interval_ms: u64,
     pub dead_after_ms: u64,
+    /// Kubernetes mode: only servers the operator registered count as live,
+    /// so a stray process sending heartbeats never receives clients.
+    pub require_registration: bool,
 }
 
 impl Default for RegistryConfig {
@@ -28,6 +31,7 @@ impl Default for RegistryConfig {
         RegistryConfig {
             refresh_interval_ms: 250,
             dead_after_ms: 3000,
+            require_registration: false,
         }
     }
 }
@@ -95,6 +99,19 @@ impl ServerRegistry {
         *self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(std::time::Instant::now());
         let now = now_ms();
+        let registered = if self.config.require_registration {
+            match self.store.registered().await {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    self.healthy
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "registration read failed");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         match self.store.servers(now).await {
             Ok(servers) => {
                 let live: Vec<ServerSnapshot> = servers
@@ -102,6 +119,7 @@ impl ServerRegistry {
                     .filter(|s| {
                         now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms
                     })
+                    .filter(|s| registered.as_ref().is_none_or(|r| r.contains(&s.health.id)))
                     .collect();
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
                 self.issued_since_refresh

@@ -96,6 +96,9 @@ pub struct ChatServer {
     pub metrics: ChatMetrics,
     metrics_registry: Arc<Metrics>,
     draining: AtomicBool,
+    /// Set once the drain has finished and the server left the registry:
+    /// health reports stop so it does not reappear.
+    drained: AtomicBool,
     drain_tx: watch::Sender<bool>,
 }
 
@@ -108,6 +111,7 @@ impl ChatServer {
             RegistryConfig {
                 refresh_interval_ms: 250,
                 dead_after_ms: config.dead_after_ms,
+                require_registration: false,
             },
         );
         registry.spawn_refresh();
@@ -138,6 +142,7 @@ impl ChatServer {
             registry,
             config,
             draining: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             drain_tx: watch::channel(false).0,
         })
     }
@@ -180,8 +185,8 @@ impl ChatServer {
         tokio::spawn(async move {
             loop {
                 let Some(server) = weak.upgrade() else { return };
-                if server.is_draining() {
-                    return; // the drain reports for itself from here on
+                if server.drained.load(Ordering::Relaxed) {
+                    return;
                 }
                 server.report_health().await;
                 server.metrics.sessions.set(server.hub.connections() as i64);
@@ -207,6 +212,18 @@ impl ChatServer {
         });
     }
 
+    /// Starts a drain in the background (idempotent): the operator calls
+    /// this before it removes the pod, and the process stays up until the
+    /// pod is deleted.
+    pub fn start_drain(self: &Arc<Self>) -> bool {
+        if self.draining.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let server = self.clone();
+        tokio::spawn(async move { server.drain().await });
+        true
+    }
+
     /// Graceful drain: draining at once, clients told to reconnect, wait
     /// for them to leave (bounded by the drain timeout), leave the registry.
     pub async fn drain(&self) {
@@ -219,6 +236,7 @@ impl ChatServer {
         while self.hub.connections() > 0 && started.elapsed() < timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.drained.store(true, Ordering::Relaxed);
         if let Err(e) = self.store.remove_server(&self.server_id).await {
             tracing::warn!(error = %e, "could not leave the registry; it expires by itself");
         }
@@ -233,6 +251,7 @@ impl ChatServer {
         let routes = Router::new()
             .route("/ws", get(ws_upgrade))
             .route("/internal/link", get(link_endpoint::upgrade))
+            .route("/internal/drain", axum::routing::post(link_endpoint::drain))
             .with_state(self.clone());
         routes.merge(chat_ops::ops_router(
             self.metrics_registry.clone(),

@@ -13,6 +13,29 @@ use chat_routing::{secret_matches, LocalDelivery, INTERNAL_SECRET_HEADER};
 
 use crate::{refuse, ChatServer};
 
+/// `POST /internal/drain`: the operator asks this server to drain before
+/// it is removed. 202 once the drain has started (or already had).
+pub(crate) async fn drain(State(server): State<Arc<ChatServer>>, headers: HeaderMap) -> Response {
+    let presented = headers
+        .get(INTERNAL_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !secret_matches(presented, &server.config.internal_secret) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "bad internal secret",
+        );
+    }
+    let started = server.start_drain();
+    tracing::info!(started, "drain requested over the internal API");
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"draining": true, "connections": server.hub.connections()})),
+    )
+        .into_response()
+}
+
 pub(crate) async fn upgrade(
     State(server): State<Arc<ChatServer>>,
     headers: HeaderMap,

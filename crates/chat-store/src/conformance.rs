@@ -402,6 +402,27 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
         .is_empty());
 }
 
+pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
+    let (a, b) = (new_id("ns/a-"), new_id("ns/b-"));
+    let ids = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>();
+    let a_pods = ids(&a, 3);
+    let b_pods = ids(&b, 1);
+    store.set_registered(&a, &a_pods).await.unwrap();
+    store.set_registered(&b, &b_pods).await.unwrap();
+    let all = store.registered().await.unwrap();
+    assert!(a_pods.iter().chain(&b_pods).all(|p| all.contains(p)));
+    // Scaling cluster a down to one pod leaves b alone.
+    store.set_registered(&a, &a_pods[..1]).await.unwrap();
+    let all = store.registered().await.unwrap();
+    assert!(all.contains(&a_pods[0]) && !all.contains(&a_pods[1]) && !all.contains(&a_pods[2]));
+    assert!(all.contains(&b_pods[0]));
+    // Deleting cluster a (empty set) removes all of its entries.
+    store.set_registered(&a, &[]).await.unwrap();
+    store.set_registered(&b, &[]).await.unwrap();
+    let all = store.registered().await.unwrap();
+    assert!(!all.contains(&a_pods[0]) && !all.contains(&b_pods[0]));
+}
+
 /// Expands to one `#[tokio::test]` per scenario. `$make` is an async
 /// expression-producing closure `|config: StoreConfig| -> SharedStore`
 /// (called with `history_retention = 5` for the retention scenario).
@@ -419,6 +440,7 @@ macro_rules! store_conformance_tests {
             registry_lists_live_servers_and_forgets_silent_ones,
             pending_tickets_count_until_taken_once,
             presence_tracks_sessions_until_removed_or_expired,
+            registration_is_replaced_per_cluster,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn history_is_trimmed_to_the_retention() {

@@ -16,6 +16,7 @@
 //! | `chat:{registry}:servers` | set | chat server ids that reported health |
 //! | `chat:{registry}:server:<id>` | string | health JSON, expires after the dead-after interval |
 //! | `chat:{registry}:pending:<id>` | sorted set | unused ticket ids scored by expiry |
+//! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
 //!
 //! The registry shares one slot on purpose: it is small, written once a
 //! second per server, and read as a whole by placement.
@@ -42,6 +43,7 @@ pub fn user_sessions(user: &str) -> String {
     format!("chat:{{user:{user}}}:sessions")
 }
 pub const REGISTRY_SERVERS: &str = "chat:{registry}:servers";
+pub const REGISTRY_REGISTERED: &str = "chat:{registry}:registered";
 pub fn registry_server(server_id: &str) -> String {
     format!("chat:{{registry}}:server:{server_id}")
 }

@@ -169,6 +169,14 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreResult<bool>;
 
+    // Endpoint registration (Kubernetes mode): the operator records which
+    // chat servers belong to a ChatCluster; API servers started with
+    // `--require-registration` place clients only on registered servers.
+    /// Replaces the registered servers of `cluster` with `server_ids`.
+    async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> StoreResult<()>;
+    /// Every registered server id, over all clusters.
+    async fn registered(&self) -> StoreResult<std::collections::HashSet<String>>;
+
     // Presence: where each user's sessions are.
     async fn add_session(
         &self,

@@ -42,6 +42,7 @@ struct State {
     servers: HashMap<String, (ServerHealth, u64)>,
     pending: HashMap<String, HashMap<String, u64>>,
     presence: HashMap<String, UserSessions>,
+    registered: HashMap<String, String>,
 }
 
 pub struct MemoryStore {
@@ -340,6 +341,19 @@ impl Store for MemoryStore {
             .get_mut(server_id)
             .and_then(|p| p.remove(ticket_id))
             .is_some_and(|exp| exp > now))
+    }
+
+    async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> StoreResult<()> {
+        let mut st = self.lock();
+        st.registered.retain(|_, owner| owner != cluster);
+        for id in server_ids {
+            st.registered.insert(id.clone(), cluster.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn registered(&self) -> StoreResult<HashSet<String>> {
+        Ok(self.lock().registered.keys().cloned().collect())
     }
 
     async fn add_session(

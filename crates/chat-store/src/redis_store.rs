@@ -61,6 +61,17 @@ for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return redis.call('SCARD', KEYS[2])
 "#;
 
+/// KEYS: registered hash. ARGV: cluster, server ids... Replaces the
+/// cluster's entries in one step.
+const SET_REGISTERED_LUA: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[1], all[i]) end
+end
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+return #ARGV - 1
+"#;
+
 /// KEYS: meta, members. ARGV: op ('add' or 'remove'), user. -1 if no room.
 const MEMBERSHIP_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -75,6 +86,7 @@ pub struct RedisStore {
     room_view: Script,
     create_room: Script,
     membership: Script,
+    set_registered: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -97,6 +109,7 @@ impl RedisStore {
             room_view: Script::new(ROOM_VIEW_LUA),
             create_room: Script::new(CREATE_ROOM_LUA),
             membership: Script::new(MEMBERSHIP_LUA),
+            set_registered: Script::new(SET_REGISTERED_LUA),
         })
     }
 
@@ -503,6 +516,26 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(removed == 1 && score.is_some_and(|s| s > now_ms as f64))
+    }
+
+    async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> StoreResult<()> {
+        let mut invocation = self.set_registered.prepare_invoke();
+        invocation.key(keys::REGISTRY_REGISTERED).arg(cluster);
+        for id in server_ids {
+            invocation.arg(id);
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn registered(&self) -> StoreResult<std::collections::HashSet<String>> {
+        self.conn()
+            .hkeys(keys::REGISTRY_REGISTERED)
+            .await
+            .map_err(unavailable)
     }
 
     async fn add_session(

@@ -307,7 +307,7 @@ impl Drop for Process {
     }
 }
 
-fn process_env(redis_urls: &str) -> Vec<(String, String)> {
+pub fn process_env(redis_urls: &str) -> Vec<(String, String)> {
     [
         ("CHAT_REDIS_URLS", redis_urls),
         ("CHAT_JWT_SECRET", JWT_SECRET),
@@ -330,7 +330,7 @@ fn http_client() -> reqwest::Client {
 
 /// Waits until `GET url` answers 200. `Err` if the process exited first
 /// (typically: the port was taken meanwhile).
-async fn wait_http_ok(
+pub async fn wait_http_ok(
     process: &mut Process,
     url: &str,
     timeout: Duration,

@@ -1,0 +1,596 @@
+//! The client side of the public contract, and nothing more: REST calls with
+//! a shared pooled `reqwest::Client`, WebSocket sessions opened with a
+//! ticket from `POST /v1/connect`, and a cheap parser for the few fields of
+//! server frames the scenarios look at.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chat_protocol::rest::{
+    ConnectResponse, CreateRoomRequest, ErrorBody, Room, ServerList, TokenRequest, TokenResponse,
+};
+use chat_protocol::ServerFrame;
+use futures_util::stream::{self, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type WsSink = SplitSink<Ws, WsMessage>;
+pub type WsStream = SplitStream<Ws>;
+
+/// How long one setup step (REST call, handshake, welcome) may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// REST client for the API server.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: Arc<str>,
+}
+
+impl Api {
+    pub fn new(base: &str, pool: usize) -> Result<Api> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool.max(1))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(STEP_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').into(),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<Option<T>> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("{method} {path}: {}", error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let detail = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(b) => format!("{}: {}", b.error.code.as_str(), b.error.message),
+                Err(_) => text.chars().take(200).collect(),
+            };
+            bail!("{method} {path}: HTTP {} {detail}", status.as_u16());
+        }
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let value = resp
+            .json::<T>()
+            .await
+            .map_err(|e| anyhow!("{method} {path}: bad response body: {}", error_chain(&e)))?;
+        Ok(Some(value))
+    }
+
+    async fn call_some<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T> {
+        self.call(method.clone(), path, token, body)
+            .await?
+            .ok_or_else(|| anyhow!("{method} {path}: empty response"))
+    }
+
+    /// `POST /v1/auth/token` (development tokens).
+    pub async fn token(&self, user: &str) -> Result<String> {
+        let r: TokenResponse = self
+            .call_some(
+                reqwest::Method::POST,
+                "/v1/auth/token",
+                None,
+                Some(&TokenRequest { user: user.into() }),
+            )
+            .await?;
+        Ok(r.token)
+    }
+
+    /// `POST /v1/rooms`; the caller becomes a member.
+    pub async fn create_room(&self, token: &str, name: &str, members: &[String]) -> Result<Room> {
+        let body = CreateRoomRequest {
+            name: name.into(),
+            members: Some(members.to_vec()),
+        };
+        self.call_some(reqwest::Method::POST, "/v1/rooms", Some(token), Some(&body))
+            .await
+    }
+
+    /// `PUT /v1/rooms/{room}/members/{user}`.
+    pub async fn add_member(&self, token: &str, room: &str, user: &str) -> Result<()> {
+        let path = format!("/v1/rooms/{}/members/{}", encode(room), encode(user));
+        self.call::<serde_json::Value>(reqwest::Method::PUT, &path, Some(token), None::<&()>)
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/connect`: which chat server to use, and a ticket for it.
+    pub async fn connect(&self, token: &str) -> Result<ConnectResponse> {
+        self.call_some(
+            reqwest::Method::POST,
+            "/v1/connect",
+            Some(token),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/servers`.
+    pub async fn servers(&self, token: &str) -> Result<ServerList> {
+        self.call_some(
+            reqwest::Method::GET,
+            "/v1/servers",
+            Some(token),
+            None::<&()>,
+        )
+        .await
+    }
+}
+
+/// An open WebSocket session, after its `welcome`.
+pub struct Session {
+    pub ws: Ws,
+    pub server_id: String,
+}
+
+/// `POST /v1/connect`, the WebSocket handshake with the ticket, and the
+/// `welcome` frame.
+pub async fn open_session(api: &Api, token: &str) -> Result<Session> {
+    let c = api.connect(token).await?;
+    let sep = if c.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}ticket={}", c.url, encode(&c.ticket));
+    // Small read buffers: thousands of connections each receive small frames.
+    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let handshake = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let (mut ws, _) = match tokio::time::timeout(STEP_TIMEOUT, handshake).await {
+        Err(_) => bail!("WebSocket handshake with {} timed out", c.url),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            bail!(
+                "WebSocket handshake with {} refused: HTTP {} {body}",
+                c.url,
+                resp.status().as_u16()
+            )
+        }
+        Ok(Err(e)) => bail!("WebSocket handshake with {}: {}", c.url, error_chain(&e)),
+        Ok(Ok(x)) => x,
+    };
+    let first = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+        .await
+        .map_err(|_| anyhow!("no welcome from {} within {:?}", c.url, STEP_TIMEOUT))?;
+    let text = match first {
+        Some(Ok(WsMessage::Text(t))) => t,
+        Some(Ok(other)) => bail!("first frame from {} is not text: {other:?}", c.url),
+        Some(Err(e)) => bail!("reading welcome from {}: {}", c.url, error_chain(&e)),
+        None => bail!("{} closed before welcome", c.url),
+    };
+    match serde_json::from_str::<ServerFrame>(text.as_str()) {
+        Ok(ServerFrame::Welcome { server_id, .. }) => Ok(Session { ws, server_id }),
+        Ok(ServerFrame::Error { code, message, .. }) => {
+            bail!(
+                "{} answered with an error instead of welcome: {}: {message}",
+                c.url,
+                code.as_str()
+            )
+        }
+        _ => bail!(
+            "first frame from {} is not welcome: {}",
+            c.url,
+            truncate(text.as_str(), 200)
+        ),
+    }
+}
+
+/// The fields of a server frame the scenarios need, borrowed from the frame
+/// text where possible. Everything else is skipped by serde.
+#[derive(Deserialize)]
+pub struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default, borrow)]
+    pub body: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub message: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
+}
+
+/// The `send` frame.
+#[derive(Serialize)]
+pub struct SendFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub body: &'a str,
+}
+
+impl<'a> SendFrame<'a> {
+    pub fn new(room: &'a str, body: &'a str) -> Self {
+        SendFrame {
+            kind: "send",
+            room,
+            body,
+        }
+    }
+
+    pub fn to_message(&self) -> WsMessage {
+        WsMessage::text(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// Duplicate / order bookkeeping for one room on one connection: the
+/// highest seq seen and a bitmap of the 64 seqs below it.
+#[derive(Default, Clone, Copy)]
+pub struct SeqWindow {
+    last: u64,
+    bits: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SeqVerdict {
+    /// The next seq, or a later one (`gap` seqs skipped).
+    InOrder { gap: u64 },
+    /// A seq already seen on this connection.
+    Duplicate,
+    /// An earlier seq not seen before (or too old to tell).
+    OutOfOrder,
+}
+
+impl SeqWindow {
+    pub fn observe(&mut self, seq: u64) -> SeqVerdict {
+        if seq > self.last {
+            let shift = seq - self.last;
+            self.bits = if shift >= 64 { 0 } else { self.bits << shift };
+            self.bits |= 1;
+            self.last = seq;
+            SeqVerdict::InOrder { gap: shift - 1 }
+        } else {
+            let d = self.last - seq;
+            if d < 64 {
+                if self.bits & (1 << d) != 0 {
+                    return SeqVerdict::Duplicate;
+                }
+                self.bits |= 1 << d;
+            }
+            SeqVerdict::OutOfOrder
+        }
+    }
+}
+
+/// Errors worth showing: counted, the first few kept verbatim.
+#[derive(Default)]
+pub struct ErrorLog {
+    count: std::sync::atomic::AtomicU64,
+    first: Mutex<Vec<String>>,
+    fd_hint: AtomicBool,
+}
+
+impl ErrorLog {
+    pub const KEEP: usize = 5;
+
+    pub fn note(&self, what: impl Into<String>) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let what = what.into();
+        if is_fd_exhaustion(&what) && !self.fd_hint.swap(true, Ordering::Relaxed) {
+            eprintln!("{FD_HINT}");
+        }
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.len() < Self::KEEP {
+            first.push(what);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn first(&self) -> Vec<String> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub const FD_HINT: &str = "hint: \"Too many open files\": raise the file descriptor limit \
+(e.g. `ulimit -n 65536`) in the shell that starts chat-bench and in the one that starts the servers";
+
+pub fn is_fd_exhaustion(text: &str) -> bool {
+    text.contains("Too many open files") || text.contains("os error 24")
+}
+
+/// Warns when the soft fd limit is below what the run needs.
+pub fn check_fd_limit(needed: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let Some(soft) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if soft < needed {
+        eprintln!(
+            "warning: the open-file limit is {soft} but this run needs about {needed} descriptors; \
+             raise it with `ulimit -n {}` (here and for the servers)",
+            needed.next_power_of_two().max(65536)
+        );
+    }
+}
+
+/// An error and its sources on one line (the OS error is usually a source).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+/// Percent-encodes everything outside the URL-unreserved set.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A short random id that prefixes every user and room name of one run.
+pub fn new_run_id() -> String {
+    format!("b{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Runs `f` over `items` with at most `concurrency` in flight, keeping the
+/// input order in the output.
+pub async fn run_concurrent<I, T, F, Fut>(items: Vec<I>, concurrency: usize, f: F) -> Vec<T>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let n = items.len();
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let mut results = stream::iter(items.into_iter().enumerate())
+        .map(|(i, item)| {
+            let fut = f(item);
+            async move { (i, fut.await) }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((i, r)) = results.next().await {
+        out[i] = Some(r);
+    }
+    out.into_iter()
+        .map(|x| x.expect("every item ran"))
+        .collect()
+}
+
+/// Mints a development token for every user; fails on the first error.
+pub async fn mint_tokens(api: &Api, users: &[String], concurrency: usize) -> Result<Vec<String>> {
+    let started = Instant::now();
+    let results = run_concurrent(users.to_vec(), concurrency, |u| {
+        let api = api.clone();
+        async move { api.token(&u).await }
+    })
+    .await;
+    let tokens = collect_all(results, "minting tokens")?;
+    eprintln!(
+        "setup: {} tokens in {:.1} s",
+        tokens.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(tokens)
+}
+
+/// Creates a room owned by `creator` holding `others` too. The contract
+/// caps the initial member list, so large rooms are created with a first
+/// slice and completed with `PUT .../members/{user}`.
+pub async fn create_room(
+    api: &Api,
+    creator_token: &str,
+    name: &str,
+    others: &[String],
+    concurrency: usize,
+) -> Result<String> {
+    const INITIAL: usize = 500;
+    let (first, rest) = others.split_at(others.len().min(INITIAL));
+    let room = api.create_room(creator_token, name, first).await?;
+    let results = run_concurrent(rest.to_vec(), concurrency, |u| {
+        let api = api.clone();
+        let room = room.id.clone();
+        let token = creator_token.to_owned();
+        async move { api.add_member(&token, &room, &u).await }
+    })
+    .await;
+    collect_all(results, "adding room members")?;
+    Ok(room.id)
+}
+
+/// Opens one session per token, `concurrency` at a time. Fails (with the
+/// first errors) unless every session opened.
+pub async fn connect_all(api: &Api, tokens: &[String], concurrency: usize) -> Result<Vec<Session>> {
+    let started = Instant::now();
+    let results = run_concurrent(tokens.to_vec(), concurrency, |t| {
+        let api = api.clone();
+        async move { open_session(&api, &t).await }
+    })
+    .await;
+    let sessions = collect_all(results, "connecting sessions")?;
+    eprintln!(
+        "setup: {} sessions connected in {:.1} s",
+        sessions.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sessions)
+}
+
+fn collect_all<T>(results: Vec<Result<T>>, what: &str) -> Result<Vec<T>> {
+    let total = results.len();
+    let mut ok = Vec::with_capacity(total);
+    let mut errors = Vec::new();
+    let mut failed = 0usize;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => {
+                failed += 1;
+                if errors.len() < ErrorLog::KEEP {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        if errors.iter().any(|e| is_fd_exhaustion(e)) {
+            eprintln!("{FD_HINT}");
+        }
+        bail!(
+            "{what}: {failed} of {total} failed; first errors:\n  {}",
+            errors.join("\n  ")
+        );
+    }
+    Ok(ok)
+}
+
+/// Sessions per chat server, from their welcomes.
+pub fn placement(sessions: &[Session]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for s in sessions {
+        *out.entry(s.server_id.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Sends a close frame on every sink (bounded in time), so the servers see
+/// clean departures rather than resets.
+pub async fn close_all(sinks: Vec<Arc<tokio::sync::Mutex<WsSink>>>) {
+    let closing = stream::iter(sinks)
+        .map(|sink| async move {
+            let mut sink = sink.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        })
+        .buffer_unordered(256)
+        .for_each(|_| async {});
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+}
+
+/// Resident set size in KiB of each pid, summed, from /proc/PID/status.
+pub fn rss_kib(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        total += kib;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_window_classifies_duplicates_gaps_and_reordering() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.observe(1), SeqVerdict::InOrder { gap: 0 });
+        assert_eq!(w.observe(2), SeqVerdict::InOrder { gap: 0 });
+        assert_eq!(w.observe(2), SeqVerdict::Duplicate);
+        assert_eq!(w.observe(5), SeqVerdict::InOrder { gap: 2 });
+        assert_eq!(w.observe(3), SeqVerdict::OutOfOrder);
+        assert_eq!(w.observe(3), SeqVerdict::Duplicate);
+        assert_eq!(w.observe(1), SeqVerdict::Duplicate);
+        assert_eq!(w.observe(200), SeqVerdict::InOrder { gap: 194 });
+        assert_eq!(w.observe(5), SeqVerdict::OutOfOrder);
+    }
+
+    #[test]
+    fn frames_parse_borrowing_the_needed_fields() {
+        let text = r#"{"type":"message","room":"r_1","seq":7,"id":"m","from":"a","body":"0.12.3","ts":1,"client_msg_id":null}"#;
+        let f: Frame = serde_json::from_str(text).unwrap();
+        assert_eq!(f.kind, "message");
+        assert_eq!(f.room.as_deref(), Some("r_1"));
+        assert_eq!(f.seq, Some(7));
+        assert_eq!(f.body.as_deref(), Some("0.12.3"));
+        let f: Frame = serde_json::from_str(
+            r#"{"type":"ack","client_msg_id":null,"room":"r","seq":1,"id":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.kind, "ack");
+    }
+
+    #[test]
+    fn encode_keeps_unreserved_characters() {
+        assert_eq!(encode("abc-_.~09"), "abc-_.~09");
+        assert_eq!(encode("a+b/c="), "a%2Bb%2Fc%3D");
+    }
+}

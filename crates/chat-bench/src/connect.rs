@@ -1,0 +1,172 @@
+//! `connect`: how fast sessions open (`POST /v1/connect` + WebSocket
+//! handshake + `welcome`, K in flight), and what an idle session costs the
+//! server in resident memory.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::client::{self, check_fd_limit, error_chain, ErrorLog, WsStream};
+use crate::stats::{new_histogram, Summary};
+use crate::Ctx;
+
+#[derive(clap::Args, Debug)]
+pub struct ConnectArgs {
+    /// Sessions to open, one user each.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Sessions being opened at once.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Seconds to keep the sessions open (idle) before closing them.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold_s: f64,
+    /// Server process ids whose VmRSS (summed) is read before connecting and
+    /// after the hold: the chat-local process, or the chat servers.
+    #[arg(long, env = "CHAT_BENCH_SERVER_PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+}
+
+pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
+    let n = args.sessions;
+    if n == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    check_fd_limit(n + 64);
+    println!(
+        "connect: run {} against {}: {n} sessions, {} at a time, hold {} s",
+        ctx.run_id, ctx.api_base, args.concurrency, args.hold_s
+    );
+    let users: Vec<String> = (0..n).map(|i| format!("{}-c{i}", ctx.run_id)).collect();
+    let tokens = client::mint_tokens(&ctx.api, &users, ctx.setup_concurrency).await?;
+
+    let rss = |label: &str| -> Option<u64> {
+        if args.server_pid.is_empty() {
+            return None;
+        }
+        match client::rss_kib(&args.server_pid) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("warning: RSS {label}: {e:#}");
+                None
+            }
+        }
+    };
+    let rss_before = rss("before");
+
+    let started = Instant::now();
+    let outcomes = client::run_concurrent(tokens, args.concurrency, |t| {
+        let api = ctx.api.clone();
+        async move {
+            let t0 = Instant::now();
+            let r = client::open_session(&api, &t).await;
+            (r, t0.elapsed())
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+
+    let errors = ErrorLog::default();
+    let mut latency = new_histogram();
+    let mut sessions = Vec::with_capacity(n);
+    for (r, took) in outcomes {
+        match r {
+            Ok(s) => {
+                let _ = latency.record((took.as_micros() as u64).max(1));
+                sessions.push(s);
+            }
+            Err(e) => errors.note(format!("{e:#}")),
+        }
+    }
+    let ok = sessions.len();
+    let failures = n - ok;
+    let placement = client::placement(&sessions);
+    let per_s = ok as f64 / elapsed.as_secs_f64();
+    let lat = Summary::of(&latency);
+    println!(
+        "  opened {ok} of {n} in {:.2} s: {per_s:.1} sessions/s, failures {failures}",
+        elapsed.as_secs_f64()
+    );
+    println!("  connect+handshake+welcome ms: {}", lat.line_ms());
+    println!("  placement: {placement:?}");
+    for e in errors.first() {
+        println!("  error: {e}");
+    }
+
+    // Hold: a reader per session answers the server's pings and notices
+    // drops.
+    let closing = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(ErrorLog::default());
+    let mut sinks = Vec::with_capacity(ok);
+    let mut readers = Vec::with_capacity(ok);
+    for s in sessions {
+        let (sink, stream) = s.ws.split();
+        sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
+        readers.push(tokio::spawn(hold(stream, closing.clone(), dropped.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.hold_s.max(0.0))).await;
+    let rss_after = rss("after");
+    let dropped_during_hold = dropped.count();
+    closing.store(true, Relaxed);
+    client::close_all(sinks).await;
+    for r in readers {
+        r.abort();
+    }
+
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if ok > 0 => Some((a as i64 - b as i64) * 1024 / ok as i64),
+        _ => None,
+    };
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        println!(
+            "  server RSS {} KiB -> {} KiB with {ok} idle sessions: {} bytes per session",
+            b,
+            a,
+            per_conn.unwrap_or(0)
+        );
+    }
+    println!("  sessions dropped by the server during the hold: {dropped_during_hold}");
+    for e in dropped.first() {
+        println!("  dropped: {e}");
+    }
+    let result = serde_json::json!({
+        "scenario": "connect",
+        "run_id": ctx.run_id,
+        "sessions": n,
+        "concurrency": args.concurrency,
+        "opened": ok,
+        "failures": failures,
+        "first_errors": errors.first(),
+        "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "sessions_per_s": (per_s * 10.0).round() / 10.0,
+        "connect_latency_us": lat,
+        "hold_s": args.hold_s,
+        "dropped_during_hold": dropped_during_hold,
+        "server_pids": args.server_pid,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_per_session_bytes": per_conn,
+        "servers": placement,
+    });
+    println!("RESULT {}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+async fn hold(mut stream: WsStream, closing: Arc<AtomicBool>, dropped: Arc<ErrorLog>) {
+    loop {
+        let why = match stream.next().await {
+            Some(Ok(WsMessage::Close(frame))) => format!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => error_chain(&e),
+            None => "ended".into(),
+        };
+        if !closing.load(Relaxed) {
+            dropped.note(why);
+        }
+        return;
+    }
+}

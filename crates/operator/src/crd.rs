@@ -1,0 +1,212 @@
+//! The `ChatCluster` custom resource (`chatclusters.chat.scalechat.dev`,
+//! `v1alpha1`). `crds/chatcluster.yaml` is generated from these types by
+//! `cargo run -p operator --bin crdgen`; a test fails when it drifts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub const API_GROUP: &str = "chat.scalechat.dev";
+pub const FIELD_MANAGER: &str = "chat-operator";
+pub const FINALIZER: &str = "chat.scalechat.dev/registration";
+
+/// Desired state of a fleet of chat servers.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "chat.scalechat.dev",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    plural = "chatclusters",
+    shortname = "chat",
+    namespaced,
+    status = "ChatClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.labelSelector"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Connections",
+        type_ = "integer",
+        json_path = ".status.connections"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !self.autoscaling.enabled || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must be <= autoscaling.maxReplicas"))]
+pub struct ChatClusterSpec {
+    /// Chat server pods. With autoscaling on, the operator sets it from load
+    /// (`kubectl scale` and an HPA write it through the scale subresource).
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Chat server container image.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// Port of WebSocket clients, internal links and ops endpoints.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Clients' URL of a pod; `{pod}`, `{service}`, `{namespace}` and
+    /// `{port}` are substituted. Default: the pod's in-cluster DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment for the chat server container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Longest wait for a pod's clients to move before it is removed.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_timeout_seconds: i32,
+    /// Where the Redis Cluster is.
+    pub redis: RedisSpec,
+    /// Secret holding `ticketSecret` and `internalSecret` (shared with the
+    /// API servers).
+    pub secret_name: String,
+    /// The API servers' base URL, for reference in status and docs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server_url: Option<String>,
+}
+
+fn default_port() -> i32 {
+    9001
+}
+
+fn default_drain_timeout() -> i32 {
+    30
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    pub enabled: bool,
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Connections per pod the autoscaler aims for.
+    #[schemars(range(min = 1))]
+    pub target_connections_per_pod: i64,
+    /// A lower replica count must be recommended this long before it is
+    /// applied (scale-up is immediate).
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_stabilization_seconds: i64,
+}
+
+fn default_stabilization() -> i64 {
+    300
+}
+
+/// Redis Cluster node URLs, given inline or in a Secret key (comma-separated).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.urls) != has(self.secretKeyRef)").message("give exactly one of redis.urls or redis.secretKeyRef"))]
+pub struct RedisSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods that exist (the StatefulSet's replicas).
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods, for the scale subresource (HPA).
+    #[serde(default)]
+    pub label_selector: String,
+    /// Open WebSocket sessions over all registered pods.
+    #[serde(default)]
+    pub connections: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Autoscaler recommendations inside the stabilisation window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<Recommendation>,
+    /// Pods being drained before removal, with when the drain began.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub pod: String,
+    pub address: String,
+    /// `ready`, `draining` or `unknown` (no health report).
+    pub state: String,
+    pub connections: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recommendation {
+    /// Seconds since the epoch.
+    pub at: i64,
+    pub replicas: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    pub pod: String,
+    /// Seconds since the epoch.
+    pub since: i64,
+}
+
+/// The CRD as YAML, exactly as `crds/chatcluster.yaml` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = ChatCluster::crd();
+    let mut out =
+        String::from("# Generated by `cargo run -p operator --bin crdgen`; do not edit.\n");
+    out.push_str(&serde_saphyr::to_string(&crd).expect("the CRD serialises to YAML"));
+    out
+}
