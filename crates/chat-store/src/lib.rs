@@ -17,10 +17,11 @@ mod redis_store;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chat_protocol::rest::{Room, ServerState};
+use chat_protocol::rest::Room;
 use chat_protocol::Message;
 use serde::{Deserialize, Serialize};
 
+pub use chat_protocol::rest::ServerState;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 

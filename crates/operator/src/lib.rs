@@ -1,4 +1,16 @@
 //! The ChatCluster operator: runs, scales, registers and drains chat
 //! servers. See `docs/kubernetes.md`.
+//!
+//! - [`crd`]: the custom resource and its generated CRD.
+//! - [`autoscale`], [`scaledown`]: the decisions, as pure functions.
+//! - [`resources`]: the owned objects (StatefulSet, Service, PDB).
+//! - [`fleet`]: the chat servers' side (health in Redis, drain requests,
+//!   endpoint registration).
+//! - [`controller`]: reconcile, finalizer, status, events.
 
+pub mod autoscale;
+pub mod controller;
 pub mod crd;
+pub mod fleet;
+pub mod resources;
+pub mod scaledown;

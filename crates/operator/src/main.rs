@@ -1,34 +1,65 @@
-//! The ChatCluster operator (issue 3). For now this binary only serves the
-//! operational endpoints every process has, so the deployment shape and the
-//! probes can be wired; the reconcile loop is not written yet.
+//! Operator wiring: flags, the ops endpoints, leader election, and the
+//! controller (which runs only while this replica holds the lease).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use async_trait::async_trait;
 use clap::Parser;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use operator::controller::{error_policy, reconcile, Context};
+use operator::crd::ChatCluster;
+use operator::fleet::RedisFleet;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "ChatCluster operator (stub: serves /healthz, /readyz, /metrics only)"
-)]
+#[command(version, about = "Kubernetes operator for ChatCluster resources")]
 struct Cli {
-    /// Address of the operational endpoints.
-    #[arg(long, env = "CHAT_OPERATOR_LISTEN", default_value = "127.0.0.1:9100")]
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "CHAT_OPERATOR_LISTEN", default_value = "0.0.0.0:9100")]
     listen: SocketAddr,
+    /// Namespace to watch (default: all namespaces).
+    #[arg(long, env = "CHAT_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Run only while holding this Lease, so several replicas can run.
+    #[arg(long, env = "CHAT_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "CHAT_OPERATOR_LEASE", default_value = "chat-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Secret that authenticates drain requests to chat servers.
+    #[arg(long, env = "CHAT_INTERNAL_SECRET", hide_env_values = true)]
+    internal_secret: String,
+    #[command(flatten)]
+    store: chat_store::StoreArgs,
     /// Log format: text or json.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text")]
     log_format: chat_ops::LogFormat,
 }
 
-struct AlwaysReady;
+/// Ready once connected to the Kubernetes API and the store.
+struct OperatorReadiness {
+    store: Arc<dyn chat_store::Store>,
+    started: AtomicBool,
+}
 
 #[async_trait]
-impl chat_ops::ReadinessCheck for AlwaysReady {
+impl chat_ops::ReadinessCheck for OperatorReadiness {
     async fn ready(&self) -> Result<(), String> {
-        Ok(())
+        if !self.started.load(Ordering::Relaxed) {
+            return Err("starting".into());
+        }
+        self.store.ping().await.map_err(|e| e.to_string())
     }
 }
 
@@ -37,13 +68,83 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chat_ops::init_tracing(cli.log_format);
     let metrics = chat_ops::Metrics::new();
-    let app: axum::Router = chat_ops::ops_router(metrics, Arc::new(AlwaysReady));
+    let store = cli.store.open().await.context("opening the store")?;
+    let readiness = Arc::new(OperatorReadiness {
+        store: store.clone(),
+        started: AtomicBool::new(false),
+    });
+    let ops: axum::Router = chat_ops::ops_router(metrics.clone(), readiness.clone());
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
-    tracing::warn!("operator stub: no reconcile loop yet (issue 3)");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(chat_ops::shutdown_signal())
-        .await?;
-    Ok(())
+    tokio::spawn(async move { axum::serve(listener, ops).await });
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let identity = cli
+        .identity
+        .clone()
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "chat-operator".into()));
+    let fleet = Arc::new(RedisFleet::new(store.clone(), cli.internal_secret.clone()));
+    let ctx = Context::new(client.clone(), fleet, &metrics, &identity);
+    readiness.started.store(true, Ordering::Relaxed);
+
+    if !cli.leader_election {
+        run_controller(client, cli.namespace.clone(), ctx).await;
+        return Ok(());
+    }
+    let lease_namespace = cli
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &cli.lease_name)
+        .with_namespace(&lease_namespace)
+        .with_identity(&identity)
+        .build()
+        .await
+        .context("creating the leader-election lease manager")?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(%identity, lease = %cli.lease_name, "waiting for leadership");
+    loop {
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() { break },
+                _ = chat_ops::shutdown_signal() => { drop(leader); let _ = lease_task.await; return Ok(()) }
+            }
+        }
+        tracing::info!("became leader: running the controller");
+        tokio::select! {
+            _ = run_controller(client.clone(), cli.namespace.clone(), ctx.clone()) => {
+                drop(leader);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+            _ = async { while leader.changed().await.is_ok() { if !*leader.borrow() { break } } } => {
+                tracing::warn!("lost leadership: controller stopped");
+            }
+        }
+    }
+}
+
+/// Runs until a shutdown signal.
+async fn run_controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    let (clusters, statefulsets): (Api<ChatCluster>, Api<StatefulSet>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    Controller::new(clusters, watcher::Config::default())
+        .owns(statefulsets, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
 }

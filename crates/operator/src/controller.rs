@@ -1,0 +1,664 @@
+//! Reconcile: level-based and idempotent. Read the world (the ChatCluster,
+//! its StatefulSet and pods, the chat servers' health), decide (replicas
+//! from the spec or from load, the drain-before-shrink plan), apply the
+//! owned objects with server-side apply, register the ready endpoints,
+//! write status, and requeue. Deletion goes through a finalizer that
+//! removes the cluster's registration from Redis.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_ops::{Counter, Metrics};
+use chat_store::ServerHealth;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::autoscale;
+use crate::crd::{
+    ChatCluster, ChatClusterSpec, Condition, EndpointStatus, FIELD_MANAGER, FINALIZER,
+};
+use crate::fleet::{Fleet, FleetError};
+use crate::resources;
+use crate::scaledown::{self, PodLoad};
+
+/// One error type; its variant name is the `reason` of error events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("chat servers: {0}")]
+    Fleet(#[from] FleetError),
+    #[error("ChatCluster has no namespace")]
+    MissingNamespace,
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeError",
+            Error::Fleet(_) => "FleetError",
+            Error::MissingNamespace => "MissingNamespace",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+pub struct ControllerMetrics {
+    pub reconciles: Arc<Counter>,
+    pub reconcile_errors: Arc<Counter>,
+    pub drains_requested: Arc<Counter>,
+    pub scale_ups: Arc<Counter>,
+    pub scale_downs: Arc<Counter>,
+}
+
+impl ControllerMetrics {
+    pub fn new(m: &Metrics) -> Self {
+        ControllerMetrics {
+            reconciles: m.counter("operator_reconciles_total", "Reconciliations run."),
+            reconcile_errors: m.counter(
+                "operator_reconcile_errors_total",
+                "Reconciliations that failed.",
+            ),
+            drains_requested: m.counter(
+                "operator_drains_requested_total",
+                "Chat server pods asked to drain.",
+            ),
+            scale_ups: m.counter("operator_scale_ups_total", "StatefulSet replica increases."),
+            scale_downs: m.counter(
+                "operator_scale_downs_total",
+                "StatefulSet replica decreases after a drain.",
+            ),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub fleet: Arc<dyn Fleet>,
+    pub recorder: Recorder,
+    pub metrics: ControllerMetrics,
+    /// Seconds since the epoch; fixed in tests.
+    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Consecutive failures per object, for exponential back-off.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        fleet: Arc<dyn Fleet>,
+        metrics: &Metrics,
+        reporter: &str,
+    ) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(reporter.into()),
+            },
+        );
+        Arc::new(Context {
+            client,
+            fleet,
+            recorder,
+            metrics: ControllerMetrics::new(metrics),
+            clock: Arc::new(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0)
+            }),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    async fn event(
+        &self,
+        cc: &ChatCluster,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &cc.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// The controller's entry point for one ChatCluster.
+pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("{ns}/{}", cc.name_any());
+    let result = finalizer(&api, FINALIZER, cc, |event| async {
+        match event {
+            Finalizer::Apply(cc) => apply(cc, ctx.clone()).await,
+            Finalizer::Cleanup(cc) => cleanup(cc, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+    result
+}
+
+/// Exponential back-off per object: 5 s, 10 s, 20 s ... at most 5 min.
+pub fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.inc();
+    let key = format!("{}/{}", cc.namespace().unwrap_or_default(), cc.name_any());
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = backoff(*n);
+    tracing::warn!(reason = error.reason(), %error, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(10));
+    Duration::from_secs(secs.min(300))
+}
+
+/// Checks what the schema cannot always enforce (CEL rules need a recent
+/// API server); an invalid spec gives a Degraded condition, not a crash loop.
+pub fn validate(spec: &ChatClusterSpec) -> Result<(), String> {
+    if spec.replicas < 0 {
+        return Err("replicas must be >= 0".into());
+    }
+    if !(1..=65535).contains(&spec.port) {
+        return Err(format!("port {} is out of range 1..65535", spec.port));
+    }
+    if spec.image.trim().is_empty() {
+        return Err("image must be set".into());
+    }
+    if spec.secret_name.trim().is_empty() {
+        return Err("secretName must be set".into());
+    }
+    if spec.drain_timeout_seconds < 0 {
+        return Err("drainTimeoutSeconds must be >= 0".into());
+    }
+    if spec.redis.urls.is_some() == spec.redis.secret_key_ref.is_some() {
+        return Err("give exactly one of redis.urls or redis.secretKeyRef".into());
+    }
+    if spec.redis.urls.as_ref().is_some_and(|u| u.is_empty()) {
+        return Err("redis.urls must not be empty".into());
+    }
+    if let Some(a) = spec.autoscaling.as_ref().filter(|a| a.enabled) {
+        if a.min_replicas < 0 || a.max_replicas < 1 {
+            return Err("autoscaling needs minReplicas >= 0 and maxReplicas >= 1".into());
+        }
+        if a.min_replicas > a.max_replicas {
+            return Err(format!(
+                "autoscaling.minReplicas ({}) must be <= autoscaling.maxReplicas ({})",
+                a.min_replicas, a.max_replicas
+            ));
+        }
+        if a.target_connections_per_pod < 1 {
+            return Err("autoscaling.targetConnectionsPerPod must be >= 1".into());
+        }
+    }
+    Ok(())
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    previous: &[Condition],
+    now: &str,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_owned());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+    }
+}
+
+fn rfc3339(now_s: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(now_s)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+async fn patch_status(
+    api: &Api<ChatCluster>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": "chat.scalechat.dev/v1alpha1",
+        "kind": "ChatCluster",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
+    let name = cc.name_any();
+    let client = ctx.client.clone();
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+    let now = ctx.now();
+    let now_text = rfc3339(now);
+    let previous = cc.status.clone().unwrap_or_default();
+
+    if let Err(message) = validate(&cc.spec) {
+        let conditions = vec![
+            condition(
+                "Ready",
+                false,
+                "InvalidSpec",
+                message.clone(),
+                &previous.conditions,
+                &now_text,
+            ),
+            condition(
+                "Degraded",
+                true,
+                "InvalidSpec",
+                message.clone(),
+                &previous.conditions,
+                &now_text,
+            ),
+        ];
+        patch_status(
+            &api,
+            &name,
+            json!({ "observedGeneration": cc.metadata.generation, "conditions": conditions }),
+        )
+        .await?;
+        ctx.event(&cc, EventType::Warning, "InvalidSpec", "Validate", message)
+            .await;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let current = statefulsets
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.spec.replicas);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&resources::selector_string(&cc)))
+        .await?;
+    let health: HashMap<String, ServerHealth> = ctx
+        .fleet
+        .servers()
+        .await?
+        .into_iter()
+        .map(|h| (h.id.clone(), h))
+        .collect();
+    let pod_names: Vec<String> = pods.items.iter().map(|p| p.name_any()).collect();
+    let loads: BTreeMap<String, PodLoad> = pod_names
+        .iter()
+        .filter_map(|pod| {
+            let h = health.get(pod)?;
+            Some((
+                pod.clone(),
+                PodLoad {
+                    reporting: true,
+                    draining: h.state == chat_store::ServerState::Draining,
+                    connections: h.connections as i64,
+                },
+            ))
+        })
+        .collect();
+    let connections: i64 = loads.values().map(|l| l.connections).sum();
+
+    // Desired replicas: by hand (spec, scale subresource, HPA) or from load.
+    let (desired, recommendations) = match cc.spec.autoscaling.as_ref().filter(|a| a.enabled) {
+        Some(auto) => {
+            let recommendation = autoscale::recommend(connections, auto);
+            autoscale::stabilize(&previous.recommendations, recommendation, now, auto)
+        }
+        None => (cc.spec.replicas, Vec::new()),
+    };
+    let plan = scaledown::plan(
+        &name,
+        current,
+        desired,
+        &loads,
+        &previous.draining,
+        now,
+        i64::from(cc.spec.drain_timeout_seconds),
+    );
+
+    for pod in &plan.start_draining {
+        let Some(address) = pods
+            .items
+            .iter()
+            .find(|p| &p.name_any() == pod)
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        else {
+            continue;
+        };
+        ctx.fleet
+            .request_drain(&format!("{address}:{}", cc.spec.port))
+            .await?;
+        ctx.metrics.drains_requested.inc();
+        ctx.event(
+            &cc,
+            EventType::Normal,
+            "DrainStarted",
+            "ScaleDown",
+            format!("asked {pod} to move its clients before removal"),
+        )
+        .await;
+    }
+    for pod in &plan.recycle {
+        pods_api.delete(pod, &DeleteParams::default()).await?;
+        ctx.event(
+            &cc,
+            EventType::Normal,
+            "Recycled",
+            "ScaleUp",
+            format!("{pod} was drained for a scale-down that no longer applies; recreating it"),
+        )
+        .await;
+    }
+
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    services
+        .patch(
+            &resources::service_name(&cc),
+            &ssa,
+            &Patch::Apply(&resources::headless_service(&cc)),
+        )
+        .await?;
+    statefulsets
+        .patch(
+            &name,
+            &ssa,
+            &Patch::Apply(&resources::statefulset(&cc, plan.statefulset_replicas)),
+        )
+        .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    budgets
+        .patch(
+            &name,
+            &ssa,
+            &Patch::Apply(&resources::disruption_budget(&cc)),
+        )
+        .await?;
+    if let Some(before) = current {
+        if plan.statefulset_replicas > before {
+            ctx.metrics.scale_ups.inc();
+            ctx.event(
+                &cc,
+                EventType::Normal,
+                "ScaledUp",
+                "Scale",
+                format!("{before} -> {} chat server pods", plan.statefulset_replicas),
+            )
+            .await;
+        } else if plan.statefulset_replicas < before {
+            ctx.metrics.scale_downs.inc();
+            ctx.event(
+                &cc,
+                EventType::Normal,
+                "ScaledDown",
+                "Scale",
+                format!(
+                    "{before} -> {} chat server pods after draining",
+                    plan.statefulset_replicas
+                ),
+            )
+            .await;
+        }
+    }
+
+    // Registered endpoints: ready pods that are not being drained.
+    let leaving: Vec<&str> = plan.draining.iter().map(|d| d.pod.as_str()).collect();
+    let mut registered: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| pod_ready(p))
+        .map(|p| p.name_any())
+        .filter(|pod| !leaving.contains(&pod.as_str()))
+        .filter(|pod| !loads.get(pod).is_some_and(|l| l.draining))
+        .collect();
+    registered.sort();
+    ctx.fleet
+        .set_registered(&format!("{ns}/{name}"), &registered)
+        .await?;
+
+    let mut endpoints: Vec<EndpointStatus> = pods
+        .items
+        .iter()
+        .map(|p| {
+            let pod = p.name_any();
+            let ip = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
+            let (state, connections) = match health.get(&pod) {
+                Some(h) if h.state == chat_store::ServerState::Draining => {
+                    ("draining", h.connections as i64)
+                }
+                Some(h) => ("ready", h.connections as i64),
+                None => ("unknown", 0),
+            };
+            EndpointStatus {
+                address: if ip.is_empty() {
+                    String::new()
+                } else {
+                    format!("{ip}:{}", cc.spec.port)
+                },
+                pod,
+                state: state.into(),
+                connections,
+            }
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a.pod.cmp(&b.pod));
+    let ready_replicas = pods.items.iter().filter(|p| pod_ready(p)).count() as i32;
+    let existing = pods.items.len() as i32;
+    let progressing = !plan.draining.is_empty() || existing != desired || ready_replicas < desired;
+    let ready_message = format!("{ready_replicas}/{desired} chat server pods ready");
+    let conditions = vec![
+        condition(
+            "Ready",
+            ready_replicas >= desired,
+            if ready_replicas >= desired {
+                "AllReady"
+            } else {
+                "PodsNotReady"
+            },
+            ready_message,
+            &previous.conditions,
+            &now_text,
+        ),
+        condition(
+            "Progressing",
+            progressing,
+            if !plan.draining.is_empty() {
+                "Draining"
+            } else if progressing {
+                "Scaling"
+            } else {
+                "Stable"
+            },
+            if plan.draining.is_empty() {
+                format!("target {desired} pods")
+            } else {
+                format!(
+                    "draining {} pods before scaling to {desired}",
+                    plan.draining.len()
+                )
+            },
+            &previous.conditions,
+            &now_text,
+        ),
+        condition(
+            "Degraded",
+            false,
+            "AsExpected",
+            "spec is valid".into(),
+            &previous.conditions,
+            &now_text,
+        ),
+    ];
+    patch_status(
+        &api,
+        &name,
+        json!({
+            "observedGeneration": cc.metadata.generation,
+            "replicas": existing,
+            "readyReplicas": ready_replicas,
+            "labelSelector": resources::selector_string(&cc),
+            "connections": connections,
+            "endpoints": endpoints,
+            "conditions": conditions,
+            "recommendations": recommendations,
+            "draining": plan.draining,
+        }),
+    )
+    .await?;
+
+    Ok(if plan.waiting {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(Duration::from_secs(15))
+    })
+}
+
+async fn cleanup(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
+    ctx.fleet
+        .set_registered(&format!("{ns}/{}", cc.name_any()), &[])
+        .await?;
+    ctx.event(
+        &cc,
+        EventType::Normal,
+        "Deleted",
+        "Cleanup",
+        "removed this cluster's chat server registration".into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Shared test scenarios.
+#[cfg(test)]
+pub mod fixtures {
+    use crate::crd::{ChatCluster, ChatClusterSpec, RedisSpec};
+
+    pub fn chat_cluster(name: &str, namespace: &str, replicas: i32) -> ChatCluster {
+        let mut cc = ChatCluster::new(
+            name,
+            ChatClusterSpec {
+                replicas,
+                autoscaling: None,
+                image: "scalechat/chat-server:test".into(),
+                image_pull_policy: None,
+                port: 9001,
+                public_url_template: None,
+                resources: None,
+                env: Vec::new(),
+                node_selector: Default::default(),
+                tolerations: Vec::new(),
+                affinity: None,
+                drain_timeout_seconds: 30,
+                redis: RedisSpec {
+                    urls: Some(vec!["redis://r0:6379".into(), "redis://r1:6379".into()]),
+                    secret_key_ref: None,
+                },
+                secret_name: "chat-secrets".into(),
+                api_server_url: None,
+            },
+        );
+        cc.metadata.namespace = Some(namespace.into());
+        cc.metadata.uid = Some("7b6f1c1e-0000-4000-8000-000000000001".into());
+        cc.metadata.generation = Some(1);
+        cc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(3), Duration::from_secs(20));
+        assert_eq!(backoff(20), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn invalid_specs_are_named() {
+        let ok = fixtures::chat_cluster("c", "ns", 2).spec;
+        assert!(validate(&ok).is_ok());
+        let mut bad = ok.clone();
+        bad.replicas = -1;
+        assert!(validate(&bad).unwrap_err().contains("replicas"));
+        let mut bad = ok.clone();
+        bad.port = 70000;
+        assert!(validate(&bad).unwrap_err().contains("port"));
+        let mut bad = ok.clone();
+        bad.autoscaling = Some(crate::crd::AutoscalingSpec {
+            enabled: true,
+            min_replicas: 5,
+            max_replicas: 2,
+            target_connections_per_pod: 100,
+            scale_down_stabilization_seconds: 0,
+        });
+        assert!(validate(&bad).unwrap_err().contains("minReplicas"));
+        let mut bad = ok;
+        bad.redis.urls = None;
+        assert!(validate(&bad).unwrap_err().contains("redis"));
+    }
+}

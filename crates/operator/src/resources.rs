@@ -1,0 +1,319 @@
+//! The objects a ChatCluster owns, built from its spec. Applied with
+//! server-side apply under one field manager; owner references make
+//! deletion cascade.
+//!
+//! Why a StatefulSet: stable pod names are stable chat server ids and
+//! per-pod DNS names (the URLs clients are handed), and its ordered
+//! removal (highest ordinal first) tells the operator in advance exactly
+//! which pods a scale-down removes, so it drains those and no others.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::ChatCluster;
+
+pub const CLUSTER_LABEL: &str = "chat.scalechat.dev/cluster";
+
+pub fn selector_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "chat-server".to_owned(),
+        ),
+        (CLUSTER_LABEL.to_owned(), cc.name_any()),
+    ])
+}
+
+/// The selector as a string, for `status.labelSelector` (HPA, scale).
+pub fn selector_string(cc: &ChatCluster) -> String {
+    selector_labels(cc)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(cc: &ChatCluster) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(cc);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "chat-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/instance".into(), cc.name_any());
+    labels
+}
+
+fn owner(cc: &ChatCluster) -> Vec<OwnerReference> {
+    cc.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(cc: &ChatCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cc.namespace(),
+        labels: Some(labels(cc)),
+        owner_references: Some(owner(cc)),
+        ..ObjectMeta::default()
+    }
+}
+
+pub fn service_name(cc: &ChatCluster) -> String {
+    format!("{}-chat", cc.name_any())
+}
+
+/// The URL clients are handed for a pod, with `$(POD_NAME)` left for the
+/// kubelet to expand in the container's environment.
+pub fn public_url_template(cc: &ChatCluster) -> String {
+    let namespace = cc.namespace().unwrap_or_else(|| "default".into());
+    let template =
+        cc.spec.public_url_template.clone().unwrap_or_else(|| {
+            "ws://{pod}.{service}.{namespace}.svc.cluster.local:{port}/ws".into()
+        });
+    template
+        .replace("{pod}", "$(POD_NAME)")
+        .replace("{service}", &service_name(cc))
+        .replace("{namespace}", &namespace)
+        .replace("{port}", &cc.spec.port.to_string())
+}
+
+pub fn headless_service(cc: &ChatCluster) -> Service {
+    Service {
+        metadata: meta(cc, service_name(cc)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(cc)),
+            ports: Some(vec![ServicePort {
+                name: Some("ws".into()),
+                port: cc.spec.port,
+                target_port: Some(IntOrString::Int(cc.spec.port)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+pub fn disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(cc, cc.name_any()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cc)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn probe(path: &str, port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    }
+}
+
+/// `replicas` comes from the scale plan, not directly from the spec.
+pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
+    let spec = &cc.spec;
+    let port = spec.port;
+    // Order matters: $(VAR) expands only variables defined earlier.
+    let mut env_vars = vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_IP", "status.podIP"),
+        env("CHAT_SERVER_ID", "$(POD_NAME)"),
+        env("CHAT_SERVER_LISTEN", format!("0.0.0.0:{port}")),
+        env("CHAT_PUBLIC_URL", public_url_template(cc)),
+        env(
+            "CHAT_INTERNAL_URL",
+            format!("ws://$(POD_IP):{port}/internal/link"),
+        ),
+        env(
+            "CHAT_DRAIN_TIMEOUT_MS",
+            (i64::from(spec.drain_timeout_seconds) * 1000).to_string(),
+        ),
+        env("CHAT_LOG_FORMAT", "json"),
+        env_secret("CHAT_TICKET_SECRET", &spec.secret_name, "ticketSecret"),
+        env_secret("CHAT_INTERNAL_SECRET", &spec.secret_name, "internalSecret"),
+    ];
+    match (&spec.redis.urls, &spec.redis.secret_key_ref) {
+        (Some(urls), _) => env_vars.push(env("CHAT_REDIS_URLS", urls.join(","))),
+        (None, Some(secret)) => {
+            env_vars.push(env_secret("CHAT_REDIS_URLS", &secret.name, &secret.key))
+        }
+        (None, None) => {}
+    }
+    env_vars.extend(spec.env.iter().cloned());
+    let container = Container {
+        name: "chat-server".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("ws".into()),
+            container_port: port,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", port)),
+        liveness_probe: Some(probe("/healthz", port)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: meta(cc, cc.name_any()),
+        spec: StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(service_name(cc)),
+            // Pods start and stop in parallel: the operator, not ordering,
+            // makes removal safe (it drains before shrinking).
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cc)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cc)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    termination_grace_period_seconds: Some(
+                        i64::from(spec.drain_timeout_seconds) + 10,
+                    ),
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    affinity: spec.affinity.clone(),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::chat_cluster;
+
+    #[test]
+    fn statefulset_wires_identity_urls_secrets_and_probes() {
+        let cc = chat_cluster("chat", "prod", 3);
+        let sts = statefulset(&cc, 3);
+        let spec = sts.spec;
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("chat-chat"));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect();
+        assert_eq!(env["CHAT_SERVER_ID"].value.as_deref(), Some("$(POD_NAME)"));
+        assert_eq!(
+            env["CHAT_PUBLIC_URL"].value.as_deref(),
+            Some("ws://$(POD_NAME).chat-chat.prod.svc.cluster.local:9001/ws")
+        );
+        assert_eq!(
+            env["CHAT_REDIS_URLS"].value.as_deref(),
+            Some("redis://r0:6379,redis://r1:6379")
+        );
+        let ticket = env["CHAT_TICKET_SECRET"].value_from.as_ref().unwrap();
+        assert_eq!(ticket.secret_key_ref.as_ref().unwrap().name, "chat-secrets");
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        let owner = &sts.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "ChatCluster");
+        assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn selector_string_matches_the_pod_labels() {
+        let cc = chat_cluster("chat", "prod", 1);
+        assert_eq!(
+            selector_string(&cc),
+            "app.kubernetes.io/name=chat-server,chat.scalechat.dev/cluster=chat"
+        );
+    }
+}

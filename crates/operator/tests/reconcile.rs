@@ -1,0 +1,531 @@
+//! Reconcile driven in-process against a mocked Kubernetes API service
+//! (`tower-test`): every request the controller makes is recorded and
+//! answered from a small in-memory world, so each scenario can assert which
+//! objects were applied with what, which status was written, and what the
+//! chat servers' side (a fake [`Fleet`]) was asked to do. No cluster needed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_store::{ServerHealth, ServerState};
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use operator::controller::{reconcile, Context};
+use operator::crd::{
+    AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, RedisSpec,
+    FINALIZER,
+};
+use operator::fleet::{Fleet, FleetError};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------- fixtures
+
+const NS: &str = "prod";
+const NAME: &str = "chat";
+
+fn chat_cluster(replicas: i32) -> ChatCluster {
+    let mut cc = ChatCluster::new(
+        NAME,
+        ChatClusterSpec {
+            replicas,
+            autoscaling: None,
+            image: "scalechat/chat-server:test".into(),
+            image_pull_policy: None,
+            port: 9001,
+            public_url_template: None,
+            resources: None,
+            env: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            drain_timeout_seconds: 30,
+            redis: RedisSpec {
+                urls: Some(vec!["redis://r0:6379".into()]),
+                secret_key_ref: None,
+            },
+            secret_name: "chat-secrets".into(),
+            api_server_url: None,
+        },
+    );
+    cc.metadata.namespace = Some(NS.into());
+    cc.metadata.uid = Some("7b6f1c1e-0000-4000-8000-000000000001".into());
+    cc.metadata.generation = Some(4);
+    cc.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    cc
+}
+
+fn pod(ordinal: i32, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{NAME}-{ordinal}"), "namespace": NS},
+        "status": {
+            "podIP": format!("10.0.0.{}", ordinal + 10),
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+        }
+    })
+}
+
+fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
+    ServerHealth {
+        id: format!("{NAME}-{ordinal}"),
+        url: String::new(),
+        internal_url: String::new(),
+        state,
+        connections,
+        load: 0.0,
+        last_seen_ms: 0,
+    }
+}
+
+#[derive(Default)]
+struct FakeFleet {
+    servers: Mutex<Vec<ServerHealth>>,
+    drains: Mutex<Vec<String>>,
+    registered: Mutex<HashMap<String, Vec<String>>>,
+}
+
+#[async_trait]
+impl Fleet for FakeFleet {
+    async fn servers(&self) -> Result<Vec<ServerHealth>, FleetError> {
+        Ok(self.servers.lock().unwrap().clone())
+    }
+    async fn request_drain(&self, address: &str) -> Result<(), FleetError> {
+        self.drains.lock().unwrap().push(address.to_owned());
+        Ok(())
+    }
+    async fn set_registered(&self, cluster: &str, ids: &[String]) -> Result<(), FleetError> {
+        self.registered
+            .lock()
+            .unwrap()
+            .insert(cluster.to_owned(), ids.to_vec());
+        Ok(())
+    }
+}
+
+/// One request the controller made.
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+/// The in-memory API server: what exists, and every call made.
+struct World {
+    cluster: ChatCluster,
+    statefulset_replicas: Option<i32>,
+    pods: Vec<Value>,
+    calls: Vec<Call>,
+}
+
+impl World {
+    fn answer(&mut self, method: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        let base = format!("/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}");
+        let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}");
+        match (method, path) {
+            ("PATCH", p) if p == base || p == format!("{base}/status") => {
+                let mut object = serde_json::to_value(&self.cluster).unwrap();
+                if let Some(status) = body.get("status") {
+                    object["status"] = status.clone();
+                }
+                (StatusCode::OK, object)
+            }
+            ("GET", p) if p == sts => match self.statefulset_replicas {
+                Some(n) => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                           "metadata": {"name": NAME, "namespace": NS},
+                           "spec": {"replicas": n, "selector": {}, "serviceName": "chat-chat",
+                                    "template": {}}}),
+                ),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "NotFound", "code": 404, "message": "not found"}),
+                ),
+            },
+            ("GET", p) if p == format!("/api/v1/namespaces/{NS}/pods") => (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": self.pods}),
+            ),
+            ("PATCH", p) if p == sts => {
+                self.statefulset_replicas = body["spec"]["replicas"].as_i64().map(|n| n as i32);
+                (StatusCode::OK, body.clone())
+            }
+            ("PATCH", _) => (StatusCode::OK, body.clone()),
+            ("POST", p) if p.ends_with("/events") => (StatusCode::CREATED, body.clone()),
+            ("DELETE", p) if p.contains("/pods/") => {
+                let name = p.rsplit('/').next().unwrap();
+                (
+                    StatusCode::OK,
+                    pod(name.rsplit('-').next().unwrap().parse().unwrap(), false),
+                )
+            }
+            _ => panic!("unexpected request {method} {path}"),
+        }
+    }
+}
+
+struct Harness {
+    world: Arc<Mutex<World>>,
+    fleet: Arc<FakeFleet>,
+    ctx: Arc<Context>,
+    now: Arc<Mutex<i64>>,
+}
+
+impl Harness {
+    fn new(cluster: ChatCluster, statefulset_replicas: Option<i32>, pods: Vec<Value>) -> Harness {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NS);
+        let world = Arc::new(Mutex::new(World {
+            cluster,
+            statefulset_replicas,
+            pods,
+            calls: Vec::new(),
+        }));
+        let answering = world.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                };
+                let (status, answer) = {
+                    let mut w = answering.lock().unwrap();
+                    w.calls.push(Call {
+                        method: method.clone(),
+                        path: path.clone(),
+                        body: body.clone(),
+                    });
+                    w.answer(&method, &path, &body)
+                };
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let fleet = Arc::new(FakeFleet::default());
+        let metrics = chat_ops::Metrics::new();
+        let mut ctx = Context::new(client, fleet.clone(), &metrics, "test");
+        let now = Arc::new(Mutex::new(1_000_000i64));
+        let clock = now.clone();
+        Arc::get_mut(&mut ctx).unwrap().clock = Arc::new(move || *clock.lock().unwrap());
+        Harness {
+            world,
+            fleet,
+            ctx,
+            now,
+        }
+    }
+
+    async fn reconcile(&self) -> Action {
+        let cluster = self.world.lock().unwrap().cluster.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            reconcile(Arc::new(cluster), self.ctx.clone()),
+        )
+        .await
+        .expect("reconcile finished")
+        .expect("reconcile succeeded")
+    }
+
+    fn calls(&self, method: &str, path_part: &str) -> Vec<Call> {
+        self.world
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.method == method && c.path.contains(path_part))
+            .cloned()
+            .collect()
+    }
+
+    fn applied_replicas(&self) -> Option<i64> {
+        self.calls("PATCH", "/statefulsets/")
+            .last()
+            .and_then(|c| c.body["spec"]["replicas"].as_i64())
+    }
+
+    fn last_status(&self) -> Value {
+        self.calls("PATCH", "/status")
+            .last()
+            .expect("a status patch")
+            .body["status"]
+            .clone()
+    }
+
+    /// Carries the written status into the world, as the API server would.
+    fn persist_status(&self) {
+        let status: ChatClusterStatus = serde_json::from_value(self.last_status()).unwrap();
+        self.world.lock().unwrap().cluster.status = Some(status);
+        self.world.lock().unwrap().calls.clear();
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.calls("POST", "/events")
+            .iter()
+            .map(|c| c.body["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn registered(&self) -> Vec<String> {
+        self.fleet
+            .registered
+            .lock()
+            .unwrap()
+            .get(&format!("{NS}/{NAME}"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+// ---------------------------------------------------------------- scenarios
+
+#[tokio::test]
+async fn first_reconcile_adds_the_finalizer_and_nothing_else() {
+    let mut cc = chat_cluster(3);
+    cc.metadata.finalizers = None;
+    let h = Harness::new(cc, None, vec![]);
+    h.reconcile().await;
+    let patches = h.calls("PATCH", "/chatclusters/chat");
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(
+        patches[0].body.to_string().contains(FINALIZER),
+        "{:?}",
+        patches[0].body
+    );
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+}
+
+#[tokio::test]
+async fn reconcile_creates_the_owned_objects_with_server_side_apply() {
+    let h = Harness::new(chat_cluster(3), None, vec![]);
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    for kind in [
+        "/services/chat-chat",
+        "/statefulsets/chat",
+        "/poddisruptionbudgets/chat",
+    ] {
+        let patch = h.calls("PATCH", kind);
+        assert_eq!(patch.len(), 1, "{kind}");
+        assert_eq!(
+            patch[0].body["metadata"]["ownerReferences"][0]["kind"],
+            "ChatCluster"
+        );
+    }
+    assert_eq!(h.applied_replicas(), Some(3));
+    let status = h.last_status();
+    assert_eq!(status["observedGeneration"], 4);
+    assert_eq!(
+        status["labelSelector"],
+        "app.kubernetes.io/name=chat-server,chat.scalechat.dev/cluster=chat"
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert!(
+        h.registered().is_empty(),
+        "no ready pods, nothing registered"
+    );
+}
+
+#[tokio::test]
+async fn spec_change_updates_the_statefulset_and_records_an_event() {
+    let h = Harness::new(chat_cluster(4), Some(2), vec![pod(0, true), pod(1, true)]);
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(4));
+    assert!(
+        h.event_reasons().contains(&"ScaledUp".to_owned()),
+        "{:?}",
+        h.event_reasons()
+    );
+}
+
+#[tokio::test]
+async fn status_reflects_pods_health_and_registers_ready_endpoints() {
+    let h = Harness::new(
+        chat_cluster(3),
+        Some(3),
+        vec![pod(0, true), pod(1, true), pod(2, false)],
+    );
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 5),
+        health(1, ServerState::Ready, 7),
+        // Another cluster's server is not counted.
+        ServerHealth {
+            id: "other-0".into(),
+            ..health(0, ServerState::Ready, 100)
+        },
+    ];
+    h.reconcile().await;
+    let status = h.last_status();
+    assert_eq!(status["replicas"], 3);
+    assert_eq!(status["readyReplicas"], 2);
+    assert_eq!(status["connections"], 12);
+    assert_eq!(
+        status["endpoints"][0],
+        json!({"pod": "chat-0", "address": "10.0.0.10:9001", "state": "ready", "connections": 5})
+    );
+    assert_eq!(status["endpoints"][2]["state"], "unknown");
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert_eq!(h.registered(), vec!["chat-0", "chat-1"]);
+}
+
+#[tokio::test]
+async fn scale_down_drains_the_leaving_pod_before_shrinking() {
+    // `kubectl scale chatcluster chat --replicas 2` wrote spec.replicas.
+    let h = Harness::new(
+        chat_cluster(2),
+        Some(3),
+        vec![pod(0, true), pod(1, true), pod(2, true)],
+    );
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 5),
+        health(1, ServerState::Ready, 5),
+        health(2, ServerState::Ready, 4),
+    ];
+    // 1. The leaving pod is asked to drain; the StatefulSet keeps 3 pods.
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    assert_eq!(*h.fleet.drains.lock().unwrap(), vec!["10.0.0.12:9001"]);
+    assert_eq!(h.applied_replicas(), Some(3));
+    assert_eq!(
+        h.registered(),
+        vec!["chat-0", "chat-1"],
+        "a leaving pod gets no new clients"
+    );
+    let status = h.last_status();
+    assert_eq!(
+        status["draining"],
+        json!([{"pod": "chat-2", "since": 1_000_000}])
+    );
+    assert_eq!(condition(&status, "Progressing")["reason"], "Draining");
+    assert!(h.event_reasons().contains(&"DrainStarted".to_owned()));
+    h.persist_status();
+
+    // 2. Clients still moving: wait, without asking again.
+    h.fleet.servers.lock().unwrap()[2] = health(2, ServerState::Draining, 1);
+    *h.now.lock().unwrap() += 3;
+    h.reconcile().await;
+    assert_eq!(h.fleet.drains.lock().unwrap().len(), 1);
+    assert_eq!(h.applied_replicas(), Some(3));
+    h.persist_status();
+
+    // 3. Empty: now the StatefulSet shrinks and the drain record clears.
+    h.fleet.servers.lock().unwrap()[2] = health(2, ServerState::Draining, 0);
+    *h.now.lock().unwrap() += 3;
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(2));
+    assert!(h
+        .last_status()
+        .get("draining")
+        .is_none_or(|d| d.as_array().is_none_or(|a| a.is_empty())));
+    assert!(h.event_reasons().contains(&"ScaledDown".to_owned()));
+}
+
+#[tokio::test]
+async fn drain_timeout_lets_the_scale_down_proceed() {
+    let mut cc = chat_cluster(1);
+    cc.status = Some(ChatClusterStatus {
+        draining: vec![DrainStatus {
+            pod: "chat-1".into(),
+            since: 1_000_000 - 31,
+        }],
+        ..ChatClusterStatus::default()
+    });
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    *h.fleet.servers.lock().unwrap() = vec![health(1, ServerState::Draining, 9)];
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(1));
+}
+
+#[tokio::test]
+async fn autoscaling_sets_replicas_from_connections() {
+    let mut cc = chat_cluster(2);
+    cc.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 2,
+        max_replicas: 8,
+        target_connections_per_pod: 1000,
+        scale_down_stabilization_seconds: 300,
+    });
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 2600),
+        health(1, ServerState::Ready, 2400),
+    ];
+    h.reconcile().await;
+    assert_eq!(
+        h.applied_replicas(),
+        Some(5),
+        "5000 connections at 1000 per pod"
+    );
+    assert_eq!(h.last_status()["recommendations"][0]["replicas"], 5);
+}
+
+#[tokio::test]
+async fn invalid_spec_is_reported_as_degraded_not_applied() {
+    let mut cc = chat_cluster(2);
+    cc.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 6,
+        max_replicas: 3,
+        target_connections_per_pod: 1000,
+        scale_down_stabilization_seconds: 0,
+    });
+    let h = Harness::new(cc, None, vec![]);
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+    let status = h.last_status();
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("minReplicas"));
+    assert!(h.event_reasons().contains(&"InvalidSpec".to_owned()));
+}
+
+#[tokio::test]
+async fn deletion_removes_the_registration_then_the_finalizer() {
+    let mut cc = chat_cluster(2);
+    cc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap(),
+    ));
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.fleet
+        .registered
+        .lock()
+        .unwrap()
+        .insert(format!("{NS}/{NAME}"), vec!["chat-0".into()]);
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::await_change());
+    assert!(h.registered().is_empty());
+    let patches = h.calls("PATCH", "/chatclusters/chat");
+    assert_eq!(patches.len(), 1, "the finalizer removal");
+    assert!(patches[0].body.to_string().contains("finalizers"));
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+}
