@@ -261,6 +261,13 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
             step_no + 1,
             rates.len()
         );
+        if per_sender > 50.0 {
+            println!(
+                "  note: {per_sender:.0} sends/s per connection; chat servers refuse sends above \
+                 their per-connection limit (CHAT_SEND_RATE_PER_S, 50/s by default) with \
+                 rate_limited: add senders (--senders-per-room, --connections) or raise the limit"
+            );
+        }
         let senders: Vec<_> = sender_idx
             .iter()
             .map(|&i| {
@@ -284,28 +291,26 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         // Drain: wait for the acks and deliveries still in flight.
         let drain_started = Instant::now();
         let drain_until = drain_started + Duration::from_secs_f64(args.drain_s);
-        loop {
+        let drained = loop {
             let settled = step.acked.load(Relaxed) + step.send_errors.load(Relaxed)
                 >= step.sent.load(Relaxed)
                 && step.delivered.load(Relaxed) >= step.expected.load(Relaxed);
             if settled || Instant::now() >= drain_until {
-                break;
+                break settled;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
         let drain_ms = drain_started.elapsed().as_millis() as u64;
-        let result = step_result(
+        let mut result = step_result(
             ctx,
             &shared,
             step_no,
             &args,
-            c,
-            rooms,
-            m,
-            sender_idx.len(),
+            (c, rooms, m, sender_idx.len()),
             &placement,
             drain_ms,
         );
+        result["drained"] = drained.into();
         print_step(&result);
         println!("RESULT {}", serde_json::to_string(&result)?);
         results.push(result);
@@ -637,6 +642,12 @@ fn print_step(r: &serde_json::Value) {
     );
     if r["errors"].as_u64().unwrap_or(0) > 0 {
         println!("  errors {}; first: {}", r["errors"], r["first_errors"]);
+        if r["first_errors"].to_string().contains("rate_limited") {
+            println!(
+                "  hint: rate_limited means a connection sent faster than the server's \
+                 per-connection limit (CHAT_SEND_RATE_PER_S); spread the rate over more senders"
+            );
+        }
     }
 }
 

@@ -379,7 +379,7 @@ impl Session {
                 tracing::warn!(error = %e, "append failed");
                 self.write(&error(
                     ErrorCode::Unavailable,
-                    "the message was not stored; retry with the same client_msg_id",
+                    "the message could not be confirmed as durably stored; retry with the same client_msg_id",
                     &client_msg_id,
                 ))
                 .await

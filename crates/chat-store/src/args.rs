@@ -16,6 +16,16 @@ pub struct StoreArgs {
     /// How long a client_msg_id is remembered for deduplication.
     #[arg(long, env = "CHAT_DEDUP_TTL_MS", default_value_t = 86_400_000)]
     pub dedup_ttl_ms: u64,
+    /// Durability of an acknowledged message: replicas that must have it
+    /// before the ack (Redis WAIT). 1 survives the loss of any one master;
+    /// 0 acknowledges on the master's write alone (faster, and needed for a
+    /// Redis without replicas).
+    #[arg(long, env = "CHAT_MIN_REPLICA_ACKS", default_value_t = 1)]
+    pub min_replica_acks: u32,
+    /// How long a send waits for those replicas before it is refused with
+    /// `unavailable` (the client retries with the same client_msg_id).
+    #[arg(long, env = "CHAT_REPLICA_ACK_TIMEOUT_MS", default_value_t = 500)]
+    pub replica_ack_timeout_ms: u64,
 }
 
 impl StoreArgs {
@@ -23,6 +33,8 @@ impl StoreArgs {
         StoreConfig {
             history_retention: self.history_retention.max(1),
             dedup_ttl_ms: self.dedup_ttl_ms.max(1),
+            min_replica_acks: self.min_replica_acks,
+            replica_ack_timeout_ms: self.replica_ack_timeout_ms.max(1),
         }
     }
 

@@ -46,6 +46,11 @@ pub struct StoreConfig {
     pub history_retention: u64,
     /// How long a `client_msg_id` is remembered for deduplication.
     pub dedup_ttl_ms: u64,
+    /// Replicas that must confirm an appended message before it counts as
+    /// stored (Redis `WAIT`); 0 trusts the master alone.
+    pub min_replica_acks: u32,
+    /// How long an append waits for those confirmations.
+    pub replica_ack_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -53,6 +58,8 @@ impl Default for StoreConfig {
         StoreConfig {
             history_retention: 10_000,
             dedup_ttl_ms: 24 * 60 * 60 * 1000,
+            min_replica_acks: 0,
+            replica_ack_timeout_ms: 500,
         }
     }
 }

@@ -15,6 +15,7 @@ use chat_protocol::Message;
 use futures_util::future::try_join_all;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{AsyncCommands, Script};
 
 use crate::keys;
@@ -143,6 +144,37 @@ impl RedisStore {
             },
             fields[4] == "1",
         )))
+    }
+
+    /// Waits until `min_replica_acks` replicas of the master that owns
+    /// `key` have every write sent so far on this connection (Redis WAIT,
+    /// routed to that master). A shortfall is an error: the caller must not
+    /// acknowledge a message that one failover could lose.
+    async fn wait_for_replicas(&self, key: &str) -> StoreResult<()> {
+        let wanted = self.config.min_replica_acks;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(wanted).arg(self.config.replica_ack_timeout_ms);
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+            Slot::for_key(key),
+            SlotAddr::Master,
+        )));
+        let acked = self
+            .conn()
+            .route_command(cmd, route)
+            .await
+            .map_err(unavailable)?;
+        let acked: u32 = redis::from_redis_value(acked)
+            .map_err(|e| StoreError::Unavailable(format!("WAIT reply: {e}")))?;
+        if acked < wanted {
+            return Err(StoreError::Unavailable(format!(
+                "message stored but confirmed by {acked} of {wanted} replicas within {} ms",
+                self.config.replica_ack_timeout_ms
+            )));
+        }
+        Ok(())
     }
 
     async fn change_membership(&self, room: &str, user: &str, op: &str) -> StoreResult<bool> {
@@ -309,6 +341,9 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        if reply.starts_with("N:") || reply.starts_with("D:") {
+            self.wait_for_replicas(&keys::room_seq(&m.room)).await?;
+        }
         match reply.split_at_checked(2) {
             Some(("N:", json)) => Ok(Appended {
                 message: decode_message(json)?,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chat_store::conformance::SharedStore;
 use chat_store::{RedisStore, StoreConfig};
 
-async fn make(config: StoreConfig) -> Option<SharedStore> {
+pub(crate) async fn make(config: StoreConfig) -> Option<SharedStore> {
     let urls = match std::env::var("CHAT_TEST_REDIS_URLS") {
         Ok(urls) if !urls.is_empty() => urls,
         _ => {
@@ -30,3 +30,74 @@ async fn make(config: StoreConfig) -> Option<SharedStore> {
 }
 
 chat_store::store_conformance_tests!(make);
+
+/// Durability: with `min_replica_acks = 1` an append returns only once a
+/// replica has it; asking for more replicas than exist refuses the ack
+/// (the message is stored, and a retry with its client_msg_id finds it).
+mod durability {
+    use chat_protocol::ids::new_id;
+    use chat_protocol::now_ms;
+    use chat_store::{NewMessage, NewRoom, StoreConfig, StoreError};
+
+    async fn room_and_message(store: &dyn chat_store::Store) -> NewMessage {
+        let room = new_id("r_");
+        store
+            .create_room(NewRoom {
+                id: room.clone(),
+                name: "durable".into(),
+                created_by: "alice".into(),
+                created_at: now_ms(),
+                members: vec!["alice".into()],
+            })
+            .await
+            .unwrap();
+        NewMessage {
+            room,
+            id: new_id("m_"),
+            from: "alice".into(),
+            body: "keep me".into(),
+            ts: now_ms(),
+            client_msg_id: Some("c1".into()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_ack_succeeds_on_a_cluster_with_replicas() {
+        let Some(store) = super::make(StoreConfig {
+            min_replica_acks: 1,
+            ..StoreConfig::default()
+        })
+        .await
+        else {
+            return;
+        };
+        let m = room_and_message(&*store).await;
+        let appended = store.append(m).await.unwrap();
+        assert_eq!(appended.message.seq, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn too_few_replica_acks_refuse_the_ack_but_keep_the_message() {
+        let Some(store) = super::make(StoreConfig {
+            min_replica_acks: 5,
+            replica_ack_timeout_ms: 100,
+            ..StoreConfig::default()
+        })
+        .await
+        else {
+            return;
+        };
+        let m = room_and_message(&*store).await;
+        let room = m.room.clone();
+        assert!(matches!(
+            store.append(m.clone()).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        // Stored once, and the retry does not store a copy.
+        assert!(matches!(
+            store.append(m).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert_eq!(store.messages_after(&room, 0, 10).await.unwrap().len(), 1);
+    }
+}
