@@ -27,3 +27,12 @@ export CHAT_TEST_REQUIRE_REDIS=1
 
 echo "== running the tests"
 cargo test --workspace --locked "$@"
+
+# --- Kubernetes artefacts (issue 3) ------------------------------------------
+# Offline checks of the Helm chart, the CRD copy it ships and ChatCluster
+# objects (no cluster, no helm): see scripts/validate-k8s.py.
+echo "== validating the Kubernetes artefacts (offline)"
+if ! python3 -c 'import yaml, jsonschema' >/dev/null 2>&1; then
+  python3 -m pip install --quiet pyyaml jsonschema
+fi
+python3 scripts/validate-k8s.py

@@ -615,9 +615,10 @@ fn print_step(r: &serde_json::Value) {
     );
     if r["drained"] == false {
         println!(
-            "  NOTE: not drained after {} ms: the server is behind, so `lost` includes deliveries \
-             still in flight (and `unacked` sends are unknown); `seq gaps` counts seqs a connection \
-             skipped past, which in-order delivery makes final. The next step inherits the backlog.",
+            "  NOTE: acks or deliveries still missing after the drain wait ({} ms). `seq gaps` \
+             counts messages a connection skipped past: with in-order delivery they never \
+             arrive. The rest of `lost` (lost - seq gaps) and `unacked` may still be in flight \
+             if the server is behind; the next step then starts with that backlog.",
             r["drain_ms"]
         );
     }

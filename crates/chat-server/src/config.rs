@@ -46,6 +46,10 @@ pub struct ChatConfig {
     /// Frames queued per session before it counts as a slow consumer.
     #[arg(long, env = "CHAT_SESSION_QUEUE_LEN", default_value_t = 4096)]
     pub session_queue_len: usize,
+    /// A write to a client that stays blocked this long (the client stopped
+    /// reading) drops it as a slow consumer.
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub write_timeout_ms: u64,
     /// Lifetime of presence records, refreshed at a third of it.
     #[arg(long, env = "CHAT_PRESENCE_TTL_MS", default_value_t = 60_000)]
     pub presence_ttl_ms: u64,

@@ -199,13 +199,16 @@ impl Session {
             End::Idle => (close_code::POLICY_VIOLATION, "idle timeout"),
             End::Abuse => (close_code::POLICY_VIOLATION, "rate limit ignored"),
         };
-        let _ = self
-            .socket
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            })))
-            .await;
+        let close = self.socket.send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })));
+        if tokio::time::timeout(Duration::from_secs(1), close)
+            .await
+            .is_err()
+        {
+            return; // the peer is not reading: just drop the connection
+        }
         // Let the close handshake finish so the client reads the code.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Some(Ok(_)) = self.socket.recv().await {}
@@ -217,11 +220,16 @@ impl Session {
         self.write_raw(Utf8Bytes::from(frame.to_json())).await
     }
 
+    /// A client that does not read blocks the write once the socket
+    /// buffers are full; past `write_timeout_ms` it counts as a slow
+    /// consumer and is dropped, so it never holds up its own queue forever.
     async fn write_raw(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.socket
-            .send(WsMessage::Text(text))
-            .await
-            .map_err(|_| End::WriteFailed)
+        let timeout = Duration::from_millis(self.server.config.write_timeout_ms.max(1));
+        match tokio::time::timeout(timeout, self.socket.send(WsMessage::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::WriteFailed),
+            Err(_) => Err(End::SlowConsumer),
+        }
     }
 
     async fn write_frames(&mut self, frames: Vec<Arc<str>>) -> Result<(), End> {

@@ -1,0 +1,495 @@
+//! Faults and hostile peers, with real processes: a client that stops
+//! reading, unauthenticated internal calls, Redis frozen (unreachable) and
+//! a Redis master killed under load. Each test prints its counts.
+//!
+//! The Redis tests act on the shared test cluster, so every test in this
+//! file runs alone (a static lock), and each leaves the cluster healthy.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Opens a WebSocket with a tiny receive buffer, so a client that stops
+/// reading backs the server up after little data.
+async fn open_with_small_buffer(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let request = url.into_client_request().unwrap();
+    let host = request.uri().host().unwrap().to_owned();
+    let port = request.uri().port_u16().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(format!("{host}:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("handshake");
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(
+        1,
+        &[
+            "--session-queue-len",
+            "64",
+            "--write-timeout-ms",
+            "1000",
+            "--send-rate-per-s",
+            "0",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
+    let alice_api = cluster.api(&alice).await;
+    let bob_api = cluster.api(&bob).await;
+    let carol_api = cluster.api(&carol).await;
+    let room = alice_api.create_room_id("firehose", &[&bob, &carol]).await;
+    let mut fast = WsClient::connect(&bob_api).await;
+
+    let (status, ticket) = carol_api.connect().await;
+    assert_eq!(status, 200, "{ticket}");
+    let mut slow = open_with_small_buffer(&ticket_url(
+        ticket["url"].as_str().unwrap(),
+        ticket["ticket"].as_str().unwrap(),
+    ))
+    .await;
+    // Read the welcome, then never read again (until the end).
+    let welcome = slow.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains("welcome"));
+
+    // ~6 MB of messages: more than the socket buffers hold.
+    const N: u64 = 1500;
+    let body = "x".repeat(4000);
+    let mut tasks = Vec::new();
+    for part in 0..4u64 {
+        let api = alice_api.clone();
+        let room = room.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..N / 4 {
+                let (status, reply) = api
+                    .post_message(&room, &body, Some(&format!("p{part}-{i}")))
+                    .await;
+                assert_eq!(status, 201, "{reply}");
+            }
+        }));
+    }
+    let received = fast
+        .read_frames_until(
+            Duration::from_secs(60),
+            "every message at the fast client",
+            |frames| frames.iter().filter(|f| f["type"] == "message").count() as u64 >= N,
+        )
+        .await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seqs: Vec<u64> = received
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "the fast client got everything in order"
+    );
+
+    // The slow client was cut off: its stream ends before all N messages.
+    let mut slow_messages = 0u64;
+    let mut close_code = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), slow.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => slow_messages += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+        }
+    }
+    println!("[faults] slow consumer: {slow_messages} of {N} messages before disconnect, close {close_code:?}");
+    assert!(slow_messages < N, "the slow client was not disconnected");
+    let metrics = reqwest::get(format!("{}/metrics", cluster.chat[0].http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("chat_server_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_endpoints_refuse_callers_without_the_secret() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(1, &[]).await else {
+        return;
+    };
+    let link = format!("ws://127.0.0.1:{}/internal/link", cluster.chat[0].port);
+    for secret in [None, Some("wrong"), Some("")] {
+        let mut request = link.as_str().into_client_request().unwrap();
+        if let Some(s) = secret {
+            request
+                .headers_mut()
+                .insert("x-chat-internal-secret", s.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "secret {secret:?}")
+            }
+            other => panic!("internal link opened with secret {secret:?}: {other:?}"),
+        }
+    }
+    let drain = reqwest::Client::new()
+        .post(format!("{}/internal/drain", cluster.chat[0].http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 401);
+    // With the secret the link opens (what API servers use).
+    let mut request = link.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-chat-internal-secret", INTERNAL_SECRET.parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("link with the secret");
+}
+
+fn redis_pids() -> Vec<(u16, u32)> {
+    let dir = std::env::var("REDIS_CLUSTER_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".redis-cluster"));
+    let mut out = Vec::new();
+    for port in 7000..7006u16 {
+        let pidfile = dir.join(port.to_string()).join("redis.pid");
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            if let Ok(pid) = text.trim().parse() {
+                out.push((port, pid));
+            }
+        }
+    }
+    out
+}
+
+fn signal(pid: u32, sig: &str) {
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(1, &[]).await else {
+        return;
+    };
+    let pids = redis_pids();
+    if pids.len() != 6 {
+        println!("[faults] skipped: redis pidfiles not found (cluster not started by scripts/redis-cluster.sh)");
+        return;
+    }
+    let alice_name = unique("alice");
+    let alice = cluster.api(&alice_name).await;
+    let room = alice.create_room_id("frozen", &[]).await;
+    let mut ws = WsClient::connect(&alice).await;
+
+    for (_, pid) in &pids {
+        signal(*pid, "-STOP");
+    }
+    let result = std::panic::AssertUnwindSafe(async {
+        // Readiness goes false.
+        eventually(Duration::from_secs(20), "api /readyz to fail", || async {
+            let r = reqwest::get(format!("{}/readyz", cluster.api_url))
+                .await
+                .ok()?;
+            (r.status() == 503).then_some(())
+        })
+        .await;
+        // A send gets a clear `unavailable` error instead of hanging.
+        ws.send_json(
+            json!({"type": "send", "room": room, "body": "while frozen", "client_msg_id": "f1"}),
+        )
+        .await;
+        let (_, error) = ws
+            .read_until(Duration::from_secs(20), |v| {
+                v["type"] == "error" || v["type"] == "ack"
+            })
+            .await;
+        let error = error.expect("an answer to the send");
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["code"], "unavailable", "{error}");
+        assert_eq!(error["client_msg_id"], "f1");
+        let (status, body) = alice.post_message(&room, "rest while frozen", None).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable");
+    });
+    let outcome = futures_util::FutureExt::catch_unwind(result).await;
+    for (_, pid) in &pids {
+        signal(*pid, "-CONT");
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    // Back by itself: ready again, and the retried send is stored once.
+    eventually(
+        Duration::from_secs(30),
+        "api /readyz to recover",
+        || async {
+            let r = reqwest::get(format!("{}/readyz", cluster.api_url))
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        ws.send_json(
+            json!({"type": "send", "room": room, "body": "while frozen", "client_msg_id": "f1"}),
+        )
+        .await;
+        let (_, answer) = ws
+            .read_until(Duration::from_secs(5), |v| {
+                v["type"] == "error" || v["type"] == "ack"
+            })
+            .await;
+        if let Some(ack) = answer.filter(|a| a["type"] == "ack") {
+            break ack;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried send was never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let history = alice.all_messages(&room).await;
+    println!(
+        "[faults] frozen redis: retried send acked as seq {}, history {} message(s)",
+        stored["seq"],
+        history.len()
+    );
+    assert_eq!(
+        history
+            .iter()
+            .filter(|m| m["client_msg_id"] == "f1")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(2, &["--send-rate-per-s", "0"]).await else {
+        return;
+    };
+    let pids = redis_pids();
+    if pids.len() != 6 {
+        println!("[faults] skipped: redis pidfiles not found");
+        return;
+    }
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let alice_api = cluster.api(&alice).await;
+    let bob_api = cluster.api(&bob).await;
+    let room = alice_api.create_room_id("failover", &[&bob]).await;
+    let mut receiver = WsClient::connect(&bob_api).await;
+
+    // The master that owns this room's slot.
+    let room_key = format!("chat:{{room:{room}}}:seq");
+    let owner = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", "7000", "cluster", "keyslot", &room_key])
+        .output()
+        .unwrap();
+    let slot: u16 = String::from_utf8_lossy(&owner.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let nodes = std::process::Command::new("redis-cli")
+        .args(["-p", "7000", "cluster", "nodes"])
+        .output()
+        .unwrap();
+    let nodes = String::from_utf8_lossy(&nodes.stdout).to_string();
+    let master_port: u16 = nodes
+        .lines()
+        .filter(|l| l.contains("master") && !l.contains("fail"))
+        .find(|l| {
+            l.split_whitespace().skip(8).any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+            })
+        })
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|addr| addr.split(['@', ':']).nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("the room's master");
+
+    // Steady load: one sender, retrying each message with its client_msg_id
+    // until acked, for a bounded number of messages.
+    const N: usize = 600;
+    let sender = {
+        let api = alice_api.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut refused = 0u32;
+            for i in 0..N {
+                let cmid = format!("m{i}");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (status, reply) = api
+                        .post_message(&room, &format!("load {i}"), Some(&cmid))
+                        .await;
+                    if status == 201 {
+                        acked.push(reply);
+                        break;
+                    }
+                    refused += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "message {i} never acked: {status} {reply}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            (acked, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_pid = pids.iter().find(|(p, _)| *p == master_port).unwrap().1;
+    println!("[faults] killing redis master on port {master_port} (slot {slot})");
+    signal(killed_pid, "-KILL");
+    // A supervisor (Kubernetes, systemd) restarts the dead node a few
+    // seconds later; it rejoins as a replica of the promoted one. Until then
+    // the shard has no replica, so sends wait (or are refused and retried):
+    // the price of acknowledging only replicated messages.
+    let dir = std::env::var("REDIS_CLUSTER_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".redis-cluster"));
+    let node_dir = dir.join(master_port.to_string());
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let status = std::process::Command::new("redis-server")
+            .arg(node_dir.join("redis.conf"))
+            .current_dir(&node_dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "restarting the killed redis node");
+    });
+    let sent = sender.await;
+    restart.await.unwrap();
+    let (acked, refused) = sent.unwrap();
+
+    // Every acknowledged message is in history, in order, exactly once...
+    let history = eventually(Duration::from_secs(30), "history readable", || {
+        let api = &alice_api;
+        let room = room.clone();
+        async move {
+            let (status, body) = api.history(&room, "after=0&limit=200").await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+    drop(history);
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, body) = alice_api
+            .history(&room, &format!("after={after}&limit=200"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["messages"].as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap()["seq"].as_u64().unwrap();
+        all.extend(page);
+    }
+    let history_ids: BTreeSet<String> = all
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    let missing: Vec<&Value> = acked
+        .iter()
+        .filter(|m| !history_ids.contains(m["id"].as_str().unwrap()))
+        .collect();
+    // ...and reaches the member, live or through resume after a reconnect.
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    let last_seq = all.last().map(|m| m["seq"].as_u64().unwrap()).unwrap_or(0);
+    let frames = receiver.frames_for(Duration::from_secs(3)).await;
+    seen.extend(
+        frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .filter_map(|f| f["seq"].as_u64()),
+    );
+    let mut resumed = WsClient::connect(&bob_api).await;
+    resumed
+        .send_json(json!({"type": "resume", "rooms": {room.clone(): 0}}))
+        .await;
+    let replay = resumed
+        .read_frames_until(Duration::from_secs(30), "resume to finish", |f| {
+            f.iter().any(|v| v["type"] == "resumed")
+        })
+        .await;
+    let replayed: Vec<u64> = replay
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .filter_map(|f| f["seq"].as_u64())
+        .collect();
+    println!(
+        "[faults] redis failover: sent {N}, acked {}, refused-and-retried {refused}, in history {}, live {}, replayed {}, missing {}",
+        acked.len(),
+        all.len(),
+        seen.len(),
+        replayed.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_eq!(all.len(), N, "each message stored exactly once");
+    assert_eq!(
+        replayed,
+        (1..=last_seq).collect::<Vec<_>>(),
+        "resume replays everything in order, once"
+    );
+    let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+
+    // Leave the cluster healthy for the tests after this one.
+    eventually(
+        Duration::from_secs(60),
+        "the restarted node to catch up",
+        || async {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &master_port.to_string(), "info", "replication"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("master_link_status:up")
+                .then_some(())
+        },
+    )
+    .await;
+}
