@@ -137,14 +137,13 @@ for target in api-server chat-server operator; do
 done
 
 # --- install ------------------------------------------------------------------
-# No --wait: the API servers only become ready once the post-install hook has
-# formed the Redis Cluster, and --wait would wait for them before the hook.
-# helm does wait for the hook Job itself (bounded by --timeout).
+# --wait: the cluster-init Job is a plain Job, so the API servers become
+# ready once it has formed the Redis Cluster.
 say "helm install $RELEASE (namespace $NAMESPACE, api.devTokens=true)"
 helm install "$RELEASE" charts/chat -n "$NAMESPACE" --create-namespace \
   --set api.devTokens=true \
   --set chatCluster.autoscaling.enabled=false \
-  --timeout 10m
+  --wait --timeout 10m
 
 say "waiting for the rollout"
 kubectl -n "$NAMESPACE" rollout status statefulset/"$RELEASE"-redis --timeout=300s

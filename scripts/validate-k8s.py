@@ -1124,8 +1124,9 @@ def check_rendering(r: Report, values: dict, crd: dict) -> None:
             and any(m["mountPath"] == "/data" for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]))
     job = by["Job/chat-redis-cluster-init"]
     script = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
-    r.check("cluster-init Job is a post-install hook running redis-cli --cluster create once",
-            "post-install" in job["metadata"]["annotations"].get("helm.sh/hook", "")
+    r.check("cluster-init Job is a plain Job (not a hook, so --wait works) running redis-cli --cluster create once",
+            "helm.sh/hook" not in (job["metadata"].get("annotations") or {})
+            and job["spec"].get("ttlSecondsAfterFinished") == 600
             and "--cluster create" in script and "--cluster-replicas 1" in script and "cluster_state" in script)
     if shutil.which("shellcheck"):
         proc = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script, text=True, capture_output=True)
