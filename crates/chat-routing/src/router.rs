@@ -49,6 +49,28 @@ impl MessageRouter {
         self.route(&message.room, message.seq, frame, None).await
     }
 
+    /// [`Self::route_message`], retried with back-off when the store is
+    /// briefly unavailable (a failover, a timeout under load). A message
+    /// that still cannot be routed reaches connected members when the
+    /// room's next message reveals the gap, or through `resume`.
+    pub async fn route_message_reliably(&self, message: &Message) {
+        let mut delay = std::time::Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match self.route_message(message).await {
+                Ok(_) => return,
+                Err(e) if attempt < 4 => {
+                    tracing::debug!(error = %e, attempt, "routing failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e, room = %message.room, seq = message.seq,
+                    "routing failed; members recover through gap fill or resume"
+                ),
+            }
+        }
+    }
+
     /// Relays a typing notice to the room's other members.
     pub async fn route_typing(&self, room: &str, user: &str) -> StoreResult<usize> {
         let frame: Arc<str> = Arc::from(

@@ -270,6 +270,12 @@ impl ChatServer {
         self.spawn_reporters();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let app = self.app();
+        // Frames go out at once: without TCP_NODELAY back-to-back frames
+        // stall ~40 ms on the client's delayed ACK (measured by chat-bench).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -20,7 +20,11 @@ struct RoomCursor {
 }
 
 impl RoomCursor {
-    fn drain_ready(&mut self, out: &mut Vec<Arc<str>>) {
+    /// Writes out what has become consecutive. If the cursor moved and
+    /// messages are still waiting, that is a new gap: its clock starts now,
+    /// so it gets its own grace period before a fill.
+    fn drain_ready(&mut self, now: Instant, out: &mut Vec<Arc<str>>) {
+        let before = self.last;
         while let Some(entry) = self.pending.first_entry() {
             let seq = *entry.key();
             if seq <= self.last {
@@ -34,6 +38,8 @@ impl RoomCursor {
         }
         if self.pending.is_empty() {
             self.gap_since = None;
+        } else if self.last != before {
+            self.gap_since = Some(now);
         }
     }
 }
@@ -93,7 +99,7 @@ impl RoomOrder {
         if seq == cursor.last + 1 {
             out.push(frame);
             cursor.last = seq;
-            cursor.drain_ready(out);
+            cursor.drain_ready(now, out);
         } else {
             cursor.pending.insert(seq, frame);
             cursor.gap_since.get_or_insert(now);
@@ -125,17 +131,16 @@ impl RoomOrder {
             .collect()
     }
 
-    /// After a fill from the store: if the gap is still open, the missing
-    /// messages are gone (trimmed by retention), so skip past them rather
-    /// than hold the room back forever.
-    pub fn skip_gap(&mut self, room: &str, out: &mut Vec<Arc<str>>) {
-        if let Some(cursor) = self.rooms.get_mut(room) {
-            if let Some(first) = cursor.pending.keys().next().copied() {
-                if first > cursor.last + 1 {
-                    cursor.last = first - 1;
-                }
+    /// After a fill from the store covered `gap`: messages of that gap the
+    /// store no longer has (trimmed by retention) are skipped rather than
+    /// holding the room back forever. Only that gap: a later gap is left to
+    /// its own fill, since its messages may well be in history.
+    pub fn skip_gap(&mut self, gap: &Gap, now: Instant, out: &mut Vec<Arc<str>>) {
+        if let Some(cursor) = self.rooms.get_mut(&gap.room) {
+            if cursor.last < gap.before.saturating_sub(1) {
+                cursor.last = gap.before - 1;
             }
-            cursor.drain_ready(out);
+            cursor.drain_ready(now, out);
         }
     }
 }
@@ -214,12 +219,50 @@ mod tests {
         o.set_baseline("r", 1);
         assert!(offer(&mut o, 4).is_empty());
         let mut out = Vec::new();
-        o.skip_gap("r", &mut out);
+        let gap = Gap {
+            room: "r".into(),
+            after: 1,
+            before: 4,
+        };
+        o.skip_gap(&gap, Instant::now(), &mut out);
         assert_eq!(
             out.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             vec!["4"]
         );
         assert_eq!(o.last("r"), Some(4));
+    }
+
+    /// The bug chat-bench found: with 12 and 14 waiting after 10, a fill of
+    /// the first gap must not skip 13, which is in history and may still
+    /// arrive live.
+    #[test]
+    fn a_fill_skips_only_its_own_gap() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("r", 10);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 12, f("12"), t0, &mut out);
+        o.offer("r", 14, f("14"), t0, &mut out);
+        let delay = Duration::from_millis(100);
+        let gaps = o.due_gaps(t0 + delay, delay);
+        let first = Gap {
+            room: "r".into(),
+            after: 10,
+            before: 12,
+        };
+        assert_eq!(gaps, vec![first.clone()]);
+        // The fill brings 11; 12 follows; 14 waits for 13.
+        let t1 = t0 + delay;
+        o.offer("r", 11, f("11"), t1, &mut out);
+        o.skip_gap(&first, t1, &mut out);
+        let written = |out: &Vec<Arc<str>>| out.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(written(&out), vec!["11", "12"]);
+        assert_eq!(o.last("r"), Some(12));
+        // The new gap (13) gets its own grace period, counted from t1.
+        assert!(o.due_gaps(t1, delay).is_empty());
+        assert_eq!(o.next_fill_at(delay), Some(t1 + delay));
+        o.offer("r", 13, f("13"), t1, &mut out);
+        assert_eq!(written(&out), vec!["11", "12", "13", "14"]);
     }
 
     #[test]

@@ -43,6 +43,7 @@ struct Session {
     order: RoomOrder,
     last_heard: Instant,
     rate: SendRateLimit,
+    route_tx: mpsc::Sender<chat_protocol::Message>,
 }
 
 pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String) {
@@ -59,6 +60,15 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
     );
     server.metrics.sessions_opened.inc();
     server.metrics.sessions.set(server.hub.connections() as i64);
+    // Routes this session's messages one after another; it finishes what
+    // is queued after the session ends, then stops.
+    let (route_tx, mut route_rx) = mpsc::channel::<chat_protocol::Message>(1024);
+    let router = server.router.clone();
+    tokio::spawn(async move {
+        while let Some(message) = route_rx.recv().await {
+            router.route_message_reliably(&message).await;
+        }
+    });
     let mut session = Session {
         server: server.clone(),
         socket,
@@ -72,6 +82,7 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
             server.config.abuse_close_after,
             Instant::now(),
         ),
+        route_tx,
     };
     match session.start().await {
         Ok(()) => {
@@ -275,7 +286,7 @@ impl Session {
                         self.order
                             .offer(&gap.room, seq, frame, Instant::now(), &mut ready);
                     }
-                    self.order.skip_gap(&gap.room, &mut ready);
+                    self.order.skip_gap(&gap, Instant::now(), &mut ready);
                 }
                 Err(e) => tracing::warn!(error = %e, "gap fill failed; retrying"),
             }
@@ -365,13 +376,11 @@ impl Session {
                 .await?;
                 if !appended.duplicate {
                     self.server.metrics.messages_stored.inc();
-                    let router = self.server.router.clone();
-                    tokio::spawn(async move {
-                        let m = appended.message;
-                        if let Err(e) = router.route_message(&m).await {
-                            tracing::warn!(error = %e, room = %m.room, seq = m.seq, "routing failed; clients recover through resume");
-                        }
-                    });
+                    // One routing task per session, in send order: a
+                    // task per message would reorder one sender's messages.
+                    if self.route_tx.send(appended.message).await.is_err() {
+                        tracing::warn!("routing task gone");
+                    }
                 }
                 Ok(())
             }

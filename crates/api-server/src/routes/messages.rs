@@ -48,11 +48,7 @@ pub async fn post_message(
         state.metrics.messages_posted.inc();
         let router = state.router.clone();
         let message = appended.message.clone();
-        tokio::spawn(async move {
-            if let Err(e) = router.route_message(&message).await {
-                tracing::warn!(error = %e, room = %message.room, seq = message.seq, "routing failed; clients recover through resume");
-            }
-        });
+        tokio::spawn(async move { router.route_message_reliably(&message).await });
     }
     Ok((StatusCode::CREATED, Json(appended.message)))
 }
