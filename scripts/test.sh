@@ -28,6 +28,10 @@ export CHAT_TEST_REQUIRE_REDIS=1
 echo "== running the tests"
 cargo test --workspace --locked "$@"
 
+# --- The REST API against its own OpenAPI document ----------------------------
+echo "== schemathesis against /openapi.json of a live API server"
+scripts/schemathesis.sh
+
 # --- Kubernetes artefacts (issue 3) ------------------------------------------
 # Offline checks of the Helm chart, the CRD copy it ships and ChatCluster
 # objects (no cluster, no helm): see scripts/validate-k8s.py.

@@ -16,7 +16,7 @@ use crate::routes::{auth, connect, messages, rooms};
         messages::post_message, messages::list_messages,
         connect::connect, connect::list_servers,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;
 
@@ -34,6 +34,57 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Answers every operation can give besides its own: 401 where a token is
+/// needed, 400 and 413 where there is a body, 503 when storage is down.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                if path != "/v1/auth/token" {
+                    add("401", "missing, invalid or expired token (unauthorized)");
+                }
+                if operation.request_body.is_some() {
+                    add("400", "malformed body (invalid_request)");
+                    add(
+                        "413",
+                        "request body over the size limit (payload_too_large)",
+                    );
+                }
+                if path.starts_with("/v1/rooms/") {
+                    add("400", "invalid parameter (invalid_request)");
+                }
+                add("503", "storage unavailable (unavailable)");
+            }
+        }
     }
 }
 

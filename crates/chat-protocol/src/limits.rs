@@ -9,8 +9,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest room name in characters (contract: 100).
     pub max_room_name_chars: usize,
-    /// Longest `client_msg_id` in bytes.
-    pub max_client_msg_id_bytes: usize,
+    /// Longest `client_msg_id` in characters.
+    pub max_client_msg_id_chars: usize,
     /// Most members a room may be created with in one request.
     pub max_initial_members: usize,
     /// Largest REST request body in bytes.
@@ -28,7 +28,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 4096,
             max_room_name_chars: 100,
-            max_client_msg_id_bytes: 128,
+            max_client_msg_id_chars: 128,
             max_initial_members: 1000,
             max_request_bytes: 64 * 1024,
             default_history_limit: 50,
@@ -53,10 +53,10 @@ impl Limits {
             ));
         }
         if let Some(id) = client_msg_id {
-            if id.is_empty() || id.len() > self.max_client_msg_id_bytes {
+            if id.is_empty() || id.chars().count() > self.max_client_msg_id_chars {
                 return Err(format!(
-                    "client_msg_id must be 1..{} bytes",
-                    self.max_client_msg_id_bytes
+                    "client_msg_id must be 1..{} characters",
+                    self.max_client_msg_id_chars
                 ));
             }
         }
@@ -91,6 +91,7 @@ mod tests {
         assert!(limits.check_message("", None).is_err());
         assert!(limits.check_message("x", Some("")).is_err());
         assert!(limits.check_message("x", Some(&"c".repeat(129))).is_err());
+        assert!(limits.check_message("x", Some(&"é".repeat(128))).is_ok());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct Room {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRequest {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub user: String,
 }
 
@@ -41,10 +42,18 @@ pub struct TokenResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateRoomRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    /// Initial members besides the caller (at most 1000 by default).
     #[serde(default)]
+    #[schema(max_items = 1000, inline, value_type = Option<Vec<UserId>>)]
     pub members: Option<Vec<String>>,
 }
+
+/// A user id: 1-64 characters of `[A-Za-z0-9_.-]`.
+#[derive(ToSchema)]
+#[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
+pub struct UserId(#[allow(dead_code)] String);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoomList {
@@ -64,8 +73,13 @@ pub struct MemberList {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PostMessageRequest {
+    /// 1..4096 bytes of UTF-8 (JSON Schema counts characters: a body of
+    /// multi-byte characters reaches the byte limit sooner).
+    #[schema(min_length = 1, max_length = 4096)]
     pub body: String,
+    /// Repeating it (same sender) returns the original message. 1..128 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub client_msg_id: Option<String>,
 }
 

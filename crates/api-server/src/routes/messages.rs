@@ -73,10 +73,14 @@ pub(crate) fn parse_history_query(
     };
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Bounded to int64, as the OpenAPI schema says: clients in most
+        // languages cannot send more anyway.
         let number = || {
             value
                 .parse::<u64>()
-                .map_err(|_| format!("{key} must be a non-negative integer"))
+                .ok()
+                .filter(|n| *n <= i64::MAX as u64)
+                .ok_or_else(|| format!("{key} must be an integer in 0..={}", i64::MAX))
         };
         match key {
             "after" => q.after = Some(number()?),
@@ -91,14 +95,11 @@ pub(crate) fn parse_history_query(
             _ => {}
         }
     }
-    if q.after.is_some() && q.before.is_some() {
-        return Err("give after or before, not both".into());
-    }
     Ok(q)
 }
 
 #[utoipa::path(get, path = "/v1/rooms/{room}/messages",
-    params(("room" = String, Path), ("after" = Option<u64>, Query), ("before" = Option<u64>, Query), ("limit" = Option<u32>, Query)),
+    params(("room" = String, Path), ("after" = Option<u64>, Query, minimum = 0), ("before" = Option<u64>, Query, minimum = 0), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200)),
     responses((status = 200, body = MessageList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_messages(
@@ -115,7 +116,13 @@ pub async fn list_messages(
     .map_err(ApiError::invalid)?;
     room_for_member(&state, &room, &caller).await?;
     let messages = match (q.after, q.before) {
-        (Some(after), _) => state.store.messages_after(&room, after, q.limit).await?,
+        // Both: the messages strictly between them, from `after` upwards.
+        (Some(after), Some(before)) => {
+            let mut page = state.store.messages_after(&room, after, q.limit).await?;
+            page.retain(|m| m.seq < before);
+            page
+        }
+        (Some(after), None) => state.store.messages_after(&room, after, q.limit).await?,
         (None, Some(before)) => state.store.messages_before(&room, before, q.limit).await?,
         (None, None) => {
             state
@@ -154,6 +161,14 @@ mod tests {
             }
         );
         assert_eq!(parse("before=9&x=y").unwrap().before, Some(9));
+        assert_eq!(
+            parse("after=1&before=3").unwrap(),
+            HistoryQuery {
+                after: Some(1),
+                before: Some(3),
+                limit: 50
+            }
+        );
     }
 
     #[test]
@@ -165,7 +180,7 @@ mod tests {
             "after=x",
             "after=",
             "before=1.5",
-            "after=1&before=3",
+            "before=9223372036854775808",
             "limit",
         ] {
             assert!(parse(raw).is_err(), "{raw}");

@@ -104,7 +104,7 @@ pub async fn list_members(
 }
 
 #[utoipa::path(put, path = "/v1/rooms/{room}/members/{user}",
-    params(("room" = String, Path), ("user" = String, Path)),
+    params(("room" = String, Path), ("user" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn add_member(
@@ -123,7 +123,7 @@ pub async fn add_member(
 }
 
 #[utoipa::path(delete, path = "/v1/rooms/{room}/members/{user}",
-    params(("room" = String, Path), ("user" = String, Path)),
+    params(("room" = String, Path), ("user" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn remove_member(
