@@ -45,6 +45,13 @@ pub struct ApiConfig {
     /// registered for a ChatCluster.
     #[arg(long, env = "CHAT_REQUIRE_REGISTRATION", default_value_t = false)]
     pub require_registration: bool,
+    /// Browser origins allowed to call the REST API (CORS), comma-separated;
+    /// `*` allows any. Empty (the default): no CORS headers.
+    #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Longest time a REST request may take before it is answered with 503.
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
     /// Largest message body in bytes.
     #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
     pub max_body_bytes: usize,

@@ -145,6 +145,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.limits.max_request_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            time_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state.clone());
@@ -159,6 +164,64 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
     let response = next.run(req).await;
     if response.status().is_client_error() || response.status().is_server_error() {
         state.metrics.http_errors.inc();
+    }
+    response
+}
+
+/// Bounds every request: a store that hangs yields `unavailable`, not a
+/// client waiting forever.
+async fn time_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = std::time::Duration::from_millis(state.config.request_timeout_ms.max(1));
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            chat_protocol::ErrorCode::Unavailable,
+            "the request timed out; retry later",
+        )),
+    }
+}
+
+/// CORS for browser clients, from `--cors-origins`. Preflights are answered
+/// here; other responses get the allow headers when the origin is allowed.
+async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue, Method, StatusCode};
+    let origins = &state.config.cors_origins;
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let allowed = origin
+        .as_deref()
+        .filter(|o| origins.iter().any(|a| a == "*" || a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight && allowed.is_some() {
+        let mut r = axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT);
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    if let Some(origin) = allowed {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
     }
     response
 }
