@@ -610,6 +610,11 @@ pub mod fixtures {
                 node_selector: Default::default(),
                 tolerations: Vec::new(),
                 affinity: None,
+                topology_spread_constraints: Vec::new(),
+                image_pull_secrets: Vec::new(),
+                pod_annotations: Default::default(),
+                priority_class_name: None,
+                service_account_name: None,
                 drain_timeout_seconds: 30,
                 redis: RedisSpec {
                     urls: Some(vec!["redis://r0:6379".into(), "redis://r1:6379".into()]),

@@ -239,6 +239,8 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(cc)),
+                    annotations: (!spec.pod_annotations.is_empty())
+                        .then(|| spec.pod_annotations.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -250,6 +252,12 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
                         .then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     affinity: spec.affinity.clone(),
+                    topology_spread_constraints: (!spec.topology_spread_constraints.is_empty())
+                        .then(|| spec.topology_spread_constraints.clone()),
+                    image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                        .then(|| spec.image_pull_secrets.clone()),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    service_account_name: spec.service_account_name.clone(),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),

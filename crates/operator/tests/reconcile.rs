@@ -42,6 +42,11 @@ fn chat_cluster(replicas: i32) -> ChatCluster {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             affinity: None,
+            topology_spread_constraints: Vec::new(),
+            image_pull_secrets: Vec::new(),
+            pod_annotations: BTreeMap::new(),
+            priority_class_name: None,
+            service_account_name: None,
             drain_timeout_seconds: 30,
             redis: RedisSpec {
                 urls: Some(vec!["redis://r0:6379".into()]),
