@@ -504,3 +504,155 @@ async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_api_server_under_load_loses_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = Cluster::start(2, &["--send-rate-per-s", "0"]).await else {
+        return;
+    };
+    cluster.wait_servers_exactly(&cluster.ids()).await;
+    let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
+    let alice_api = cluster.api(&alice).await;
+    let bob_api = cluster.api(&bob).await;
+    let carol_api = cluster.api(&carol).await;
+    let room = alice_api.create_room_id("api-crash", &[&bob, &carol]).await;
+    let mut sender = WsClient::connect(&alice_api).await;
+    let mut receiver = WsClient::connect_avoiding(&bob_api, &sender.server_id).await;
+
+    // WebSocket sends go through the chat servers, which keep working
+    // while the API server is down; REST sends retry until it is back.
+    const WS_N: usize = 500;
+    const REST_N: usize = 60;
+    let ws_room = room.clone();
+    let ws_task = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..WS_N {
+            let cid = format!("ws-{i}");
+            sender
+                .send_message(&ws_room, &format!("ws {i}"), Some(&cid))
+                .await;
+            let (_, reply) = sender
+                .read_until(WAIT, |v| {
+                    (v["type"] == "ack" || v["type"] == "error")
+                        && v["client_msg_id"] == cid.as_str()
+                })
+                .await;
+            let reply = reply.unwrap_or_else(|| panic!("no answer to {cid}"));
+            assert_eq!(reply["type"], "ack", "{reply}");
+            acks.push(reply);
+        }
+        acks
+    });
+    let api_url = std::sync::Arc::new(std::sync::Mutex::new(cluster.api_url.clone()));
+    let rest_url = api_url.clone();
+    let rest_room = room.clone();
+    let rest_task = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut failures = 0u32;
+        let mut api = carol_api;
+        for i in 0..REST_N {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                api.base = rest_url.lock().unwrap().clone();
+                // A refused connection (the API is down) is an expected
+                // answer here, not a test failure.
+                let sent = api
+                    .http
+                    .post(format!("{}/v1/rooms/{rest_room}/messages", api.base))
+                    .bearer_auth(&api.token)
+                    .json(
+                        &json!({"body": format!("rest {i}"), "client_msg_id": format!("rest-{i}")}),
+                    )
+                    .send()
+                    .await;
+                if let Ok(response) = sent {
+                    if response.status() == 201 {
+                        acked.push(response.json::<Value>().await.unwrap());
+                        break;
+                    }
+                }
+                failures += 1;
+                assert!(Instant::now() < deadline, "REST message {i} never acked");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (acked, failures)
+    });
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.api.sigkill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (api, url) = start_api(&cluster.redis_urls).await;
+    cluster.api = api;
+    cluster.api_url = url.clone();
+    *api_url.lock().unwrap() = url;
+
+    let ws_acks = ws_task.await.unwrap();
+    let (rest_acks, rest_failures) = rest_task.await.unwrap();
+    let mut bob_new = Api::login(&cluster.api_url, &bob).await;
+    bob_new.allowed_servers = Some(cluster.ids());
+    let history: Vec<Value> = {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, body) = bob_new
+                .history(&room, &format!("after={after}&limit=200"))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let page = body["messages"].as_array().unwrap().clone();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().unwrap()["seq"].as_u64().unwrap();
+            all.extend(page);
+        }
+        all
+    };
+    let ids: BTreeSet<&str> = history.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let lost_ws = ws_acks
+        .iter()
+        .filter(|a| !ids.contains(a["id"].as_str().unwrap()))
+        .count();
+    let lost_rest = rest_acks
+        .iter()
+        .filter(|a| !ids.contains(a["id"].as_str().unwrap()))
+        .count();
+    let total = (WS_N + REST_N) as u64;
+    let live = receiver
+        .read_frames_until(
+            Duration::from_secs(30),
+            "every message at the receiver",
+            |frames| frames.iter().filter(|f| f["type"] == "message").count() as u64 >= total,
+        )
+        .await;
+    let seqs: Vec<u64> = live
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    println!(
+        "[faults] api SIGKILL: sent {} (ws {WS_N}, rest {REST_N}), acked {}, REST attempts refused while down {rest_failures}, in history {}, delivered live {}, lost {}",
+        total,
+        ws_acks.len() + rest_acks.len(),
+        history.len(),
+        seqs.len(),
+        lost_ws + lost_rest
+    );
+    assert_eq!(
+        lost_ws + lost_rest,
+        0,
+        "acknowledged messages missing from history"
+    );
+    assert_eq!(
+        history.len() as u64,
+        total,
+        "each message stored exactly once"
+    );
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "the receiver saw every seq once, in order"
+    );
+}

@@ -534,3 +534,18 @@ async fn deletion_removes_the_registration_then_the_finalizer() {
     assert!(patches[0].body.to_string().contains("finalizers"));
     assert!(h.calls("PATCH", "/statefulsets/").is_empty());
 }
+
+/// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
+/// which can run on our CI machines.
+#[test]
+#[ignore = "needs a Kubernetes cluster (kind or k3d), Docker and Helm: run scripts/kind-e2e.sh"]
+fn installs_scales_and_serves_on_a_real_cluster() {
+    let status = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/kind-e2e.sh"
+        ))
+        .status()
+        .expect("running scripts/kind-e2e.sh");
+    assert!(status.success());
+}
