@@ -10,8 +10,15 @@
 //! The timestamp is the *scheduled* send time, so a sender that falls
 //! behind (client or server saturated) shows up as latency rather than as a
 //! silently lower rate (no coordinated omission).
+//!
+//! `--protocol socketio` runs the same scenario against the Socket.IO peer
+//! (`bench/socketio/server.js`, see [`crate::socketio`]): no REST setup,
+//! rooms are named in the handshake, connections alternate between the
+//! `--socketio-urls`. The peer has no seq and no ack, so a send counts as
+//! expected deliveries once written, and loss, duplicates and order are
+//! checked with the per-sender counter `n` of the body.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,13 +29,46 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::client::{
     self, check_fd_limit, error_chain, truncate, ErrorLog, Frame, SendFrame, SeqVerdict, SeqWindow,
-    WsSink, WsStream,
+    Ws, WsSink, WsStream,
 };
+use crate::socketio;
 use crate::stats::{ms, Sharded, Summary};
 use crate::Ctx;
 
+/// Which server and wire protocol the scenario drives.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Our chat service: REST setup through --api, the public WebSocket
+    /// contract (send / ack / message with seq).
+    Chat,
+    /// The Socket.IO peer (bench/socketio): Engine.IO v4 over WebSocket,
+    /// rooms joined from the handshake auth, `send` -> room `message`.
+    Socketio,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Chat => "chat",
+            Protocol::Socketio => "socketio",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct FanoutArgs {
+    /// Server to drive: `chat` (ours) or `socketio` (the peer).
+    #[arg(long, value_enum, default_value = "chat")]
+    pub protocol: Protocol,
+    /// With --protocol socketio: the peer's servers; connection i goes to
+    /// the (i mod n)-th.
+    #[arg(
+        long,
+        env = "CHAT_BENCH_SOCKETIO_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9101,http://127.0.0.1:9102"
+    )]
+    pub socketio_urls: Vec<String>,
     /// WebSocket connections, one user each.
     #[arg(long, default_value_t = 200)]
     pub connections: usize,
@@ -143,6 +183,7 @@ struct Conn {
     sink: Arc<tokio::sync::Mutex<WsSink>>,
     pending: Pending,
     room: Arc<str>,
+    room_size: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
@@ -173,37 +214,37 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         .flat_map(|r| (r * m..r * m + s.min(room_len(r))).collect::<Vec<_>>())
         .collect();
 
+    let proto = args.protocol;
+    let target = match proto {
+        Protocol::Chat => ctx.api_base.clone(),
+        Protocol::Socketio => {
+            if args.socketio_urls.is_empty() {
+                bail!("--socketio-urls is empty");
+            }
+            format!("Socket.IO peer {}", args.socketio_urls.join(","))
+        }
+    };
     println!(
-        "fanout: run {} against {}: {c} connections, {rooms} rooms of {m}, {} senders, rates {:?}/s, \
+        "fanout: run {} ({}) against {}: {c} connections, {rooms} rooms of {m}, {} senders, rates {:?}/s, \
          {}s warm-up + {}s measured per step",
         ctx.run_id,
-        ctx.api_base,
+        proto.name(),
+        target,
         sender_idx.len(),
         rates,
         args.warmup_s,
         args.duration_s
     );
 
-    // Setup: users, tokens, rooms, sessions.
     let users: Vec<String> = (0..c).map(|i| format!("{}-u{i}", ctx.run_id)).collect();
-    let tokens = client::mint_tokens(&ctx.api, &users, ctx.setup_concurrency).await?;
-    let started = Instant::now();
-    let room_ids = client::run_concurrent((0..rooms).collect(), ctx.setup_concurrency, |r| {
-        let api = ctx.api.clone();
-        let creator = tokens[r * m].clone();
-        let others = users[r * m + 1..r * m + room_len(r)].to_vec();
-        let name = format!("{}-room{r}", ctx.run_id);
-        async move { client::create_room(&api, &creator, &name, &others, 8).await }
-    })
-    .await
-    .into_iter()
-    .collect::<Result<Vec<String>>>()?;
-    eprintln!(
-        "setup: {rooms} rooms in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let sessions = client::connect_all(&ctx.api, &tokens, ctx.setup_concurrency).await?;
-    let placement = client::placement(&sessions);
+    let (room_ids, sessions): (Vec<String>, Vec<(Ws, String)>) = match proto {
+        Protocol::Chat => setup_chat(ctx, &users, m, rooms).await?,
+        Protocol::Socketio => setup_socketio(ctx, &args.socketio_urls, &users, m).await?,
+    };
+    let mut placement = std::collections::BTreeMap::<String, usize>::new();
+    for (_, server) in &sessions {
+        *placement.entry(server.clone()).or_insert(0) += 1;
+    }
     println!("placement: {placement:?}");
 
     let shared = Arc::new(Shared {
@@ -219,22 +260,27 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     let room_ids: Vec<Arc<str>> = room_ids.into_iter().map(Arc::from).collect();
     let mut conns = Vec::with_capacity(c);
     let mut readers = Vec::with_capacity(c);
-    for (i, session) in sessions.into_iter().enumerate() {
-        let (sink, stream) = session.ws.split();
+    for (i, (ws, _)) in sessions.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
         let room = room_ids[room_of(i)].clone();
+        let room_size = room_len(room_of(i)) as u64;
         let pending: Pending = Arc::default();
         readers.push(tokio::spawn(reader(
             shared.clone(),
+            proto,
             i,
             stream,
+            sink.clone(),
             room.clone(),
-            room_len(room_of(i)) as u64,
+            room_size,
             pending.clone(),
         )));
         conns.push(Conn {
-            sink: Arc::new(tokio::sync::Mutex::new(sink)),
+            sink,
             pending,
             room,
+            room_size,
         });
     }
 
@@ -261,7 +307,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
             step_no + 1,
             rates.len()
         );
-        if per_sender > 50.0 {
+        if proto == Protocol::Chat && per_sender > 50.0 {
             println!(
                 "  note: {per_sender:.0} sends/s per connection; chat servers refuse sends above \
                  their per-connection limit (CHAT_SEND_RATE_PER_S, 50/s by default) with \
@@ -274,10 +320,12 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
                 let conn = &conns[i];
                 tokio::spawn(sender(
                     shared.clone(),
+                    proto,
                     step_no,
                     conn.sink.clone(),
                     conn.pending.clone(),
                     conn.room.clone(),
+                    conn.room_size,
                     per_sender,
                     start,
                     end,
@@ -292,9 +340,12 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         let drain_started = Instant::now();
         let drain_until = drain_started + Duration::from_secs_f64(args.drain_s);
         let drained = loop {
-            let settled = step.acked.load(Relaxed) + step.send_errors.load(Relaxed)
-                >= step.sent.load(Relaxed)
-                && step.delivered.load(Relaxed) >= step.expected.load(Relaxed);
+            // The Socket.IO peer has no acks: its sends are expected
+            // deliveries as soon as they are written.
+            let acks_in = proto == Protocol::Socketio
+                || step.acked.load(Relaxed) + step.send_errors.load(Relaxed)
+                    >= step.sent.load(Relaxed);
+            let settled = acks_in && step.delivered.load(Relaxed) >= step.expected.load(Relaxed);
             if settled || Instant::now() >= drain_until {
                 break settled;
             }
@@ -303,6 +354,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         let drain_ms = drain_started.elapsed().as_millis() as u64;
         let mut result = step_result(
             ctx,
+            proto,
             &shared,
             step_no,
             &args,
@@ -327,13 +379,99 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     Ok(())
 }
 
+/// Our service: tokens, rooms through REST, sessions through
+/// `/v1/connect`. Returns the room ids and (socket, server id) per user.
+async fn setup_chat(
+    ctx: &Ctx,
+    users: &[String],
+    m: usize,
+    rooms: usize,
+) -> Result<(Vec<String>, Vec<(Ws, String)>)> {
+    let c = users.len();
+    let room_len = |r: usize| (c - r * m).min(m);
+    let tokens = client::mint_tokens(&ctx.api, users, ctx.setup_concurrency).await?;
+    let started = Instant::now();
+    let room_ids = client::run_concurrent((0..rooms).collect(), ctx.setup_concurrency, |r| {
+        let api = ctx.api.clone();
+        let creator = tokens[r * m].clone();
+        let others = users[r * m + 1..r * m + room_len(r)].to_vec();
+        let name = format!("{}-room{r}", ctx.run_id);
+        async move { client::create_room(&api, &creator, &name, &others, 8).await }
+    })
+    .await
+    .into_iter()
+    .collect::<Result<Vec<String>>>()?;
+    eprintln!(
+        "setup: {rooms} rooms in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let sessions = client::connect_all(&ctx.api, &tokens, ctx.setup_concurrency).await?;
+    let sessions = sessions.into_iter().map(|s| (s.ws, s.server_id)).collect();
+    Ok((room_ids, sessions))
+}
+
+/// The Socket.IO peer: room names are ours to choose and are joined in the
+/// handshake; connection i goes to `urls[i % urls.len()]`.
+async fn setup_socketio(
+    ctx: &Ctx,
+    urls: &[String],
+    users: &[String],
+    m: usize,
+) -> Result<(Vec<String>, Vec<(Ws, String)>)> {
+    let c = users.len();
+    let room_ids: Vec<String> = (0..c.div_ceil(m))
+        .map(|r| format!("{}-room{r}", ctx.run_id))
+        .collect();
+    let started = Instant::now();
+    let items: Vec<usize> = (0..c).collect();
+    let results = client::run_concurrent(items, ctx.setup_concurrency, |i| {
+        let url = urls[i % urls.len()].clone();
+        let user = users[i].clone();
+        let room = room_ids[i / m].clone();
+        async move {
+            let ws = socketio::open(&url, &user, &[room.as_str()]).await?;
+            Ok::<_, anyhow::Error>((ws, url))
+        }
+    })
+    .await;
+    let total = results.len();
+    let mut sessions = Vec::with_capacity(total);
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(s) => sessions.push(s),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "connecting to the Socket.IO peer: {} of {total} failed; first errors:\n  {}",
+            errors.len(),
+            errors
+                .iter()
+                .take(ErrorLog::KEEP)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
+    eprintln!(
+        "setup: {} Socket.IO sessions connected in {:.1} s",
+        sessions.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((room_ids, sessions))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn sender(
     shared: Arc<Shared>,
+    proto: Protocol,
     step_no: usize,
     sink: Arc<tokio::sync::Mutex<WsSink>>,
     pending: Pending,
     room: Arc<str>,
+    room_size: u64,
     rate: f64,
     start: Instant,
     end: Instant,
@@ -370,12 +508,28 @@ async fn sender(
         body.clear();
         use std::fmt::Write;
         let _ = write!(body, "{step_no}.{t_us}.{k}{pad}");
-        let frame = SendFrame::new(&room, &body).to_message();
-        lock(&pending).push_back((step_no as u32, t_us));
+        let frame = match proto {
+            Protocol::Chat => {
+                lock(&pending).push_back((step_no as u32, t_us));
+                SendFrame::new(&room, &body).to_message()
+            }
+            Protocol::Socketio => socketio::send_frame(&room, &body),
+        };
         step.sent.fetch_add(1, Relaxed);
+        if proto == Protocol::Socketio {
+            // No ack will come: every member (the sender too) should get it.
+            step.expected.fetch_add(room_size, Relaxed);
+        }
         let sent = sink.lock().await.send(frame).await;
         if let Err(e) = sent {
-            lock(&pending).pop_back();
+            match proto {
+                Protocol::Chat => {
+                    lock(&pending).pop_back();
+                }
+                Protocol::Socketio => {
+                    step.expected.fetch_sub(room_size, Relaxed);
+                }
+            }
             step.sent.fetch_sub(1, Relaxed);
             step.send_failed.fetch_add(1, Relaxed);
             if !shared.closing.load(Relaxed) {
@@ -389,17 +543,41 @@ async fn sender(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn reader(
     shared: Arc<Shared>,
+    proto: Protocol,
     idx: usize,
     mut stream: WsStream,
+    sink: Arc<tokio::sync::Mutex<WsSink>>,
     room: Arc<str>,
     room_size: u64,
     pending: Pending,
 ) {
     let mut window = SeqWindow::default();
+    // Socket.IO: per sender (user name), per step, the body counter.
+    let mut windows: HashMap<String, Vec<SeqWindow>> = HashMap::new();
     loop {
         let why = match stream.next().await {
+            Some(Ok(WsMessage::Text(text))) if proto == Protocol::Socketio => {
+                let pong = on_socketio_packet(&shared, idx, text.as_str(), &room, &mut windows);
+                if pong {
+                    let r = sink
+                        .lock()
+                        .await
+                        .send(WsMessage::text(socketio::PONG))
+                        .await;
+                    if let Err(e) = r {
+                        if !shared.closing.load(Relaxed) {
+                            shared.errors.note(format!(
+                                "connection {idx}: pong failed: {}",
+                                error_chain(&e)
+                            ));
+                        }
+                    }
+                }
+                continue;
+            }
             Some(Ok(WsMessage::Text(text))) => {
                 on_frame(
                     &shared,
@@ -524,12 +702,92 @@ fn on_frame(
     }
 }
 
+/// Handles one Engine.IO packet from the Socket.IO peer; true when it was a
+/// ping to answer.
+fn on_socketio_packet(
+    shared: &Shared,
+    idx: usize,
+    text: &str,
+    room: &str,
+    windows: &mut HashMap<String, Vec<SeqWindow>>,
+) -> bool {
+    let m = match socketio::parse(text) {
+        socketio::Packet::Ping => return true,
+        socketio::Packet::Message(m) => m,
+        socketio::Packet::Bad(e) => {
+            shared
+                .errors
+                .note(format!("unparseable packet ({e}): {}", truncate(text, 200)));
+            return false;
+        }
+        socketio::Packet::Other(p) => {
+            // `41` is the server closing the namespace; other packets
+            // (noop `6`, unknown events) are ignored.
+            if p.starts_with("41") || p.starts_with('1') {
+                shared.errors.note(format!(
+                    "connection {idx}: closed by the peer: {}",
+                    truncate(p, 100)
+                ));
+            }
+            return false;
+        }
+    };
+    let now = shared.now_us();
+    if m.room != room {
+        shared.foreign.fetch_add(1, Relaxed);
+        return false;
+    }
+    let Some((step_no, t_us, n)) = parse_body_n(&m.body) else {
+        shared.foreign.fetch_add(1, Relaxed);
+        return false;
+    };
+    let Some(step) = shared.steps.get(step_no) else {
+        shared.foreign.fetch_add(1, Relaxed);
+        return false;
+    };
+    let per_step = match windows.get_mut(&*m.from) {
+        Some(w) => w,
+        None => windows
+            .entry(m.from.clone().into_owned())
+            .or_insert_with(|| vec![SeqWindow::default(); shared.steps.len()]),
+    };
+    // The body counter starts at 0 in each step; a window's seqs start at 1.
+    match per_step[step_no].observe(n + 1) {
+        SeqVerdict::Duplicate => {
+            step.duplicated.fetch_add(1, Relaxed);
+            return false;
+        }
+        SeqVerdict::OutOfOrder => {
+            step.out_of_order.fetch_add(1, Relaxed);
+        }
+        SeqVerdict::InOrder { gap } => {
+            if gap > 0 {
+                step.seq_gaps.fetch_add(gap, Relaxed);
+            }
+        }
+    }
+    step.delivered.fetch_add(1, Relaxed);
+    if step.in_window(t_us) {
+        step.latency.record(idx, now.saturating_sub(t_us));
+    }
+    if step.in_window(now) {
+        step.delivered_in_window.fetch_add(1, Relaxed);
+    }
+    false
+}
+
 /// `<step>.<t_us>.<n>[.<padding>]` -> (step, t_us).
 fn parse_body(body: &str) -> Option<(usize, u64)> {
-    let mut parts = body.splitn(3, '.');
+    parse_body_n(body).map(|(step, t_us, _)| (step, t_us))
+}
+
+/// `<step>.<t_us>.<n>[.<padding>]` -> (step, t_us, n).
+fn parse_body_n(body: &str) -> Option<(usize, u64, u64)> {
+    let mut parts = body.splitn(4, '.');
     let step = parts.next()?.parse().ok()?;
     let t_us = parts.next()?.parse().ok()?;
-    Some((step, t_us))
+    let n = parts.next()?.parse().ok()?;
+    Some((step, t_us, n))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -538,8 +796,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One step's RESULT object; `layout` is (connections, rooms, room size,
 /// senders).
+#[allow(clippy::too_many_arguments)]
 fn step_result(
     ctx: &Ctx,
+    proto: Protocol,
     shared: &Shared,
     step_no: usize,
     args: &FanoutArgs,
@@ -557,6 +817,7 @@ fn step_result(
     let offered = (st.rate * (args.warmup_s + args.duration_s)).round() as u64;
     serde_json::json!({
         "scenario": "fanout",
+        "protocol": proto.name(),
         "run_id": ctx.run_id,
         "step": step_no + 1,
         "rate": st.rate,
@@ -697,5 +958,7 @@ mod tests {
         assert_eq!(parse_body("2.123456.7"), Some((2, 123456)));
         assert_eq!(parse_body("0.5.0.xxxx"), Some((0, 5)));
         assert_eq!(parse_body("hello"), None);
+        assert_eq!(parse_body_n("2.123456.7"), Some((2, 123456, 7)));
+        assert_eq!(parse_body_n("0.5.9.xxxx"), Some((0, 5, 9)));
     }
 }

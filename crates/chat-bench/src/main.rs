@@ -12,6 +12,7 @@ mod bigroom;
 mod client;
 mod connect;
 mod fanout;
+mod socketio;
 mod stats;
 
 use std::process::ExitCode;

@@ -74,6 +74,13 @@ pub struct ChatConfig {
     /// Frames a connection may send in a burst above the sustained rate.
     #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 100)]
     pub send_burst: u32,
+    /// Sustained `send` + `typing` frames per second per user, over all of
+    /// the user's sessions on this server (0: no limit).
+    #[arg(long, env = "CHAT_USER_SEND_RATE_PER_S", default_value_t = 100)]
+    pub user_send_rate_per_s: u32,
+    /// Burst above the per-user rate.
+    #[arg(long, env = "CHAT_USER_SEND_BURST", default_value_t = 200)]
+    pub user_send_burst: u32,
     /// Refusals in a row after which the connection is closed with 1008 (0: never).
     #[arg(long, env = "CHAT_ABUSE_CLOSE_AFTER", default_value_t = 200)]
     pub abuse_close_after: u32,

@@ -46,6 +46,13 @@ impl SessionHub {
         }
     }
 
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(user)
+    }
+
     pub fn connections(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }

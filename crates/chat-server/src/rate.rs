@@ -58,6 +58,36 @@ impl SendRateLimit {
     }
 }
 
+/// Per-user buckets shared by all of a user's sessions on this server, so
+/// opening more connections does not multiply a user's allowance. (Across
+/// chat servers the limit applies per server: a global one would cost a
+/// Redis round trip per send.)
+#[derive(Default)]
+pub struct UserRateLimits {
+    buckets: std::sync::Mutex<std::collections::HashMap<String, SendRateLimit>>,
+}
+
+impl UserRateLimits {
+    pub fn check(&self, user: &str, rate_per_s: u32, burst: u32, now: Instant) -> bool {
+        if rate_per_s == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(user.to_owned())
+            .or_insert_with(|| SendRateLimit::new(rate_per_s, burst, 0, now));
+        bucket.check(now) == Verdict::Allow
+    }
+
+    /// Forgets a user whose last session on this server ended.
+    pub fn forget(&self, user: &str) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +117,21 @@ mod tests {
         assert_eq!(limit.check(t0), Verdict::Refuse);
         assert_eq!(limit.check(t0), Verdict::Refuse);
         assert_eq!(limit.check(t0), Verdict::Abuse);
+    }
+
+    #[test]
+    fn a_users_sessions_share_one_allowance() {
+        let t0 = Instant::now();
+        let limits = UserRateLimits::default();
+        // Two "sessions" of alice draw from the same bucket of 4.
+        let allowed = (0..8).filter(|_| limits.check("alice", 1, 4, t0)).count();
+        assert_eq!(allowed, 4);
+        assert!(
+            limits.check("bob", 1, 4, t0),
+            "other users are not affected"
+        );
+        limits.forget("alice");
+        assert!(limits.check("alice", 1, 4, t0));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
         }
     }
     server.hub.remove(&user, &id);
+    if !server.hub.has_user(&user) {
+        server.user_rates.forget(&user);
+    }
     server.metrics.sessions.set(server.hub.connections() as i64);
     if let Err(e) = server.store.remove_session(&user, &id).await {
         tracing::debug!(error = %e, "presence removal failed; it expires by itself");
@@ -302,7 +305,20 @@ impl Session {
             Err(e) => return self.write(&e.into_server_frame()).await,
         };
         if matches!(frame, ClientFrame::Send { .. } | ClientFrame::Typing { .. }) {
-            match self.rate.check(Instant::now()) {
+            let now = Instant::now();
+            let mut verdict = self.rate.check(now);
+            let config = &self.server.config;
+            if verdict == Verdict::Allow
+                && !self.server.user_rates.check(
+                    &self.user,
+                    config.user_send_rate_per_s,
+                    config.user_send_burst,
+                    now,
+                )
+            {
+                verdict = Verdict::Refuse;
+            }
+            match verdict {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
                     let client_msg_id = match &frame {

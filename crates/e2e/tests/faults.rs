@@ -656,3 +656,75 @@ async fn killing_the_api_server_under_load_loses_no_acknowledged_message() {
         "the receiver saw every seq once, in order"
     );
 }
+
+/// Sends `n` frames at once and returns (acked, rate_limited) counts.
+async fn burst(ws: &mut WsClient, room: &str, tag: &str, n: usize) -> (usize, usize) {
+    for i in 0..n {
+        ws.send_message(room, "burst", Some(&format!("{tag}-{i}")))
+            .await;
+    }
+    let frames = ws
+        .read_frames_until(WAIT, "an answer to every send", |frames| {
+            frames
+                .iter()
+                .filter(|f| f["type"] == "ack" || f["type"] == "error")
+                .count()
+                >= n
+        })
+        .await;
+    let acked = frames.iter().filter(|f| f["type"] == "ack").count();
+    let limited = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["code"] == "rate_limited")
+        .inspect(|f| {
+            assert!(f["client_msg_id"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(tag)))
+        })
+        .count();
+    (acked, limited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_rate_limits_refuse_without_storing_and_keep_the_connection() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(
+        1,
+        &[
+            "--send-rate-per-s",
+            "2",
+            "--send-burst",
+            "5",
+            "--user-send-rate-per-s",
+            "1",
+            "--user-send-burst",
+            "8",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let alice = cluster.api(&unique("alice")).await;
+    let room = alice.create_room_id("limits", &[]).await;
+
+    // Per connection: a burst of 5 passes, the rest of 20 is refused.
+    let mut one = WsClient::connect(&alice).await;
+    let (acked, limited) = burst(&mut one, &room, "one", 20).await;
+    assert_eq!(acked + limited, 20);
+    assert!((5..=7).contains(&acked), "acked {acked}");
+    one.ping(json!("still open")).await;
+
+    // Per user: a second connection of the same user gets only what is
+    // left of the user's allowance (8 in all), not a fresh 5.
+    let mut two = WsClient::connect(&alice).await;
+    let (acked_two, _) = burst(&mut two, &room, "two", 10).await;
+    assert!(acked + acked_two <= 10, "one {acked} + two {acked_two}");
+    let history = alice.all_messages(&room).await;
+    println!("[faults] rate limits: connection one acked {acked} refused {limited}; connection two acked {acked_two}; history {}", history.len());
+    assert_eq!(
+        history.len(),
+        acked + acked_two,
+        "refused sends stored nothing"
+    );
+}
