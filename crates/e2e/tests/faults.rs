@@ -313,7 +313,12 @@ async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
     let _serial = SERIAL.lock().await;
-    let Some(cluster) = Cluster::start(2, &["--send-rate-per-s", "0"]).await else {
+    let Some(cluster) = Cluster::start(
+        2,
+        &["--send-rate-per-s", "0", "--user-send-rate-per-s", "0"],
+    )
+    .await
+    else {
         return;
     };
     let pids = redis_pids();
@@ -508,7 +513,12 @@ async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_api_server_under_load_loses_no_acknowledged_message() {
     let _serial = SERIAL.lock().await;
-    let Some(mut cluster) = Cluster::start(2, &["--send-rate-per-s", "0"]).await else {
+    let Some(mut cluster) = Cluster::start(
+        2,
+        &["--send-rate-per-s", "0", "--user-send-rate-per-s", "0"],
+    )
+    .await
+    else {
         return;
     };
     cluster.wait_servers_exactly(&cluster.ids()).await;
