@@ -13,19 +13,28 @@ use chat_routing::{secret_matches, LocalDelivery, INTERNAL_SECRET_HEADER};
 
 use crate::{refuse, ChatServer};
 
-/// `POST /internal/drain`: the operator asks this server to drain before
-/// it is removed. 202 once the drain has started (or already had).
-pub(crate) async fn drain(State(server): State<Arc<ChatServer>>, headers: HeaderMap) -> Response {
+/// Internal endpoints need the shared secret, compared in constant time.
+fn authorize(server: &ChatServer, headers: &HeaderMap) -> Result<(), Response> {
     let presented = headers
         .get(INTERNAL_SECRET_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !secret_matches(presented, &server.config.internal_secret) {
-        return refuse(
+    if secret_matches(presented, &server.config.internal_secret) {
+        Ok(())
+    } else {
+        Err(refuse(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "bad internal secret",
-        );
+        ))
+    }
+}
+
+/// `POST /internal/drain`: the operator asks this server to drain before
+/// it is removed. 202 once the drain has started (or already had).
+pub(crate) async fn drain(State(server): State<Arc<ChatServer>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&server, &headers) {
+        return refused;
     }
     let started = server.start_drain();
     tracing::info!(started, "drain requested over the internal API");
@@ -41,16 +50,8 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let presented = headers
-        .get(INTERNAL_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !secret_matches(presented, &server.config.internal_secret) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad internal secret",
-        );
+    if let Err(refused) = authorize(&server, &headers) {
+        return refused;
     }
     upgrade
         .max_message_size(64 << 20)

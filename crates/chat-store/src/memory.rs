@@ -145,15 +145,6 @@ impl Store for MemoryStore {
         Ok(rooms)
     }
 
-    async fn room_ids_of_user(&self, user: &str) -> StoreResult<Vec<String>> {
-        Ok(self
-            .rooms_of_user(user)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect())
-    }
-
     async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool> {
         let mut st = self.lock();
         let r = st

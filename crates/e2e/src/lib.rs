@@ -841,12 +841,23 @@ impl Api {
 
     /// The room's first 200 messages (`after=0&limit=200`), must answer 200.
     pub async fn all_messages(&self, room: &str) -> Vec<Value> {
-        let (status, body) = self.history(room, "after=0&limit=200").await;
-        assert_eq!(status, 200, "history of {room} as {}: {body}", self.user);
-        body["messages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("no messages array: {body}"))
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, body) = self
+                .history(room, &format!("after={after}&limit=200"))
+                .await;
+            assert_eq!(status, 200, "history of {room} as {}: {body}", self.user);
+            let page = body["messages"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| panic!("no messages array: {body}"));
+            match page.last() {
+                Some(last) => after = last["seq"].as_u64().expect("seq"),
+                None => return all,
+            }
+            all.extend(page);
+        }
     }
 
     /// `POST /v1/connect`, raw answer.

@@ -429,20 +429,7 @@ async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
     })
     .await;
     drop(history);
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (status, body) = alice_api
-            .history(&room, &format!("after={after}&limit=200"))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let page = body["messages"].as_array().unwrap().clone();
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().unwrap()["seq"].as_u64().unwrap();
-        all.extend(page);
-    }
+    let all = alice_api.all_messages(&room).await;
     let history_ids: BTreeSet<String> = all
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_owned())
@@ -603,23 +590,7 @@ async fn killing_the_api_server_under_load_loses_no_acknowledged_message() {
     let (rest_acks, rest_failures) = rest_task.await.unwrap();
     let mut bob_new = Api::login(&cluster.api_url, &bob).await;
     bob_new.allowed_servers = Some(cluster.ids());
-    let history: Vec<Value> = {
-        let mut all = Vec::new();
-        let mut after = 0;
-        loop {
-            let (status, body) = bob_new
-                .history(&room, &format!("after={after}&limit=200"))
-                .await;
-            assert_eq!(status, 200, "{body}");
-            let page = body["messages"].as_array().unwrap().clone();
-            if page.is_empty() {
-                break;
-            }
-            after = page.last().unwrap()["seq"].as_u64().unwrap();
-            all.extend(page);
-        }
-        all
-    };
+    let history = bob_new.all_messages(&room).await;
     let ids: BTreeSet<&str> = history.iter().map(|m| m["id"].as_str().unwrap()).collect();
     let lost_ws = ws_acks
         .iter()
