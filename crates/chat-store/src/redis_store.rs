@@ -82,6 +82,11 @@ return redis.call('SREM', KEYS[2], ARGV[2])
 
 pub struct RedisStore {
     conn: ClusterConnection,
+    /// Message appends and their `WAIT` only. `WAIT` blocks the connection
+    /// it is sent on until replicas confirm, so it gets connections of its
+    /// own rather than stalling every read queued behind it; and it must
+    /// share them with the appends, since it covers that connection's writes.
+    append_conn: ClusterConnection,
     config: StoreConfig,
     append: Script,
     room_view: Script,
@@ -103,8 +108,10 @@ impl RedisStore {
             .build()
             .map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
+        let append_conn = client.get_async_connection().await.map_err(unavailable)?;
         Ok(RedisStore {
             conn,
+            append_conn,
             config,
             append: Script::new(APPEND_LUA),
             room_view: Script::new(ROOM_VIEW_LUA),
@@ -162,7 +169,8 @@ impl RedisStore {
             SlotAddr::Master,
         )));
         let acked = self
-            .conn()
+            .append_conn
+            .clone()
             .route_command(cmd, route)
             .await
             .map_err(unavailable)?;
@@ -329,7 +337,7 @@ impl Store for RedisStore {
             .arg(message_json_prefix(&m))
             .arg(self.config.history_retention)
             .arg(self.config.dedup_ttl_ms)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.append_conn.clone())
             .await
             .map_err(unavailable)?;
         if reply.starts_with("N:") || reply.starts_with("D:") {
