@@ -709,3 +709,41 @@ async fn send_rate_limits_refuse_without_storing_and_keep_the_connection() {
         "refused sends stored nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_chat_server_refuses_the_handshake_and_is_not_placed() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(1, &["--max-connections", "2"]).await else {
+        return;
+    };
+    cluster.wait_servers_exactly(&cluster.ids()).await;
+    let alice = cluster.api(&unique("alice")).await;
+    // Three tickets while the server is empty, then three handshakes.
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let (status, ticket) = alice.connect().await;
+        assert_eq!(status, 200, "{ticket}");
+        assert_eq!(ticket["server_id"], cluster.ids()[0].as_str());
+        urls.push(ticket_url(
+            ticket["url"].as_str().unwrap(),
+            ticket["ticket"].as_str().unwrap(),
+        ));
+    }
+    let _first = WsClient::open(&urls[0]).await.expect("first session");
+    let _second = WsClient::open(&urls[1]).await.expect("second session");
+    match WsClient::open(&urls[2]).await {
+        Err(OpenError::Status(status)) => assert_eq!(status, 503, "refused before the upgrade"),
+        Err(OpenError::Other(e)) => panic!("third handshake failed oddly: {e}"),
+        Ok(_) => panic!("a third session was accepted over --max-connections 2"),
+    }
+    // Once its health report says full, placement stops handing it out.
+    eventually(WAIT, "the full server out of placement", || {
+        let alice = &alice;
+        async move {
+            let (status, body) = alice.connect().await;
+            (status == 503 && body["error"]["code"] == "no_chat_server").then_some(())
+        }
+    })
+    .await;
+    println!("[faults] connection cap: 2 sessions accepted, the 3rd refused with 503, then /v1/connect answers no_chat_server");
+}
