@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Run chat-bench against a freshly started system, then stop it.
 #
-# Usage: scripts/bench.sh local|cluster <chat-bench scenario> [args...]
+# Usage: scripts/bench.sh local|cluster|socketio <chat-bench scenario> [args...]
 #
 #   local    target/release/chat-local (API :8080, chat servers :9001,:9002,
 #            in-memory store, development tokens)
 #   cluster  a Redis Cluster (scripts/redis-cluster.sh), one api-server
 #            (:8080, --dev-tokens) and one chat-server per chat port
+#   socketio the Socket.IO peer for comparison (fanout only): a Redis Cluster
+#            like cluster mode, one `node bench/socketio/server.js` per port
+#            of BENCH_SOCKETIO_PORTS (sharded Redis adapter), and
+#            `chat-bench fanout --protocol socketio` against them. Runs
+#            `npm install` in bench/socketio first if node_modules is missing.
 #
 # Examples:
 #   scripts/bench.sh local fanout --connections 2000 --room-size 10 --rates 2000,5000,10000
 #   scripts/bench.sh local connect --sessions 5000 --concurrency 100
 #   scripts/bench.sh cluster bigroom --members 2000 --messages 20
+#   scripts/bench.sh socketio fanout --connections 2000 --room-size 10 --rates 1000,2000,4000
 #
 # The bench output (with a header naming the commit and the arguments) goes
 # to stdout and to target/bench/<timestamp>.txt; the servers' logs to
@@ -21,8 +27,11 @@
 #
 # Environment:
 #   BENCH_SKIP_BUILD=1        use the existing target/release binaries
+#   BENCH_BIN_DIR             take the binaries from here (implies no build; for
+#                             a fixed snapshot while the tree keeps changing)
 #   BENCH_API_PORT            API port (default 8080)
 #   BENCH_CHAT_PORTS          chat server ports, comma-separated (default 9001,9002)
+#   BENCH_SOCKETIO_PORTS      socketio mode: Node server ports (default 9101,9102)
 #   BENCH_READY_TIMEOUT       seconds to wait for the servers (default 60)
 #   REDIS_CLUSTER_BASE_PORT   cluster mode: first Redis port (default 7100, so a
 #                             test cluster on 7000-7005 is left alone)
@@ -32,7 +41,7 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_ROOT="$(dirname "$SCRIPT_DIR")"
-BIN="$REPO_ROOT/target/release"
+BIN="${BENCH_BIN_DIR:-$REPO_ROOT/target/release}"
 OUT_DIR="$REPO_ROOT/target/bench"
 
 API_PORT="${BENCH_API_PORT:-8080}"
@@ -46,12 +55,12 @@ die() {
     exit 1
 }
 usage() {
-    sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 MODE="${1:-}"
 case "$MODE" in
-local | cluster) shift ;;
+local | cluster | socketio) shift ;;
 -h | --help | help)
     usage
     exit 0
@@ -69,6 +78,14 @@ command -v curl >/dev/null || die "curl is required"
 
 IFS=',' read -r -a PORTS <<<"$CHAT_PORTS"
 ((${#PORTS[@]} > 0)) || die "BENCH_CHAT_PORTS is empty"
+if [[ "$MODE" == socketio ]]; then
+    [[ "$1" == fanout ]] || die "socketio mode runs the fanout scenario only"
+    command -v node >/dev/null || die "socketio mode needs node (18+) and npm"
+    command -v npm >/dev/null || die "socketio mode needs npm"
+    IFS=',' read -r -a SIO_PORTS <<<"${BENCH_SOCKETIO_PORTS:-9101,9102}"
+    ((${#SIO_PORTS[@]} > 0)) || die "BENCH_SOCKETIO_PORTS is empty"
+    SIO_DIR="$REPO_ROOT/bench/socketio"
+fi
 
 mkdir -p "$OUT_DIR"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -137,11 +154,17 @@ wait_http() {
 
 random_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
-for p in "$API_PORT" "${PORTS[@]}"; do
-    port_busy "$p" && die "port $p is already in use; stop what listens there or set BENCH_API_PORT / BENCH_CHAT_PORTS"
-done
+if [[ "$MODE" == socketio ]]; then
+    for p in "${SIO_PORTS[@]}"; do
+        port_busy "$p" && die "port $p is already in use; stop what listens there or set BENCH_SOCKETIO_PORTS"
+    done
+else
+    for p in "$API_PORT" "${PORTS[@]}"; do
+        port_busy "$p" && die "port $p is already in use; stop what listens there or set BENCH_API_PORT / BENCH_CHAT_PORTS"
+    done
+fi
 
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 && -z "${BENCH_BIN_DIR:-}" ]]; then
     log "building release binaries (a few minutes the first time)"
     build=(cargo build --release --bins)
     # On a shared machine, queue behind other cargo runs.
@@ -152,10 +175,40 @@ for b in chat-bench chat-local api-server chat-server; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing (build with: cargo build --release --bins)"
 done
 
+start_redis_cluster() {
+    export REDIS_CLUSTER_BASE_PORT="${REDIS_CLUSTER_BASE_PORT:-7100}"
+    export REDIS_CLUSTER_DIR="${REDIS_CLUSTER_DIR:-$OUT_DIR/redis-cluster}"
+    log "starting a Redis Cluster on port $REDIS_CLUSTER_BASE_PORT and up"
+    REDIS_STARTED=1
+    "$SCRIPT_DIR/redis-cluster.sh" start >>"$SERVER_LOG" 2>&1 || die "Redis Cluster did not start; see $SERVER_LOG"
+}
+
 API="http://127.0.0.1:$API_PORT"
 SERVER_PIDS=()
+BENCH_ARGS=("$@")
 : >"$SERVER_LOG"
-if [[ "$MODE" == local ]]; then
+if [[ "$MODE" == socketio ]]; then
+    if [[ ! -d "$SIO_DIR/node_modules" ]]; then
+        log "installing the Socket.IO peer's npm dependencies (bench/socketio)"
+        (cd "$SIO_DIR" && npm install --no-audit --no-fund) >>"$SERVER_LOG" 2>&1 || die "npm install failed; see $SERVER_LOG"
+    fi
+    start_redis_cluster
+    SIO_REDIS_URLS="$("$SCRIPT_DIR/redis-cluster.sh" urls)"
+    SIO_URLS=()
+    for p in "${SIO_PORTS[@]}"; do
+        log "starting the Socket.IO peer on :$p"
+        SIO_REDIS_URLS="$SIO_REDIS_URLS" node "$SIO_DIR/server.js" --port "$p" >>"$SERVER_LOG" 2>&1 &
+        PIDS+=($!)
+        SERVER_PIDS+=($!)
+        SIO_URLS+=("http://127.0.0.1:$p")
+    done
+    for p in "${SIO_PORTS[@]}"; do wait_http "http://127.0.0.1:$p/healthz" "Socket.IO peer :$p"; done
+    # chat-bench fanout --protocol socketio --socketio-urls <servers> <args>
+    BENCH_ARGS=("$1" --protocol socketio --socketio-urls "$(
+        IFS=,
+        echo "${SIO_URLS[*]}"
+    )" "${@:2}")
+elif [[ "$MODE" == local ]]; then
     log "starting chat-local (API :$API_PORT, chat servers :$CHAT_PORTS)"
     "$BIN/chat-local" --api-port "$API_PORT" --chat-ports "$CHAT_PORTS" >>"$SERVER_LOG" 2>&1 &
     PIDS+=($!)
@@ -163,11 +216,7 @@ if [[ "$MODE" == local ]]; then
     wait_http "$API/readyz" "chat-local"
     for p in "${PORTS[@]}"; do wait_http "http://127.0.0.1:$p/readyz" "chat server :$p"; done
 else
-    export REDIS_CLUSTER_BASE_PORT="${REDIS_CLUSTER_BASE_PORT:-7100}"
-    export REDIS_CLUSTER_DIR="${REDIS_CLUSTER_DIR:-$OUT_DIR/redis-cluster}"
-    log "starting a Redis Cluster on port $REDIS_CLUSTER_BASE_PORT and up"
-    REDIS_STARTED=1
-    "$SCRIPT_DIR/redis-cluster.sh" start >>"$SERVER_LOG" 2>&1 || die "Redis Cluster did not start; see $SERVER_LOG"
+    start_redis_cluster
     CHAT_REDIS_URLS="$("$SCRIPT_DIR/redis-cluster.sh" urls)"
     CHAT_JWT_SECRET="$(random_secret)"
     CHAT_TICKET_SECRET="$(random_secret)"
@@ -199,7 +248,7 @@ else
         sleep 0.2
     done
 fi
-log "servers ready (pids ${PIDS[*]}); running chat-bench $*"
+log "servers ready (pids ${PIDS[*]}); running chat-bench ${BENCH_ARGS[*]}"
 
 export CHAT_BENCH_SERVER_PID
 CHAT_BENCH_SERVER_PID="$(
@@ -208,10 +257,13 @@ CHAT_BENCH_SERVER_PID="$(
 )"
 {
     echo "# chat-bench $MODE $*"
+    overrides="$(env | grep -E '^CHAT_' | grep -vE '^CHAT_BENCH_|^CHAT_(JWT|TICKET|INTERNAL)_SECRET=|^CHAT_REDIS_URLS=' | sort | tr '\n' ' ' || true)"
+    [[ -z "$overrides" ]] || echo "# server settings from the environment: $overrides"
+    [[ -z "${BENCH_BIN_DIR:-}" ]] || echo "# binaries from $BIN"
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (modified)')  $(nproc) cores  fd limit $(ulimit -n)"
 } | tee "$OUT"
 set +e
-"$BIN/chat-bench" --api "$API" "$@" 2>&1 | tee -a "$OUT"
+"$BIN/chat-bench" --api "$API" "${BENCH_ARGS[@]}" 2>&1 | tee -a "$OUT"
 status=${PIPESTATUS[0]}
 set -e
 log "output written to $OUT (server logs: $SERVER_LOG)"

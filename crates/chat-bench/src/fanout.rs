@@ -831,9 +831,14 @@ fn step_result(
         "offered": offered,
         "sent": sent,
         "send_failed": g(&st.send_failed),
-        "acked": acked,
+        // The Socket.IO peer does not acknowledge: no acked / unacked.
+        "acked": if proto == Protocol::Chat { Some(acked) } else { None },
         "send_errors": send_errors,
-        "unacked": sent.saturating_sub(acked + send_errors),
+        "unacked": if proto == Protocol::Chat {
+            Some(sent.saturating_sub(acked + send_errors))
+        } else {
+            None
+        },
         "expected": expected,
         "delivered": delivered,
         "lost": expected.saturating_sub(delivered),
