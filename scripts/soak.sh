@@ -22,7 +22,9 @@ csv="$out_dir/$stamp.csv"
 [ "${SOAK_SKIP_BUILD:-0}" = 1 ] || cargo build --release --bin chat-local --bin chat-bench
 ulimit -n 65536 2>/dev/null || true
 
-RUST_LOG=warn target/release/chat-local --api-port "$api_port" --chat-ports "$chat_ports" \
+# History is capped (as Redis trims it) so that what grows is not the
+# in-memory store's retained messages but anything that leaks.
+RUST_LOG=warn CHAT_HISTORY_RETENTION="${SOAK_HISTORY_RETENTION:-200}" target/release/chat-local --api-port "$api_port" --chat-ports "$chat_ports" \
   >"$out_dir/$stamp.server.log" 2>&1 &
 server=$!
 pids=("$server")

@@ -36,6 +36,9 @@ struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text")]
     log_format: chat_ops::LogFormat,
+    /// Messages kept per room in memory.
+    #[arg(long, env = "CHAT_HISTORY_RETENTION", default_value_t = 10_000)]
+    history_retention: u64,
 }
 
 #[derive(Parser)]
@@ -59,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("CHAT_JWT_SECRET").unwrap_or_else(|_| chat_protocol::ids::new_id(""));
     let ticket_secret = chat_protocol::ids::new_id("");
     let internal_secret = chat_protocol::ids::new_id("");
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(chat_store::StoreConfig {
+        history_retention: cli.history_retention.max(1),
+        ..chat_store::StoreConfig::default()
+    }));
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = Vec::new();
