@@ -40,9 +40,19 @@ impl Delivery {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Header<'a> {
-    room: std::borrow::Cow<'a, str>,
+/// The header as written: borrows from the delivery, so encoding a batch
+/// copies no recipient list.
+#[derive(Serialize)]
+struct HeaderOut<'a> {
+    room: &'a str,
+    seq: u64,
+    users: &'a [String],
+}
+
+/// The header as read.
+#[derive(Deserialize)]
+struct Header {
+    room: String,
     seq: u64,
     users: Vec<String>,
 }
@@ -50,10 +60,10 @@ struct Header<'a> {
 pub fn encode_batch(deliveries: &[Arc<Delivery>]) -> String {
     let mut out = String::with_capacity(deliveries.iter().map(|d| d.frame.len() + 64).sum());
     for d in deliveries {
-        let header = Header {
-            room: std::borrow::Cow::Borrowed(&d.room),
+        let header = HeaderOut {
+            room: &d.room,
             seq: d.seq,
-            users: d.users.clone(),
+            users: &d.users,
         };
         out.push_str(&serde_json::to_string(&header).expect("header serialises"));
         out.push('\n');
@@ -77,7 +87,7 @@ pub fn decode_batch(text: &str) -> Result<Vec<Delivery>, BatchError> {
             .next()
             .ok_or_else(|| BatchError("header without frame".into()))?;
         out.push(Delivery {
-            room: header.room.into_owned(),
+            room: header.room,
             seq: header.seq,
             users: header.users,
             frame: Arc::from(frame),

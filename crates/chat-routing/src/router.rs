@@ -45,7 +45,7 @@ impl MessageRouter {
 
     /// Delivers a stored message to every session of every member.
     pub async fn route_message(&self, message: &Message) -> StoreResult<usize> {
-        let frame: Arc<str> = Arc::from(ServerFrame::Message(message.clone()).to_json());
+        let frame: Arc<str> = Arc::from(chat_protocol::frame::message_frame_json(message));
         self.route(&message.room, message.seq, frame, None).await
     }
 

@@ -26,13 +26,20 @@ pub async fn post_message(
     Path(room): Path<String>,
     JsonBody(req): JsonBody<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    room_for_member(&state, &room, &caller).await?;
-    state
+    // The append script checks that the room exists and the caller is a
+    // member (404 / 403) atomically with the write, so the success path
+    // needs no separate reads. Only a bad body looks at the room first, so
+    // that non-members still learn nothing but 403/404.
+    if let Err(message) = state
         .limits
         .check_message(&req.body, req.client_msg_id.as_deref())
-        .map_err(ApiError::invalid)?;
-    // Membership is checked again inside the atomic append: a removal that
-    // lands between the two checks still refuses the message.
+    {
+        room_for_member(&state, &room, &caller).await?;
+        return Err(ApiError::invalid(message));
+    }
+    if !chat_protocol::ids::is_plausible_room_id(&room) {
+        return Err(ApiError::not_found("no such room"));
+    }
     let appended = state
         .store
         .append(NewMessage {

@@ -112,11 +112,7 @@ pub async fn add_member(
     AuthUser(caller): AuthUser,
     Path((room, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    if !is_valid_user_id(&user) {
-        return Err(ApiError::invalid(
-            "user must be 1-64 characters of [A-Za-z0-9_.-]",
-        ));
-    }
+    check_user_param(&user)?;
     room_for_member(&state, &room, &caller).await?;
     state.store.add_member(&room, &user).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -131,11 +127,7 @@ pub async fn remove_member(
     AuthUser(caller): AuthUser,
     Path((room, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    if !is_valid_user_id(&user) {
-        return Err(ApiError::invalid(
-            "user must be 1-64 characters of [A-Za-z0-9_.-]",
-        ));
-    }
+    check_user_param(&user)?;
     let found = room_for_member(&state, &room, &caller).await?;
     if caller != user && caller != found.created_by {
         return Err(ApiError::forbidden(
@@ -144,4 +136,15 @@ pub async fn remove_member(
     }
     state.store.remove_member(&room, &user).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `{user}` path parameter: a valid user id, or 400.
+fn check_user_param(user: &str) -> ApiResult<()> {
+    if is_valid_user_id(user) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "user must be 1-64 characters of [A-Za-z0-9_.-]",
+        ))
+    }
 }
