@@ -1,15 +1,18 @@
 //! [`MessageRouter`]: from a stored message to the chat servers that need it.
 //!
-//! members(room) -> sessions of those members -> group users by live chat
-//! server -> one [`Delivery`] per server, carrying the frame serialised once.
-//! Membership is read per message, so a user added to a room receives its
-//! next message without reconnecting and a removed one stops receiving.
+//! The room's presence index (its members' live sessions, see
+//! [`chat_store::OnlineSession`]) -> group users by live chat server -> one
+//! [`Delivery`] per server, carrying the frame serialised once. The append
+//! script returns the index with the seq it assigns, so a message costs no
+//! read beyond its append: a member added to a room receives the room's
+//! next message without reconnecting, and a removed one stops receiving.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chat_protocol::{Message, ServerFrame};
-use chat_store::{Store, StoreResult};
+use chat_store::{OnlineSession, Store, StoreResult};
 
 use crate::delivery::Delivery;
 use crate::link::LinkPool;
@@ -43,36 +46,26 @@ impl MessageRouter {
         }
     }
 
-    /// Delivers a stored message to every session of every member.
-    pub async fn route_message(&self, message: &Message) -> StoreResult<usize> {
-        let frame: Arc<str> = Arc::from(chat_protocol::frame::message_frame_json(message));
-        self.route(&message.room, message.seq, frame, None).await
-    }
-
-    /// [`Self::route_message`], retried with back-off when the store is
-    /// briefly unavailable (a failover, a timeout under load). A message
-    /// that still cannot be routed reaches connected members when the
-    /// room's next message reveals the gap, or through `resume`.
-    pub async fn route_message_reliably(&self, message: &Message) {
-        let mut delay = std::time::Duration::from_millis(50);
-        for attempt in 1..=4 {
-            match self.route_message(message).await {
-                Ok(_) => return,
-                Err(e) if attempt < 4 => {
-                    tracing::debug!(error = %e, attempt, "routing failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 3;
-                }
-                Err(e) => tracing::warn!(
-                    error = %e, room = %message.room, seq = message.seq,
-                    "routing failed; members recover through gap fill or resume"
-                ),
-            }
+    /// Delivers a stored message to the sessions in `online`, the room's
+    /// presence index as the append read it. Returns the number of chat
+    /// servers the frame was handed to. Nothing here can fail: a server
+    /// that is unreachable gets the frame when its link reconnects, or its
+    /// sessions recover it by gap fill or `resume`.
+    pub async fn route_message(&self, message: &Message, online: &[OnlineSession]) -> usize {
+        if online.is_empty() {
+            return 0;
         }
+        let frame: Arc<str> = Arc::from(chat_protocol::frame::message_frame_json(message));
+        self.route(&message.room, message.seq, frame, online, None)
+            .await
     }
 
     /// Relays a typing notice to the room's other members.
     pub async fn route_typing(&self, room: &str, user: &str) -> StoreResult<usize> {
+        let online = self.store.room_online(room).await?;
+        if online.iter().all(|s| s.user == user) {
+            return Ok(0);
+        }
         let frame: Arc<str> = Arc::from(
             ServerFrame::Typing {
                 room: room.to_owned(),
@@ -80,52 +73,49 @@ impl MessageRouter {
             }
             .to_json(),
         );
-        self.route(room, 0, frame, Some(user)).await
+        Ok(self.route(room, 0, frame, &online, Some(user)).await)
     }
 
-    /// Returns the number of chat servers the frame was handed to.
     async fn route(
         &self,
         room: &str,
         seq: u64,
         frame: Arc<str>,
+        online: &[OnlineSession],
         exclude_user: Option<&str>,
-    ) -> StoreResult<usize> {
-        let mut members = self.store.members(room).await?;
-        if let Some(excluded) = exclude_user {
-            members.retain(|m| m != excluded);
-        }
-        if members.is_empty() {
-            return Ok(0);
-        }
-        let sessions = self.store.sessions_of(&members).await?;
+    ) -> usize {
         let mut live = self.registry.live();
-        let unknown = sessions.values().flatten().any(|l| {
-            !self.is_local(&l.server_id) && !live.iter().any(|s| s.health.id == l.server_id)
-        });
-        if unknown
+        let is_known = |live: &[chat_store::ServerSnapshot], server_id: &str| {
+            self.is_local(server_id) || live.iter().any(|s| s.health.id == server_id)
+        };
+        if online.iter().any(|s| !is_known(&live, &s.server_id))
             && self
                 .registry
-                .refresh_if_older_than(std::time::Duration::from_millis(100))
+                .refresh_if_older_than(Duration::from_millis(100))
                 .await
         {
             live = self.registry.live();
+            self.forget_sessions_of_dead_servers(room, online, &live);
         }
-        let mut by_server: HashMap<&str, Vec<String>> = HashMap::new();
-        for (user, locations) in &sessions {
-            for location in locations {
-                let users = by_server.entry(location.server_id.as_str()).or_default();
-                if users.last() != Some(user) {
-                    users.push(user.clone());
-                }
+        // One delivery per server, naming each user once (a user with two
+        // sessions on one server is one recipient there).
+        let mut by_server: HashMap<&str, Vec<&str>> = HashMap::new();
+        for entry in online {
+            if exclude_user != Some(entry.user.as_str()) {
+                by_server
+                    .entry(entry.server_id.as_str())
+                    .or_default()
+                    .push(entry.user.as_str());
             }
         }
         let mut targets = 0;
-        for (server_id, users) in by_server {
+        for (server_id, mut users) in by_server {
+            users.sort_unstable();
+            users.dedup();
             let delivery = Arc::new(Delivery {
                 room: room.to_owned(),
                 seq,
-                users,
+                users: users.into_iter().map(str::to_owned).collect(),
                 frame: frame.clone(),
             });
             if let Some((own_id, hub)) = &self.local {
@@ -144,7 +134,37 @@ impl MessageRouter {
                 None => tracing::debug!(server_id, "session on a dead chat server: skipped"),
             }
         }
-        Ok(targets)
+        targets
+    }
+
+    /// Index entries of servers missing from a registry read that just
+    /// succeeded belong to servers that died without withdrawing them:
+    /// forget them so that later messages skip the check.
+    fn forget_sessions_of_dead_servers(
+        &self,
+        room: &str,
+        online: &[OnlineSession],
+        live: &[chat_store::ServerSnapshot],
+    ) {
+        if !self.registry.is_healthy() {
+            return;
+        }
+        let dead: Vec<String> = online
+            .iter()
+            .filter(|s| !self.is_local(&s.server_id))
+            .filter(|s| !live.iter().any(|l| l.health.id == s.server_id))
+            .map(|s| s.session.clone())
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.forget_online(&room, &dead).await {
+                tracing::debug!(error = %e, room, "forgetting dead sessions failed");
+            }
+        });
     }
 
     fn is_local(&self, server_id: &str) -> bool {

@@ -43,7 +43,6 @@ struct Session {
     order: RoomOrder,
     last_heard: Instant,
     rate: SendRateLimit,
-    route_tx: mpsc::Sender<chat_protocol::Message>,
 }
 
 pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String) {
@@ -60,15 +59,6 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
     );
     server.metrics.sessions_opened.inc();
     server.metrics.sessions.set(server.hub.connections() as i64);
-    // Routes this session's messages one after another; it finishes what
-    // is queued after the session ends, then stops.
-    let (route_tx, mut route_rx) = mpsc::channel::<chat_protocol::Message>(1024);
-    let router = server.router.clone();
-    tokio::spawn(async move {
-        while let Some(message) = route_rx.recv().await {
-            router.route_message_reliably(&message).await;
-        }
-    });
     let mut session = Session {
         server: server.clone(),
         socket,
@@ -82,7 +72,6 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
             server.config.abuse_close_after,
             Instant::now(),
         ),
-        route_tx,
     };
     match session.start().await {
         Ok(()) => {
@@ -114,7 +103,7 @@ impl Session {
     /// this point are live), then welcomes the client.
     async fn start(&mut self) -> Result<(), StoreError> {
         let store = &self.server.store;
-        store
+        let rooms = store
             .add_session(
                 &self.user,
                 &SessionLocation {
@@ -124,8 +113,7 @@ impl Session {
                 self.server.config.presence_ttl_ms,
             )
             .await?;
-        let rooms = store.room_ids_of_user(&self.user).await?;
-        for (room, seq) in store.latest_seqs(&rooms).await? {
+        for (room, seq) in rooms {
             self.order.set_baseline(&room, seq);
         }
         let welcome = ServerFrame::Welcome {
@@ -392,11 +380,13 @@ impl Session {
                 .await?;
                 if !appended.duplicate {
                     self.server.metrics.messages_stored.inc();
-                    // One routing task per session, in send order: a
-                    // task per message would reorder one sender's messages.
-                    if self.route_tx.send(appended.message).await.is_err() {
-                        tracing::warn!("routing task gone");
-                    }
+                    // Routed here, in send order, with the presence index
+                    // the append returned: no store read, nothing to wait
+                    // for but a registry refresh when a server is new.
+                    self.server
+                        .router
+                        .route_message(&appended.message, &appended.online)
+                        .await;
                 }
                 Ok(())
             }

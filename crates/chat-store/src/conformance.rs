@@ -13,7 +13,7 @@ use chat_protocol::ids::new_id;
 use chat_protocol::now_ms;
 use chat_protocol::rest::ServerState;
 
-use crate::{NewMessage, NewRoom, ServerHealth, SessionLocation, Store, StoreError};
+use crate::{NewMessage, NewRoom, OnlineSession, ServerHealth, SessionLocation, Store, StoreError};
 
 pub type SharedStore = Arc<dyn Store>;
 
@@ -402,6 +402,113 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
         .is_empty());
 }
 
+fn online(user: &str, session: &str, server_id: &str) -> OnlineSession {
+    OnlineSession {
+        user: user.into(),
+        session: session.into(),
+        server_id: server_id.into(),
+    }
+}
+
+async fn sorted_online(store: &SharedStore, room: &str) -> Vec<OnlineSession> {
+    let mut entries = store.room_online(room).await.unwrap();
+    entries.sort();
+    entries
+}
+
+/// The room presence index routing reads: members' live sessions only,
+/// through connects, membership changes and disconnects, and returned by
+/// the append that assigns the seq.
+pub async fn presence_index_lists_members_sessions(store: SharedStore) {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let room = room_with(&store, &alice, &[&bob]).await;
+    // Server ids with the separator characters of the index encoding.
+    let (a, b) = ("12:srv-a", "srv:b");
+    let loc = |s: &str, srv: &str| SessionLocation {
+        session: s.into(),
+        server_id: srv.into(),
+    };
+
+    let announced = store
+        .add_session(&alice, &loc("s1", a), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(announced, vec![(room.clone(), 0)]);
+    let appended = store.append(msg(&room, &bob, "hi", None)).await.unwrap();
+    assert_eq!(appended.online, vec![online(&alice, "s1", a)]);
+
+    // Not a member anywhere: announced nowhere, and not in the index.
+    assert!(store
+        .add_session(&carol, &loc("s2", b), 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        sorted_online(&store, &room).await,
+        vec![online(&alice, "s1", a)]
+    );
+
+    // Adding a connected member announces their session; the next append
+    // returns it, and a reconnect reports the latest seq.
+    store.add_member(&room, &carol).await.unwrap();
+    let mut entries = store
+        .append(msg(&room, &bob, "all", None))
+        .await
+        .unwrap()
+        .online;
+    entries.sort();
+    let mut expected = vec![online(&alice, "s1", a), online(&carol, "s2", b)];
+    expected.sort();
+    assert_eq!(entries, expected);
+    assert_eq!(
+        store
+            .add_session(&carol, &loc("s3", a), 60_000)
+            .await
+            .unwrap(),
+        vec![(room.clone(), 2)]
+    );
+
+    // Removal withdraws every session of the member at once.
+    store.remove_member(&room, &carol).await.unwrap();
+    assert_eq!(
+        sorted_online(&store, &room).await,
+        vec![online(&alice, "s1", a)]
+    );
+    assert!(store
+        .append(msg(&room, &carol, "gone", None))
+        .await
+        .is_err());
+
+    // A new room indexes its members' existing sessions.
+    let second = room_with(&store, &bob, &[&alice]).await;
+    assert_eq!(
+        sorted_online(&store, &second).await,
+        vec![online(&alice, "s1", a)]
+    );
+
+    // Disconnecting withdraws the session from all its rooms; forgetting
+    // drops entries by session id.
+    store
+        .add_session(&bob, &loc("s4", b), 60_000)
+        .await
+        .unwrap();
+    store.remove_session(&alice, "s1").await.unwrap();
+    assert_eq!(
+        sorted_online(&store, &room).await,
+        vec![online(&bob, "s4", b)]
+    );
+    assert_eq!(
+        sorted_online(&store, &second).await,
+        vec![online(&bob, "s4", b)]
+    );
+    store.forget_online(&second, &["s4".into()]).await.unwrap();
+    assert!(sorted_online(&store, &second).await.is_empty());
+    assert!(store.room_online("r_missing").await.unwrap().is_empty());
+    store.remove_session(&bob, "s4").await.unwrap();
+    store.remove_session(&carol, "s2").await.unwrap();
+    store.remove_session(&carol, "s3").await.unwrap();
+}
+
 pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
     let (a, b) = (new_id("ns/a-"), new_id("ns/b-"));
     let ids = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>();
@@ -440,6 +547,7 @@ macro_rules! store_conformance_tests {
             registry_lists_live_servers_and_forgets_silent_ones,
             pending_tickets_count_until_taken_once,
             presence_tracks_sessions_until_removed_or_expired,
+            presence_index_lists_members_sessions,
             registration_is_replaced_per_cluster,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

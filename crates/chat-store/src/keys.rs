@@ -11,6 +11,7 @@
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
 //! | `chat:{room:<id>}:msgs` | sorted set | message JSON scored by seq, trimmed to the retention |
 //! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | message JSON, expires after the dedup TTL |
+//! | `chat:{room:<id>}:online` | hash | session id -> `<len(server id)>:<server id><user>`: the presence index routing reads (members' live sessions) |
 //! | `chat:{user:<id>}:rooms` | set | room ids (index derived from the member sets) |
 //! | `chat:{user:<id>}:sessions` | hash | session id -> chat server id, expires unless refreshed |
 //! | `chat:{registry}:servers` | set | chat server ids that reported health |
@@ -35,6 +36,9 @@ pub fn room_messages(room: &str) -> String {
 }
 pub fn room_dedup(room: &str, user: &str, client_msg_id: &str) -> String {
     format!("chat:{{room:{room}}}:dedup:{user}:{client_msg_id}")
+}
+pub fn room_online(room: &str) -> String {
+    format!("chat:{{room:{room}}}:online")
 }
 pub fn user_rooms(user: &str) -> String {
     format!("chat:{{user:{user}}}:rooms")
@@ -72,6 +76,7 @@ mod tests {
             room_seq(room),
             room_messages(room),
             room_dedup(room, "alice", "c{1}"),
+            room_online(room),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
         }

@@ -84,12 +84,30 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
 }
 
-/// The result of an append: the stored message, and whether it was already
-/// stored under the same `(from, client_msg_id)` (then nothing was written).
+/// The result of an append: the stored message, whether it was already
+/// stored under the same `(from, client_msg_id)` (then nothing was written),
+/// and the room's online sessions read in the same atomic step, so that the
+/// message can be routed without another round trip.
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub message: Message,
     pub duplicate: bool,
+    pub online: Vec<OnlineSession>,
+}
+
+/// An entry of a room's presence index: a live session of a member.
+///
+/// The index is kept next to the member set (one hash slot), so the append
+/// that assigns a seq reads exactly the sessions that must receive it. Its
+/// invariant: every entry belongs to a current member. Announcing checks
+/// membership atomically, and removing a member withdraws their entries in
+/// the same step. Entries of a chat server that died without withdrawing
+/// them stay until a router notices the server is gone and forgets them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OnlineSession {
+    pub user: String,
+    pub session: String,
+    pub server_id: String,
 }
 
 /// A chat server's self-reported health, as kept in the registry.
@@ -143,8 +161,11 @@ pub trait Store: Send + Sync + 'static {
             .collect())
     }
     /// Adds a member; `Ok(false)` if already a member. `NoRoom` if none.
+    /// The member's live sessions are announced in the room (as are those
+    /// of the members of a new room).
     async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool>;
     /// Removes a member; `Ok(false)` if not a member. `NoRoom` if none.
+    /// Their sessions leave the room's presence index in the same step.
     async fn remove_member(&self, room: &str, user: &str) -> StoreResult<bool>;
 
     // Messages.
@@ -192,14 +213,29 @@ pub trait Store: Send + Sync + 'static {
     /// Every registered server id, over all clusters.
     async fn registered(&self) -> StoreResult<std::collections::HashSet<String>>;
 
-    // Presence: where each user's sessions are.
+    // Presence: where each user's sessions are, per user (expiring unless
+    // refreshed) and per room (the index routing reads).
+    /// Records the session and announces it in every room the user is a
+    /// member of. Returns those rooms with their latest seq, each read
+    /// atomically with the announcement: every message with a higher seq
+    /// is routed to this session.
+    ///
+    /// A membership added concurrently is not missed: `add_member` writes
+    /// the member before reading the user's sessions, and this writes the
+    /// session before reading the user's rooms, so at least one of the two
+    /// sees the other and announces the session.
     async fn add_session(
         &self,
         user: &str,
         location: &SessionLocation,
         ttl_ms: u64,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Vec<(String, u64)>>;
+    /// Removes the session and withdraws it from its rooms' indexes.
     async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()>;
+    /// The room's presence index (empty for an unknown room).
+    async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>>;
+    /// Drops index entries, e.g. those of a chat server that died.
+    async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()>;
     /// Extends the lifetime of these users' presence records.
     async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()>;
     /// Sessions of each given user (users without sessions are omitted).

@@ -13,8 +13,8 @@ use chat_protocol::rest::Room;
 use chat_protocol::{now_ms, Message};
 
 use crate::{
-    Appended, NewMessage, NewRoom, ServerHealth, ServerSnapshot, SessionLocation, Store,
-    StoreConfig, StoreError, StoreResult,
+    Appended, NewMessage, NewRoom, OnlineSession, ServerHealth, ServerSnapshot, SessionLocation,
+    Store, StoreConfig, StoreError, StoreResult,
 };
 
 #[derive(Default)]
@@ -27,6 +27,31 @@ struct RoomState {
     messages: BTreeMap<u64, Message>,
     /// `(from, client_msg_id)` -> (seq-independent copy of the message, expiry).
     dedup: HashMap<(String, String), (Message, u64)>,
+    /// The presence index: session id -> entry.
+    online: HashMap<String, OnlineSession>,
+}
+
+impl RoomState {
+    fn online(&self) -> Vec<OnlineSession> {
+        self.online.values().cloned().collect()
+    }
+
+    /// Indexes `user`'s sessions, if `user` is a member.
+    fn announce(&mut self, user: &str, sessions: Option<&UserSessions>) {
+        if !self.members.contains(user) {
+            return;
+        }
+        for (session, server_id) in sessions.into_iter().flat_map(|s| &s.sessions) {
+            self.online.insert(
+                session.clone(),
+                OnlineSession {
+                    user: user.to_owned(),
+                    session: session.clone(),
+                    server_id: server_id.clone(),
+                },
+            );
+        }
+    }
 }
 
 #[derive(Default)]
@@ -102,6 +127,10 @@ impl Store for MemoryStore {
                 .or_default()
                 .insert(room.id.clone());
         }
+        let mut state = state;
+        for m in room.members.iter() {
+            state.announce(m, st.presence.get(m));
+        }
         let view = room_view(&room.id, &state);
         st.rooms.insert(room.id, state);
         Ok(view)
@@ -147,11 +176,13 @@ impl Store for MemoryStore {
 
     async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool> {
         let mut st = self.lock();
+        let st = &mut *st;
         let r = st
             .rooms
             .get_mut(room)
             .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
         let added = r.members.insert(user.to_owned());
+        r.announce(user, st.presence.get(user));
         st.user_rooms
             .entry(user.to_owned())
             .or_default()
@@ -166,6 +197,7 @@ impl Store for MemoryStore {
             .get_mut(room)
             .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
         let removed = r.members.remove(user);
+        r.online.retain(|_, entry| entry.user != user);
         if let Some(set) = st.user_rooms.get_mut(user) {
             set.remove(room);
         }
@@ -194,6 +226,7 @@ impl Store for MemoryStore {
                     return Ok(Appended {
                         message: original.clone(),
                         duplicate: true,
+                        online: r.online(),
                     });
                 }
             }
@@ -219,6 +252,7 @@ impl Store for MemoryStore {
         Ok(Appended {
             message,
             duplicate: false,
+            online: r.online(),
         })
     }
 
@@ -352,22 +386,65 @@ impl Store for MemoryStore {
         user: &str,
         location: &SessionLocation,
         ttl_ms: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<(String, u64)>> {
         let mut st = self.lock();
+        let st = &mut *st;
         let entry = st.presence.entry(user.to_owned()).or_default();
         entry
             .sessions
             .insert(location.session.clone(), location.server_id.clone());
         entry.expires_at_ms = now_ms() + ttl_ms;
-        Ok(())
+        let mut rooms = Vec::new();
+        for id in st.user_rooms.get(user).into_iter().flatten() {
+            let Some(r) = st.rooms.get_mut(id) else {
+                continue;
+            };
+            if r.members.contains(user) {
+                r.online.insert(
+                    location.session.clone(),
+                    OnlineSession {
+                        user: user.to_owned(),
+                        session: location.session.clone(),
+                        server_id: location.server_id.clone(),
+                    },
+                );
+                rooms.push((id.clone(), r.seq));
+            }
+        }
+        rooms.sort();
+        Ok(rooms)
     }
 
     async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
         let mut st = self.lock();
+        let st = &mut *st;
+        for id in st.user_rooms.get(user).into_iter().flatten() {
+            if let Some(r) = st.rooms.get_mut(id) {
+                r.online.remove(session);
+            }
+        }
         if let Some(entry) = st.presence.get_mut(user) {
             entry.sessions.remove(session);
             if entry.sessions.is_empty() {
                 st.presence.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {
+        Ok(self
+            .lock()
+            .rooms
+            .get(room)
+            .map(RoomState::online)
+            .unwrap_or_default())
+    }
+
+    async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()> {
+        if let Some(r) = self.lock().rooms.get_mut(room) {
+            for session in sessions {
+                r.online.remove(session);
             }
         }
         Ok(())

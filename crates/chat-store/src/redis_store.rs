@@ -20,19 +20,26 @@ use redis::{AsyncCommands, Script};
 
 use crate::keys;
 use crate::{
-    decode_message, Appended, NewMessage, NewRoom, ServerHealth, ServerSnapshot, SessionLocation,
-    Store, StoreConfig, StoreError, StoreResult,
+    decode_message, Appended, NewMessage, NewRoom, OnlineSession, ServerHealth, ServerSnapshot,
+    SessionLocation, Store, StoreConfig, StoreError, StoreResult,
 };
 
-/// KEYS: meta, members, seq, msgs, dedup. ARGV: from, has_cmid, json_prefix,
-/// retention, dedup_ttl_ms. The message JSON is built by the caller up to
-/// `"seq":` so that the stored record is exactly the contract's JSON.
+/// KEYS: meta, members, seq, msgs, dedup, online. ARGV: from, has_cmid,
+/// json_prefix, retention, dedup_ttl_ms. The message JSON is built by the
+/// caller up to `"seq":` so that the stored record is exactly the
+/// contract's JSON. Returns {status} on error, else {status, then the
+/// presence index as HGETALL lists it}: routing needs no further read.
 const APPEND_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'E:noroom' end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 'E:notmember' end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'E:noroom'} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember'} end
+local function with_online(status)
+  local reply = redis.call('HGETALL', KEYS[6])
+  table.insert(reply, 1, status)
+  return reply
+end
 if ARGV[2] == '1' then
   local prev = redis.call('GET', KEYS[5])
-  if prev then return 'D:' .. prev end
+  if prev then return with_online('D:' .. prev) end
 end
 local seq = redis.call('INCR', KEYS[3])
 local json = ARGV[3] .. seq .. '}'
@@ -41,7 +48,16 @@ local keep = tonumber(ARGV[4])
 local n = redis.call('ZCARD', KEYS[4])
 if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - keep - 1) end
 if ARGV[2] == '1' then redis.call('SET', KEYS[5], json, 'PX', ARGV[5]) end
-return 'N:' .. json
+return with_online('N:' .. json)
+"#;
+
+/// KEYS: members, online, seq. ARGV: user, then session and index value
+/// pairs. Indexes the sessions if the user is a member (the index holds
+/// members only) and returns the room's latest seq, else -1.
+const ANNOUNCE_LUA: &str = r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return -1 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return tonumber(redis.call('GET', KEYS[3]) or '0')
 "#;
 
 /// KEYS: meta, members. ARGV: user (may be empty). Returns {} when the room
@@ -73,12 +89,51 @@ for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
 return #ARGV - 1
 "#;
 
-/// KEYS: meta, members. ARGV: op ('add' or 'remove'), user. -1 if no room.
+/// KEYS: meta, members, online. ARGV: op ('add' or 'remove'), user. -1 if
+/// no room. A removed member's sessions leave the presence index in the
+/// same step (values are `<len>:<server id><user>`).
 const MEMBERSHIP_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] == 'add' then return redis.call('SADD', KEYS[2], ARGV[2]) end
-return redis.call('SREM', KEYS[2], ARGV[2])
+local removed = redis.call('SREM', KEYS[2], ARGV[2])
+local index = redis.call('HGETALL', KEYS[3])
+for i = 1, #index, 2 do
+  local len, rest = string.match(index[i + 1], '^(%d+):(.*)$')
+  if len and string.sub(rest, tonumber(len) + 1) == ARGV[2] then
+    redis.call('HDEL', KEYS[3], index[i])
+  end
+end
+return removed
 "#;
+
+/// The presence index value of a session: its server and user, with the
+/// server id length-prefixed so that neither id needs a reserved character.
+fn online_value(server_id: &str, user: &str) -> String {
+    format!("{}:{server_id}{user}", server_id.len())
+}
+
+fn decode_online(session: String, value: &str) -> StoreResult<OnlineSession> {
+    let corrupt = || StoreError::Corrupt(format!("presence index entry {value:?}"));
+    let (len, rest) = value.split_once(':').ok_or_else(corrupt)?;
+    let len: usize = len.parse().map_err(|_| corrupt())?;
+    let server_id = rest.get(..len).ok_or_else(corrupt)?;
+    let user = rest.get(len..).ok_or_else(corrupt)?;
+    Ok(OnlineSession {
+        user: user.to_owned(),
+        session,
+        server_id: server_id.to_owned(),
+    })
+}
+
+/// Field/value pairs as HGETALL lists them.
+fn decode_online_pairs(flat: Vec<String>) -> StoreResult<Vec<OnlineSession>> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(session), Some(value)) = (it.next(), it.next()) {
+        out.push(decode_online(session, &value)?);
+    }
+    Ok(out)
+}
 
 pub struct RedisStore {
     conn: ClusterConnection,
@@ -92,6 +147,7 @@ pub struct RedisStore {
     room_view: Script,
     create_room: Script,
     membership: Script,
+    announce: Script,
     set_registered: Script,
 }
 
@@ -117,6 +173,7 @@ impl RedisStore {
             room_view: Script::new(ROOM_VIEW_LUA),
             create_room: Script::new(CREATE_ROOM_LUA),
             membership: Script::new(MEMBERSHIP_LUA),
+            announce: Script::new(ANNOUNCE_LUA),
             set_registered: Script::new(SET_REGISTERED_LUA),
         })
     }
@@ -190,6 +247,7 @@ impl RedisStore {
             .membership
             .key(keys::room_meta(room))
             .key(keys::room_members(room))
+            .key(keys::room_online(room))
             .arg(op)
             .arg(user)
             .invoke_async(&mut self.conn())
@@ -209,7 +267,47 @@ impl RedisStore {
             conn.srem(index, room).await
         }
         .map_err(unavailable)?;
+        if op == "add" {
+            // After the member and index writes: see `Store::add_session`.
+            self.announce_existing_sessions(room, user).await?;
+        }
         Ok(changed == 1)
+    }
+
+    /// Indexes `user`'s current sessions in `room`. Returns the room's
+    /// latest seq, or `None` if `user` is not a member.
+    async fn announce(
+        &self,
+        room: &str,
+        user: &str,
+        sessions: &[(String, String)],
+    ) -> StoreResult<Option<u64>> {
+        let mut invocation = self.announce.prepare_invoke();
+        invocation
+            .key(keys::room_members(room))
+            .key(keys::room_online(room))
+            .key(keys::room_seq(room))
+            .arg(user);
+        for (session, server_id) in sessions {
+            invocation.arg(session).arg(online_value(server_id, user));
+        }
+        let seq: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(seq).ok())
+    }
+
+    async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
+        let sessions: Vec<(String, String)> = self
+            .conn()
+            .hgetall(keys::user_sessions(user))
+            .await
+            .map_err(unavailable)?;
+        if !sessions.is_empty() {
+            self.announce(room, user, &sessions).await?;
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +361,12 @@ impl Store for RedisStore {
         }))
         .await
         .map_err(unavailable)?;
+        try_join_all(
+            room.members
+                .iter()
+                .map(|m| self.announce_existing_sessions(&room.id, m)),
+        )
+        .await?;
         Ok(Room {
             id: room.id,
             name: room.name,
@@ -325,13 +429,14 @@ impl Store for RedisStore {
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let dedup_key =
             keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
-        let reply: String = self
+        let mut reply: Vec<String> = self
             .append
             .key(keys::room_meta(&m.room))
             .key(keys::room_members(&m.room))
             .key(keys::room_seq(&m.room))
             .key(keys::room_messages(&m.room))
             .key(dedup_key)
+            .key(keys::room_online(&m.room))
             .arg(&m.from)
             .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
             .arg(message_json_prefix(&m))
@@ -340,17 +445,25 @@ impl Store for RedisStore {
             .invoke_async(&mut self.append_conn.clone())
             .await
             .map_err(unavailable)?;
-        if reply.starts_with("N:") || reply.starts_with("D:") {
+        if reply.is_empty() {
+            return Err(StoreError::Corrupt("empty append reply".into()));
+        }
+        let online = reply.split_off(1);
+        let status = reply.pop().unwrap_or_default();
+        if status.starts_with("N:") || status.starts_with("D:") {
             self.wait_for_replicas(&keys::room_seq(&m.room)).await?;
         }
+        let reply = status;
         match reply.split_at_checked(2) {
             Some(("N:", json)) => Ok(Appended {
                 message: decode_message(json)?,
                 duplicate: false,
+                online: decode_online_pairs(online)?,
             }),
             Some(("D:", json)) => Ok(Appended {
                 message: decode_message(json)?,
                 duplicate: true,
+                online: decode_online_pairs(online)?,
             }),
             _ if reply == "E:noroom" => Err(StoreError::NoRoom(m.room)),
             _ if reply == "E:notmember" => Err(StoreError::NotMember {
@@ -577,9 +690,10 @@ impl Store for RedisStore {
         user: &str,
         location: &SessionLocation,
         ttl_ms: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<(String, u64)>> {
+        // One slot, one round trip: record the session, then read the rooms.
         let key = keys::user_sessions(user);
-        redis::pipe()
+        let (rooms,): (Vec<String>,) = redis::pipe()
             .cmd("HSET")
             .arg(&key)
             .arg(&location.session)
@@ -589,14 +703,54 @@ impl Store for RedisStore {
             .arg(&key)
             .arg(ttl_ms)
             .ignore()
-            .query_async::<()>(&mut self.conn())
+            .cmd("SMEMBERS")
+            .arg(keys::user_rooms(user))
+            .query_async(&mut self.conn())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        let session = [(location.session.clone(), location.server_id.clone())];
+        let seqs =
+            try_join_all(rooms.iter().map(|room| self.announce(room, user, &session))).await?;
+        let mut announced: Vec<(String, u64)> = rooms
+            .into_iter()
+            .zip(seqs)
+            .filter_map(|(room, seq)| Some((room, seq?)))
+            .collect();
+        announced.sort();
+        Ok(announced)
     }
 
     async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
+        let (rooms,): (Vec<String>,) = redis::pipe()
+            .cmd("HDEL")
+            .arg(keys::user_sessions(user))
+            .arg(session)
+            .ignore()
+            .cmd("SMEMBERS")
+            .arg(keys::user_rooms(user))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let session = [session.to_owned()];
+        try_join_all(rooms.iter().map(|room| self.forget_online(room, &session))).await?;
+        Ok(())
+    }
+
+    async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {
+        let flat: Vec<String> = self
+            .conn()
+            .hgetall(keys::room_online(room))
+            .await
+            .map_err(unavailable)?;
+        decode_online_pairs(flat)
+    }
+
+    async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
         self.conn()
-            .hdel::<_, _, i64>(keys::user_sessions(user), session)
+            .hdel::<_, _, i64>(keys::room_online(room), sessions)
             .await
             .map_err(unavailable)?;
         Ok(())

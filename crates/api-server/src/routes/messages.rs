@@ -53,9 +53,10 @@ pub async fn post_message(
         .await?;
     if !appended.duplicate {
         state.metrics.messages_posted.inc();
-        let router = state.router.clone();
-        let message = appended.message.clone();
-        tokio::spawn(async move { router.route_message_reliably(&message).await });
+        state
+            .router
+            .route_message(&appended.message, &appended.online)
+            .await;
     }
     Ok((StatusCode::CREATED, Json(appended.message)))
 }
