@@ -8,8 +8,8 @@
 //! next message without reconnecting, and a removed one stops receiving.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chat_protocol::{Message, ServerFrame};
 use chat_store::{OnlineSession, Store, StoreResult};
@@ -29,7 +29,20 @@ pub struct MessageRouter {
     registry: Arc<ServerRegistry>,
     links: Arc<LinkPool>,
     local: Option<(String, Arc<dyn LocalDelivery>)>,
+    /// Servers with index entries that a fresh registry read did not list,
+    /// and since when: skipped without another read, and their entries
+    /// forgotten once they have been gone for [`FORGET_MISSING_AFTER`].
+    missing: Mutex<HashMap<String, Instant>>,
 }
+
+/// How often routing may read the registry for a server it does not know.
+const REFRESH_MIN_AGE: Duration = Duration::from_millis(100);
+
+/// How long a server must be missing from the registry before routers drop
+/// its sessions from the rooms' indexes. Long enough that a server merely
+/// late with its heartbeats keeps them; a server that was cut off from the
+/// store announces its sessions again when it is back (see chat-server).
+pub const FORGET_MISSING_AFTER: Duration = Duration::from_secs(60);
 
 impl MessageRouter {
     pub fn new(
@@ -43,6 +56,7 @@ impl MessageRouter {
             registry,
             links,
             local,
+            missing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -84,19 +98,7 @@ impl MessageRouter {
         online: &[OnlineSession],
         exclude_user: Option<&str>,
     ) -> usize {
-        let mut live = self.registry.live();
-        let is_known = |live: &[chat_store::ServerSnapshot], server_id: &str| {
-            self.is_local(server_id) || live.iter().any(|s| s.health.id == server_id)
-        };
-        if online.iter().any(|s| !is_known(&live, &s.server_id))
-            && self
-                .registry
-                .refresh_if_older_than(Duration::from_millis(100))
-                .await
-        {
-            live = self.registry.live();
-            self.forget_sessions_of_dead_servers(room, online, &live);
-        }
+        let live = self.live_for(room, online).await;
         // One delivery per server, naming each user once (a user with two
         // sessions on one server is one recipient there).
         let mut by_server: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -137,34 +139,63 @@ impl MessageRouter {
         targets
     }
 
-    /// Index entries of servers missing from a registry read that just
-    /// succeeded belong to servers that died without withdrawing them:
-    /// forget them so that later messages skip the check.
-    fn forget_sessions_of_dead_servers(
+    /// The live servers, read again if `online` names a server neither
+    /// in the last registry read nor known to be missing. A server that
+    /// started after that read must not be skipped, so if the read is too
+    /// recent to repeat, this waits for it to age (at most
+    /// [`REFRESH_MIN_AGE`], and only the first time a server is seen).
+    async fn live_for(
         &self,
         room: &str,
         online: &[OnlineSession],
-        live: &[chat_store::ServerSnapshot],
-    ) {
-        if !self.registry.is_healthy() {
-            return;
+    ) -> Arc<Vec<chat_store::ServerSnapshot>> {
+        let live = self.registry.live();
+        let absent = |live: &[chat_store::ServerSnapshot], id: &str| {
+            !self.is_local(id) && !live.iter().any(|s| s.health.id == id)
+        };
+        if !online.iter().any(|s| absent(&live, &s.server_id)) {
+            return live;
         }
-        let dead: Vec<String> = online
-            .iter()
-            .filter(|s| !self.is_local(&s.server_id))
-            .filter(|s| !live.iter().any(|l| l.health.id == s.server_id))
-            .map(|s| s.session.clone())
-            .collect();
-        if dead.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        let room = room.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = store.forget_online(&room, &dead).await {
-                tracing::debug!(error = %e, room, "forgetting dead sessions failed");
+        let unexplained = {
+            let missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+            online
+                .iter()
+                .any(|s| absent(&live, &s.server_id) && !missing.contains_key(&s.server_id))
+        };
+        let live = if unexplained {
+            if !self.registry.refresh_if_older_than(REFRESH_MIN_AGE).await {
+                tokio::time::sleep(REFRESH_MIN_AGE).await;
+                self.registry.refresh_if_older_than(REFRESH_MIN_AGE).await;
             }
-        });
+            self.registry.live()
+        } else {
+            live
+        };
+        if !self.registry.is_healthy() {
+            return live;
+        }
+        let now = Instant::now();
+        let mut forget = Vec::new();
+        {
+            let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
+            missing.retain(|id, _| !live.iter().any(|s| &s.health.id == id));
+            for entry in online.iter().filter(|s| absent(&live, &s.server_id)) {
+                let since = *missing.entry(entry.server_id.clone()).or_insert(now);
+                if now.duration_since(since) >= FORGET_MISSING_AFTER {
+                    forget.push(entry.session.clone());
+                }
+            }
+        }
+        if !forget.is_empty() {
+            let store = self.store.clone();
+            let room = room.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = store.forget_online(&room, &forget).await {
+                    tracing::debug!(error = %e, room, "forgetting dead sessions failed");
+                }
+            });
+        }
+        live
     }
 
     fn is_local(&self, server_id: &str) -> bool {

@@ -62,6 +62,16 @@ impl SessionHub {
         self.overflows.load(Ordering::Relaxed)
     }
 
+    /// Every (user, session) on this server.
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|(user, handles)| handles.iter().map(|h| (user.clone(), h.session.clone())))
+            .collect()
+    }
+
     pub fn users(&self) -> Vec<String> {
         self.users
             .read()

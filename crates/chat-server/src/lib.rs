@@ -30,7 +30,7 @@ use chat_protocol::{now_ms, ErrorCode, Limits};
 use chat_routing::{
     LinkConfig, LinkPool, LocalDelivery, MessageRouter, RegistryConfig, ServerRegistry,
 };
-use chat_store::{ServerHealth, Store};
+use chat_store::{ServerHealth, SessionLocation, Store};
 use tokio::sync::watch;
 
 pub use config::ChatConfig;
@@ -101,6 +101,8 @@ pub struct ChatServer {
     /// health reports stop so it does not reappear.
     drained: AtomicBool,
     drain_tx: watch::Sender<bool>,
+    /// When a health report last reached the store.
+    last_report_ok: std::sync::Mutex<std::time::Instant>,
 }
 
 impl ChatServer {
@@ -145,6 +147,7 @@ impl ChatServer {
             config,
             draining: AtomicBool::new(false),
             drained: AtomicBool::new(false),
+            last_report_ok: std::sync::Mutex::new(std::time::Instant::now()),
             drain_tx: watch::channel(false).0,
         })
     }
@@ -170,13 +173,57 @@ impl ChatServer {
         }
     }
 
-    async fn report_health(&self) {
-        if let Err(e) = self
+    async fn report_health(self: &Arc<Self>) {
+        match self
             .store
             .put_server(&self.health(), self.config.dead_after_ms)
             .await
         {
-            tracing::warn!(error = %e, "health report failed");
+            Ok(()) => {
+                let silent_for = std::mem::replace(
+                    &mut *self
+                        .last_report_ok
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()),
+                    std::time::Instant::now(),
+                )
+                .elapsed();
+                if silent_for >= Duration::from_millis(self.config.dead_after_ms) {
+                    tracing::warn!(
+                        silent_ms = silent_for.as_millis() as u64,
+                        "health reports were missing long enough to count as dead: announcing every session again"
+                    );
+                    let server = self.clone();
+                    tokio::spawn(async move { server.announce_sessions_again().await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "health report failed"),
+        }
+    }
+
+    /// Routers forget the sessions of a server missing from the registry
+    /// for long (`chat_routing::router::FORGET_MISSING_AFTER`), and a user's
+    /// presence expires without refreshes. After an outage that long, this
+    /// puts every live session back (announcing is idempotent). Messages
+    /// routed while it was gone reach the sessions by gap fill.
+    async fn announce_sessions_again(&self) {
+        use futures_util::StreamExt;
+        let sessions = self.hub.sessions();
+        let ttl = self.config.presence_ttl_ms;
+        let failed = futures_util::stream::iter(sessions)
+            .map(|(user, session)| async move {
+                let location = SessionLocation {
+                    session,
+                    server_id: self.server_id.clone(),
+                };
+                self.store.add_session(&user, &location, ttl).await.is_err()
+            })
+            .buffer_unordered(64)
+            .filter(|failed| std::future::ready(*failed))
+            .count()
+            .await;
+        if failed > 0 {
+            tracing::warn!(failed, "some sessions could not be announced again");
         }
     }
 
@@ -228,7 +275,7 @@ impl ChatServer {
 
     /// Graceful drain: draining at once, clients told to reconnect, wait
     /// for them to leave (bounded by the drain timeout), leave the registry.
-    pub async fn drain(&self) {
+    pub async fn drain(self: &Arc<Self>) {
         let started = std::time::Instant::now();
         let timeout = Duration::from_millis(self.config.drain_timeout_ms);
         self.draining.store(true, Ordering::Relaxed);

@@ -16,6 +16,7 @@ use chat_protocol::ids::{is_plausible_room_id, new_id};
 use chat_protocol::{now_ms, ClientFrame, ErrorCode, ServerFrame};
 use chat_routing::{Delivery, DeliveryKind};
 use chat_store::{NewMessage, SessionLocation, StoreError};
+use futures_util::SinkExt;
 use rand::Rng;
 use tokio::sync::{mpsc, Notify};
 
@@ -159,7 +160,7 @@ impl Session {
                     }
                 }
                 Some(delivery) = rx.recv() => {
-                    if let Err(end) = self.on_delivery(delivery).await { return end; }
+                    if let Err(end) = self.on_deliveries(delivery, &mut rx).await { return end; }
                 }
                 _ = sleep_until(fill_at), if fill_at.is_some() => {
                     if let Err(end) = self.fill_gaps(gap_delay).await { return end; }
@@ -234,29 +235,63 @@ impl Session {
         }
     }
 
+    /// Writes the frames and flushes once: under load a session writes
+    /// everything queued for it with one syscall instead of one per frame.
     async fn write_frames(&mut self, frames: Vec<Arc<str>>) -> Result<(), End> {
-        for frame in frames {
-            self.server.metrics.frames_delivered.inc();
-            self.write_raw(Utf8Bytes::from(&*frame)).await?;
+        if frames.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.server
+            .metrics
+            .frames_delivered
+            .add(frames.len() as u64);
+        let timeout = Duration::from_millis(self.server.config.write_timeout_ms.max(1));
+        let socket = &mut self.socket;
+        let write_all = async move {
+            for frame in frames {
+                socket
+                    .feed(WsMessage::Text(Utf8Bytes::from(&*frame)))
+                    .await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(timeout, write_all).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::WriteFailed),
+            Err(_) => Err(End::SlowConsumer),
+        }
     }
 
-    async fn on_delivery(&mut self, delivery: Arc<Delivery>) -> Result<(), End> {
-        match delivery.kind() {
-            DeliveryKind::Ephemeral => self.write_frames(vec![delivery.frame.clone()]).await,
-            DeliveryKind::Message => {
-                let mut ready = Vec::new();
-                self.order.offer(
+    /// Takes `first` and whatever else is already queued (up to a bound,
+    /// so that client frames are still read under a flood), orders them
+    /// per room, and writes the result in one flush.
+    async fn on_deliveries(
+        &mut self,
+        first: Arc<Delivery>,
+        rx: &mut mpsc::Receiver<Arc<Delivery>>,
+    ) -> Result<(), End> {
+        const MAX_BATCH: usize = 128;
+        let mut ready = Vec::new();
+        let now = Instant::now();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(delivery) = next.take() {
+            match delivery.kind() {
+                DeliveryKind::Ephemeral => ready.push(delivery.frame.clone()),
+                DeliveryKind::Message => self.order.offer(
                     &delivery.room,
                     delivery.seq,
                     delivery.frame.clone(),
-                    Instant::now(),
+                    now,
                     &mut ready,
-                );
-                self.write_frames(ready).await
+                ),
+            }
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
+        self.write_frames(ready).await
     }
 
     async fn fill_gaps(&mut self, delay: Duration) -> Result<(), End> {
@@ -380,14 +415,17 @@ impl Session {
                 .await?;
                 if !appended.duplicate {
                     self.server.metrics.messages_stored.inc();
-                    // Routed here, in send order, with the presence index
-                    // the append returned: no store read, nothing to wait
-                    // for but a registry refresh when a server is new.
-                    self.server
-                        .router
-                        .route_message(&appended.message, &appended.online)
-                        .await;
                 }
+                // Routed here, in send order, with the presence index the
+                // append returned: no store read, nothing to wait for but a
+                // registry refresh when a server is new. A duplicate is
+                // routed again: its first append may have been stored after
+                // the client's attempt timed out, never routed. Sessions
+                // drop seqs they already have.
+                self.server
+                    .router
+                    .route_message(&appended.message, &appended.online)
+                    .await;
                 Ok(())
             }
             Err(StoreError::NoRoom(_) | StoreError::NotMember { .. }) => {

@@ -276,16 +276,18 @@ async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
     let stored = loop {
         ws.send_json(
             json!({"type": "send", "room": room, "body": "while frozen", "client_msg_id": "f1"}),
         )
         .await;
-        let (_, answer) = ws
+        let (before, answer) = ws
             .read_until(Duration::from_secs(5), |v| {
                 v["type"] == "error" || v["type"] == "ack"
             })
             .await;
+        seen.extend(before);
         if let Some(ack) = answer.filter(|a| a["type"] == "ack") {
             break ack;
         }
@@ -295,6 +297,18 @@ async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    // Routing works again: the session (announced in the room's presence
+    // index before the outage) receives the message.
+    // (An earlier attempt may have been stored and answered late, its
+    // frames read above while waiting for an answer.)
+    let is_it = |v: &Value| v["type"] == "message" && v["seq"] == stored["seq"];
+    if !seen.iter().any(is_it) {
+        let (before, delivered) = ws.read_until(Duration::from_secs(10), is_it).await;
+        assert!(
+            delivered.is_some(),
+            "the stored message {stored} was not delivered; got {seen:?} {before:?}"
+        );
+    }
     let history = alice.all_messages(&room).await;
     println!(
         "[faults] frozen redis: retried send acked as seq {}, history {} message(s)",

@@ -53,11 +53,13 @@ pub async fn post_message(
         .await?;
     if !appended.duplicate {
         state.metrics.messages_posted.inc();
-        state
-            .router
-            .route_message(&appended.message, &appended.online)
-            .await;
     }
+    // A duplicate is routed again: the first append may have been stored
+    // after its request failed, and never routed. Sessions drop known seqs.
+    state
+        .router
+        .route_message(&appended.message, &appended.online)
+        .await;
     Ok((StatusCode::CREATED, Json(appended.message)))
 }
 
