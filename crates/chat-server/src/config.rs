@@ -65,6 +65,12 @@ pub struct ChatConfig {
     /// Largest client frame in bytes (contract: 64 KiB; larger closes with 1009).
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 65_536)]
     pub max_frame_bytes: usize,
+    /// WebSocket read buffer per connection, in bytes. It is resident for
+    /// every session, so it is most of an idle session's memory; frames
+    /// larger than it still arrive whole (the buffer grows while one is
+    /// read). Chat frames are small: 2 KiB holds most in one read.
+    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 2048)]
+    pub ws_read_buffer_bytes: usize,
     /// Largest message body in bytes.
     #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
     pub max_body_bytes: usize,

@@ -426,12 +426,13 @@ async fn ws_upgrade(
         }
     }
     let max = server.config.max_frame_bytes;
-    // A 4 KiB read buffer instead of tungstenite's 128 KiB: that default was
-    // zero-filled on every read (25% of the server's CPU under load) and
-    // was most of an idle session's memory (chat-bench: 146 KB -> 15-17 KB
-    // per session, saturation 28k -> 40k deliveries/s in Redis mode).
+    // A small read buffer instead of tungstenite's 128 KiB: that default
+    // was zero-filled on every read (25% of the server's CPU under load)
+    // and was most of an idle session's memory (chat-bench: 146 KB -> 15-17
+    // KB per session at 4 KiB, saturation 28k -> 40k deliveries/s in Redis
+    // mode; see docs/benchmarks.md).
     upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(server.config.ws_read_buffer_bytes.clamp(256, 1 << 20))
         .max_frame_size(max)
         .max_message_size(max)
         .on_upgrade(move |socket| session::run(server, socket, ticket.user))
