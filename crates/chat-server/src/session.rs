@@ -136,12 +136,18 @@ impl Session {
         let idle_timeout = Duration::from_millis(self.server.config.idle_timeout_ms.max(1000));
         let mut ping = tokio::time::interval(ping_every);
         ping.tick().await;
+        // Both end the session when they fire, so they are created once:
+        // re-creating them each turn would register with their Notify (a
+        // lock) on every delivery.
+        let drained = drain.changed();
+        let kicked = kick.notified();
+        tokio::pin!(drained, kicked);
         loop {
             let fill_at = self.order.next_fill_at(gap_delay);
             tokio::select! {
                 biased;
-                _ = drain.changed() => return End::Drain,
-                _ = kick.notified() => return End::SlowConsumer,
+                _ = &mut drained => return End::Drain,
+                _ = &mut kicked => return End::SlowConsumer,
                 incoming = self.socket.recv() => {
                     self.last_heard = Instant::now();
                     match incoming {
