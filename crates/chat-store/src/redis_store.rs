@@ -15,7 +15,6 @@ use chat_protocol::Message;
 use futures_util::future::try_join_all;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{AsyncCommands, Script};
 
 use crate::keys;
@@ -39,7 +38,12 @@ local function with_online(status)
 end
 if ARGV[2] == '1' then
   local prev = redis.call('GET', KEYS[5])
-  if prev then return with_online('D:' .. prev) end
+  if prev then
+    -- A write, so that the WAIT after this script (which confirms this
+    -- connection's writes) also confirms the original, written earlier.
+    redis.call('PEXPIRE', KEYS[5], ARGV[5])
+    return with_online('D:' .. prev)
+  end
 end
 local seq = redis.call('INCR', KEYS[3])
 local json = ARGV[3] .. seq .. '}'
@@ -210,36 +214,27 @@ impl RedisStore {
         )))
     }
 
-    /// Waits until `min_replica_acks` replicas of the master that owns
-    /// `key` have every write sent so far on this connection (Redis WAIT,
-    /// routed to that master). A shortfall is an error: the caller must not
-    /// acknowledge a message that one failover could lose.
-    async fn wait_for_replicas(&self, key: &str) -> StoreResult<()> {
+    /// Runs the append script and, when replicas must confirm, `WAIT` in
+    /// one pipeline on the append connection: both reach the room's master
+    /// in one write, so the `WAIT` is certain to cover the append (same
+    /// connection, nothing in between) and the ack costs one round trip to
+    /// Redis plus the replicas' confirmation. Returns the script's reply and
+    /// the replicas that confirmed (`u32::MAX` when none are asked for).
+    async fn append_and_wait(&self, eval: &redis::Cmd) -> redis::RedisResult<(Vec<String>, u32)> {
         let wanted = self.config.min_replica_acks;
+        let mut conn = self.append_conn.clone();
         if wanted == 0 {
-            return Ok(());
+            let reply: Vec<String> = eval.query_async(&mut conn).await?;
+            return Ok((reply, u32::MAX));
         }
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(wanted).arg(self.config.replica_ack_timeout_ms);
-        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
-            Slot::for_key(key),
-            SlotAddr::Master,
-        )));
-        let acked = self
-            .append_conn
-            .clone()
-            .route_command(cmd, route)
+        // The pipeline is routed by the script's keys (WAIT has none).
+        redis::pipe()
+            .add_command(eval.clone())
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(self.config.replica_ack_timeout_ms)
+            .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
-        let acked: u32 = redis::from_redis_value(acked)
-            .map_err(|e| StoreError::Unavailable(format!("WAIT reply: {e}")))?;
-        if acked < wanted {
-            return Err(StoreError::Unavailable(format!(
-                "message stored but confirmed by {acked} of {wanted} replicas within {} ms",
-                self.config.replica_ack_timeout_ms
-            )));
-        }
-        Ok(())
     }
 
     async fn change_membership(&self, room: &str, user: &str, op: &str) -> StoreResult<bool> {
@@ -429,29 +424,43 @@ impl Store for RedisStore {
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let dedup_key =
             keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
-        let mut reply: Vec<String> = self
-            .append
-            .key(keys::room_meta(&m.room))
-            .key(keys::room_members(&m.room))
-            .key(keys::room_seq(&m.room))
-            .key(keys::room_messages(&m.room))
-            .key(dedup_key)
-            .key(keys::room_online(&m.room))
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.append.get_hash())
+            .arg(6)
+            .arg(keys::room_meta(&m.room))
+            .arg(keys::room_members(&m.room))
+            .arg(keys::room_seq(&m.room))
+            .arg(keys::room_messages(&m.room))
+            .arg(dedup_key)
+            .arg(keys::room_online(&m.room))
             .arg(&m.from)
             .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
             .arg(message_json_prefix(&m))
             .arg(self.config.history_retention)
-            .arg(self.config.dedup_ttl_ms)
-            .invoke_async(&mut self.append_conn.clone())
-            .await
-            .map_err(unavailable)?;
+            .arg(self.config.dedup_ttl_ms);
+        let (mut reply, replicas) = match self.append_and_wait(&eval).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.append
+                    .prepare_invoke()
+                    .load_async(&mut self.append_conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+                self.append_and_wait(&eval).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)?;
         if reply.is_empty() {
             return Err(StoreError::Corrupt("empty append reply".into()));
         }
         let online = reply.split_off(1);
         let status = reply.pop().unwrap_or_default();
-        if status.starts_with("N:") || status.starts_with("D:") {
-            self.wait_for_replicas(&keys::room_seq(&m.room)).await?;
+        let wanted = self.config.min_replica_acks;
+        if (status.starts_with("N:") || status.starts_with("D:")) && replicas < wanted {
+            return Err(StoreError::Unavailable(format!(
+                "message stored but confirmed by {replicas} of {wanted} replicas within {} ms",
+                self.config.replica_ack_timeout_ms
+            )));
         }
         let reply = status;
         match reply.split_at_checked(2) {
