@@ -257,7 +257,7 @@ CHAT_BENCH_SERVER_PID="$(
 )"
 {
     echo "# chat-bench $MODE $*"
-    overrides="$(env | grep -E '^CHAT_' | grep -vE '^CHAT_BENCH_|^CHAT_(JWT|TICKET|INTERNAL)_SECRET=|^CHAT_REDIS_URLS=' | sort | tr '\n' ' ' || true)"
+    overrides="$(env | grep -E '^(CHAT_|TOKIO_WORKER_THREADS=)' | grep -vE '^CHAT_BENCH_|^CHAT_(JWT|TICKET|INTERNAL)_SECRET=|^CHAT_REDIS_URLS=' | sort | tr '\n' ' ' || true)"
     [[ -z "$overrides" ]] || echo "# server settings from the environment: $overrides"
     [[ -z "${BENCH_BIN_DIR:-}" ]] || echo "# binaries from $BIN"
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (modified)')  $(nproc) cores  fd limit $(ulimit -n)"

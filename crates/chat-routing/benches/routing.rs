@@ -2,6 +2,8 @@
 //! on the routing side, `decode_batch` once per received link message on
 //! the chat server. Each delivery names 10 recipients and carries a
 //! ~200-byte message frame, like the fan-out benchmark's rooms of 10.
+//! `group_by_server` is the fan-out grouping, once per routed message: the
+//! room's online sessions (10, or the big room's 5,000) over 2 servers.
 //!
 //! `cargo bench -p chat-routing -- --warm-up-time 1 --measurement-time 3`
 
@@ -9,7 +11,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use chat_routing::delivery::{decode_batch, encode_batch};
+use chat_routing::router::group_by_server;
 use chat_routing::Delivery;
+use chat_store::OnlineSession;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn deliveries(n: usize) -> Vec<Arc<Delivery>> {
@@ -53,5 +57,23 @@ fn batches(c: &mut Criterion) {
     dec.finish();
 }
 
-criterion_group!(benches, batches);
+fn grouping(c: &mut Criterion) {
+    let mut group = c.benchmark_group("group_by_server");
+    for n in [10usize, 1000, 5000] {
+        let online: Vec<OnlineSession> = (0..n)
+            .map(|i| OnlineSession {
+                user: format!("bench-u{i}"),
+                session: format!("s_{i:032}"),
+                server_id: format!("bench-chat-{}", i % 2),
+            })
+            .collect();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &online, |b, online| {
+            b.iter(|| group_by_server(black_box(online), None).len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, batches, grouping);
 criterion_main!(benches);

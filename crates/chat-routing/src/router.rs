@@ -24,6 +24,31 @@ pub trait LocalDelivery: Send + Sync + 'static {
     fn deliver(&self, delivery: Arc<Delivery>);
 }
 
+/// The fan-out grouping: a room's online sessions by chat server, each
+/// server's users sorted and named once (a user with two sessions on one
+/// server is one recipient there), without `exclude_user`. One delivery is
+/// made per entry of the result.
+pub fn group_by_server<'a>(
+    online: &'a [OnlineSession],
+    exclude_user: Option<&str>,
+) -> HashMap<&'a str, Vec<&'a str>> {
+    let mut by_server: HashMap<&str, Vec<&str>> = HashMap::new();
+    for entry in online {
+        if exclude_user != Some(entry.user.as_str()) {
+            by_server
+                .entry(entry.server_id.as_str())
+                .or_default()
+                .push(entry.user.as_str());
+        }
+    }
+    for users in by_server.values_mut() {
+        users.sort_unstable();
+        users.dedup();
+    }
+    by_server.retain(|_, users| !users.is_empty());
+    by_server
+}
+
 pub struct MessageRouter {
     store: Arc<dyn Store>,
     registry: Arc<ServerRegistry>,
@@ -99,21 +124,8 @@ impl MessageRouter {
         exclude_user: Option<&str>,
     ) -> usize {
         let live = self.live_for(room, online).await;
-        // One delivery per server, naming each user once (a user with two
-        // sessions on one server is one recipient there).
-        let mut by_server: HashMap<&str, Vec<&str>> = HashMap::new();
-        for entry in online {
-            if exclude_user != Some(entry.user.as_str()) {
-                by_server
-                    .entry(entry.server_id.as_str())
-                    .or_default()
-                    .push(entry.user.as_str());
-            }
-        }
         let mut targets = 0;
-        for (server_id, mut users) in by_server {
-            users.sort_unstable();
-            users.dedup();
+        for (server_id, users) in group_by_server(online, exclude_user) {
             let delivery = Arc::new(Delivery {
                 room: room.to_owned(),
                 seq,
@@ -215,5 +227,46 @@ impl MessageRouter {
             })
             .map(|(user, _)| user)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: &str, session: &str, server_id: &str) -> OnlineSession {
+        OnlineSession {
+            user: user.into(),
+            session: session.into(),
+            server_id: server_id.into(),
+        }
+    }
+
+    #[test]
+    fn grouping_names_each_user_once_per_server() {
+        let online = [
+            entry("bob", "s1", "A"),
+            entry("alice", "s2", "A"),
+            entry("bob", "s3", "A"),
+            entry("bob", "s4", "B"),
+            entry("carol", "s5", "B"),
+        ];
+        let groups = group_by_server(&online, None);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups["A"], vec!["alice", "bob"]);
+        assert_eq!(groups["B"], vec!["bob", "carol"]);
+    }
+
+    #[test]
+    fn grouping_leaves_out_the_excluded_user_and_empty_servers() {
+        let online = [
+            entry("alice", "s1", "A"),
+            entry("bob", "s2", "B"),
+            entry("alice", "s3", "B"),
+        ];
+        let groups = group_by_server(&online, Some("alice"));
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups["B"], vec!["bob"]);
+        assert!(group_by_server(&[], None).is_empty());
     }
 }
