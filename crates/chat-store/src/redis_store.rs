@@ -293,6 +293,22 @@ impl RedisStore {
         Ok(u64::try_from(seq).ok())
     }
 
+    /// Runs `write` (commands on the user's keys, replies ignored), then
+    /// reads the user's rooms: one slot, so one round trip.
+    async fn write_then_rooms_of(
+        &self,
+        user: &str,
+        mut write: redis::Pipeline,
+    ) -> StoreResult<Vec<String>> {
+        let (rooms,): (Vec<String>,) = write
+            .cmd("SMEMBERS")
+            .arg(keys::user_rooms(user))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(rooms)
+    }
+
     async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
         let sessions: Vec<(String, String)> = self
             .conn()
@@ -700,9 +716,9 @@ impl Store for RedisStore {
         location: &SessionLocation,
         ttl_ms: u64,
     ) -> StoreResult<Vec<(String, u64)>> {
-        // One slot, one round trip: record the session, then read the rooms.
         let key = keys::user_sessions(user);
-        let (rooms,): (Vec<String>,) = redis::pipe()
+        let mut write = redis::pipe();
+        write
             .cmd("HSET")
             .arg(&key)
             .arg(&location.session)
@@ -711,12 +727,8 @@ impl Store for RedisStore {
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(ttl_ms)
-            .ignore()
-            .cmd("SMEMBERS")
-            .arg(keys::user_rooms(user))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .ignore();
+        let rooms = self.write_then_rooms_of(user, write).await?;
         let session = [(location.session.clone(), location.server_id.clone())];
         let seqs =
             try_join_all(rooms.iter().map(|room| self.announce(room, user, &session))).await?;
@@ -730,16 +742,13 @@ impl Store for RedisStore {
     }
 
     async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
-        let (rooms,): (Vec<String>,) = redis::pipe()
+        let mut write = redis::pipe();
+        write
             .cmd("HDEL")
             .arg(keys::user_sessions(user))
             .arg(session)
-            .ignore()
-            .cmd("SMEMBERS")
-            .arg(keys::user_rooms(user))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .ignore();
+        let rooms = self.write_then_rooms_of(user, write).await?;
         let session = [session.to_owned()];
         try_join_all(rooms.iter().map(|room| self.forget_online(room, &session))).await?;
         Ok(())
