@@ -86,13 +86,20 @@ impl RoomOrder {
         now: Instant,
         out: &mut Vec<Arc<str>>,
     ) {
-        let cursor = self
-            .rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| RoomCursor {
-                last: seq.saturating_sub(1),
-                ..RoomCursor::default()
-            });
+        // Looked up by &str first: the room is almost always known, and
+        // `entry` would allocate its key on every delivery.
+        if !self.rooms.contains_key(room) {
+            self.rooms.insert(
+                room.to_owned(),
+                RoomCursor {
+                    last: seq.saturating_sub(1),
+                    ..RoomCursor::default()
+                },
+            );
+        }
+        let Some(cursor) = self.rooms.get_mut(room) else {
+            return;
+        };
         if seq <= cursor.last {
             return; // duplicate
         }
