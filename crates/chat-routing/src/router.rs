@@ -58,6 +58,7 @@ pub struct MessageRouter {
     /// and since when: skipped without another read, and their entries
     /// forgotten once they have been gone for [`FORGET_MISSING_AFTER`].
     missing: Mutex<HashMap<String, Instant>>,
+    forget_missing_after: Duration,
 }
 
 /// How often routing may read the registry for a server it does not know.
@@ -82,7 +83,14 @@ impl MessageRouter {
             links,
             local,
             missing: Mutex::new(HashMap::new()),
+            forget_missing_after: FORGET_MISSING_AFTER,
         }
+    }
+
+    /// Overrides [`FORGET_MISSING_AFTER`] (tests).
+    pub fn with_forget_missing_after(mut self, after: Duration) -> Self {
+        self.forget_missing_after = after;
+        self
     }
 
     /// Delivers a stored message to the sessions in `online`, the room's
@@ -193,7 +201,7 @@ impl MessageRouter {
             missing.retain(|id, _| !live.iter().any(|s| &s.health.id == id));
             for entry in online.iter().filter(|s| absent(&live, &s.server_id)) {
                 let since = *missing.entry(entry.server_id.clone()).or_insert(now);
-                if now.duration_since(since) >= FORGET_MISSING_AFTER {
+                if now.duration_since(since) >= self.forget_missing_after {
                     forget.push(entry.session.clone());
                 }
             }
@@ -233,6 +241,104 @@ impl MessageRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::LinkConfig;
+    use crate::registry::RegistryConfig;
+    use chat_store::{MemoryStore, NewRoom, ServerHealth, ServerState, SessionLocation};
+
+    fn health(id: &str) -> ServerHealth {
+        ServerHealth {
+            id: id.into(),
+            url: format!("ws://127.0.0.1:1/{id}"),
+            // Nothing listens there: the link keeps retrying in the
+            // background, which these tests do not look at.
+            internal_url: "ws://127.0.0.1:1/internal/link".into(),
+            state: ServerState::Ready,
+            connections: 0,
+            load: 0.0,
+            last_seen_ms: chat_protocol::now_ms(),
+        }
+    }
+
+    fn message(room: &str) -> Message {
+        Message {
+            room: room.into(),
+            seq: 1,
+            id: "m_1".into(),
+            from: "alice".into(),
+            body: "hi".into(),
+            ts: 0,
+            client_msg_id: None,
+        }
+    }
+
+    /// The registry was read just before the server started: routing
+    /// reads it again (waiting for the read to age) instead of skipping
+    /// the server's sessions.
+    #[tokio::test]
+    async fn a_server_started_after_the_last_registry_read_is_routed_to() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        store.put_server(&health("late"), 60_000).await.unwrap();
+        let router =
+            MessageRouter::new(store, registry, LinkPool::new(LinkConfig::default()), None);
+        let online = [entry("bob", "s1", "late")];
+        assert_eq!(router.route_message(&message("r_1"), &online).await, 1);
+    }
+
+    /// Sessions of a server missing from the registry are skipped, and
+    /// forgotten from the room's index once missing long enough; those of
+    /// live servers stay.
+    #[tokio::test]
+    async fn sessions_of_a_server_missing_long_enough_are_forgotten() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store
+            .create_room(NewRoom {
+                id: "r_1".into(),
+                name: "room".into(),
+                created_by: "alice".into(),
+                created_at: 0,
+                members: vec!["alice".into(), "bob".into()],
+            })
+            .await
+            .unwrap();
+        let at = |session: &str, server_id: &str| SessionLocation {
+            session: session.into(),
+            server_id: server_id.into(),
+        };
+        store
+            .add_session("bob", &at("s1", "dead"), 60_000)
+            .await
+            .unwrap();
+        store
+            .add_session("alice", &at("s2", "live"), 60_000)
+            .await
+            .unwrap();
+        store.put_server(&health("live"), 60_000).await.unwrap();
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        let router = MessageRouter::new(
+            store.clone(),
+            registry,
+            LinkPool::new(LinkConfig::default()),
+            None,
+        )
+        .with_forget_missing_after(Duration::ZERO);
+        let online = store.room_online("r_1").await.unwrap();
+        assert_eq!(online.len(), 2);
+        assert_eq!(router.route_message(&message("r_1"), &online).await, 1);
+        // The entries are dropped by a spawned task.
+        for _ in 0..200 {
+            if store.room_online("r_1").await.unwrap().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store.room_online("r_1").await.unwrap(),
+            vec![entry("alice", "s2", "live")]
+        );
+    }
 
     fn entry(user: &str, session: &str, server_id: &str) -> OnlineSession {
         OnlineSession {
