@@ -437,3 +437,85 @@ async fn ws_upgrade(
         .max_message_size(max)
         .on_upgrade(move |socket| session::run(server, socket, ticket.user))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::SessionHandle;
+    use chat_store::{MemoryStore, NewRoom};
+    use tokio::sync::{mpsc, Notify};
+
+    fn config() -> ChatConfig {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: ChatConfig,
+        }
+        let args = [
+            "chat-server",
+            "--server-id=s-test",
+            "--ticket-secret=t",
+            "--internal-secret=i",
+        ];
+        <Cli as clap::Parser>::parse_from(args).config
+    }
+
+    /// After its health reports stopped reaching the store for longer than
+    /// the dead-after interval, a server puts its sessions back into the
+    /// rooms' presence indexes (routers may have forgotten them).
+    #[tokio::test]
+    async fn a_server_that_counted_as_dead_announces_its_sessions_again() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store
+            .create_room(NewRoom {
+                id: "r_1".into(),
+                name: "room".into(),
+                created_by: "alice".into(),
+                created_at: 0,
+                members: vec!["alice".into()],
+            })
+            .await
+            .unwrap();
+        let server = ChatServer::new(config(), store.clone());
+        // A live session that the room's index does not list.
+        let (tx, _rx) = mpsc::channel(4);
+        server.hub.add(
+            "alice",
+            SessionHandle {
+                session: "s_a".into(),
+                tx,
+                kick: Arc::new(Notify::new()),
+            },
+        );
+        assert!(store.room_online("r_1").await.unwrap().is_empty());
+
+        // A report soon after the last one changes nothing.
+        server.report_health().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(store.room_online("r_1").await.unwrap().is_empty());
+
+        // A report after a silence longer than dead-after announces again.
+        let silent = Duration::from_millis(server.config.dead_after_ms + 1000);
+        if let Some(long_ago) = std::time::Instant::now().checked_sub(silent) {
+            *server.last_report_ok.lock().unwrap() = long_ago;
+        }
+        server.report_health().await;
+        let mut online = Vec::new();
+        for _ in 0..200 {
+            online = store.room_online("r_1").await.unwrap();
+            if !online.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(online.len(), 1);
+        assert_eq!(
+            (
+                online[0].user.as_str(),
+                online[0].session.as_str(),
+                online[0].server_id.as_str()
+            ),
+            ("alice", "s_a", "s-test")
+        );
+    }
+}
