@@ -155,6 +155,33 @@ impl Step {
     fn in_window(&self, us: u64) -> bool {
         us >= self.from_us.load(Relaxed) && us < self.to_us.load(Relaxed)
     }
+
+    /// Counts a message that connection `idx` received at `now_us`, sent
+    /// (scheduled) at `sent_us`, by its place in the sender's sequence.
+    /// Duplicates count only as duplicates.
+    fn record_delivery(&self, idx: usize, verdict: SeqVerdict, sent_us: u64, now_us: u64) {
+        match verdict {
+            SeqVerdict::Duplicate => {
+                self.duplicated.fetch_add(1, Relaxed);
+                return;
+            }
+            SeqVerdict::OutOfOrder => {
+                self.out_of_order.fetch_add(1, Relaxed);
+            }
+            SeqVerdict::InOrder { gap } => {
+                if gap > 0 {
+                    self.seq_gaps.fetch_add(gap, Relaxed);
+                }
+            }
+        }
+        self.delivered.fetch_add(1, Relaxed);
+        if self.in_window(sent_us) {
+            self.latency.record(idx, now_us.saturating_sub(sent_us));
+        }
+        if self.in_window(now_us) {
+            self.delivered_in_window.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 struct Shared {
@@ -640,27 +667,7 @@ fn on_frame(
                 shared.foreign.fetch_add(1, Relaxed);
                 return;
             };
-            match window.observe(seq) {
-                SeqVerdict::Duplicate => {
-                    step.duplicated.fetch_add(1, Relaxed);
-                    return;
-                }
-                SeqVerdict::OutOfOrder => {
-                    step.out_of_order.fetch_add(1, Relaxed);
-                }
-                SeqVerdict::InOrder { gap } => {
-                    if gap > 0 {
-                        step.seq_gaps.fetch_add(gap, Relaxed);
-                    }
-                }
-            }
-            step.delivered.fetch_add(1, Relaxed);
-            if step.in_window(t_us) {
-                step.latency.record(idx, now.saturating_sub(t_us));
-            }
-            if step.in_window(now) {
-                step.delivered_in_window.fetch_add(1, Relaxed);
-            }
+            step.record_delivery(idx, window.observe(seq), t_us, now);
         }
         "ack" => {
             let now = shared.now_us();
@@ -752,27 +759,7 @@ fn on_socketio_packet(
             .or_insert_with(|| vec![SeqWindow::default(); shared.steps.len()]),
     };
     // The body counter starts at 0 in each step; a window's seqs start at 1.
-    match per_step[step_no].observe(n + 1) {
-        SeqVerdict::Duplicate => {
-            step.duplicated.fetch_add(1, Relaxed);
-            return false;
-        }
-        SeqVerdict::OutOfOrder => {
-            step.out_of_order.fetch_add(1, Relaxed);
-        }
-        SeqVerdict::InOrder { gap } => {
-            if gap > 0 {
-                step.seq_gaps.fetch_add(gap, Relaxed);
-            }
-        }
-    }
-    step.delivered.fetch_add(1, Relaxed);
-    if step.in_window(t_us) {
-        step.latency.record(idx, now.saturating_sub(t_us));
-    }
-    if step.in_window(now) {
-        step.delivered_in_window.fetch_add(1, Relaxed);
-    }
+    step.record_delivery(idx, per_step[step_no].observe(n + 1), t_us, now);
     false
 }
 

@@ -226,23 +226,10 @@ impl Session {
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.write_raw(Utf8Bytes::from(frame.to_json())).await
+        self.write_texts([Utf8Bytes::from(frame.to_json())]).await
     }
 
-    /// A client that does not read blocks the write once the socket
-    /// buffers are full; past `write_timeout_ms` it counts as a slow
-    /// consumer and is dropped, so it never holds up its own queue forever.
-    async fn write_raw(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        let timeout = Duration::from_millis(self.server.config.write_timeout_ms.max(1));
-        match tokio::time::timeout(timeout, self.socket.send(WsMessage::Text(text))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::WriteFailed),
-            Err(_) => Err(End::SlowConsumer),
-        }
-    }
-
-    /// Writes the frames and flushes once: under load a session writes
-    /// everything queued for it with one syscall instead of one per frame.
+    /// Writes the frames delivered to this session, counted in metrics.
     async fn write_frames(&mut self, frames: Vec<Arc<str>>) -> Result<(), End> {
         if frames.is_empty() {
             return Ok(());
@@ -251,13 +238,25 @@ impl Session {
             .metrics
             .frames_delivered
             .add(frames.len() as u64);
+        self.write_texts(frames.into_iter().map(|frame| Utf8Bytes::from(&*frame)))
+            .await
+    }
+
+    /// Writes the texts and flushes once: under load a session writes
+    /// everything queued for it with one syscall instead of one per frame.
+    /// A client that does not read blocks the write once the socket
+    /// buffers are full; past `write_timeout_ms` it counts as a slow
+    /// consumer and is dropped, so it never holds up its own queue forever.
+    async fn write_texts<I>(&mut self, texts: I) -> Result<(), End>
+    where
+        I: IntoIterator<Item = Utf8Bytes>,
+        I::IntoIter: Send,
+    {
         let timeout = Duration::from_millis(self.server.config.write_timeout_ms.max(1));
         let socket = &mut self.socket;
         let write_all = async move {
-            for frame in frames {
-                socket
-                    .feed(WsMessage::Text(Utf8Bytes::from(&*frame)))
-                    .await?;
+            for text in texts {
+                socket.feed(WsMessage::Text(text)).await?;
             }
             socket.flush().await
         };

@@ -214,27 +214,26 @@ impl RedisStore {
         )))
     }
 
-    /// Runs the append script and, when replicas must confirm, `WAIT` in
-    /// one pipeline on the append connection: both reach the room's master
-    /// in one write, so the `WAIT` is certain to cover the append (same
-    /// connection, nothing in between) and the ack costs one round trip to
-    /// Redis plus the replicas' confirmation. Returns the script's reply and
-    /// the replicas that confirmed (`u32::MAX` when none are asked for).
-    async fn append_and_wait(&self, eval: &redis::Cmd) -> redis::RedisResult<(Vec<String>, u32)> {
-        let wanted = self.config.min_replica_acks;
-        let mut conn = self.append_conn.clone();
-        if wanted == 0 {
-            let reply: Vec<String> = eval.query_async(&mut conn).await?;
-            return Ok((reply, u32::MAX));
-        }
-        // The pipeline is routed by the script's keys (WAIT has none).
-        redis::pipe()
-            .add_command(eval.clone())
-            .cmd("WAIT")
-            .arg(wanted)
-            .arg(self.config.replica_ack_timeout_ms)
-            .query_async(&mut conn)
-            .await
+    /// Runs the append pipeline built by `append`: the script and, when
+    /// replicas must confirm, `WAIT`. Both reach the room's master in one
+    /// write on the append connection, so the `WAIT` is certain to cover
+    /// the append (same connection, nothing in between) and the ack costs
+    /// one round trip to Redis plus the replicas' confirmation. Returns the
+    /// script's reply and the replicas that confirmed (`u32::MAX` when none
+    /// were asked for).
+    async fn run_append(&self, pipe: &redis::Pipeline) -> redis::RedisResult<(Vec<String>, u32)> {
+        // Routed by the script's keys (WAIT has none).
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.append_conn.clone()).await?;
+        let mut replies = replies.into_iter();
+        let script: Vec<String> = match replies.next() {
+            Some(value) => redis::from_redis_value(value)?,
+            None => Vec::new(),
+        };
+        let replicas = match replies.next() {
+            Some(value) => redis::from_redis_value(value)?,
+            None => u32::MAX,
+        };
+        Ok((script, replicas))
     }
 
     async fn change_membership(&self, room: &str, user: &str, op: &str) -> StoreResult<bool> {
@@ -440,8 +439,10 @@ impl Store for RedisStore {
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let dedup_key =
             keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(self.append.get_hash())
+        let wanted = self.config.min_replica_acks;
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(self.append.get_hash())
             .arg(6)
             .arg(keys::room_meta(&m.room))
             .arg(keys::room_members(&m.room))
@@ -454,14 +455,19 @@ impl Store for RedisStore {
             .arg(message_json_prefix(&m))
             .arg(self.config.history_retention)
             .arg(self.config.dedup_ttl_ms);
-        let (mut reply, replicas) = match self.append_and_wait(&eval).await {
+        if wanted > 0 {
+            pipe.cmd("WAIT")
+                .arg(wanted)
+                .arg(self.config.replica_ack_timeout_ms);
+        }
+        let (mut reply, replicas) = match self.run_append(&pipe).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.append
                     .prepare_invoke()
                     .load_async(&mut self.append_conn.clone())
                     .await
                     .map_err(unavailable)?;
-                self.append_and_wait(&eval).await
+                self.run_append(&pipe).await
             }
             other => other,
         }
@@ -471,7 +477,6 @@ impl Store for RedisStore {
         }
         let online = reply.split_off(1);
         let status = reply.pop().unwrap_or_default();
-        let wanted = self.config.min_replica_acks;
         if (status.starts_with("N:") || status.starts_with("D:")) && replicas < wanted {
             return Err(StoreError::Unavailable(format!(
                 "message stored but confirmed by {replicas} of {wanted} replicas within {} ms",
