@@ -200,7 +200,14 @@ impl MessageRouter {
             let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
             missing.retain(|id, _| !live.iter().any(|s| &s.health.id == id));
             for entry in online.iter().filter(|s| absent(&live, &s.server_id)) {
-                let since = *missing.entry(entry.server_id.clone()).or_insert(now);
+                // No key allocation per message while the server stays missing.
+                let since = match missing.get(entry.server_id.as_str()) {
+                    Some(since) => *since,
+                    None => {
+                        missing.insert(entry.server_id.clone(), now);
+                        now
+                    }
+                };
                 if now.duration_since(since) >= self.forget_missing_after {
                     forget.push(entry.session.clone());
                 }
