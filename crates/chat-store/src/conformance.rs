@@ -38,6 +38,11 @@ async fn room_with(store: &SharedStore, creator: &str, others: &[&str]) -> Strin
     id
 }
 
+async fn room_ids_of_user(store: &SharedStore, user: &str) -> Vec<String> {
+    let rooms = store.rooms_of_user(user).await.unwrap();
+    rooms.into_iter().map(|r| r.id).collect()
+}
+
 fn msg(room: &str, from: &str, body: &str, cmid: Option<&str>) -> NewMessage {
     NewMessage {
         room: room.into(),
@@ -72,7 +77,7 @@ pub async fn created_room_reads_back_with_members_and_index(store: SharedStore) 
     assert_eq!(store.members(&id).await.unwrap(), expected);
     assert!(store.is_member(&id, &bob).await.unwrap());
     assert_eq!(store.rooms_of_user(&bob).await.unwrap(), vec![room]);
-    assert_eq!(store.room_ids_of_user(&alice).await.unwrap(), vec![id]);
+    assert_eq!(room_ids_of_user(&store, &alice).await, vec![id]);
     assert!(store.room(&new_id("r_")).await.unwrap().is_none());
 }
 
@@ -82,10 +87,7 @@ pub async fn membership_changes_are_idempotent_and_need_a_room(store: SharedStor
     assert!(store.add_member(&id, &carol).await.unwrap());
     assert!(!store.add_member(&id, &carol).await.unwrap());
     assert_eq!(store.room(&id).await.unwrap().unwrap().member_count, 2);
-    assert_eq!(
-        store.room_ids_of_user(&carol).await.unwrap(),
-        vec![id.clone()]
-    );
+    assert_eq!(room_ids_of_user(&store, &carol).await, vec![id.clone()]);
     assert!(store.remove_member(&id, &carol).await.unwrap());
     assert!(!store.remove_member(&id, &carol).await.unwrap());
     assert!(!store.is_member(&id, &carol).await.unwrap());

@@ -152,14 +152,6 @@ pub trait Store: Send + Sync + 'static {
     async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool>;
     async fn members(&self, room: &str) -> StoreResult<Vec<String>>;
     async fn rooms_of_user(&self, user: &str) -> StoreResult<Vec<Room>>;
-    async fn room_ids_of_user(&self, user: &str) -> StoreResult<Vec<String>> {
-        Ok(self
-            .rooms_of_user(user)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect())
-    }
     /// Adds a member; `Ok(false)` if already a member. `NoRoom` if none.
     /// The member's live sessions are announced in the room (as are those
     /// of the members of a new room).
