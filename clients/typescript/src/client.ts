@@ -337,7 +337,9 @@ export class ChatClient {
     if (!this.wantOpen) return Promise.reject(new ClosedError('not connected: call connect() first'));
     return new Promise<SendAck>((resolve, reject) => {
       this.outbox.add(clientMsgId, room, body, { resolve, reject }, Date.now());
-      this.learnRoom(room, undefined);
+      // Our own message comes back on this session: the room starts there
+      // at the latest (a look-up could race with it and hide it).
+      if (!this.cursors.isTracked(room)) this.cursors.track(room, undefined, Date.now());
       this.flushOutbox();
     });
   }
@@ -526,6 +528,10 @@ export class ChatClient {
         if (entry) {
           entry.settle.resolve({ room: frame.room, seq: frame.seq, id: frame.id, clientMsgId: entry.clientMsgId });
         }
+        // Our message comes back as a `message` frame; if that is lost, the
+        // ack still tells us it exists, so the gap fill will fetch it.
+        this.cursors.noteExists(frame.room, frame.seq, now);
+        this.armGapTimer();
         this.armOutboxTimer();
         return;
       }

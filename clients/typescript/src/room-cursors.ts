@@ -28,6 +28,8 @@ interface Cursor<M> {
   /** Highest seq handed out; undefined: start at the first message seen. */
   last: number | undefined;
   pending: Map<number, M>;
+  /** The highest seq known to exist (an ack told us) though not yet seen. */
+  known: number;
   /** When the current gap opened. */
   gapSince: number | undefined;
 }
@@ -47,7 +49,7 @@ export class RoomCursors<M extends Sequenced> {
   track(room: string, last: number | undefined, now: number): M[] {
     const cursor = this.rooms.get(room);
     if (!cursor) {
-      this.rooms.set(room, { last, pending: new Map(), gapSince: undefined });
+      this.rooms.set(room, { last, pending: new Map(), known: 0, gapSince: undefined });
       return [];
     }
     if (cursor.last === undefined && last !== undefined) {
@@ -70,7 +72,7 @@ export class RoomCursors<M extends Sequenced> {
   offer(message: M, now: number): M[] {
     let cursor = this.rooms.get(message.room);
     if (!cursor) {
-      cursor = { last: undefined, pending: new Map(), gapSince: undefined };
+      cursor = { last: undefined, pending: new Map(), known: 0, gapSince: undefined };
       this.rooms.set(message.room, cursor);
     }
     if (cursor.last === undefined) {
@@ -79,10 +81,18 @@ export class RoomCursors<M extends Sequenced> {
     }
     if (message.seq <= cursor.last || cursor.pending.has(message.seq)) return [];
     cursor.pending.set(message.seq, message);
-    const hadGap = cursor.gapSince !== undefined;
-    const out = this.drain(cursor, now);
-    if (!hadGap && cursor.pending.size > 0 && cursor.gapSince === undefined) cursor.gapSince = now;
-    return out;
+    return this.drain(cursor, now);
+  }
+
+  /**
+   * Seq `seq` of `room` exists (the ack of our own send says so): if it does
+   * not arrive, that is a gap like any other, even with nothing after it.
+   */
+  noteExists(room: string, seq: number, now: number): void {
+    const cursor = this.rooms.get(room);
+    if (!cursor || cursor.last === undefined || seq <= cursor.last || seq <= cursor.known) return;
+    cursor.known = seq;
+    if (cursor.gapSince === undefined) cursor.gapSince = now;
   }
 
   /** Where to resume each room with a known cursor. */
@@ -121,7 +131,7 @@ export class RoomCursors<M extends Sequenced> {
   /** Restarts a gap's clock (a fill failed and will be tried again). */
   postponeGap(room: string, now: number): void {
     const cursor = this.rooms.get(room);
-    if (cursor && cursor.pending.size > 0) cursor.gapSince = now;
+    if (cursor && this.isOpen(cursor)) cursor.gapSince = now;
   }
 
   /** The room's current gap, if any. */
@@ -142,8 +152,14 @@ export class RoomCursors<M extends Sequenced> {
   }
 
   private gapOf(room: string, cursor: Cursor<M>): Gap | undefined {
-    if (cursor.pending.size === 0 || cursor.last === undefined) return undefined;
-    return { room, after: cursor.last, before: Math.min(...cursor.pending.keys()) };
+    if (cursor.last === undefined || !this.isOpen(cursor)) return undefined;
+    const ends = [...cursor.pending.keys()];
+    if (cursor.known > cursor.last) ends.push(cursor.known + 1);
+    return { room, after: cursor.last, before: Math.min(...ends) };
+  }
+
+  private isOpen(cursor: Cursor<M>): boolean {
+    return cursor.pending.size > 0 || (cursor.last !== undefined && cursor.known > cursor.last);
   }
 
   private drain(cursor: Cursor<M>, now: number): M[] {
@@ -160,8 +176,8 @@ export class RoomCursors<M extends Sequenced> {
       cursor.last += 1;
       out.push(next);
     }
-    if (cursor.pending.size === 0) cursor.gapSince = undefined;
-    else if (cursor.last !== before) cursor.gapSince = now;
+    if (!this.isOpen(cursor)) cursor.gapSince = undefined;
+    else if (cursor.last !== before || cursor.gapSince === undefined) cursor.gapSince = now;
     return out;
   }
 }

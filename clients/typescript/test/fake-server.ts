@@ -89,7 +89,7 @@ export class FakeConnection {
     this.outAt = Math.max(this.outAt, now + this.server.delay());
     const text = typeof frame === 'string' ? frame : JSON.stringify(frame);
     setTimeout(() => {
-      if (this.alive && !this.frozen) this.socket.onmessage?.({ data: text });
+      if (this.socket.readyState === 1 && !this.frozen) this.socket.onmessage?.({ data: text });
     }, this.outAt - now);
   }
 

@@ -62,4 +62,17 @@ describe('RoomCursors', () => {
     expect(seqs(c.track('r', 9, 0))).toEqual([]); // a known cursor is kept
     expect(c.last('r')).toBe(4);
   });
+
+  it('opens a gap for a seq known to exist that has not arrived', () => {
+    const c = new RoomCursors();
+    c.track('r', 2, 0);
+    c.noteExists('r', 3, 10);
+    expect(c.gap('r')).toEqual({ room: 'r', after: 2, before: 4 });
+    expect(c.nextGapDue(100)).toBe(110);
+    expect(seqs(c.offer(m(3), 20))).toEqual([3]);
+    expect(c.gap('r')).toBeUndefined();
+    expect(c.nextGapDue(100)).toBeUndefined();
+    c.noteExists('r', 3, 30); // already seen: nothing
+    expect(c.gap('r')).toBeUndefined();
+  });
 });
