@@ -413,11 +413,11 @@ export class ChatClient {
     this.welcomed = false;
     socket.onopen = noop;
     socket.onerror = noop;
-    socket.onmessage = (event) => {
+    socket.onmessage = (event: { data: unknown }) => {
       if (this.socket === socket) this.onData(event.data);
     };
-    socket.onclose = (event) => {
-      if (this.socket === socket) this.onSocketGone(event.code);
+    socket.onclose = (event: { code?: unknown }) => {
+      if (this.socket === socket) this.onSocketGone(typeof event.code === 'number' ? event.code : 1006);
     };
     this.armTimer('welcome', Date.now() + this.config.welcomeTimeoutMs, () => this.dropSocket('no welcome'));
   }
