@@ -176,7 +176,8 @@ export class ChatClient {
   };
 
   private readonly rest: RestClient;
-  private readonly openSocket: WebSocketFactory;
+  /** The socket factory, or why there is none (a service needs no socket). */
+  private readonly openSocket: WebSocketFactory | ChatError;
   private readonly events = new Emitter<ChatEvents>();
   private readonly cursors = new RoomCursors<Message>();
   private readonly outbox = new Outbox<Settle>();
@@ -226,7 +227,11 @@ export class ChatClient {
       this.random,
     );
     this.rest = new RestClient(options.apiUrl, new TokenSource(options.getToken), options.fetch ?? globalFetch());
-    this.openSocket = resolveWebSocketFactory(options.webSocketFactory, options.WebSocket);
+    try {
+      this.openSocket = resolveWebSocketFactory(options.webSocketFactory, options.WebSocket);
+    } catch (e) {
+      this.openSocket = asChatError(e);
+    }
     for (const [room, seq] of Object.entries(options.cursors ?? {})) {
       this.cursors.track(checkRoomId(room), checkSeq(seq, `cursors.${room}`), Date.now());
     }
@@ -235,18 +240,18 @@ export class ChatClient {
     this.rooms = {
       list: async () => {
         const rooms = await rest.listRooms();
-        rooms.forEach((r) => this.learnRoom(r.id, r.last_seq));
+        await Promise.all(rooms.map((r) => this.learnRoom(r.id, r.last_seq)));
         return rooms;
       },
       get: async (room) => {
         const r = await rest.getRoom(room);
-        this.learnRoom(r.id, r.last_seq);
+        await this.learnRoom(r.id, r.last_seq);
         return r;
       },
       create: async (request) => {
         const r = await rest.createRoom(request);
         // A new room has no messages yet: start at 0.
-        this.learnRoom(r.id, r.last_seq ?? 0);
+        await this.learnRoom(r.id, r.last_seq ?? 0);
         return r;
       },
       reads: (room) => rest.reads(room),
@@ -295,6 +300,7 @@ export class ChatClient {
   connect(): Promise<void> {
     if (this.currentState === 'connected') return Promise.resolve();
     const connected = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
+    if (this.openSocket instanceof ChatError) return Promise.reject(this.openSocket);
     if (!this.wantOpen) {
       this.wantOpen = true;
       this.setState('connecting');
@@ -380,7 +386,7 @@ export class ChatClient {
   track(room: string, afterSeq?: number): void {
     checkRoomId(room);
     if (afterSeq !== undefined) checkSeq(afterSeq, 'afterSeq');
-    this.learnRoom(room, afterSeq);
+    void this.learnRoom(room, afterSeq);
   }
 
   /** The last seq handed to the app per tracked room (what a resume starts from). */
@@ -397,6 +403,7 @@ export class ChatClient {
     try {
       const ticket = await this.rest.connectTicket();
       if (generation !== this.generation) return;
+      if (this.openSocket instanceof ChatError) throw this.openSocket;
       socket = this.openSocket(withTicket(ticket.url, ticket.ticket));
     } catch (e) {
       if (generation !== this.generation) return;
@@ -689,14 +696,17 @@ export class ChatClient {
 
   // --- rooms, ordering and gaps ------------------------------------------------
 
-  /** Tracks a room; an unknown starting point is looked up (its latest seq). */
-  private learnRoom(room: string, lastSeq: number | undefined): void {
+  /**
+   * Tracks a room; an unknown starting point (a v1.0 server's Room has no
+   * `last_seq`) is looked up: the room's latest seq.
+   */
+  private async learnRoom(room: string, lastSeq: number | undefined): Promise<void> {
     if (this.cursors.isTracked(room)) {
       if (lastSeq !== undefined) this.deliver(this.cursors.track(room, lastSeq, Date.now()));
       return;
     }
     this.cursors.track(room, lastSeq, Date.now());
-    if (lastSeq === undefined) void this.lookUpStart(room);
+    if (lastSeq === undefined) await this.lookUpStart(room);
   }
 
   private async lookUpStart(room: string): Promise<void> {

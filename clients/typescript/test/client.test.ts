@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { ChatClient } from '../src/client.js';
 import { ClosedError, InvalidArgumentError, SendError } from '../src/errors.js';
 import { FakeServer, seededRandom } from './fake-server.js';
 import { bySeq, clientOf, runUntil, settle } from './helpers.js';
@@ -249,5 +250,14 @@ describe('ChatClient against a fake server', () => {
     } finally {
       globalThis.queueMicrotask = original;
     }
+  });
+
+  it('works for REST without any WebSocket, and connect() says why it cannot', async () => {
+    const server = new FakeServer(seededRandom(15));
+    server.createRoom('general', 'billing', []);
+    const service = new ChatClient({ apiUrl: 'http://fake', getToken: () => 'tok:billing', fetch: server.fetch });
+    expect(await settle(service.rooms.list())).toHaveLength(1);
+    await expect(service.connect()).rejects.toMatchObject({ code: 'invalid_argument' });
+    expect(service.state).toBe('disconnected');
   });
 });
