@@ -63,6 +63,8 @@ pub struct ApiConfig {
     pub max_initial_members: usize,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub fanout: chat_routing::FanoutLimits,
 }
 
 impl ApiConfig {

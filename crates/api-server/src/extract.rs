@@ -13,10 +13,43 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// The authenticated caller, from `Authorization: Bearer <jwt>`.
-pub struct AuthUser(pub String);
+/// The authenticated caller, from `Authorization: Bearer <jwt>`: a user, or
+/// an application backend with a service token (contract v1.1).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's `sub`: the user id, or the service's name.
+    pub id: String,
+    pub is_service: bool,
+}
 
-impl FromRequestParts<Arc<AppState>> for AuthUser {
+impl Caller {
+    /// The user a request acts as when it may name one (`from`,
+    /// `created_by`): a service may name any valid user (itself when it
+    /// names none); a user only themself.
+    pub fn acting_as(&self, named: Option<&str>, field: &str) -> Result<String, ApiError> {
+        match named {
+            None => Ok(self.id.clone()),
+            Some(user) if !chat_protocol::ids::is_valid_user_id(user) => Err(ApiError::invalid(
+                format!("{field} must be a user id: 1-64 characters of [A-Za-z0-9_.-]"),
+            )),
+            Some(user) if self.is_service || user == self.id => Ok(user.to_owned()),
+            Some(_) => Err(ApiError::invalid(format!(
+                "{field} may name only the caller; naming other users needs a service token"
+            ))),
+        }
+    }
+
+    /// Services only: 403 for a user token.
+    pub fn require_service(&self) -> Result<(), ApiError> {
+        if self.is_service {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this call needs a service token"))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -39,7 +72,10 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
             state.config.jwt_leeway_s,
         )
         .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
-        Ok(AuthUser(claims.sub))
+        Ok(Caller {
+            is_service: claims.is_service(),
+            id: claims.sub,
+        })
     }
 }
 

@@ -58,6 +58,10 @@ impl ApiMetrics {
     }
 }
 
+/// How often an API server looks for dead chat servers to report their
+/// users offline (chat servers do too, every heartbeat).
+const PRESENCE_REAP_INTERVAL_MS: u64 = 1000;
+
 pub struct AppState {
     pub config: ApiConfig,
     pub limits: Limits,
@@ -87,12 +91,15 @@ impl AppState {
             internal_secret: config.internal_secret.clone(),
             ..LinkConfig::default()
         });
-        let router = Arc::new(MessageRouter::new(
+        let router = Arc::new(
+            MessageRouter::new(store.clone(), registry.clone(), links, None)
+                .with_fanout_limits(config.fanout),
+        );
+        chat_routing::spawn_presence_reaper(
+            router.clone(),
             store.clone(),
-            registry.clone(),
-            links,
-            None,
-        ));
+            std::time::Duration::from_millis(PRESENCE_REAP_INTERVAL_MS),
+        );
         Arc::new(AppState {
             limits: config.limits(),
             config,
@@ -118,12 +125,15 @@ impl ReadinessCheck for StoreReadiness {
 
 /// The whole HTTP surface: REST, operational endpoints, OpenAPI.
 pub fn app(state: Arc<AppState>) -> Router {
-    use routes::{auth, connect, messages, rooms};
+    use routes::{auth, connect, messages, reads, rooms};
     let api = Router::new()
         .route("/v1/auth/token", post(auth::issue_token))
         .route("/v1/rooms", post(rooms::create_room).get(rooms::list_rooms))
         .route("/v1/rooms/{room}", get(rooms::get_room))
         .route("/v1/rooms/{room}/members", get(rooms::list_members))
+        .route("/v1/rooms/{room}/read", put(reads::mark_read))
+        .route("/v1/rooms/{room}/reads", get(reads::list_reads))
+        .route("/v1/users/{user}/rooms", get(rooms::list_user_rooms))
         .route(
             "/v1/rooms/{room}/members/{user}",
             put(rooms::add_member).delete(rooms::remove_member),

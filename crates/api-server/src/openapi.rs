@@ -4,18 +4,23 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, connect, messages, rooms};
+use crate::routes::{auth, connect, messages, reads, rooms};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "chat API", description = "REST API of the chat service (client contract v1)"),
+    info(title = "chat API", version = "1.1.0",
+         description = "REST API of the chat service (client contract v1.1). The WebSocket frames are described under components as ClientFrame and ServerFrame."),
     paths(
         auth::issue_token,
         rooms::create_room, rooms::list_rooms, rooms::get_room, rooms::list_members,
-        rooms::add_member, rooms::remove_member,
+        rooms::add_member, rooms::remove_member, rooms::list_user_rooms,
         messages::post_message, messages::list_messages,
+        reads::mark_read, reads::list_reads,
         connect::connect, connect::list_servers,
     ),
+    // Not used by any REST operation: the WebSocket contract, here so that
+    // clients generate those types from the same document.
+    components(schemas(chat_protocol::ClientFrame, chat_protocol::ServerFrame)),
     modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;

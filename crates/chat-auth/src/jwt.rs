@@ -11,6 +11,19 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// `"service"` for an application backend's token (contract v1.1);
+    /// absent for a user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The `scope` claim of a service token.
+pub const SERVICE_SCOPE: &str = "service";
+
+impl Claims {
+    pub fn is_service(&self) -> bool {
+        self.scope.as_deref() == Some(SERVICE_SCOPE)
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,6 +90,7 @@ mod tests {
             sub: "alice".into(),
             exp,
             iat: None,
+            scope: None,
         }
     }
 
@@ -148,6 +162,7 @@ mod tests {
                 sub: "not a user id".into(),
                 exp: 2000,
                 iat: None,
+                scope: None,
             },
         );
         assert_eq!(

@@ -108,7 +108,10 @@ impl Api {
                 reqwest::Method::POST,
                 "/v1/auth/token",
                 None,
-                Some(&TokenRequest { user: user.into() }),
+                Some(&TokenRequest {
+                    user: user.into(),
+                    scope: None,
+                }),
             )
             .await?;
         Ok(r.token)
@@ -119,6 +122,7 @@ impl Api {
         let body = CreateRoomRequest {
             name: name.into(),
             members: Some(members.to_vec()),
+            created_by: None,
         };
         self.call_some(reqwest::Method::POST, "/v1/rooms", Some(token), Some(&body))
             .await

@@ -13,11 +13,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorCode, Limits, Message};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Frames a client sends. Servers parse them with [`ClientFrame::parse`],
+/// which splits the contract's two error codes; the serde derives are for
+/// clients (which write these) and for the schema in `/openapi.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Send {
         room: String,
         body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
     },
     Resume {
@@ -27,7 +32,13 @@ pub enum ClientFrame {
         room: String,
     },
     Ping {
+        #[serde(default)]
         nonce: serde_json::Value,
+    },
+    /// v1.1: moves the sender's read marker (forward only).
+    Read {
+        room: String,
+        seq: u64,
     },
 }
 
@@ -74,6 +85,14 @@ struct ResumeFields {
 #[derive(Deserialize)]
 struct TypingFields {
     room: String,
+}
+
+#[derive(Deserialize)]
+struct ReadFields {
+    room: String,
+    /// Checked by hand: anything but an integer >= 0 is `invalid_request`.
+    #[serde(default)]
+    seq: serde_json::Value,
 }
 
 impl ClientFrame {
@@ -136,6 +155,19 @@ impl ClientFrame {
                     serde_json::from_value(value.clone()).map_err(fields_error)?;
                 Ok(ClientFrame::Typing { room: f.room })
             }
+            "read" => {
+                let f: ReadFields = serde_json::from_value(value.clone()).map_err(fields_error)?;
+                let seq = f
+                    .seq
+                    .as_u64()
+                    .filter(|n| *n <= i64::MAX as u64)
+                    .ok_or_else(|| FrameError {
+                        code: ErrorCode::InvalidRequest,
+                        message: "\"seq\" must be an integer >= 0".into(),
+                        client_msg_id: None,
+                    })?;
+                Ok(ClientFrame::Read { room: f.room, seq })
+            }
             "ping" => Ok(ClientFrame::Ping {
                 nonce: object
                     .get("nonce")
@@ -152,7 +184,7 @@ impl ClientFrame {
 
 /// Frames the chat server sends. `Message` flattens the stored message next
 /// to `"type": "message"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Welcome {
@@ -185,6 +217,21 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
         client_msg_id: Option<String>,
+    },
+    /// v1.1: a member's read marker moved (to the reader's own sessions,
+    /// and as a read receipt to the other members of small rooms).
+    Read {
+        room: String,
+        user: String,
+        seq: u64,
+    },
+    /// v1.1: a member came online (first live session anywhere) or went
+    /// offline (last session closed, or its chat server counted dead).
+    Presence {
+        room: String,
+        user: String,
+        online: bool,
+        ts: u64,
     },
 }
 
@@ -330,6 +377,74 @@ mod tests {
             ClientFrame::Ping {
                 nonce: serde_json::Value::Null
             }
+        );
+    }
+
+    #[test]
+    fn read_frames_take_only_integer_seqs_at_or_above_zero() {
+        assert_eq!(
+            parse(r#"{"type":"read","room":"r","seq":7}"#).unwrap(),
+            ClientFrame::Read {
+                room: "r".into(),
+                seq: 7
+            }
+        );
+        for text in [
+            r#"{"type":"read","room":"r","seq":-1}"#,
+            r#"{"type":"read","room":"r","seq":1.5}"#,
+            r#"{"type":"read","room":"r","seq":"3"}"#,
+            r#"{"type":"read","room":"r","seq":null}"#,
+            r#"{"type":"read","room":"r"}"#,
+            r#"{"type":"read","room":"r","seq":9223372036854775808}"#,
+        ] {
+            assert_eq!(parse(text).unwrap_err().code, ErrorCode::InvalidRequest, "{text}");
+        }
+        let err = parse(r#"{"type":"read","seq":1}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidFrame);
+    }
+
+    #[test]
+    fn client_frames_serialise_to_what_the_parser_reads() {
+        for frame in [
+            ClientFrame::Send {
+                room: "r".into(),
+                body: "hi".into(),
+                client_msg_id: Some("c".into()),
+            },
+            ClientFrame::Read {
+                room: "r".into(),
+                seq: 3,
+            },
+            ClientFrame::Typing { room: "r".into() },
+            ClientFrame::Ping {
+                nonce: serde_json::json!(5),
+            },
+        ] {
+            let text = serde_json::to_string(&frame).unwrap();
+            assert_eq!(parse(&text).unwrap(), frame, "{text}");
+        }
+    }
+
+    #[test]
+    fn v1_1_server_frames_have_the_contract_shapes() {
+        let read = ServerFrame::Read {
+            room: "r".into(),
+            user: "bob".into(),
+            seq: 4,
+        };
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::json!({"type":"read","room":"r","user":"bob","seq":4})
+        );
+        let presence = ServerFrame::Presence {
+            room: "r".into(),
+            user: "bob".into(),
+            online: false,
+            ts: 9,
+        };
+        assert_eq!(
+            serde_json::to_value(&presence).unwrap(),
+            serde_json::json!({"type":"presence","room":"r","user":"bob","online":false,"ts":9})
         );
     }
 

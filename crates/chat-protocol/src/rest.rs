@@ -18,6 +18,7 @@ pub struct Message {
     pub client_msg_id: Option<String>,
 }
 
+/// A room as one caller sees it: v1.1 adds the caller's read state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Room {
     pub id: String,
@@ -25,12 +26,41 @@ pub struct Room {
     pub created_by: String,
     pub created_at: u64,
     pub member_count: u64,
+    /// The latest seq in the room, 0 if it has no message.
+    pub last_seq: u64,
+    /// The caller's read marker (0 at first, and for services).
+    pub read_seq: u64,
+    /// `last_seq - read_seq`.
+    pub unread: u64,
+}
+
+impl Room {
+    /// Sets the read state for a viewer whose marker is `read_seq`; a
+    /// marker is never above the room's latest seq.
+    pub fn with_read_state(mut self, last_seq: u64, read_seq: u64) -> Room {
+        self.last_seq = last_seq;
+        self.read_seq = read_seq.min(last_seq);
+        self.unread = last_seq - self.read_seq;
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRequest {
     #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub user: String,
+    /// `service` for a service token (v1.1); a user token by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+}
+
+/// Who a token speaks for: a user, or an application backend (v1.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    #[default]
+    User,
+    Service,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -38,6 +68,8 @@ pub struct TokenResponse {
     pub token: String,
     pub user: String,
     pub expires_at: u64,
+    #[serde(default)]
+    pub scope: TokenScope,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -48,6 +80,11 @@ pub struct CreateRoomRequest {
     #[serde(default)]
     #[schema(max_items = 1000, inline, value_type = Option<Vec<UserId>>)]
     pub members: Option<Vec<String>>,
+    /// Services only (v1.1): the user recorded as the room's creator, who
+    /// becomes a member. A user may only name themself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<UserId>)]
+    pub created_by: Option<String>,
 }
 
 /// A user id: 1-64 characters of `[A-Za-z0-9_.-]`.
@@ -81,6 +118,39 @@ pub struct PostMessageRequest {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 128)]
     pub client_msg_id: Option<String>,
+    /// Services only (v1.1): the member to publish as. A user may only
+    /// name themself (400 otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<UserId>)]
+    pub from: Option<String>,
+}
+
+/// `PUT /v1/rooms/{room}/read` (v1.1).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReadRequest {
+    /// The seq read up to; above the room's latest it counts as the latest.
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub seq: u64,
+}
+
+/// The caller's read marker after `PUT .../read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadMarker {
+    pub room: String,
+    pub read_seq: u64,
+}
+
+/// One member's read marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberRead {
+    pub user: String,
+    pub seq: u64,
+}
+
+/// `GET /v1/rooms/{room}/reads`: one entry per member.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReadList {
+    pub reads: Vec<MemberRead>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

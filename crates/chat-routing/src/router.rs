@@ -49,8 +49,19 @@ pub fn group_by_server<'a>(
     by_server
 }
 
+/// Who among a room's online sessions gets an ephemeral frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients<'a> {
+    All,
+    /// Everyone but this user (typing, presence).
+    AllBut(&'a str),
+    /// This user's sessions only (a read in a large room).
+    Only(&'a str),
+}
+
 pub struct MessageRouter {
     store: Arc<dyn Store>,
+    fanout_limits: crate::FanoutLimits,
     registry: Arc<ServerRegistry>,
     links: Arc<LinkPool>,
     local: Option<(String, Arc<dyn LocalDelivery>)>,
@@ -79,12 +90,27 @@ impl MessageRouter {
     ) -> Self {
         MessageRouter {
             store,
+            fanout_limits: crate::FanoutLimits::default(),
             registry,
             links,
             local,
             missing: Mutex::new(HashMap::new()),
             forget_missing_after: FORGET_MISSING_AFTER,
         }
+    }
+
+    /// Sets how far read receipts and presence events fan out.
+    pub fn with_fanout_limits(mut self, limits: crate::FanoutLimits) -> Self {
+        self.fanout_limits = limits;
+        self
+    }
+
+    pub fn fanout_limits(&self) -> crate::FanoutLimits {
+        self.fanout_limits
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Overrides [`FORGET_MISSING_AFTER`] (tests).
@@ -120,7 +146,29 @@ impl MessageRouter {
             }
             .to_json(),
         );
-        Ok(self.route(room, 0, frame, &online, Some(user)).await)
+        Ok(self
+            .route_ephemeral(room, frame, &online, Recipients::AllBut(user))
+            .await)
+    }
+
+    /// Routes a frame that is not a stored message (seq 0: written as is,
+    /// not ordered) to `recipients` among `online`.
+    pub async fn route_ephemeral(
+        &self,
+        room: &str,
+        frame: Arc<str>,
+        online: &[OnlineSession],
+        recipients: Recipients<'_>,
+    ) -> usize {
+        match recipients {
+            Recipients::All => self.route(room, 0, frame, online, None).await,
+            Recipients::AllBut(user) => self.route(room, 0, frame, online, Some(user)).await,
+            Recipients::Only(user) => {
+                let own: Vec<OnlineSession> =
+                    online.iter().filter(|s| s.user == user).cloned().collect();
+                self.route(room, 0, frame, &own, None).await
+            }
+        }
     }
 
     async fn route(

@@ -92,6 +92,8 @@ pub struct ChatConfig {
     pub abuse_close_after: u32,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub fanout: chat_routing::FanoutLimits,
 }
 
 impl ChatConfig {

@@ -122,12 +122,15 @@ impl ChatServer {
             internal_secret: config.internal_secret.clone(),
             ..LinkConfig::default()
         });
-        let router = Arc::new(MessageRouter::new(
-            store.clone(),
-            registry.clone(),
-            links,
-            Some((server_id.clone(), hub.clone() as Arc<dyn LocalDelivery>)),
-        ));
+        let router = Arc::new(
+            MessageRouter::new(
+                store.clone(),
+                registry.clone(),
+                links,
+                Some((server_id.clone(), hub.clone() as Arc<dyn LocalDelivery>)),
+            )
+            .with_fanout_limits(config.fanout),
+        );
         let metrics_registry = Metrics::new();
         let limits = Limits {
             max_frame_bytes: config.max_frame_bytes,
@@ -216,7 +219,16 @@ impl ChatServer {
                     session,
                     server_id: self.server_id.clone(),
                 };
-                self.store.add_session(&user, &location, ttl).await.is_err()
+                match self.store.add_session(&user, &location, ttl).await {
+                    Ok(added) => {
+                        // Reaped while it was gone: its users come back online.
+                        if let Some(change) = added.came_online {
+                            self.router.announce_presence(&change).await;
+                        }
+                        false
+                    }
+                    Err(_) => true,
+                }
             })
             .buffer_unordered(64)
             .filter(|failed| std::future::ready(*failed))
@@ -224,6 +236,20 @@ impl ChatServer {
             .await;
         if failed > 0 {
             tracing::warn!(failed, "some sessions could not be announced again");
+        }
+    }
+
+    /// A process restarted under the same id (a StatefulSet pod) finds the
+    /// sessions of the one before it in the store, never to be closed:
+    /// their users are reported offline before this one takes sessions.
+    async fn reap_previous_incarnation(&self) {
+        match self.store.reap_server(&self.server_id).await {
+            Ok(changes) => {
+                for change in &changes {
+                    self.router.announce_presence(change).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not reap the sessions of a previous run"),
         }
     }
 
@@ -315,8 +341,14 @@ impl ChatServer {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.reap_previous_incarnation().await;
         self.report_health().await;
         self.spawn_reporters();
+        chat_routing::spawn_presence_reaper(
+            self.router.clone(),
+            self.store.clone(),
+            Duration::from_millis(self.config.heartbeat_interval_ms.max(50)),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let app = self.app();
         // Frames go out at once: without TCP_NODELAY back-to-back frames

@@ -94,8 +94,12 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
         server.user_rates.forget(&user);
     }
     server.metrics.sessions.set(server.hub.connections() as i64);
-    if let Err(e) = server.store.remove_session(&user, &id).await {
-        tracing::debug!(error = %e, "presence removal failed; it expires by itself");
+    match server.store.remove_session(&user, &id).await {
+        Ok(Some(went_offline)) => {
+            server.router.announce_presence(&went_offline).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "presence removal failed; it expires by itself"),
     }
 }
 
@@ -104,7 +108,7 @@ impl Session {
     /// this point are live), then welcomes the client.
     async fn start(&mut self) -> Result<(), StoreError> {
         let store = &self.server.store;
-        let rooms = store
+        let added = store
             .add_session(
                 &self.user,
                 &SessionLocation {
@@ -114,8 +118,13 @@ impl Session {
                 self.server.config.presence_ttl_ms,
             )
             .await?;
-        for (room, seq) in rooms {
+        for (room, seq) in added.rooms {
             self.order.set_baseline(&room, seq);
+        }
+        if let Some(change) = added.came_online {
+            // Off the session's path: the welcome does not wait for it.
+            let router = self.server.router.clone();
+            tokio::spawn(async move { router.announce_presence(&change).await });
         }
         let welcome = ServerFrame::Welcome {
             server_id: self.server.server_id.clone(),
@@ -332,7 +341,10 @@ impl Session {
             Ok(frame) => frame,
             Err(e) => return self.write(&e.into_server_frame()).await,
         };
-        if matches!(frame, ClientFrame::Send { .. } | ClientFrame::Typing { .. }) {
+        if matches!(
+            frame,
+            ClientFrame::Send { .. } | ClientFrame::Typing { .. } | ClientFrame::Read { .. }
+        ) {
             let now = Instant::now();
             let mut verdict = self.rate.check(now);
             let config = &self.server.config;
@@ -373,6 +385,37 @@ impl Session {
             ClientFrame::Resume { rooms } => self.on_resume(rooms).await,
             ClientFrame::Typing { room } => self.on_typing(room).await,
             ClientFrame::Ping { nonce } => self.write(&ServerFrame::Pong { nonce }).await,
+            ClientFrame::Read { room, seq } => self.on_read(room, seq).await,
+        }
+    }
+
+    /// Moves this user's read marker; the `read` frame then reaches the
+    /// user's sessions (this one included) and, in small rooms, the other
+    /// members, through the router like any event.
+    async fn on_read(&mut self, room: String, seq: u64) -> Result<(), End> {
+        let forbidden = ServerFrame::error(ErrorCode::Forbidden, "not a member of this room");
+        if !is_plausible_room_id(&room) {
+            return self.write(&forbidden).await;
+        }
+        match self.server.store.mark_read(&room, &self.user, seq).await {
+            Ok(marked) => {
+                self.server
+                    .router
+                    .route_read(&room, &self.user, &marked)
+                    .await;
+                Ok(())
+            }
+            Err(StoreError::NoRoom(_) | StoreError::NotMember { .. }) => {
+                self.write(&forbidden).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "read marker update failed");
+                self.write(&ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "the read marker could not be stored; retry",
+                ))
+                .await
+            }
         }
     }
 
@@ -406,6 +449,7 @@ impl Session {
                 body,
                 ts: now_ms(),
                 client_msg_id: client_msg_id.clone(),
+                from_member: true,
             })
             .await;
         match result {

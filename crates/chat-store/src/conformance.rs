@@ -51,6 +51,7 @@ fn msg(room: &str, from: &str, body: &str, cmid: Option<&str>) -> NewMessage {
         body: body.into(),
         ts: now_ms(),
         client_msg_id: cmid.map(str::to_owned),
+        from_member: true,
     }
 }
 
@@ -435,7 +436,7 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
         .add_session(&alice, &loc("s1", a), 60_000)
         .await
         .unwrap();
-    assert_eq!(announced, vec![(room.clone(), 0)]);
+    assert_eq!(announced.rooms, vec![(room.clone(), 0)]);
     let appended = store.append(msg(&room, &bob, "hi", None)).await.unwrap();
     assert_eq!(appended.online, vec![online(&alice, "s1", a)]);
 
@@ -444,6 +445,7 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
         .add_session(&carol, &loc("s2", b), 60_000)
         .await
         .unwrap()
+        .rooms
         .is_empty());
     assert_eq!(
         sorted_online(&store, &room).await,
@@ -466,7 +468,8 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
         store
             .add_session(&carol, &loc("s3", a), 60_000)
             .await
-            .unwrap(),
+            .unwrap()
+            .rooms,
         vec![(room.clone(), 2)]
     );
 
@@ -511,6 +514,172 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
     store.remove_session(&carol, "s3").await.unwrap();
 }
 
+/// Read markers (contract v1.1): forward only, clamped to the latest seq,
+/// moved by the member's own sends, reported in every room view, dropped
+/// with the membership.
+pub async fn read_markers_move_forward_only(store: SharedStore) {
+    let (alice, bob, mallory) = (user("alice"), user("bob"), user("mallory"));
+    let room = room_with(&store, &alice, &[&bob]).await;
+    let view = |who: String| {
+        let store = store.clone();
+        let room = room.clone();
+        async move { store.room_view(&room, &who).await.unwrap().unwrap() }
+    };
+    let fresh = view(bob.clone()).await;
+    assert_eq!((fresh.room.last_seq, fresh.room.read_seq, fresh.room.unread), (0, 0, 0));
+    for i in 0..3 {
+        store
+            .append(msg(&room, &alice, &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    // Sending moved alice's marker; bob has read nothing.
+    let a = view(alice.clone()).await;
+    assert_eq!((a.room.last_seq, a.room.read_seq, a.room.unread), (3, 3, 0));
+    assert!(a.is_member);
+    let b = view(bob.clone()).await;
+    assert_eq!((b.room.last_seq, b.room.read_seq, b.room.unread), (3, 0, 3));
+    let nobody = view(String::new()).await;
+    assert_eq!((nobody.room.read_seq, nobody.is_member), (0, false));
+
+    let marked = store.mark_read(&room, &bob, 2).await.unwrap();
+    assert_eq!((marked.read_seq, marked.moved, marked.member_count), (2, true, 2));
+    let back = store.mark_read(&room, &bob, 1).await.unwrap();
+    assert_eq!((back.read_seq, back.moved), (2, false));
+    assert!(back.online.is_empty(), "no move, nothing to route");
+    let same = store.mark_read(&room, &bob, 2).await.unwrap();
+    assert_eq!((same.read_seq, same.moved), (2, false));
+    let clamped = store.mark_read(&room, &bob, u64::MAX >> 1).await.unwrap();
+    assert_eq!((clamped.read_seq, clamped.moved), (3, true));
+    assert_eq!(
+        store.reads(&room).await.unwrap(),
+        sorted_pairs(vec![(alice.clone(), 3), (bob.clone(), 3)])
+    );
+    let listed = store.rooms_of_user(&bob).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].last_seq, listed[0].read_seq, listed[0].unread), (3, 3, 0));
+
+    assert!(matches!(
+        store.mark_read(&room, &mallory, 1).await,
+        Err(StoreError::NotMember { .. })
+    ));
+    assert!(matches!(
+        store.mark_read(&new_id("r_"), &bob, 1).await,
+        Err(StoreError::NoRoom(_))
+    ));
+    assert!(store.reads(&new_id("r_")).await.unwrap().is_empty());
+
+    // A moved marker returns the presence index for routing the receipt.
+    let loc = SessionLocation {
+        session: new_id("s_"),
+        server_id: new_id("srv-"),
+    };
+    store.add_session(&alice, &loc, 60_000).await.unwrap();
+    store.append(msg(&room, &bob, "m3", None)).await.unwrap();
+    let moved = store.mark_read(&room, &alice, 4).await.unwrap();
+    assert_eq!(
+        moved.online,
+        vec![online(&alice, &loc.session, &loc.server_id)]
+    );
+    store.remove_session(&alice, &loc.session).await.unwrap();
+
+    // Leaving drops the marker; a member again starts from 0.
+    store.remove_member(&room, &bob).await.unwrap();
+    assert_eq!(
+        store.reads(&room).await.unwrap(),
+        vec![(alice.clone(), 4)]
+    );
+    store.add_member(&room, &bob).await.unwrap();
+    assert_eq!(view(bob.clone()).await.room.read_seq, 0);
+}
+
+fn sorted_pairs(mut pairs: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    pairs.sort();
+    pairs
+}
+
+/// Presence transitions (contract v1.1): online at a user's first live
+/// session, offline at the last, decided once by the store; reaping a
+/// chat server's sessions reports its users offline exactly once.
+pub async fn presence_transitions_are_decided_once(store: SharedStore) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let room = room_with(&store, &alice, &[&bob]).await;
+    let (a, b) = (new_id("srv-a-"), new_id("srv-b-"));
+    let loc = |s: &str, srv: &str| SessionLocation {
+        session: s.into(),
+        server_id: srv.into(),
+    };
+    let first = store.add_session(&alice, &loc("s1", &a), 60_000).await.unwrap();
+    let came = first.came_online.expect("the first session brings alice online");
+    assert_eq!((came.user.as_str(), came.online), (alice.as_str(), true));
+    assert_eq!(came.rooms, vec![room.clone()]);
+    assert!(came.ts > 0);
+    let second = store.add_session(&alice, &loc("s2", &b), 60_000).await.unwrap();
+    assert_eq!(second.came_online, None, "a second session changes nothing");
+    assert_eq!(store.remove_session(&alice, "s1").await.unwrap(), None);
+    let gone = store
+        .remove_session(&alice, "s2")
+        .await
+        .unwrap()
+        .expect("the last session takes alice offline");
+    assert_eq!((gone.online, gone.rooms.clone()), (false, vec![room.clone()]));
+    assert_eq!(store.remove_session(&alice, "s2").await.unwrap(), None);
+
+    // Reaping: bob on two servers goes offline only with the second.
+    store.add_session(&bob, &loc("s3", &a), 60_000).await.unwrap();
+    store.add_session(&bob, &loc("s4", &b), 60_000).await.unwrap();
+    assert!(store.reap_server(&a).await.unwrap().is_empty());
+    let reaped = store.reap_server(&b).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(
+        (reaped[0].user.as_str(), reaped[0].online, reaped[0].rooms.clone()),
+        (bob.as_str(), false, vec![room.clone()])
+    );
+    assert!(store.reap_server(&b).await.unwrap().is_empty(), "exactly once");
+    assert!(!store.sessions_of(&[bob.clone()]).await.unwrap().contains_key(&bob));
+    // Coming back after a reap is a new transition.
+    let again = store.add_session(&bob, &loc("s4", &b), 60_000).await.unwrap();
+    assert!(again.came_online.is_some());
+    store.remove_session(&bob, "s4").await.unwrap();
+
+    // Who hears about it: the presence index, unless the room is large.
+    store.add_session(&alice, &loc("s5", &a), 60_000).await.unwrap();
+    assert_eq!(
+        store.presence_audience(&room, 2).await.unwrap(),
+        Some(vec![online(&alice, "s5", &a)])
+    );
+    assert_eq!(store.presence_audience(&room, 1).await.unwrap(), None);
+    store.remove_session(&alice, "s5").await.unwrap();
+}
+
+/// `reap_dead_servers` reaps every server without health; it runs in a
+/// test binary of its own (it would reap the fake servers of the scenarios
+/// running beside it).
+pub async fn dead_servers_are_reaped_once(store: SharedStore) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let room = room_with(&store, &alice, &[&bob]).await;
+    let (live, dead) = (new_id("srv-live-"), new_id("srv-dead-"));
+    store.put_server(&health(&live, 0), 60_000).await.unwrap();
+    store.put_server(&health(&dead, 0), 60_000).await.unwrap();
+    let loc = |s: &str, srv: &str| SessionLocation {
+        session: s.into(),
+        server_id: srv.into(),
+    };
+    store.add_session(&alice, &loc("s1", &live), 60_000).await.unwrap();
+    store.add_session(&bob, &loc("s2", &dead), 60_000).await.unwrap();
+    assert!(store.reap_dead_servers().await.unwrap().is_empty(), "both report health");
+    store.remove_server(&dead).await.unwrap();
+    let reaped = store.reap_dead_servers().await.unwrap();
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    assert_eq!((reaped[0].user.as_str(), reaped[0].online), (bob.as_str(), false));
+    assert_eq!(reaped[0].rooms, vec![room.clone()]);
+    assert!(store.reap_dead_servers().await.unwrap().is_empty(), "exactly once");
+    let found = store.sessions_of(&[alice.clone(), bob.clone()]).await.unwrap();
+    assert!(found.contains_key(&alice) && !found.contains_key(&bob));
+    store.remove_session(&alice, "s1").await.unwrap();
+    store.remove_server(&live).await.unwrap();
+}
+
 pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
     let (a, b) = (new_id("ns/a-"), new_id("ns/b-"));
     let ids = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>();
@@ -550,6 +719,8 @@ macro_rules! store_conformance_tests {
             pending_tickets_count_until_taken_once,
             presence_tracks_sessions_until_removed_or_expired,
             presence_index_lists_members_sessions,
+            read_markers_move_forward_only,
+            presence_transitions_are_decided_once,
             registration_is_replaced_per_cluster,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

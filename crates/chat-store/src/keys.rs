@@ -11,12 +11,15 @@
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
 //! | `chat:{room:<id>}:msgs` | sorted set | message JSON scored by seq, trimmed to the retention |
 //! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | message JSON, expires after the dedup TTL |
+//! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |
 //! | `chat:{room:<id>}:online` | hash | session id -> `<len(server id)>:<server id><user>`: the presence index routing reads (members' live sessions) |
 //! | `chat:{user:<id>}:rooms` | set | room ids (index derived from the member sets) |
 //! | `chat:{user:<id>}:sessions` | hash | session id -> chat server id, expires unless refreshed |
 //! | `chat:{registry}:servers` | set | chat server ids that reported health |
 //! | `chat:{registry}:server:<id>` | string | health JSON, expires after the dead-after interval |
 //! | `chat:{registry}:pending:<id>` | sorted set | unused ticket ids scored by expiry |
+//! | `chat:{registry}:hosts` | set | chat server ids that hold (or held) sessions: what presence reaping scans |
+//! | `chat:{registry}:hosted:<id>` | set | users with sessions on that chat server, for reaping when it dies |
 //! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
 //!
 //! The registry shares one slot on purpose: it is small, written once a
@@ -37,6 +40,9 @@ pub fn room_messages(room: &str) -> String {
 pub fn room_dedup(room: &str, user: &str, client_msg_id: &str) -> String {
     format!("chat:{{room:{room}}}:dedup:{user}:{client_msg_id}")
 }
+pub fn room_reads(room: &str) -> String {
+    format!("chat:{{room:{room}}}:reads")
+}
 pub fn room_online(room: &str) -> String {
     format!("chat:{{room:{room}}}:online")
 }
@@ -50,6 +56,10 @@ pub const REGISTRY_SERVERS: &str = "chat:{registry}:servers";
 pub const REGISTRY_REGISTERED: &str = "chat:{registry}:registered";
 pub fn registry_server(server_id: &str) -> String {
     format!("chat:{{registry}}:server:{server_id}")
+}
+pub const REGISTRY_HOSTS: &str = "chat:{registry}:hosts";
+pub fn registry_hosted(server_id: &str) -> String {
+    format!("chat:{{registry}}:hosted:{server_id}")
 }
 pub fn registry_pending(server_id: &str) -> String {
     format!("chat:{{registry}}:pending:{server_id}")
@@ -77,6 +87,7 @@ mod tests {
             room_messages(room),
             room_dedup(room, "alice", "c{1}"),
             room_online(room),
+            room_reads(room),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
         }
@@ -92,6 +103,11 @@ mod tests {
         assert_eq!(
             hash_tag(REGISTRY_SERVERS),
             hash_tag(&registry_pending("s1"))
+        );
+        assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(REGISTRY_HOSTS));
+        assert_eq!(
+            hash_tag(REGISTRY_SERVERS),
+            hash_tag(&registry_hosted("s1"))
         );
         assert_ne!(hash_tag(&user_rooms("bob")), hash_tag(&room_meta("bob")));
     }

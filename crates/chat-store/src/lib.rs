@@ -82,6 +82,52 @@ pub struct NewMessage {
     pub body: String,
     pub ts: u64,
     pub client_msg_id: Option<String>,
+    /// Whether `from` must be a member (and so has a read marker that the
+    /// message moves). False only for a service publishing as itself.
+    pub from_member: bool,
+}
+
+/// A room seen by one viewer: the room with the viewer's read state, and
+/// whether the viewer is a member. One atomic read of the room's slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomView {
+    pub room: Room,
+    pub is_member: bool,
+}
+
+/// The result of [`Store::mark_read`]: the marker after the call, whether
+/// it moved, and, when it moved, what routing the `read` frame needs (read
+/// in the same atomic step): the member count, which decides between read
+/// receipts for everyone and the reader's own sessions, and the presence
+/// index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkedRead {
+    pub read_seq: u64,
+    pub moved: bool,
+    pub member_count: u64,
+    pub online: Vec<OnlineSession>,
+}
+
+/// A presence transition decided by the store in one atomic step on the
+/// user's keys: exactly one caller sees each transition, whichever process
+/// it runs in. `rooms` are the user's rooms, where it is announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub user: String,
+    pub online: bool,
+    /// When the store decided it, in ms since the epoch (one clock per user
+    /// for Redis, the master's), so clients can order a user's events.
+    pub ts: u64,
+    pub rooms: Vec<String>,
+}
+
+/// What [`Store::add_session`] did: the user's rooms with their latest seq
+/// (read atomically with the announcement), and the presence transition if
+/// this was the user's first live session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionAdded {
+    pub rooms: Vec<(String, u64)>,
+    pub came_online: Option<PresenceChange>,
 }
 
 /// The result of an append: the stored message, whether it was already
@@ -148,21 +194,39 @@ pub trait Store: Send + Sync + 'static {
     // Rooms and membership. The room's member set is authoritative; the
     // per-user room index is derived from it and repaired on read.
     async fn create_room(&self, room: NewRoom) -> StoreResult<Room>;
-    async fn room(&self, room: &str) -> StoreResult<Option<Room>>;
+    /// The room with `viewer`'s read state (none for an empty viewer) and
+    /// whether `viewer` is a member; `None` if there is no such room.
+    async fn room_view(&self, room: &str, viewer: &str) -> StoreResult<Option<RoomView>>;
+    async fn room(&self, room: &str) -> StoreResult<Option<Room>> {
+        Ok(self.room_view(room, "").await?.map(|v| v.room))
+    }
     async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool>;
     async fn members(&self, room: &str) -> StoreResult<Vec<String>>;
+    /// The user's rooms, each with the user's read state. Costs one round
+    /// trip per store node, not one per room (requests are pipelined).
     async fn rooms_of_user(&self, user: &str) -> StoreResult<Vec<Room>>;
     /// Adds a member; `Ok(false)` if already a member. `NoRoom` if none.
     /// The member's live sessions are announced in the room (as are those
     /// of the members of a new room).
     async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool>;
     /// Removes a member; `Ok(false)` if not a member. `NoRoom` if none.
-    /// Their sessions leave the room's presence index in the same step.
+    /// Their sessions leave the room's presence index, and their read
+    /// marker is dropped, in the same step.
     async fn remove_member(&self, room: &str, user: &str) -> StoreResult<bool>;
 
+    // Read state (contract v1.1). Markers live in the room's slot.
+    /// Atomically: check the room and membership, then move `user`'s
+    /// marker to `min(seq, latest seq)` if that is higher than it is.
+    async fn mark_read(&self, room: &str, user: &str, seq: u64) -> StoreResult<MarkedRead>;
+    /// Every member's marker (0 if none), sorted by user. Empty for an
+    /// unknown room.
+    async fn reads(&self, room: &str) -> StoreResult<Vec<(String, u64)>>;
+
     // Messages.
-    /// Atomically: check the room exists and `from` is a member, dedup by
-    /// `(from, client_msg_id)`, assign the next seq, store, trim history.
+    /// Atomically: check the room exists and `from` is a member (unless
+    /// `from_member` is false), dedup by `(from, client_msg_id)`, assign the
+    /// next seq, store, trim history, and move the sender's read marker to
+    /// the new seq.
     async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
     /// Up to `limit` messages with `seq > after`, ascending.
     async fn messages_after(&self, room: &str, after: u64, limit: u32)
@@ -216,14 +280,37 @@ pub trait Store: Send + Sync + 'static {
     /// the member before reading the user's sessions, and this writes the
     /// session before reading the user's rooms, so at least one of the two
     /// sees the other and announces the session.
+    ///
+    /// The user "comes online" when this is their first live session: the
+    /// store decides that in the same step as it records the session.
     async fn add_session(
         &self,
         user: &str,
         location: &SessionLocation,
         ttl_ms: u64,
-    ) -> StoreResult<Vec<(String, u64)>>;
+    ) -> StoreResult<SessionAdded>;
     /// Removes the session and withdraws it from its rooms' indexes.
-    async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()>;
+    /// Returns the "offline" transition when it was the user's last.
+    async fn remove_session(
+        &self,
+        user: &str,
+        session: &str,
+    ) -> StoreResult<Option<PresenceChange>>;
+    /// Removes the sessions of every chat server that hosted sessions and
+    /// has no unexpired health record any more (it died, or is cut off):
+    /// returns the users that went offline through it. Safe to run from
+    /// every process at once: each transition is returned exactly once.
+    async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>>;
+    /// The same for one server regardless of its health: a chat server
+    /// reaps the sessions its previous incarnation (same id) left behind.
+    async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>>;
+    /// Who should see a presence event in `room`: its presence index, or
+    /// `None` when the room has more than `max_members` members.
+    async fn presence_audience(
+        &self,
+        room: &str,
+        max_members: u64,
+    ) -> StoreResult<Option<Vec<OnlineSession>>>;
     /// The room's presence index (empty for an unknown room).
     async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>>;
     /// Drops index entries, e.g. those of a chat server that died.

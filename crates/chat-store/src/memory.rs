@@ -13,8 +13,9 @@ use chat_protocol::rest::Room;
 use chat_protocol::{now_ms, Message};
 
 use crate::{
-    Appended, NewMessage, NewRoom, OnlineSession, ServerHealth, ServerSnapshot, SessionLocation,
-    Store, StoreConfig, StoreError, StoreResult,
+    Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange, RoomView,
+    ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig, StoreError,
+    StoreResult,
 };
 
 #[derive(Default)]
@@ -29,6 +30,8 @@ struct RoomState {
     dedup: HashMap<(String, String), (Message, u64)>,
     /// The presence index: session id -> entry.
     online: HashMap<String, OnlineSession>,
+    /// Read markers of members: user -> seq (absent means 0).
+    reads: HashMap<String, u64>,
 }
 
 impl RoomState {
@@ -60,6 +63,12 @@ struct UserSessions {
     expires_at_ms: u64,
 }
 
+impl UserSessions {
+    fn is_live(&self, now: u64) -> bool {
+        self.expires_at_ms > now && !self.sessions.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct State {
     rooms: HashMap<String, RoomState>,
@@ -68,6 +77,69 @@ struct State {
     pending: HashMap<String, HashMap<String, u64>>,
     presence: HashMap<String, UserSessions>,
     registered: HashMap<String, String>,
+    /// Chat server id -> users with sessions there: what reaping reads
+    /// when the server dies.
+    hosted: HashMap<String, HashSet<String>>,
+}
+
+impl State {
+    fn rooms_of(&self, user: &str) -> Vec<String> {
+        let mut rooms: Vec<String> = self
+            .user_rooms
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|id| self.rooms.get(*id).is_some_and(|r| r.members.contains(user)))
+            .cloned()
+            .collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// Drops `user`'s sessions on `server_id`; the offline transition if
+    /// that left the user with none.
+    fn reap_user(&mut self, user: &str, server_id: &str, now: u64) -> Option<PresenceChange> {
+        let entry = self.presence.get_mut(user)?;
+        let was_live = entry.is_live(now);
+        let dropped: Vec<String> = entry
+            .sessions
+            .iter()
+            .filter(|(_, server)| *server == server_id)
+            .map(|(session, _)| session.clone())
+            .collect();
+        if dropped.is_empty() {
+            return None;
+        }
+        entry.sessions.retain(|_, server| server != server_id);
+        let sessions_left = !entry.sessions.is_empty();
+        if !sessions_left {
+            self.presence.remove(user);
+        }
+        // Routing stops sending to the dead server's sessions.
+        for id in self.user_rooms.get(user).into_iter().flatten() {
+            if let Some(r) = self.rooms.get_mut(id) {
+                for session in &dropped {
+                    r.online.remove(session);
+                }
+            }
+        }
+        (was_live && !sessions_left).then(|| PresenceChange {
+            user: user.to_owned(),
+            online: false,
+            ts: now,
+            rooms: self.rooms_of(user),
+        })
+    }
+
+    fn reap_server(&mut self, server_id: &str, now: u64) -> Vec<PresenceChange> {
+        let users = self.hosted.remove(server_id).unwrap_or_default();
+        let mut users: Vec<String> = users.into_iter().collect();
+        users.sort();
+        users
+            .iter()
+            .filter_map(|user| self.reap_user(user, server_id, now))
+            .collect()
+    }
 }
 
 pub struct MemoryStore {
@@ -96,14 +168,19 @@ impl Default for MemoryStore {
     }
 }
 
-fn room_view(id: &str, r: &RoomState) -> Room {
+/// The room as `viewer` sees it (read state of an empty viewer: 0).
+fn room_view(id: &str, r: &RoomState, viewer: &str) -> Room {
     Room {
         id: id.to_owned(),
         name: r.name.clone(),
         created_by: r.created_by.clone(),
         created_at: r.created_at,
         member_count: r.members.len() as u64,
+        last_seq: 0,
+        read_seq: 0,
+        unread: 0,
     }
+    .with_read_state(r.seq, r.reads.get(viewer).copied().unwrap_or(0))
 }
 
 #[async_trait]
@@ -131,13 +208,16 @@ impl Store for MemoryStore {
         for m in room.members.iter() {
             state.announce(m, st.presence.get(m));
         }
-        let view = room_view(&room.id, &state);
+        let view = room_view(&room.id, &state, "");
         st.rooms.insert(room.id, state);
         Ok(view)
     }
 
-    async fn room(&self, room: &str) -> StoreResult<Option<Room>> {
-        Ok(self.lock().rooms.get(room).map(|r| room_view(room, r)))
+    async fn room_view(&self, room: &str, viewer: &str) -> StoreResult<Option<RoomView>> {
+        Ok(self.lock().rooms.get(room).map(|r| RoomView {
+            room: room_view(room, r, viewer),
+            is_member: r.members.contains(viewer),
+        }))
     }
 
     async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
@@ -168,7 +248,7 @@ impl Store for MemoryStore {
             .flatten()
             .filter_map(|id| st.rooms.get(id).map(|r| (id, r)))
             .filter(|(_, r)| r.members.contains(user))
-            .map(|(id, r)| room_view(id, r))
+            .map(|(id, r)| room_view(id, r, user))
             .collect();
         rooms.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(rooms)
@@ -198,10 +278,51 @@ impl Store for MemoryStore {
             .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
         let removed = r.members.remove(user);
         r.online.retain(|_, entry| entry.user != user);
+        r.reads.remove(user);
         if let Some(set) = st.user_rooms.get_mut(user) {
             set.remove(room);
         }
         Ok(removed)
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, seq: u64) -> StoreResult<MarkedRead> {
+        let mut st = self.lock();
+        let r = st
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
+        if !r.members.contains(user) {
+            return Err(StoreError::NotMember {
+                room: room.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        let wanted = seq.min(r.seq);
+        let marker = r.reads.entry(user.to_owned()).or_insert(0);
+        let moved = wanted > *marker;
+        if moved {
+            *marker = wanted;
+        }
+        Ok(MarkedRead {
+            read_seq: *marker,
+            moved,
+            member_count: r.members.len() as u64,
+            online: if moved { r.online() } else { Vec::new() },
+        })
+    }
+
+    async fn reads(&self, room: &str) -> StoreResult<Vec<(String, u64)>> {
+        let st = self.lock();
+        let Some(r) = st.rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let mut reads: Vec<(String, u64)> = r
+            .members
+            .iter()
+            .map(|u| (u.clone(), r.reads.get(u).copied().unwrap_or(0)))
+            .collect();
+        reads.sort();
+        Ok(reads)
     }
 
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
@@ -213,7 +334,7 @@ impl Store for MemoryStore {
             .rooms
             .get_mut(&m.room)
             .ok_or_else(|| StoreError::NoRoom(m.room.clone()))?;
-        if !r.members.contains(&m.from) {
+        if m.from_member && !r.members.contains(&m.from) {
             return Err(StoreError::NotMember {
                 room: m.room,
                 user: m.from,
@@ -242,6 +363,9 @@ impl Store for MemoryStore {
             client_msg_id: m.client_msg_id,
         };
         r.messages.insert(message.seq, message.clone());
+        if m.from_member {
+            r.reads.insert(message.from.clone(), message.seq);
+        }
         while r.messages.len() as u64 > retention {
             r.messages.pop_first();
         }
@@ -386,14 +510,23 @@ impl Store for MemoryStore {
         user: &str,
         location: &SessionLocation,
         ttl_ms: u64,
-    ) -> StoreResult<Vec<(String, u64)>> {
+    ) -> StoreResult<SessionAdded> {
+        let now = now_ms();
         let mut st = self.lock();
         let st = &mut *st;
         let entry = st.presence.entry(user.to_owned()).or_default();
+        if !entry.is_live(now) {
+            entry.sessions.clear();
+        }
+        let first = entry.sessions.is_empty();
         entry
             .sessions
             .insert(location.session.clone(), location.server_id.clone());
-        entry.expires_at_ms = now_ms() + ttl_ms;
+        entry.expires_at_ms = now + ttl_ms;
+        st.hosted
+            .entry(location.server_id.clone())
+            .or_default()
+            .insert(user.to_owned());
         let mut rooms = Vec::new();
         for id in st.user_rooms.get(user).into_iter().flatten() {
             let Some(r) = st.rooms.get_mut(id) else {
@@ -412,10 +545,21 @@ impl Store for MemoryStore {
             }
         }
         rooms.sort();
-        Ok(rooms)
+        let came_online = first.then(|| PresenceChange {
+            user: user.to_owned(),
+            online: true,
+            ts: now,
+            rooms: rooms.iter().map(|(room, _)| room.clone()).collect(),
+        });
+        Ok(SessionAdded { rooms, came_online })
     }
 
-    async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
+    async fn remove_session(
+        &self,
+        user: &str,
+        session: &str,
+    ) -> StoreResult<Option<PresenceChange>> {
+        let now = now_ms();
         let mut st = self.lock();
         let st = &mut *st;
         for id in st.user_rooms.get(user).into_iter().flatten() {
@@ -423,13 +567,62 @@ impl Store for MemoryStore {
                 r.online.remove(session);
             }
         }
-        if let Some(entry) = st.presence.get_mut(user) {
-            entry.sessions.remove(session);
-            if entry.sessions.is_empty() {
-                st.presence.remove(user);
+        let Some(entry) = st.presence.get_mut(user) else {
+            return Ok(None);
+        };
+        let was_live = entry.is_live(now);
+        let Some(server_id) = entry.sessions.remove(session) else {
+            return Ok(None);
+        };
+        let left = entry.sessions.len();
+        let still_hosted = entry.sessions.values().any(|s| *s == server_id);
+        if left == 0 {
+            st.presence.remove(user);
+        }
+        if !still_hosted {
+            if let Some(users) = st.hosted.get_mut(&server_id) {
+                users.remove(user);
             }
         }
-        Ok(())
+        Ok((was_live && left == 0).then(|| PresenceChange {
+            user: user.to_owned(),
+            online: false,
+            ts: now,
+            rooms: st.rooms_of(user),
+        }))
+    }
+
+    async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let mut dead: Vec<String> = st
+            .hosted
+            .keys()
+            .filter(|id| st.servers.get(*id).is_none_or(|(_, expires)| *expires <= now))
+            .cloned()
+            .collect();
+        dead.sort();
+        Ok(dead
+            .iter()
+            .flat_map(|id| st.reap_server(id, now))
+            .collect())
+    }
+
+    async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>> {
+        Ok(self.lock().reap_server(server_id, now_ms()))
+    }
+
+    async fn presence_audience(
+        &self,
+        room: &str,
+        max_members: u64,
+    ) -> StoreResult<Option<Vec<OnlineSession>>> {
+        Ok(self
+            .lock()
+            .rooms
+            .get(room)
+            .filter(|r| r.members.len() as u64 <= max_members)
+            .map(RoomState::online))
     }
 
     async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {

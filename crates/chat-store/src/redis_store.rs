@@ -19,18 +19,20 @@ use redis::{AsyncCommands, Script};
 
 use crate::keys;
 use crate::{
-    decode_message, Appended, NewMessage, NewRoom, OnlineSession, ServerHealth, ServerSnapshot,
-    SessionLocation, Store, StoreConfig, StoreError, StoreResult,
+    decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
+    RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
+    StoreError, StoreResult,
 };
 
-/// KEYS: meta, members, seq, msgs, dedup, online. ARGV: from, has_cmid,
-/// json_prefix, retention, dedup_ttl_ms. The message JSON is built by the
+/// KEYS: meta, members, seq, msgs, dedup, online, reads. ARGV: from,
+/// has_cmid, json_prefix, retention, dedup_ttl_ms, from_member (`1`: check
+/// membership and move the sender's read marker). The message JSON is built by the
 /// caller up to `"seq":` so that the stored record is exactly the
 /// contract's JSON. Returns {status} on error, else {status, then the
 /// presence index as HGETALL lists it}: routing needs no further read.
 const APPEND_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'E:noroom'} end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember'} end
+if ARGV[6] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember'} end
 local function with_online(status)
   local reply = redis.call('HGETALL', KEYS[6])
   table.insert(reply, 1, status)
@@ -52,6 +54,7 @@ local keep = tonumber(ARGV[4])
 local n = redis.call('ZCARD', KEYS[4])
 if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - keep - 1) end
 if ARGV[2] == '1' then redis.call('SET', KEYS[5], json, 'PX', ARGV[5]) end
+if ARGV[6] == '1' then redis.call('HSET', KEYS[7], ARGV[1], seq) end
 return with_online('N:' .. json)
 "#;
 
@@ -64,15 +67,140 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return tonumber(redis.call('GET', KEYS[3]) or '0')
 "#;
 
-/// KEYS: meta, members. ARGV: user (may be empty). Returns {} when the room
-/// does not exist, else {name, created_by, created_at, member_count, is_member}.
+/// KEYS: meta, members, seq, reads. ARGV: user (may be empty). Returns {}
+/// when the room does not exist, else {name, created_by, created_at,
+/// member_count, is_member, last_seq, read_seq}.
 const ROOM_VIEW_LUA: &str = r#"
 local meta = redis.call('HMGET', KEYS[1], 'name', 'created_by', 'created_at')
 if not meta[1] then return {} end
 local count = redis.call('SCARD', KEYS[2])
 local member = '0'
-if ARGV[1] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then member = '1' end
-return {meta[1], meta[2], meta[3], tostring(count), member}
+local read = '0'
+if ARGV[1] ~= '' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  member = '1'
+  read = redis.call('HGET', KEYS[4], ARGV[1]) or '0'
+end
+local last = redis.call('GET', KEYS[3]) or '0'
+return {meta[1], meta[2], meta[3], tostring(count), member, last, read}
+"#;
+
+/// KEYS: meta, members, seq, reads, online. ARGV: user, seq. Moves the
+/// member's marker to min(seq, latest seq) if that is higher. Returns
+/// {status} on error, else {'M:' (moved) or 'S:' (stayed) .. marker,
+/// member_count, then, if moved, the presence index as HGETALL lists it}.
+const MARK_READ_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'E:noroom'} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember'} end
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local wanted = tonumber(ARGV[2])
+if wanted > last then wanted = last end
+local old = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+local count = tostring(redis.call('SCARD', KEYS[2]))
+if wanted <= old then return {'S:' .. old, count} end
+redis.call('HSET', KEYS[4], ARGV[1], wanted)
+local reply = redis.call('HGETALL', KEYS[5])
+table.insert(reply, 1, count)
+table.insert(reply, 1, 'M:' .. wanted)
+return reply
+"#;
+
+/// The store's clock in ms, from Redis `TIME` (scripts replicate their
+/// effects, so reading the clock in one is allowed).
+const NOW_MS_LUA: &str = "local t = redis.call('TIME')
+local now = tostring(t[1] * 1000 + math.floor(t[2] / 1000))";
+
+/// KEYS: sessions, rooms (the user's). ARGV: session, server id, ttl_ms.
+/// Records the session and decides, in the same step, whether the user
+/// came online. Returns {'1' if first live session else '0', now_ms,
+/// the user's room ids...}.
+fn add_session_lua() -> String {
+    format!(
+        r#"
+local before = redis.call('HLEN', KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+{NOW_MS_LUA}
+local reply = redis.call('SMEMBERS', KEYS[2])
+table.insert(reply, 1, now)
+table.insert(reply, 1, before == 0 and '1' or '0')
+return reply
+"#
+    )
+}
+
+/// KEYS: sessions, rooms. ARGV: session. Returns {'1' if that was the
+/// user's last session else '0', '1' if the user keeps a session on the
+/// same chat server else '0', that server's id ('' if the session was
+/// unknown), now_ms, the user's room ids...}.
+fn remove_session_lua() -> String {
+    format!(
+        r#"
+local server = redis.call('HGET', KEYS[1], ARGV[1])
+local offline = '0'
+local hosted = '1'
+if server then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  local left = redis.call('HVALS', KEYS[1])
+  if #left == 0 then offline = '1' end
+  hosted = '0'
+  for _, s in ipairs(left) do if s == server then hosted = '1' break end end
+else
+  server = ''
+end
+{NOW_MS_LUA}
+local reply = redis.call('SMEMBERS', KEYS[2])
+table.insert(reply, 1, now)
+table.insert(reply, 1, server)
+table.insert(reply, 1, hosted)
+table.insert(reply, 1, offline)
+return reply
+"#
+    )
+}
+
+/// KEYS: sessions, rooms. ARGV: server id. Drops the user's sessions on
+/// that server. Returns {} if there were none, else {'1' if that left the
+/// user with none else '0', now_ms, the number of sessions dropped, their
+/// ids, then the user's room ids}.
+fn reap_user_lua() -> String {
+    format!(
+        r#"
+local all = redis.call('HGETALL', KEYS[1])
+local removed = {{}}
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+    table.insert(removed, all[i])
+  end
+end
+if #removed == 0 then return {{}} end
+{NOW_MS_LUA}
+local reply = {{#removed * 2 == #all and '1' or '0', now, tostring(#removed)}}
+for _, s in ipairs(removed) do table.insert(reply, s) end
+for _, r in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(reply, r) end
+return reply
+"#
+    )
+}
+
+/// KEYS: hosts, hosted (of the server), the server's health record. ARGV:
+/// server id, force ('1': ignore the health record), users reaped...
+/// Forgets the reaped users, and the server once it hosts nobody, unless
+/// the server reported health again meanwhile (it was only cut off).
+const UNHOST_LUA: &str = r#"
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+for i = 3, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
+if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+/// KEYS: members, online. ARGV: max members. {'0'} for a larger room,
+/// else {'1', then the presence index as HGETALL lists it}.
+const PRESENCE_AUDIENCE_LUA: &str = r#"
+if redis.call('SCARD', KEYS[1]) > tonumber(ARGV[1]) then return {'0'} end
+local reply = redis.call('HGETALL', KEYS[2])
+table.insert(reply, 1, '1')
+return reply
 "#;
 
 /// KEYS: meta, members. ARGV: name, created_by, created_at, member...
@@ -93,13 +221,15 @@ for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
 return #ARGV - 1
 "#;
 
-/// KEYS: meta, members, online. ARGV: op ('add' or 'remove'), user. -1 if
-/// no room. A removed member's sessions leave the presence index in the
-/// same step (values are `<len>:<server id><user>`).
+/// KEYS: meta, members, online, reads. ARGV: op ('add' or 'remove'), user.
+/// -1 if no room. A removed member's sessions leave the presence index, and
+/// their read marker goes, in the same step (index values are
+/// `<len>:<server id><user>`).
 const MEMBERSHIP_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[1] == 'add' then return redis.call('SADD', KEYS[2], ARGV[2]) end
 local removed = redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
 local index = redis.call('HGETALL', KEYS[3])
 for i = 1, #index, 2 do
   local len, rest = string.match(index[i + 1], '^(%d+):(.*)$')
@@ -153,6 +283,12 @@ pub struct RedisStore {
     membership: Script,
     announce: Script,
     set_registered: Script,
+    mark_read: Script,
+    add_session: Script,
+    remove_session: Script,
+    reap_user: Script,
+    unhost: Script,
+    presence_audience: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -179,6 +315,12 @@ impl RedisStore {
             membership: Script::new(MEMBERSHIP_LUA),
             announce: Script::new(ANNOUNCE_LUA),
             set_registered: Script::new(SET_REGISTERED_LUA),
+            mark_read: Script::new(MARK_READ_LUA),
+            add_session: Script::new(&add_session_lua()),
+            remove_session: Script::new(&remove_session_lua()),
+            reap_user: Script::new(&reap_user_lua()),
+            unhost: Script::new(UNHOST_LUA),
+            presence_audience: Script::new(PRESENCE_AUDIENCE_LUA),
         })
     }
 
@@ -186,32 +328,38 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    async fn room_view_for(&self, room: &str, user: &str) -> StoreResult<Option<(Room, bool)>> {
+    async fn room_view_for(&self, room: &str, user: &str) -> StoreResult<Option<RoomView>> {
         let fields: Vec<String> = self
             .room_view
             .key(keys::room_meta(room))
             .key(keys::room_members(room))
+            .key(keys::room_seq(room))
+            .key(keys::room_reads(room))
             .arg(user)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if fields.len() != 5 {
+        if fields.len() != 7 {
             return Ok(None);
         }
         let num = |s: &str| {
             s.parse::<u64>()
                 .map_err(|_| StoreError::Corrupt(format!("room {room}: bad number {s:?}")))
         };
-        Ok(Some((
-            Room {
+        Ok(Some(RoomView {
+            room: Room {
                 id: room.to_owned(),
                 name: fields[0].clone(),
                 created_by: fields[1].clone(),
                 created_at: num(&fields[2])?,
                 member_count: num(&fields[3])?,
-            },
-            fields[4] == "1",
-        )))
+                last_seq: 0,
+                read_seq: 0,
+                unread: 0,
+            }
+            .with_read_state(num(&fields[5])?, num(&fields[6])?),
+            is_member: fields[4] == "1",
+        }))
     }
 
     /// Runs the append pipeline built by `append`: the script and, when
@@ -242,6 +390,7 @@ impl RedisStore {
             .key(keys::room_meta(room))
             .key(keys::room_members(room))
             .key(keys::room_online(room))
+            .key(keys::room_reads(room))
             .arg(op)
             .arg(user)
             .invoke_async(&mut self.conn())
@@ -292,20 +441,67 @@ impl RedisStore {
         Ok(u64::try_from(seq).ok())
     }
 
-    /// Runs `write` (commands on the user's keys, replies ignored), then
-    /// reads the user's rooms: one slot, so one round trip.
-    async fn write_then_rooms_of(
-        &self,
-        user: &str,
-        mut write: redis::Pipeline,
-    ) -> StoreResult<Vec<String>> {
-        let (rooms,): (Vec<String>,) = write
-            .cmd("SMEMBERS")
-            .arg(keys::user_rooms(user))
-            .query_async(&mut self.conn())
+    /// Reaps one chat server's sessions: each user's step is atomic on the
+    /// user's slot, so concurrent reapers report each transition once.
+    async fn reap(&self, server_id: &str, force: bool) -> StoreResult<Vec<PresenceChange>> {
+        let users: Vec<String> = self
+            .conn()
+            .smembers(keys::registry_hosted(server_id))
             .await
             .map_err(unavailable)?;
-        Ok(rooms)
+        let reaped = try_join_all(users.iter().map(|user| async move {
+            let reply: Vec<String> = self
+                .reap_user
+                .key(keys::user_sessions(user))
+                .key(keys::user_rooms(user))
+                .arg(server_id)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            if reply.is_empty() {
+                return Ok(None);
+            }
+            let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
+            let count: usize = rest
+                .first()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| rest.len() > *n)
+                .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
+            let rooms = rest.split_off(count + 1);
+            let sessions = &rest[1..];
+            // The dead server's sessions leave the rooms' indexes too, so
+            // routing stops sending there (it comes back by re-announcing).
+            try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions))).await?;
+            Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
+                user: user.clone(),
+                online: false,
+                ts,
+                rooms: sorted(rooms),
+            }))
+        }))
+        .await?;
+        let mut invocation = self.unhost.prepare_invoke();
+        invocation
+            .key(keys::REGISTRY_HOSTS)
+            .key(keys::registry_hosted(server_id))
+            .key(keys::registry_server(server_id))
+            .arg(server_id)
+            .arg(if force { "1" } else { "0" });
+        for user in &users {
+            invocation.arg(user);
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if !users.is_empty() {
+            tracing::info!(
+                server_id,
+                users = users.len(),
+                "reaped the sessions of a dead chat server"
+            );
+        }
+        Ok(reaped.into_iter().flatten().collect())
     }
 
     async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
@@ -319,6 +515,28 @@ impl RedisStore {
         }
         Ok(())
     }
+}
+
+/// Splits a presence script's reply: `head` fixed fields, then the store's
+/// clock (ms), then room ids.
+fn split_presence_reply(
+    mut reply: Vec<String>,
+    head: usize,
+) -> StoreResult<(Vec<String>, u64, Vec<String>)> {
+    if reply.len() < head + 1 {
+        return Err(StoreError::Corrupt(format!("presence reply {reply:?}")));
+    }
+    let rooms = reply.split_off(head + 1);
+    let ts = reply
+        .pop()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt("presence reply without a time".into()))?;
+    Ok((reply, ts, rooms))
+}
+
+fn sorted(mut rooms: Vec<String>) -> Vec<String> {
+    rooms.sort();
+    rooms
 }
 
 /// The contract's message JSON up to and including `"seq":`, for the append
@@ -383,11 +601,14 @@ impl Store for RedisStore {
             created_by: room.created_by,
             created_at: room.created_at,
             member_count: count,
+            last_seq: 0,
+            read_seq: 0,
+            unread: 0,
         })
     }
 
-    async fn room(&self, room: &str) -> StoreResult<Option<Room>> {
-        Ok(self.room_view_for(room, "").await?.map(|(r, _)| r))
+    async fn room_view(&self, room: &str, viewer: &str) -> StoreResult<Option<RoomView>> {
+        self.room_view_for(room, viewer).await
     }
 
     async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
@@ -417,7 +638,10 @@ impl Store for RedisStore {
         let mut rooms = Vec::with_capacity(views.len());
         for (id, view) in ids.iter().zip(views) {
             match view {
-                Some((room, true)) => rooms.push(room),
+                Some(RoomView {
+                    room,
+                    is_member: true,
+                }) => rooms.push(room),
                 // Stale index entry (a removal interrupted halfway): repair.
                 _ => {
                     let _: Result<i64, _> = self.conn().srem(keys::user_rooms(user), id).await;
@@ -443,18 +667,20 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.cmd("EVALSHA")
             .arg(self.append.get_hash())
-            .arg(6)
+            .arg(7)
             .arg(keys::room_meta(&m.room))
             .arg(keys::room_members(&m.room))
             .arg(keys::room_seq(&m.room))
             .arg(keys::room_messages(&m.room))
             .arg(dedup_key)
             .arg(keys::room_online(&m.room))
+            .arg(keys::room_reads(&m.room))
             .arg(&m.from)
             .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
             .arg(message_json_prefix(&m))
             .arg(self.config.history_retention)
-            .arg(self.config.dedup_ttl_ms);
+            .arg(self.config.dedup_ttl_ms)
+            .arg(if m.from_member { "1" } else { "0" });
         if wanted > 0 {
             pipe.cmd("WAIT")
                 .arg(wanted)
@@ -502,6 +728,65 @@ impl Store for RedisStore {
             }),
             _ => Err(StoreError::Corrupt(format!("append reply {reply:?}"))),
         }
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, seq: u64) -> StoreResult<MarkedRead> {
+        let mut reply: Vec<String> = self
+            .mark_read
+            .key(keys::room_meta(room))
+            .key(keys::room_members(room))
+            .key(keys::room_seq(room))
+            .key(keys::room_reads(room))
+            .key(keys::room_online(room))
+            .arg(user)
+            .arg(seq)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("E:noroom") => return Err(StoreError::NoRoom(room.to_owned())),
+            Some("E:notmember") => {
+                return Err(StoreError::NotMember {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                })
+            }
+            _ => {}
+        }
+        let status = reply.first().cloned().unwrap_or_default();
+        let corrupt = || StoreError::Corrupt(format!("mark_read reply {status:?}"));
+        if reply.len() < 2 {
+            return Err(corrupt());
+        }
+        let online = decode_online_pairs(reply.split_off(2))?;
+        let (status, marker) = reply[0].split_at_checked(2).ok_or_else(corrupt)?;
+        Ok(MarkedRead {
+            read_seq: marker.parse().map_err(|_| corrupt())?,
+            moved: status == "M:",
+            member_count: reply[1].parse().map_err(|_| corrupt())?,
+            online,
+        })
+    }
+
+    async fn reads(&self, room: &str) -> StoreResult<Vec<(String, u64)>> {
+        // One slot: one round trip.
+        let (members, markers): (Vec<String>, HashMap<String, u64>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(keys::room_members(room))
+            .cmd("HGETALL")
+            .arg(keys::room_reads(room))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut reads: Vec<(String, u64)> = members
+            .into_iter()
+            .map(|u| {
+                let seq = markers.get(&u).copied().unwrap_or(0);
+                (u, seq)
+            })
+            .collect();
+        reads.sort();
+        Ok(reads)
     }
 
     async fn messages_after(
@@ -720,20 +1005,32 @@ impl Store for RedisStore {
         user: &str,
         location: &SessionLocation,
         ttl_ms: u64,
-    ) -> StoreResult<Vec<(String, u64)>> {
-        let key = keys::user_sessions(user);
-        let mut write = redis::pipe();
-        write
-            .cmd("HSET")
-            .arg(&key)
-            .arg(&location.session)
+    ) -> StoreResult<SessionAdded> {
+        // Hosted before the user's record (see `reap`): a reaper that runs
+        // in between still finds the user under this server.
+        redis::pipe()
+            .cmd("SADD")
+            .arg(keys::registry_hosted(&location.server_id))
+            .arg(user)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys::REGISTRY_HOSTS)
             .arg(&location.server_id)
             .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let reply: Vec<String> = self
+            .add_session
+            .key(keys::user_sessions(user))
+            .key(keys::user_rooms(user))
+            .arg(&location.session)
+            .arg(&location.server_id)
             .arg(ttl_ms)
-            .ignore();
-        let rooms = self.write_then_rooms_of(user, write).await?;
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let (first, ts, rooms) = split_presence_reply(reply, 1)?;
         let session = [(location.session.clone(), location.server_id.clone())];
         let seqs =
             try_join_all(rooms.iter().map(|room| self.announce(room, user, &session))).await?;
@@ -743,20 +1040,94 @@ impl Store for RedisStore {
             .filter_map(|(room, seq)| Some((room, seq?)))
             .collect();
         announced.sort();
-        Ok(announced)
+        let came_online = (first[0] == "1").then(|| PresenceChange {
+            user: user.to_owned(),
+            online: true,
+            ts,
+            rooms: announced.iter().map(|(room, _)| room.clone()).collect(),
+        });
+        Ok(SessionAdded {
+            rooms: announced,
+            came_online,
+        })
     }
 
-    async fn remove_session(&self, user: &str, session: &str) -> StoreResult<()> {
-        let mut write = redis::pipe();
-        write
-            .cmd("HDEL")
-            .arg(keys::user_sessions(user))
+    async fn remove_session(
+        &self,
+        user: &str,
+        session: &str,
+    ) -> StoreResult<Option<PresenceChange>> {
+        let reply: Vec<String> = self
+            .remove_session
+            .key(keys::user_sessions(user))
+            .key(keys::user_rooms(user))
             .arg(session)
-            .ignore();
-        let rooms = self.write_then_rooms_of(user, write).await?;
-        let session = [session.to_owned()];
-        try_join_all(rooms.iter().map(|room| self.forget_online(room, &session))).await?;
-        Ok(())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let (head, ts, rooms) = split_presence_reply(reply, 3)?;
+        let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
+        let forget = [session.to_owned()];
+        try_join_all(rooms.iter().map(|room| self.forget_online(room, &forget))).await?;
+        if still_hosted == "0" && !server_id.is_empty() {
+            let _: i64 = self
+                .conn()
+                .srem(keys::registry_hosted(server_id), user)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok((offline == "1").then(|| PresenceChange {
+            user: user.to_owned(),
+            online: false,
+            ts,
+            rooms: sorted(rooms),
+        }))
+    }
+
+    async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
+        let mut conn = self.conn();
+        let hosts: Vec<String> = conn
+            .smembers(keys::REGISTRY_HOSTS)
+            .await
+            .map_err(unavailable)?;
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let health_keys: Vec<String> = hosts.iter().map(|id| keys::registry_server(id)).collect();
+        let records: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&health_keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let dead = hosts
+            .iter()
+            .zip(records)
+            .filter(|(_, record)| record.is_none())
+            .map(|(id, _)| self.reap(id, false));
+        Ok(try_join_all(dead).await?.into_iter().flatten().collect())
+    }
+
+    async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>> {
+        self.reap(server_id, true).await
+    }
+
+    async fn presence_audience(
+        &self,
+        room: &str,
+        max_members: u64,
+    ) -> StoreResult<Option<Vec<OnlineSession>>> {
+        let mut reply: Vec<String> = self
+            .presence_audience
+            .key(keys::room_members(room))
+            .key(keys::room_online(room))
+            .arg(max_members)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if reply.first().map(String::as_str) != Some("1") {
+            return Ok(None);
+        }
+        Ok(Some(decode_online_pairs(reply.split_off(1))?))
     }
 
     async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {

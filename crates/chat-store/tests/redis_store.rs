@@ -5,29 +5,9 @@
 //! it the tests print a notice and pass, unless `CHAT_TEST_REQUIRE_REDIS=1`
 //! (set by `scripts/test.sh` and CI) makes a missing cluster a failure.
 
-use std::sync::Arc;
-
-use chat_store::conformance::SharedStore;
-use chat_store::{RedisStore, StoreConfig};
-
-pub(crate) async fn make(config: StoreConfig) -> Option<SharedStore> {
-    let urls = match std::env::var("CHAT_TEST_REDIS_URLS") {
-        Ok(urls) if !urls.is_empty() => urls,
-        _ => {
-            assert!(
-                std::env::var("CHAT_TEST_REQUIRE_REDIS").as_deref() != Ok("1"),
-                "CHAT_TEST_REQUIRE_REDIS=1 but CHAT_TEST_REDIS_URLS is unset: start scripts/redis-cluster.sh"
-            );
-            eprintln!("skipped: CHAT_TEST_REDIS_URLS is unset (run scripts/test.sh)");
-            return None;
-        }
-    };
-    let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
-    let store = RedisStore::connect(&urls, config)
-        .await
-        .expect("connect to the Redis Cluster");
-    Some(Arc::new(store))
-}
+#[path = "support/redis.rs"]
+mod support;
+use support::make;
 
 chat_store::store_conformance_tests!(make);
 
@@ -58,6 +38,7 @@ mod durability {
             body: "keep me".into(),
             ts: now_ms(),
             client_msg_id: Some("c1".into()),
+            from_member: true,
         }
     }
 

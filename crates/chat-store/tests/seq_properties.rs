@@ -49,6 +49,7 @@ proptest! {
                     body: format!("b{i}"),
                     ts: i as u64,
                     client_msg_id: op.cmid.map(|c| format!("c{c}")),
+                    from_member: true,
                 }).await;
                 if op.sender == 3 {
                     let refused = matches!(result, Err(StoreError::NotMember { .. }));

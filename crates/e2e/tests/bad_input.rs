@@ -37,6 +37,7 @@ fn jwt(secret: &str, sub: &str, exp_s: u64) -> String {
             sub: sub.to_owned(),
             exp: exp_s,
             iat: Some(now_ms() / 1000),
+            scope: None,
         },
     )
 }

@@ -2,10 +2,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use chat_auth::jwt::{mint, Claims};
+use chat_auth::jwt::{mint, Claims, SERVICE_SCOPE};
 use chat_protocol::ids::is_valid_user_id;
 use chat_protocol::now_ms;
-use chat_protocol::rest::{TokenRequest, TokenResponse};
+use chat_protocol::rest::{TokenRequest, TokenResponse, TokenScope};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
@@ -29,6 +29,7 @@ pub async fn issue_token(
             "user must be 1-64 characters of [A-Za-z0-9_.-]",
         ));
     }
+    let scope = req.scope.unwrap_or_default();
     let now_s = now_ms() / 1000;
     let exp = now_s + state.config.dev_token_ttl_s;
     let token = mint(
@@ -37,11 +38,13 @@ pub async fn issue_token(
             sub: req.user.clone(),
             exp,
             iat: Some(now_s),
+            scope: (scope == TokenScope::Service).then(|| SERVICE_SCOPE.to_owned()),
         },
     );
     Ok(Json(TokenResponse {
         token,
         user: req.user,
         expires_at: exp * 1000,
+        scope,
     }))
 }

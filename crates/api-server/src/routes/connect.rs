@@ -10,16 +10,22 @@ use chat_protocol::rest::{ConnectResponse, ErrorBody, ServerInfo, ServerList};
 use chat_protocol::{now_ms, ErrorCode};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::AuthUser;
+use crate::extract::Caller;
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/connect",
-    responses((status = 200, body = ConnectResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = ConnectResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn connect(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
 ) -> ApiResult<Json<ConnectResponse>> {
+    if caller.is_service {
+        return Err(ApiError::forbidden(
+            "service tokens cannot open WebSocket sessions",
+        ));
+    }
+    let caller = caller.id;
     // Choosing and counting the ticket happen under one lock so concurrent
     // connects on this replica see each other's tickets.
     let chosen = {
@@ -65,7 +71,7 @@ pub async fn connect(
     responses((status = 200, body = ServerList), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_servers(
     State(state): State<Arc<AppState>>,
-    AuthUser(_): AuthUser,
+    _caller: Caller,
 ) -> ApiResult<Json<ServerList>> {
     Ok(Json(ServerList {
         servers: state

@@ -12,7 +12,7 @@ use chat_store::NewMessage;
 
 use super::room_for_member;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{AuthUser, JsonBody};
+use crate::extract::{Caller, JsonBody};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/rooms/{room}/messages", params(("room" = String, Path)),
@@ -22,10 +22,13 @@ use crate::AppState;
     security(("bearer" = [])))]
 pub async fn post_message(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     Path(room): Path<String>,
     JsonBody(req): JsonBody<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
+    // A user publishes as themself; a service as itself or as a member.
+    let from = caller.acting_as(req.from.as_deref(), "from")?;
+    let from_member = !(caller.is_service && req.from.is_none());
     // The append script checks that the room exists and the caller is a
     // member (404 / 403) atomically with the write, so the success path
     // needs no separate reads. Only a bad body looks at the room first, so
@@ -45,10 +48,11 @@ pub async fn post_message(
         .append(NewMessage {
             room,
             id: new_id("m_"),
-            from: caller,
+            from,
             body: req.body,
             ts: now_ms(),
             client_msg_id: req.client_msg_id,
+            from_member,
         })
         .await?;
     if !appended.duplicate {
@@ -114,7 +118,7 @@ pub(crate) fn parse_history_query(
     security(("bearer" = [])))]
 pub async fn list_messages(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     Path(room): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<MessageList>> {

@@ -12,15 +12,18 @@ use chat_store::NewRoom;
 
 use super::room_for_member;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{AuthUser, JsonBody};
+use crate::extract::{Caller, JsonBody};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/rooms", request_body = CreateRoomRequest,
     responses((status = 201, body = Room), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
+/// A user's room has the user as creator and member. A service's has the
+/// user named by `created_by` as creator and member, or else the service
+/// as creator and only the listed members.
 pub async fn create_room(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<Room>)> {
     state
@@ -40,7 +43,11 @@ pub async fn create_room(
             bad.chars().take(70).collect::<String>()
         )));
     }
-    let mut members = vec![caller.clone()];
+    let creator = caller.acting_as(req.created_by.as_deref(), "created_by")?;
+    let mut members = Vec::with_capacity(requested.len() + 1);
+    if !(caller.is_service && req.created_by.is_none()) {
+        members.push(creator.clone());
+    }
     for m in requested {
         if !members.contains(&m) {
             members.push(m);
@@ -51,7 +58,7 @@ pub async fn create_room(
         .create_room(NewRoom {
             id: new_id("r_"),
             name: req.name,
-            created_by: caller,
+            created_by: creator,
             created_at: now_ms(),
             members,
         })
@@ -63,10 +70,27 @@ pub async fn create_room(
     responses((status = 200, body = RoomList), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_rooms(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
 ) -> ApiResult<Json<RoomList>> {
     Ok(Json(RoomList {
-        rooms: state.store.rooms_of_user(&caller).await?,
+        rooms: state.store.rooms_of_user(&caller.id).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/users/{user}/rooms",
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    responses((status = 200, body = RoomList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+/// Services only: a user's rooms with that user's read state.
+pub async fn list_user_rooms(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> ApiResult<Json<RoomList>> {
+    caller.require_service()?;
+    check_user_param(&user)?;
+    Ok(Json(RoomList {
+        rooms: state.store.rooms_of_user(&user).await?,
     }))
 }
 
@@ -75,7 +99,7 @@ pub async fn list_rooms(
     security(("bearer" = [])))]
 pub async fn get_room(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     Path(room): Path<String>,
 ) -> ApiResult<Json<Room>> {
     Ok(Json(room_for_member(&state, &room, &caller).await?))
@@ -86,7 +110,7 @@ pub async fn get_room(
     security(("bearer" = [])))]
 pub async fn list_members(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     Path(room): Path<String>,
 ) -> ApiResult<Json<MemberList>> {
     room_for_member(&state, &room, &caller).await?;
@@ -109,7 +133,7 @@ pub async fn list_members(
     security(("bearer" = [])))]
 pub async fn add_member(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     Path((room, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     check_user_param(&user)?;
@@ -124,12 +148,12 @@ pub async fn add_member(
     security(("bearer" = [])))]
 pub async fn remove_member(
     State(state): State<Arc<AppState>>,
-    AuthUser(caller): AuthUser,
+    caller: Caller,
     Path((room, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     check_user_param(&user)?;
     let found = room_for_member(&state, &room, &caller).await?;
-    if caller != user && caller != found.created_by {
+    if !caller.is_service && caller.id != user && caller.id != found.created_by {
         return Err(ApiError::forbidden(
             "only the room's creator may remove other members",
         ));
@@ -139,7 +163,7 @@ pub async fn remove_member(
 }
 
 /// The `{user}` path parameter: a valid user id, or 400.
-fn check_user_param(user: &str) -> ApiResult<()> {
+pub(crate) fn check_user_param(user: &str) -> ApiResult<()> {
     if is_valid_user_id(user) {
         Ok(())
     } else {

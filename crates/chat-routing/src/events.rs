@@ -1,0 +1,119 @@
+//! The ephemeral events of contract v1.1 that follow a room's presence
+//! index like messages do, but are neither stored nor ordered by seq:
+//! `read` (a member's marker moved) and `presence` (a member came online or
+//! went offline). Both cost something only when they happen (a read, a
+//! connect or disconnect), never per message.
+
+use std::sync::Arc;
+
+use chat_protocol::ServerFrame;
+use chat_store::{MarkedRead, OnlineSession, PresenceChange, Store};
+
+use crate::router::{MessageRouter, Recipients};
+
+/// How far the v1.1 events fan out, by room size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct FanoutLimits {
+    /// Rooms of at most this many members get read receipts (every
+    /// member sees every member's `read`); in larger rooms a `read` goes
+    /// only to the reader's own sessions.
+    #[arg(long, env = "CHAT_READ_RECEIPTS_MAX_MEMBERS", default_value_t = 100)]
+    pub read_receipts_max_members: u64,
+    /// Rooms of more than this many members get no `presence` events (the
+    /// members list's `online` flag stays right).
+    #[arg(long, env = "CHAT_PRESENCE_MAX_ROOM_MEMBERS", default_value_t = 1000)]
+    pub presence_max_room_members: u64,
+}
+
+impl Default for FanoutLimits {
+    fn default() -> Self {
+        FanoutLimits {
+            read_receipts_max_members: 100,
+            presence_max_room_members: 1000,
+        }
+    }
+}
+
+impl MessageRouter {
+    /// Sends `{"type":"read"}` for a marker that moved: to every session
+    /// of the reader, and to the other members too in small rooms.
+    pub async fn route_read(&self, room: &str, user: &str, marked: &MarkedRead) -> usize {
+        if !marked.moved {
+            return 0;
+        }
+        let frame: Arc<str> = Arc::from(
+            ServerFrame::Read {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                seq: marked.read_seq,
+            }
+            .to_json(),
+        );
+        let recipients = if marked.member_count <= self.fanout_limits().read_receipts_max_members
+        {
+            Recipients::All
+        } else {
+            Recipients::Only(user)
+        };
+        self.route_ephemeral(room, frame, &marked.online, recipients)
+            .await
+    }
+
+    /// Announces a presence transition in each of the user's rooms (those
+    /// small enough) to the other members' sessions. Best effort: a room
+    /// whose index cannot be read is skipped with a warning.
+    pub async fn announce_presence(&self, change: &PresenceChange) -> usize {
+        let max_members = self.fanout_limits().presence_max_room_members;
+        let mut targets = 0;
+        for room in &change.rooms {
+            let online: Vec<OnlineSession> =
+                match self.store().presence_audience(room, max_members).await {
+                    Ok(Some(online)) => online,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, room, "presence event not sent");
+                        continue;
+                    }
+                };
+            let frame: Arc<str> = Arc::from(
+                ServerFrame::Presence {
+                    room: room.clone(),
+                    user: change.user.clone(),
+                    online: change.online,
+                    ts: change.ts,
+                }
+                .to_json(),
+            );
+            targets += self
+                .route_ephemeral(room, frame, &online, Recipients::AllBut(&change.user))
+                .await;
+        }
+        targets
+    }
+}
+
+/// Reaps dead chat servers' sessions on a timer and announces their users
+/// offline. Every process that routes runs one; the store decides each
+/// transition once, so running it everywhere is safe and makes it prompt.
+pub fn spawn_presence_reaper(
+    router: Arc<MessageRouter>,
+    store: Arc<dyn Store>,
+    interval: std::time::Duration,
+) {
+    let weak = Arc::downgrade(&router);
+    drop(router);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(router) = weak.upgrade() else { return };
+            match store.reap_dead_servers().await {
+                Ok(changes) => {
+                    for change in &changes {
+                        router.announce_presence(change).await;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reaping dead chat servers failed"),
+            }
+        }
+    });
+}
