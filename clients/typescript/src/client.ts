@@ -195,7 +195,8 @@ export class ChatClient {
   private reconnectAfterMs: number | undefined;
   private lastFrameAt = 0;
   private pingOutstanding = false;
-  private resumeOutstanding = 0;
+  /** The rooms of each resume frame still waiting for its `resumed`, oldest first. */
+  private resumesPending: string[][] = [];
   private resumeStartedAt: number | undefined;
   private readonly fills = new Set<string>();
   private readonly typingSentAt = new Map<string, number>();
@@ -480,7 +481,7 @@ export class ChatClient {
     this.socket = undefined;
     this.welcomed = false;
     this.currentSession = undefined;
-    this.resumeOutstanding = 0;
+    this.resumesPending = [];
     this.resumeStartedAt = undefined;
     this.pingOutstanding = false;
     for (const name of ['welcome', 'liveness', 'outbox', 'resume', 'drain']) this.clearTimer(name);
@@ -546,9 +547,7 @@ export class ChatClient {
         this.onErrorFrame(frame);
         return;
       case 'resumed':
-        this.resumeOutstanding = Math.max(0, this.resumeOutstanding - 1);
-        if (this.resumeOutstanding === 0) this.resumeStartedAt = undefined;
-        this.armGapTimer();
+        this.onResumed(frame.rooms);
         return;
       case 'typing':
         this.events.emit('typing', { room: frame.room, user: frame.user });
@@ -603,9 +602,9 @@ export class ChatClient {
       this.armOutboxTimer();
       return;
     }
-    if (frame.code === 'unavailable' && this.resumeOutstanding > 0) {
+    if (frame.code === 'unavailable' && this.resumesPending.length > 0) {
       // The server could not finish a resume and sends no `resumed`: resume again.
-      this.resumeOutstanding = 0;
+      this.resumesPending = [];
       this.resumeStartedAt = undefined;
       this.armTimer('resume', now + this.retryDelay(1), () => this.sendResume());
     }
@@ -633,13 +632,32 @@ export class ChatClient {
   private sendResume(): void {
     const points = Object.entries(this.cursors.resumePoints());
     if (points.length === 0) return;
-    let chunks = 0;
+    this.resumesPending = [];
     for (let i = 0; i < points.length; i += MAX_RESUME_ROOMS) {
-      const rooms = Object.fromEntries(points.slice(i, i + MAX_RESUME_ROOMS));
-      if (this.write({ type: 'resume', rooms })) chunks += 1;
+      const chunk = points.slice(i, i + MAX_RESUME_ROOMS);
+      if (this.write({ type: 'resume', rooms: Object.fromEntries(chunk) })) {
+        this.resumesPending.push(chunk.map(([room]) => room));
+      }
     }
-    this.resumeOutstanding = chunks;
-    this.resumeStartedAt = chunks > 0 ? Date.now() : undefined;
+    this.resumeStartedAt = this.resumesPending.length > 0 ? Date.now() : undefined;
+  }
+
+  /**
+   * The end of a replay. Everything replayed came before this frame, so a
+   * room still below its latest seq lacks messages history trimmed (the gap
+   * fill skips them); a room asked for but missing from the answer was
+   * refused (no longer a member) and is no longer tracked.
+   */
+  private onResumed(latest: { [room: string]: number }): void {
+    const now = Date.now();
+    const asked = this.resumesPending.shift() ?? [];
+    for (const room of asked) {
+      const seq = latest[room];
+      if (seq === undefined) this.cursors.forget(room);
+      else this.cursors.noteExists(room, seq, now);
+    }
+    if (this.resumesPending.length === 0) this.resumeStartedAt = undefined;
+    this.armGapTimer();
   }
 
   private flushOutbox(): void {

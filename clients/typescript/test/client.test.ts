@@ -260,4 +260,16 @@ describe('ChatClient against a fake server', () => {
     await expect(service.connect()).rejects.toMatchObject({ code: 'invalid_argument' });
     expect(service.state).toBe('disconnected');
   });
+
+  it('stops tracking a room the resume is refused for (no longer a member)', async () => {
+    const server = new FakeServer(seededRandom(16));
+    const mine = server.createRoom('mine', 'alice', []);
+    const gone = server.createRoom('gone', 'bob', []);
+    const alice = clientOf(server, 'alice', { cursors: { [mine]: 0, [gone]: 4 } });
+    const done = alice.client.connect();
+    await vi.advanceTimersByTimeAsync(100);
+    await done;
+    expect(alice.client.positions()).toEqual({ [mine]: 0 });
+    expect(alice.errors.map((e) => e.code)).toEqual(['forbidden']);
+  });
 });
