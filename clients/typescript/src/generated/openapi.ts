@@ -321,7 +321,7 @@ export interface components {
              * Format: int64
              * @description The latest seq in the room, 0 if it has no message.
              */
-            last_seq?: number;
+            last_seq: number;
             /** Format: int64 */
             member_count: number;
             name: string;
@@ -329,12 +329,12 @@ export interface components {
              * Format: int64
              * @description The caller's read marker (0 at first, and for services).
              */
-            read_seq?: number;
+            read_seq: number;
             /**
              * Format: int64
              * @description `last_seq - read_seq`.
              */
-            unread?: number;
+            unread: number;
         };
         RoomList: {
             rooms: components["schemas"]["Room"][];
