@@ -1,0 +1,163 @@
+/**
+ * Local mode, as a newcomer uses it: `chat-local`, two browser contexts
+ * signed in as two users. One creates a room with the other; they chat
+ * both ways and each sees the other typing, an unread badge and a read
+ * receipt; sends go from pending to acknowledged; online dots follow
+ * presence; history pages back with `before`. Screenshots of the chat view,
+ * the cluster view and the phone-width layout are taken on the way.
+ */
+import type { Browser } from 'playwright-core';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import {
+  asUser,
+  createRoom,
+  launchBrowser,
+  messagesWithBody,
+  openRoom,
+  PHONE,
+  roomItem,
+  screenshot,
+  send,
+  signedIn,
+  startChatLocal,
+  stopAll,
+  until,
+  type LocalSystem,
+  type UserPage,
+} from './harness.js';
+
+let system: LocalSystem;
+let browser: Browser;
+
+beforeAll(async () => {
+  system = await startChatLocal();
+  browser = await launchBrowser();
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await stopAll();
+});
+
+const text = (p: UserPage, testId: string) => p.page.getByTestId(testId).first().textContent();
+const badge = (p: UserPage, room: string) => roomItem(p.page, room).getAttribute('data-unread');
+
+it('two users chat both ways and see typing, unread badges and read receipts', async () => {
+  const alice = await signedIn(browser, system.pageUrl, 'alice');
+  const bob = await signedIn(browser, system.pageUrl, 'bob');
+
+  // Alice creates a room with Bob and writes; her send is acknowledged.
+  await createRoom(alice.page, 'general', 'bob');
+  await send(alice.page, 'hi bob');
+  await until(() => messagesWithBody(alice.page, 'hi bob').getAttribute('data-status'), 'acked');
+
+  // Bob learns of the room from the message, with an unread badge.
+  await until(() => badge(bob, 'general'), '1');
+  await until(() => roomItem(bob.page, 'general').getByTestId('unread-badge').textContent(), '1');
+
+  // Bob opens it: the badge goes, and Alice gets a read receipt.
+  await openRoom(bob.page, 'general');
+  await until(() => messagesWithBody(bob.page, 'hi bob').count(), 1);
+  await until(() => badge(bob, 'general'), '0');
+  await until(() => messagesWithBody(alice.page, 'hi bob').getByTestId('read-receipt').textContent(), 'Seen by bob');
+
+  // Online dots: both are connected.
+  await until(() => alice.page.locator('[data-testid=member][data-user=bob]').getAttribute('data-online'), 'true');
+  await until(() => bob.page.locator('[data-testid=member][data-user=alice]').getAttribute('data-online'), 'true');
+
+  // Bob types: Alice sees it; then he sends, and it reaches her once.
+  await bob.page.getByTestId('composer-input').pressSequentially('hello al', { delay: 20 });
+  await until(() => text(alice, 'typing-indicator'), 'bob is typing…');
+  await bob.page.getByTestId('composer-input').pressSequentially('ice');
+  await bob.page.getByTestId('composer-input').press('Enter');
+  await until(() => messagesWithBody(bob.page, 'hello alice').getAttribute('data-status'), 'acked');
+  await until(() => messagesWithBody(alice.page, 'hello alice').count(), 1);
+  await until(() => text(alice, 'typing-indicator'), '');
+  // Alice has the room open at its newest message: it is read at once.
+  await until(() => messagesWithBody(bob.page, 'hello alice').getByTestId('read-receipt').textContent(), 'Seen by alice');
+
+  // Alice looks at another room; Bob writes again: Alice gets a badge.
+  await createRoom(alice.page, 'notes', '');
+  await send(bob.page, 'are you there?');
+  await until(() => badge(alice, 'general'), '1');
+  await until(() => alice.page.getByTestId('tab-chat').textContent(), 'Chat (1)');
+  await screenshot(alice.page, 'chat-unread');
+
+  // She opens it: badge gone, Bob sees the receipt; Alice types, Bob sees it.
+  await openRoom(alice.page, 'general');
+  await until(() => badge(alice, 'general'), '0');
+  await until(() => messagesWithBody(bob.page, 'are you there?').getByTestId('read-receipt').textContent(), 'Seen by alice');
+  await alice.page.getByTestId('composer-input').pressSequentially('yes', { delay: 20 });
+  await until(() => text(bob, 'typing-indicator'), 'alice is typing…');
+  await alice.page.getByTestId('composer-input').press('Enter');
+  await until(() => messagesWithBody(bob.page, 'yes').count(), 1);
+  await until(() => messagesWithBody(alice.page, 'yes').getAttribute('data-status'), 'acked');
+
+  // Each message is shown exactly once on both pages.
+  for (const body of ['hi bob', 'hello alice', 'are you there?', 'yes']) {
+    expect(await messagesWithBody(alice.page, body).count(), `alice: ${body}`).toBe(1);
+    expect(await messagesWithBody(bob.page, body).count(), `bob: ${body}`).toBe(1);
+  }
+  await alice.page.getByTestId('composer-input').blur();
+  await screenshot(alice.page, 'chat');
+
+  // Bob's phone: a second session of Bob at phone width, one pane at a time.
+  const phone = await signedIn(browser, system.pageUrl, 'bob', PHONE);
+  await expect(phone.page.getByTestId('room-list').isVisible()).resolves.toBe(true);
+  await openRoom(phone.page, 'general');
+  await expect(phone.page.getByTestId('room-list').isVisible()).resolves.toBe(false);
+  await until(() => messagesWithBody(phone.page, 'yes').count(), 1);
+  await phone.page.getByTestId('composer-input').blur();
+  await screenshot(phone.page, 'phone');
+  await phone.page.getByTestId('toggle-members').click();
+  await until(() => phone.page.getByTestId('members-panel').isVisible(), true);
+  await phone.page.getByTestId('back-to-rooms').click();
+  await until(() => phone.page.getByTestId('room-list').isVisible(), true);
+  await phone.context.close();
+
+  // The cluster view: both chat servers, and where Alice's session is.
+  await alice.page.getByTestId('tab-cluster').click();
+  await until(() => alice.page.getByTestId('server-row').count(), 2);
+  const placed = await text(alice, 'session-server');
+  await until(() => alice.page.locator('[data-testid=server-row][data-current=true]').getAttribute('data-server-id'), placed);
+  await until(() => alice.page.locator('[data-testid=server-row][data-state=ready]').count(), 2);
+  await screenshot(alice.page, 'cluster');
+  await alice.page.getByTestId('tab-chat').click();
+
+  // Bob leaves: Alice sees him go offline (a presence event).
+  await bob.page.getByTestId('sign-out').click();
+  await until(() => alice.page.locator('[data-testid=member][data-user=bob]').getAttribute('data-online'), 'false');
+
+  for (const p of [alice, bob]) {
+    expect(p.dialogs).toEqual([]);
+    expect(p.errors).toEqual([]);
+  }
+  await alice.context.close();
+  await bob.context.close();
+});
+
+it('scrolls back through history a page at a time', async () => {
+  const room = await asUser<{ id: string }>(system.api, 'carol', 'POST', '/v1/rooms', { name: 'archive', members: ['dave'] });
+  for (let i = 1; i <= 120; i++) {
+    await asUser(system.api, 'dave', 'POST', `/v1/rooms/${room.id}/messages`, { body: `old message ${i}` });
+  }
+  const carol = await signedIn(browser, system.pageUrl, 'carol');
+  await until(() => badge(carol, 'archive'), '120');
+  await until(() => roomItem(carol.page, 'archive').getByTestId('unread-badge').textContent(), '99+');
+  await openRoom(carol.page, 'archive');
+  // The latest page, scrolled to the newest message (so it is read).
+  await until(() => carol.page.getByTestId('message').count(), 50);
+  await until(() => badge(carol, 'archive'), '0');
+  expect(await carol.page.getByTestId('message').first().getAttribute('data-seq')).toBe('71');
+  // Scrolling to the top loads the page before it; the button does too.
+  await carol.page.getByTestId('message-list').evaluate((el) => (el.scrollTop = 0));
+  await until(() => carol.page.getByTestId('message').count(), 100);
+  await carol.page.getByTestId('load-older').focus();
+  await carol.page.keyboard.press('Enter');
+  await until(() => carol.page.getByTestId('message').count(), 120);
+  await until(() => carol.page.getByTestId('history-start').isVisible(), true);
+  const seqs = await carol.page.getByTestId('message').evaluateAll((els) => els.map((e) => Number(e.getAttribute('data-seq'))));
+  expect(seqs).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
+  expect(carol.errors).toEqual([]);
+  await carol.context.close();
+});
