@@ -45,10 +45,15 @@ pub struct ApiConfig {
     /// registered for a ChatCluster.
     #[arg(long, env = "CHAT_REQUIRE_REGISTRATION", default_value_t = false)]
     pub require_registration: bool,
-    /// Browser origins allowed to call the REST API (CORS), comma-separated;
-    /// `*` allows any. Empty (the default): no CORS headers.
+    /// Browser origins allowed to call the REST API (CORS), comma-separated:
+    /// exact origins, `*` for any, or `http://host:*` for any port. Empty
+    /// (the default): no CORS headers. Chat servers take the same list for
+    /// the WebSocket handshake.
     #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Serve the web console at `/` (`--console false` turns it off).
+    #[arg(long, env = "CHAT_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
     /// Longest time a REST request may take before it is answered with 503.
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,

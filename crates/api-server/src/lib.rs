@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod console;
 pub mod openapi;
 pub mod placement;
 pub mod routes;
@@ -64,6 +65,7 @@ const PRESENCE_REAP_INTERVAL_MS: u64 = 1000;
 
 pub struct AppState {
     pub config: ApiConfig,
+    pub allowed_origins: chat_auth::AllowedOrigins,
     pub limits: Limits,
     pub store: Arc<dyn Store>,
     pub registry: Arc<ServerRegistry>,
@@ -101,6 +103,7 @@ impl AppState {
             std::time::Duration::from_millis(PRESENCE_REAP_INTERVAL_MS),
         );
         Arc::new(AppState {
+            allowed_origins: chat_auth::AllowedOrigins::new(&config.cors_origins),
             limits: config.limits(),
             config,
             store,
@@ -144,7 +147,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/v1/connect", post(connect::connect))
         .route("/v1/servers", get(connect::list_servers))
-        .route("/openapi.json", get(|| async { Json(openapi::spec()) }))
+        .route("/openapi.json", get(|| async { Json(openapi::spec()) }));
+    let api = if state.config.console {
+        api.route("/", get(console::index))
+            .route("/assets/{*path}", get(console::asset))
+    } else {
+        api
+    };
+    let api = api
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError {
@@ -195,7 +205,6 @@ async fn time_limit(State(state): State<Arc<AppState>>, req: Request, next: Next
 /// here; other responses get the allow headers when the origin is allowed.
 async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     use axum::http::{header, HeaderValue, Method, StatusCode};
-    let origins = &state.config.cors_origins;
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -203,7 +212,7 @@ async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         .map(str::to_owned);
     let allowed = origin
         .as_deref()
-        .filter(|o| origins.iter().any(|a| a == "*" || a == o))
+        .filter(|o| state.allowed_origins.allows(o))
         .and_then(|o| HeaderValue::from_str(o).ok());
     let preflight = req.method() == Method::OPTIONS
         && req

@@ -106,3 +106,22 @@ async fn oversize_bodies_get_payload_too_large() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "payload_too_large");
 }
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_unless_turned_off() {
+    let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let page = app(&[]).oneshot(get("/")).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    let missing = app(&[]).oneshot(get("/assets/nope.js")).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let off = app(&["--console=false"]).oneshot(get("/")).await.unwrap();
+    assert_eq!(off.status(), StatusCode::NOT_FOUND, "--console false serves no page");
+}

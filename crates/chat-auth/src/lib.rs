@@ -5,6 +5,8 @@
 //!   by the API server.
 //! - [`ticket`]: the short-lived WebSocket ticket from `/v1/connect`, bound
 //!   to one user and one chat server, checked by that chat server.
+//! - [`origin`]: the browser origins allowed to call the API and open
+//!   WebSockets.
 //!
 //! Both are HMAC-SHA256 over base64url segments, implemented here on `hmac`
 //! and `sha2` rather than a JWT crate: the algorithm is pinned by
@@ -12,7 +14,10 @@
 //! signatures are compared in constant time by `Mac::verify_slice`.
 
 pub mod jwt;
+pub mod origin;
 pub mod ticket;
+
+pub use origin::AllowedOrigins;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -39,6 +39,17 @@ struct Cli {
     /// Messages kept per room in memory.
     #[arg(long, env = "CHAT_HISTORY_RETENTION", default_value_t = 10_000)]
     history_retention: u64,
+    /// Browser origins allowed to call the API and open WebSockets, besides
+    /// the console's own: pages on loopback (any port) by default, so a dev
+    /// server such as Vite's works out of the box. Exact origins, `*`, or
+    /// `http://host:*`.
+    #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',',
+          default_values_t = chat_auth::origin::LOCALHOST_ORIGINS.iter().map(|o| o.to_string()))]
+    cors_origins: Vec<String>,
+    /// Open the console in a browser at startup (only when run from a
+    /// terminal).
+    #[arg(long, env = "CHAT_LOCAL_OPEN", default_value_t = true, action = clap::ArgAction::Set)]
+    open: bool,
 }
 
 #[derive(Parser)]
@@ -78,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             format!("--server-id=chat-{}", i + 1),
             format!("--ticket-secret={ticket_secret}"),
             format!("--internal-secret={internal_secret}"),
+            format!("--cors-origins={}", cli.cors_origins.join(",")),
         ])?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -102,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         format!("--ticket-secret={ticket_secret}"),
         format!("--internal-secret={internal_secret}"),
         "--dev-tokens".to_owned(),
+        format!("--cors-origins={}", cli.cors_origins.join(",")),
     ])?;
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
@@ -115,13 +128,20 @@ async fn main() -> anyhow::Result<()> {
         .await
     }));
 
+    let console_url = format!("http://{api_addr}/");
     println!("chat service running (in-memory store, development tokens on)");
+    println!("  console:      {console_url}   (open it in a browser; a second tab can be a second user)");
     println!("  REST API:     http://{api_addr}   (OpenAPI: http://{api_addr}/openapi.json)");
     for url in &chat_urls {
         println!("  chat server:  {url}");
     }
     println!("  try:          curl -s -X POST http://{api_addr}/v1/auth/token -d '{{\"user\":\"alice\"}}'");
     println!("Ctrl-C stops everything (chat servers drain first).");
+    if cli.open && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        if let Err(e) = webbrowser::open(&console_url) {
+            tracing::info!(error = %e, "no browser to open; open the console URL yourself");
+        }
+    }
 
     chat_ops::shutdown_signal().await;
     let _ = stop_tx.send(());

@@ -90,6 +90,12 @@ pub struct ChatConfig {
     /// Refusals in a row after which the connection is closed with 1008 (0: never).
     #[arg(long, env = "CHAT_ABUSE_CLOSE_AFTER", default_value_t = 200)]
     pub abuse_close_after: u32,
+    /// Browser origins allowed to open WebSockets, comma-separated, as the
+    /// API server's `--cors-origins` (exact, `*`, or `http://host:*`). A
+    /// handshake with an `Origin` header not on the list gets 403; one
+    /// without (not a browser) is not checked.
+    #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

@@ -87,6 +87,7 @@ impl ChatMetrics {
 
 pub struct ChatServer {
     pub config: ChatConfig,
+    pub allowed_origins: chat_auth::AllowedOrigins,
     pub server_id: String,
     pub limits: Limits,
     pub store: Arc<dyn Store>,
@@ -138,6 +139,7 @@ impl ChatServer {
             ..Limits::default()
         };
         Arc::new(ChatServer {
+            allowed_origins: chat_auth::AllowedOrigins::new(&config.cors_origins),
             metrics: ChatMetrics::new(&metrics_registry),
             metrics_registry,
             server_id,
@@ -401,12 +403,26 @@ fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
 async fn ws_upgrade(
     State(server): State<Arc<ChatServer>>,
     Query(query): Query<TicketQuery>,
+    headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let unauthorized = |server: &ChatServer, why: &str| {
         server.metrics.handshakes_refused.inc();
         refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, why)
     };
+    // A page from a foreign origin cannot use a ticket it obtained (or
+    // stole); non-browser clients send no Origin and are not checked.
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !server.allowed_origins.allows(origin) {
+            server.metrics.handshakes_refused.inc();
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "this origin may not open WebSockets here (see --cors-origins)",
+            );
+        }
+    }
     let Some(text) = query.ticket else {
         return unauthorized(&server, "missing ticket");
     };

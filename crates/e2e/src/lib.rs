@@ -448,6 +448,59 @@ pub async fn start_chat(redis_urls: &str, id: &str, extra: &[String]) -> ChatSer
     panic!("chat-server {id} failed to start three times");
 }
 
+/// The local mode (`chat-local`: an API server and two chat servers on
+/// the in-memory store, no Redis) on free ports.
+pub struct LocalSystem {
+    pub process: Process,
+    pub api_url: String,
+    pub chat_ids: Vec<String>,
+}
+
+impl LocalSystem {
+    /// Starts `chat-local` with `extra` flags and waits until the API lists
+    /// both chat servers as ready.
+    pub async fn start(extra: &[&str]) -> LocalSystem {
+        let api_port = free_port();
+        let chat_ports = [free_port(), free_port()];
+        let mut args = vec![
+            "--api-port".to_owned(),
+            api_port.to_string(),
+            "--chat-ports".to_owned(),
+            format!("{},{}", chat_ports[0], chat_ports[1]),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let process = Process::spawn("chat-local", &bin_path("chat-local"), &args, &[], api_port);
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        let chat_ids = eventually(STARTUP, "chat-local to list two ready chat servers", || {
+            let api_url = api_url.clone();
+            async move {
+                let token = http_client()
+                    .post(format!("{api_url}/v1/auth/token"))
+                    .json(&json!({ "user": "admin" }))
+                    .send()
+                    .await
+                    .ok()?;
+                let token: Value = token.json().await.ok()?;
+                let admin = Api::with_token(&api_url, "admin", token["token"].as_str()?);
+                let servers = admin.servers().await["servers"].as_array()?.clone();
+                let ready = servers.len() == 2 && servers.iter().all(|s| s["state"] == "ready");
+                ready.then(|| {
+                    servers
+                        .iter()
+                        .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+                        .collect::<Vec<_>>()
+                })
+            }
+        })
+        .await;
+        LocalSystem {
+            process,
+            api_url,
+            chat_ids,
+        }
+    }
+}
+
 /// One api-server and `n` chat-servers sharing the test Redis Cluster.
 pub struct Cluster {
     pub api: Process,

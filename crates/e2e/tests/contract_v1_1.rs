@@ -53,53 +53,14 @@ impl System {
     }
 }
 
-/// The local mode on free ports: `chat-local` with two chat servers.
+/// The local mode on free ports, with two chat servers.
 async fn start_local() -> (Process, System) {
-    let api_port = e2e::free_port();
-    let chat_ports = [e2e::free_port(), e2e::free_port()];
-    let process = Process::spawn(
-        "chat-local",
-        &e2e::bin_path("chat-local"),
-        &[
-            "--api-port".into(),
-            api_port.to_string(),
-            "--chat-ports".into(),
-            format!("{},{}", chat_ports[0], chat_ports[1]),
-        ],
-        &[],
-        api_port,
-    );
-    let api_url = format!("http://127.0.0.1:{api_port}");
-    let admin = e2e::eventually(WAIT, "chat-local to list two ready chat servers", || {
-        let api_url = api_url.clone();
-        async move {
-            let token = reqwest::Client::new()
-                .post(format!("{api_url}/v1/auth/token"))
-                .json(&json!({ "user": "admin" }))
-                .send()
-                .await
-                .ok()?;
-            token.status().is_success().then_some(())?;
-            let admin = Api::login(&api_url, "admin").await;
-            let servers = admin.servers().await["servers"].as_array()?.clone();
-            (servers.len() == 2 && servers.iter().all(|s| s["state"] == "ready")).then_some(admin)
-        }
-    })
-    .await;
-    let servers = admin.servers().await;
-    let ids: Vec<String> = servers["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
-    (
-        process,
-        System {
-            api_url,
-            chat_ids: [ids[0].clone(), ids[1].clone()],
-        },
-    )
+    let local = e2e::LocalSystem::start(&[]).await;
+    let system = System {
+        api_url: local.api_url.clone(),
+        chat_ids: [local.chat_ids[0].clone(), local.chat_ids[1].clone()],
+    };
+    (local.process, system)
 }
 
 async fn put_read(api: &Api, room: &str, body: Value) -> (u16, Value) {
