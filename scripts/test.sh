@@ -28,6 +28,24 @@ export CHAT_TEST_REQUIRE_REDIS=1
 echo "== running the tests"
 cargo test --workspace --locked "$@"
 
+# --- The TypeScript SDK (clients/typescript) ----------------------------------
+# Node 20+ and npm come with the machine image; apt-get installs them where
+# they are missing. npm ci installs the locked dev dependencies.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "== installing Node.js and npm (apt-get)"
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+echo "== TypeScript SDK: generated types, typecheck, unit and chaos tests, chat-local, cluster faults"
+(
+  cd clients/typescript
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run --silent check-generated
+  npm run --silent typecheck
+  npm test --silent
+  npm run --silent test:integration
+  CHAT_REDIS_URLS="$CHAT_TEST_REDIS_URLS" npm run --silent test:faults
+)
+
 # --- The REST API against its own OpenAPI document ----------------------------
 echo "== schemathesis against /openapi.json of a live API server"
 scripts/schemathesis.sh

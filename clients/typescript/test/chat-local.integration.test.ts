@@ -17,8 +17,6 @@ import { ChatClient, fetchDevToken, InvalidArgumentError, SendError } from '../s
 import type { ConnectionState, Message } from '../src/index.js';
 
 const BIN = process.env['CHAT_LOCAL_BIN'] ?? fileURLToPath(new URL('../../../target/debug/chat-local', import.meta.url));
-/** v1.1 assertions (read state, presence, service tokens): on with CHAT_V11=1 until the server has v1.1. */
-const V11 = process.env['CHAT_V11'] === '1';
 
 let child: ChildProcess | undefined;
 let api = '';
@@ -209,7 +207,7 @@ describe('SDK against chat-local (contract v1.0)', () => {
   });
 });
 
-describe.runIf(V11)('SDK against chat-local (contract v1.1)', () => {
+describe('SDK against chat-local (contract v1.1)', () => {
   it('read state: markRead moves the marker, other members get a read event, rooms carry unread', async () => {
     const alice = await user('alice');
     const bob = await user('bob');
