@@ -27,7 +27,10 @@ pub async fn index() -> Response {
 
 pub async fn asset(Path(path): Path<String>) -> Response {
     // Vite names assets by content hash: they never change under a name.
-    serve(&format!("assets/{path}"), "public, max-age=31536000, immutable")
+    serve(
+        &format!("assets/{path}"),
+        "public, max-age=31536000, immutable",
+    )
 }
 
 fn serve(path: &str, cache_control: &'static str) -> Response {
@@ -40,7 +43,10 @@ fn serve(path: &str, cache_control: &'static str) -> Response {
     if let Ok(value) = HeaderValue::from_str(mime) {
         headers.insert(header::CONTENT_TYPE, value);
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),

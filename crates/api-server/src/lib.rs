@@ -5,9 +5,9 @@
 //! in-process; [`main.rs`] only parses flags and wires the store.
 
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod extract;
-pub mod console;
 pub mod openapi;
 pub mod placement;
 pub mod routes;

@@ -123,5 +123,9 @@ async fn the_console_is_served_at_the_root_unless_turned_off() {
     let missing = app(&[]).oneshot(get("/assets/nope.js")).await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let off = app(&["--console=false"]).oneshot(get("/")).await.unwrap();
-    assert_eq!(off.status(), StatusCode::NOT_FOUND, "--console false serves no page");
+    assert_eq!(
+        off.status(),
+        StatusCode::NOT_FOUND,
+        "--console false serves no page"
+    );
 }

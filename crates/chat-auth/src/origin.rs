@@ -14,11 +14,8 @@ pub struct AllowedOrigins {
 }
 
 /// The local mode's default: pages served from loopback on any port.
-pub const LOCALHOST_ORIGINS: &[&str] = &[
-    "http://localhost:*",
-    "http://127.0.0.1:*",
-    "http://[::1]:*",
-];
+pub const LOCALHOST_ORIGINS: &[&str] =
+    &["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
 
 impl AllowedOrigins {
     pub fn new<I, S>(entries: I) -> Self
@@ -73,7 +70,10 @@ mod tests {
         assert!(!allowed.allows("http://localhost.evil.com"));
         assert!(!allowed.allows("http://localhost:5173.evil.com"));
         assert!(!allowed.allows("http://localhost:"));
-        assert!(!allowed.allows("https://localhost:5173"), "scheme is part of the origin");
+        assert!(
+            !allowed.allows("https://localhost:5173"),
+            "scheme is part of the origin"
+        );
         assert!(!allowed.allows("https://app.example.com.evil.com"));
         assert!(!allowed.allows("null"));
         assert!(AllowedOrigins::new(["*"]).allows("https://anything.test"));
@@ -83,10 +83,18 @@ mod tests {
     #[test]
     fn the_local_default_covers_loopback_pages_only() {
         let local = AllowedOrigins::new(LOCALHOST_ORIGINS);
-        for ok in ["http://localhost:5173", "http://127.0.0.1:8080", "http://[::1]:3000"] {
+        for ok in [
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "http://[::1]:3000",
+        ] {
             assert!(local.allows(ok), "{ok}");
         }
-        for refused in ["http://192.168.1.2:8080", "https://example.com", "http://127.0.0.2:80"] {
+        for refused in [
+            "http://192.168.1.2:8080",
+            "https://example.com",
+            "http://127.0.0.2:80",
+        ] {
             assert!(!local.allows(refused), "{refused}");
         }
     }

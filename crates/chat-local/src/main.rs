@@ -130,7 +130,9 @@ async fn main() -> anyhow::Result<()> {
 
     let console_url = format!("http://{api_addr}/");
     println!("chat service running (in-memory store, development tokens on)");
-    println!("  console:      {console_url}   (open it in a browser; a second tab can be a second user)");
+    println!(
+        "  console:      {console_url}   (open it in a browser; a second tab can be a second user)"
+    );
     println!("  REST API:     http://{api_addr}   (OpenAPI: http://{api_addr}/openapi.json)");
     for url in &chat_urls {
         println!("  chat server:  {url}");

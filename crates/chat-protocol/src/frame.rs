@@ -157,15 +157,11 @@ impl ClientFrame {
             }
             "read" => {
                 let f: ReadFields = serde_json::from_value(value.clone()).map_err(fields_error)?;
-                let seq = f
-                    .seq
-                    .as_u64()
-                    .filter(|n| *n <= i64::MAX as u64)
-                    .ok_or_else(|| FrameError {
-                        code: ErrorCode::InvalidRequest,
-                        message: "\"seq\" must be an integer >= 0".into(),
-                        client_msg_id: None,
-                    })?;
+                let seq = crate::rest::seq_from_json(&f.seq).ok_or_else(|| FrameError {
+                    code: ErrorCode::InvalidRequest,
+                    message: "\"seq\" must be an integer >= 0".into(),
+                    client_msg_id: None,
+                })?;
                 Ok(ClientFrame::Read { room: f.room, seq })
             }
             "ping" => Ok(ClientFrame::Ping {
@@ -397,8 +393,20 @@ mod tests {
             r#"{"type":"read","room":"r"}"#,
             r#"{"type":"read","room":"r","seq":9223372036854775808}"#,
         ] {
-            assert_eq!(parse(text).unwrap_err().code, ErrorCode::InvalidRequest, "{text}");
+            assert_eq!(
+                parse(text).unwrap_err().code,
+                ErrorCode::InvalidRequest,
+                "{text}"
+            );
         }
+        assert_eq!(
+            parse(r#"{"type":"read","room":"r","seq":3.0}"#).unwrap(),
+            ClientFrame::Read {
+                room: "r".into(),
+                seq: 3
+            },
+            "JSON Schema's integer: 3.0 is one"
+        );
         let err = parse(r#"{"type":"read","seq":1}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidFrame);
     }

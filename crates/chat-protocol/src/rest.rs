@@ -130,7 +130,34 @@ pub struct PostMessageRequest {
 pub struct ReadRequest {
     /// The seq read up to; above the room's latest it counts as the latest.
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    #[serde(deserialize_with = "seq_field")]
     pub seq: u64,
+}
+
+/// A seq as JSON: an integer in `0..=i64::MAX` (JSON Schema's `integer`,
+/// so `3.0` counts and `3.5` does not). `None` for anything else.
+pub fn seq_from_json(value: &serde_json::Value) -> Option<u64> {
+    let seq = match value.as_u64() {
+        Some(n) => n,
+        None => {
+            let f = value.as_f64()?;
+            if f.fract() != 0.0 || !(0.0..=i64::MAX as f64).contains(&f) {
+                return None;
+            }
+            f as u64
+        }
+    };
+    (seq <= i64::MAX as u64).then_some(seq)
+}
+
+fn seq_field<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    seq_from_json(&value).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "seq must be an integer in 0..={}, not {value}",
+            i64::MAX
+        ))
+    })
 }
 
 /// The caller's read marker after `PUT .../read`.

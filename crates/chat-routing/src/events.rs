@@ -49,8 +49,7 @@ impl MessageRouter {
             }
             .to_json(),
         );
-        let recipients = if marked.member_count <= self.fanout_limits().read_receipts_max_members
-        {
+        let recipients = if marked.member_count <= self.fanout_limits().read_receipts_max_members {
             Recipients::All
         } else {
             Recipients::Only(user)

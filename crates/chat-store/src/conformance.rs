@@ -526,7 +526,10 @@ pub async fn read_markers_move_forward_only(store: SharedStore) {
         async move { store.room_view(&room, &who).await.unwrap().unwrap() }
     };
     let fresh = view(bob.clone()).await;
-    assert_eq!((fresh.room.last_seq, fresh.room.read_seq, fresh.room.unread), (0, 0, 0));
+    assert_eq!(
+        (fresh.room.last_seq, fresh.room.read_seq, fresh.room.unread),
+        (0, 0, 0)
+    );
     for i in 0..3 {
         store
             .append(msg(&room, &alice, &format!("m{i}"), None))
@@ -543,7 +546,10 @@ pub async fn read_markers_move_forward_only(store: SharedStore) {
     assert_eq!((nobody.room.read_seq, nobody.is_member), (0, false));
 
     let marked = store.mark_read(&room, &bob, 2).await.unwrap();
-    assert_eq!((marked.read_seq, marked.moved, marked.member_count), (2, true, 2));
+    assert_eq!(
+        (marked.read_seq, marked.moved, marked.member_count),
+        (2, true, 2)
+    );
     let back = store.mark_read(&room, &bob, 1).await.unwrap();
     assert_eq!((back.read_seq, back.moved), (2, false));
     assert!(back.online.is_empty(), "no move, nothing to route");
@@ -557,7 +563,10 @@ pub async fn read_markers_move_forward_only(store: SharedStore) {
     );
     let listed = store.rooms_of_user(&bob).await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].last_seq, listed[0].read_seq, listed[0].unread), (3, 3, 0));
+    assert_eq!(
+        (listed[0].last_seq, listed[0].read_seq, listed[0].unread),
+        (3, 3, 0)
+    );
 
     assert!(matches!(
         store.mark_read(&room, &mallory, 1).await,
@@ -585,10 +594,7 @@ pub async fn read_markers_move_forward_only(store: SharedStore) {
 
     // Leaving drops the marker; a member again starts from 0.
     store.remove_member(&room, &bob).await.unwrap();
-    assert_eq!(
-        store.reads(&room).await.unwrap(),
-        vec![(alice.clone(), 4)]
-    );
+    assert_eq!(store.reads(&room).await.unwrap(), vec![(alice.clone(), 4)]);
     store.add_member(&room, &bob).await.unwrap();
     assert_eq!(view(bob.clone()).await.room.read_seq, 0);
 }
@@ -609,12 +615,20 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
         session: s.into(),
         server_id: srv.into(),
     };
-    let first = store.add_session(&alice, &loc("s1", &a), 60_000).await.unwrap();
-    let came = first.came_online.expect("the first session brings alice online");
+    let first = store
+        .add_session(&alice, &loc("s1", &a), 60_000)
+        .await
+        .unwrap();
+    let came = first
+        .came_online
+        .expect("the first session brings alice online");
     assert_eq!((came.user.as_str(), came.online), (alice.as_str(), true));
     assert_eq!(came.rooms, vec![room.clone()]);
     assert!(came.ts > 0);
-    let second = store.add_session(&alice, &loc("s2", &b), 60_000).await.unwrap();
+    let second = store
+        .add_session(&alice, &loc("s2", &b), 60_000)
+        .await
+        .unwrap();
     assert_eq!(second.came_online, None, "a second session changes nothing");
     assert_eq!(store.remove_session(&alice, "s1").await.unwrap(), None);
     let gone = store
@@ -622,28 +636,54 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
         .await
         .unwrap()
         .expect("the last session takes alice offline");
-    assert_eq!((gone.online, gone.rooms.clone()), (false, vec![room.clone()]));
+    assert_eq!(
+        (gone.online, gone.rooms.clone()),
+        (false, vec![room.clone()])
+    );
     assert_eq!(store.remove_session(&alice, "s2").await.unwrap(), None);
 
     // Reaping: bob on two servers goes offline only with the second.
-    store.add_session(&bob, &loc("s3", &a), 60_000).await.unwrap();
-    store.add_session(&bob, &loc("s4", &b), 60_000).await.unwrap();
+    store
+        .add_session(&bob, &loc("s3", &a), 60_000)
+        .await
+        .unwrap();
+    store
+        .add_session(&bob, &loc("s4", &b), 60_000)
+        .await
+        .unwrap();
     assert!(store.reap_server(&a).await.unwrap().is_empty());
     let reaped = store.reap_server(&b).await.unwrap();
     assert_eq!(reaped.len(), 1);
     assert_eq!(
-        (reaped[0].user.as_str(), reaped[0].online, reaped[0].rooms.clone()),
+        (
+            reaped[0].user.as_str(),
+            reaped[0].online,
+            reaped[0].rooms.clone()
+        ),
         (bob.as_str(), false, vec![room.clone()])
     );
-    assert!(store.reap_server(&b).await.unwrap().is_empty(), "exactly once");
-    assert!(!store.sessions_of(&[bob.clone()]).await.unwrap().contains_key(&bob));
+    assert!(
+        store.reap_server(&b).await.unwrap().is_empty(),
+        "exactly once"
+    );
+    assert!(!store
+        .sessions_of(&[bob.clone()])
+        .await
+        .unwrap()
+        .contains_key(&bob));
     // Coming back after a reap is a new transition.
-    let again = store.add_session(&bob, &loc("s4", &b), 60_000).await.unwrap();
+    let again = store
+        .add_session(&bob, &loc("s4", &b), 60_000)
+        .await
+        .unwrap();
     assert!(again.came_online.is_some());
     store.remove_session(&bob, "s4").await.unwrap();
 
     // Who hears about it: the presence index, unless the room is large.
-    store.add_session(&alice, &loc("s5", &a), 60_000).await.unwrap();
+    store
+        .add_session(&alice, &loc("s5", &a), 60_000)
+        .await
+        .unwrap();
     assert_eq!(
         store.presence_audience(&room, 2).await.unwrap(),
         Some(vec![online(&alice, "s5", &a)])
@@ -665,16 +705,34 @@ pub async fn dead_servers_are_reaped_once(store: SharedStore) {
         session: s.into(),
         server_id: srv.into(),
     };
-    store.add_session(&alice, &loc("s1", &live), 60_000).await.unwrap();
-    store.add_session(&bob, &loc("s2", &dead), 60_000).await.unwrap();
-    assert!(store.reap_dead_servers().await.unwrap().is_empty(), "both report health");
+    store
+        .add_session(&alice, &loc("s1", &live), 60_000)
+        .await
+        .unwrap();
+    store
+        .add_session(&bob, &loc("s2", &dead), 60_000)
+        .await
+        .unwrap();
+    assert!(
+        store.reap_dead_servers().await.unwrap().is_empty(),
+        "both report health"
+    );
     store.remove_server(&dead).await.unwrap();
     let reaped = store.reap_dead_servers().await.unwrap();
     assert_eq!(reaped.len(), 1, "{reaped:?}");
-    assert_eq!((reaped[0].user.as_str(), reaped[0].online), (bob.as_str(), false));
+    assert_eq!(
+        (reaped[0].user.as_str(), reaped[0].online),
+        (bob.as_str(), false)
+    );
     assert_eq!(reaped[0].rooms, vec![room.clone()]);
-    assert!(store.reap_dead_servers().await.unwrap().is_empty(), "exactly once");
-    let found = store.sessions_of(&[alice.clone(), bob.clone()]).await.unwrap();
+    assert!(
+        store.reap_dead_servers().await.unwrap().is_empty(),
+        "exactly once"
+    );
+    let found = store
+        .sessions_of(&[alice.clone(), bob.clone()])
+        .await
+        .unwrap();
     assert!(found.contains_key(&alice) && !found.contains_key(&bob));
     store.remove_session(&alice, "s1").await.unwrap();
     store.remove_server(&live).await.unwrap();

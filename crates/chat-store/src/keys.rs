@@ -105,10 +105,7 @@ mod tests {
             hash_tag(&registry_pending("s1"))
         );
         assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(REGISTRY_HOSTS));
-        assert_eq!(
-            hash_tag(REGISTRY_SERVERS),
-            hash_tag(&registry_hosted("s1"))
-        );
+        assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(&registry_hosted("s1")));
         assert_ne!(hash_tag(&user_rooms("bob")), hash_tag(&room_meta("bob")));
     }
 }

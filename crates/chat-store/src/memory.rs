@@ -89,7 +89,11 @@ impl State {
             .get(user)
             .into_iter()
             .flatten()
-            .filter(|id| self.rooms.get(*id).is_some_and(|r| r.members.contains(user)))
+            .filter(|id| {
+                self.rooms
+                    .get(*id)
+                    .is_some_and(|r| r.members.contains(user))
+            })
             .cloned()
             .collect();
         rooms.sort();
@@ -598,14 +602,15 @@ impl Store for MemoryStore {
         let mut dead: Vec<String> = st
             .hosted
             .keys()
-            .filter(|id| st.servers.get(*id).is_none_or(|(_, expires)| *expires <= now))
+            .filter(|id| {
+                st.servers
+                    .get(*id)
+                    .is_none_or(|(_, expires)| *expires <= now)
+            })
             .cloned()
             .collect();
         dead.sort();
-        Ok(dead
-            .iter()
-            .flat_map(|id| st.reap_server(id, now))
-            .collect())
+        Ok(dead.iter().flat_map(|id| st.reap_server(id, now)).collect())
     }
 
     async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>> {

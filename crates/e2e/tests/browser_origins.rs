@@ -13,7 +13,10 @@ async fn preflight(api_url: &str, origin: &str) -> reqwest::Response {
         .request(reqwest::Method::OPTIONS, format!("{api_url}/v1/rooms"))
         .header("origin", origin)
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap()
@@ -71,8 +74,15 @@ async fn local_mode_serves_loopback_origins_and_refuses_others() {
 
     let alice = Api::login(&local.api_url, &e2e::unique("alice")).await;
     assert_eq!(handshake_status(&alice, Some(dev_server)).await, 101);
-    assert_eq!(handshake_status(&alice, None).await, 101, "non-browser clients send no Origin");
-    assert_eq!(handshake_status(&alice, Some("https://evil.example")).await, 403);
+    assert_eq!(
+        handshake_status(&alice, None).await,
+        101,
+        "non-browser clients send no Origin"
+    );
+    assert_eq!(
+        handshake_status(&alice, Some("https://evil.example")).await,
+        403
+    );
 
     // The console is served at / from the binary.
     let page = reqwest::get(format!("{}/", local.api_url)).await.unwrap();
@@ -91,8 +101,13 @@ async fn other_origins_are_a_flag() {
     let answer = preflight(&local.api_url, app).await;
     assert_eq!(answer.headers()["access-control-allow-origin"], app);
     let loopback = preflight(&local.api_url, "http://localhost:5173").await;
-    assert!(!loopback.headers().contains_key("access-control-allow-origin"));
+    assert!(!loopback
+        .headers()
+        .contains_key("access-control-allow-origin"));
     let alice = Api::login(&local.api_url, &e2e::unique("alice")).await;
     assert_eq!(handshake_status(&alice, Some(app)).await, 101);
-    assert_eq!(handshake_status(&alice, Some("http://localhost:5173")).await, 403);
+    assert_eq!(
+        handshake_status(&alice, Some("http://localhost:5173")).await,
+        403
+    );
 }

@@ -73,8 +73,12 @@ async fn put_read(api: &Api, room: &str, body: Value) -> (u16, Value) {
 }
 
 async fn reads(api: &Api, room: &str) -> (u16, Value) {
-    api.call(reqwest::Method::GET, &format!("/v1/rooms/{room}/reads"), None)
-        .await
+    api.call(
+        reqwest::Method::GET,
+        &format!("/v1/rooms/{room}/reads"),
+        None,
+    )
+    .await
 }
 
 fn is_read(frame: &Value, room: &str, user: &str) -> bool {
@@ -92,7 +96,11 @@ async fn until_message(ws: &mut WsClient, room: &str, body: &str) -> Vec<Value> 
             v["type"] == "message" && v["room"] == room && v["body"] == body
         })
         .await;
-    assert!(found.is_some(), "{} never got {body:?}; got {before:?}", ws.user);
+    assert!(
+        found.is_some(),
+        "{} never got {body:?}; got {before:?}",
+        ws.user
+    );
     before
 }
 
@@ -115,7 +123,9 @@ async fn read_receipt_and_device_sync(system: &System) {
         .send_json(json!({ "type": "read", "room": room, "seq": 2 }))
         .await;
     for ws in [&mut alice_laptop, &mut bob_ws, &mut alice_phone] {
-        let (_, frame) = ws.read_until(WAIT, |v| is_read(v, &room, &alice.user)).await;
+        let (_, frame) = ws
+            .read_until(WAIT, |v| is_read(v, &room, &alice.user))
+            .await;
         let frame = frame.unwrap_or_else(|| panic!("{} got no read frame", ws.user));
         assert_eq!(frame["seq"], 2, "{frame}");
     }
@@ -141,7 +151,11 @@ async fn read_receipt_and_device_sync(system: &System) {
         json!({ "user": bob.user, "seq": 3 }),
     ];
     expected.sort_by_key(|v| v["user"].as_str().unwrap().to_owned());
-    assert_eq!(got["reads"], json!(expected), "bob's own sends moved his marker");
+    assert_eq!(
+        got["reads"],
+        json!(expected),
+        "bob's own sends moved his marker"
+    );
 
     // Backwards is ignored (and announces nothing); above the latest clamps.
     let back = put_read(&alice, &room, json!({ "seq": 1 })).await;
@@ -168,7 +182,9 @@ async fn presence_is_per_user(system: &System) {
     let mut bob_ws = WsClient::connect_to(&bob, s1).await;
 
     let first = WsClient::connect_to(&alice, s0).await;
-    let (_, online) = bob_ws.read_until(WAIT, |v| is_presence(v, &alice.user)).await;
+    let (_, online) = bob_ws
+        .read_until(WAIT, |v| is_presence(v, &alice.user))
+        .await;
     let online = online.expect("alice's first session is announced");
     assert_eq!(
         (&online["room"], &online["online"]),
@@ -189,7 +205,9 @@ async fn presence_is_per_user(system: &System) {
     );
 
     first.close().await;
-    let (_, offline) = bob_ws.read_until(WAIT, |v| is_presence(v, &alice.user)).await;
+    let (_, offline) = bob_ws
+        .read_until(WAIT, |v| is_presence(v, &alice.user))
+        .await;
     assert_eq!(offline.expect("the last session closing")["online"], false);
 }
 
@@ -212,7 +230,10 @@ async fn service_publishes_to_members(system: &System) {
         .await;
     assert_eq!(status, 201, "{room}");
     assert_eq!(room["created_by"], alice.user.as_str());
-    assert_eq!(room["member_count"], 2, "creator and member, not the service");
+    assert_eq!(
+        room["member_count"], 2,
+        "creator and member, not the service"
+    );
     let room = room["id"].as_str().unwrap().to_owned();
 
     let publish = |body: Value| {
@@ -229,7 +250,11 @@ async fn service_publishes_to_members(system: &System) {
         }
     };
     let (status, as_alice) = publish(json!({ "body": "from alice", "from": alice.user })).await;
-    assert_eq!((status, &as_alice["from"]), (201, &json!(alice.user)), "{as_alice}");
+    assert_eq!(
+        (status, &as_alice["from"]),
+        (201, &json!(alice.user)),
+        "{as_alice}"
+    );
     let (status, as_service) = publish(json!({ "body": "from the service" })).await;
     assert_eq!(
         (status, &as_service["from"]),
@@ -242,28 +267,59 @@ async fn service_publishes_to_members(system: &System) {
         assert_eq!(bodies, ["from alice", "from the service"], "{}", ws.user);
     }
     let not_member = publish(json!({ "body": "x", "from": unique("stranger") })).await;
-    assert_error(&not_member, 403, "forbidden", "a service publishing as a non-member");
+    assert_error(
+        &not_member,
+        403,
+        "forbidden",
+        "a service publishing as a non-member",
+    );
 
     // The user's rooms, with that user's read state: alice "sent" seq 1.
     let (status, listed) = service
-        .call(reqwest::Method::GET, &format!("/v1/users/{}/rooms", alice.user), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/users/{}/rooms", alice.user),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{listed}");
     let found = &listed["rooms"].as_array().unwrap()[0];
     assert_eq!(
-        (&found["id"], &found["last_seq"], &found["read_seq"], &found["unread"]),
+        (
+            &found["id"],
+            &found["last_seq"],
+            &found["read_seq"],
+            &found["unread"]
+        ),
         (&json!(room), &json!(2), &json!(1), &json!(1)),
         "{found}"
     );
     let (status, members) = service.members(&room).await;
-    assert_eq!(status, 200, "a service reads members of any room: {members}");
+    assert_eq!(
+        status, 200,
+        "a service reads members of any room: {members}"
+    );
     assert_eq!(service.add_member(&room, &unique("carol")).await.0, 204);
 
-    assert_error(&service.connect().await, 403, "forbidden", "a service on /v1/connect");
+    assert_error(
+        &service.connect().await,
+        403,
+        "forbidden",
+        "a service on /v1/connect",
+    );
     let users_rooms = alice
-        .call(reqwest::Method::GET, &format!("/v1/users/{}/rooms", bob.user), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/users/{}/rooms", bob.user),
+            None,
+        )
         .await;
-    assert_error(&users_rooms, 403, "forbidden", "a user listing another's rooms");
+    assert_error(
+        &users_rooms,
+        403,
+        "forbidden",
+        "a user listing another's rooms",
+    );
     let spoofed = alice
         .call(
             reqwest::Method::POST,
@@ -300,7 +356,11 @@ async fn v1_1_bad_input(system: &System) {
         assert_error(&got, 400, "invalid_request", &format!("PUT read {body}"));
     }
     let no_body = alice
-        .call(reqwest::Method::PUT, &format!("/v1/rooms/{room}/read"), None)
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/rooms/{room}/read"),
+            None,
+        )
         .await;
     assert_error(&no_body, 400, "invalid_request", "PUT read without a body");
     assert_error(
@@ -309,7 +369,12 @@ async fn v1_1_bad_input(system: &System) {
         "forbidden",
         "reading a room one is not in",
     );
-    assert_error(&reads(&mallory, &room).await, 403, "forbidden", "reads of a room one is not in");
+    assert_error(
+        &reads(&mallory, &room).await,
+        403,
+        "forbidden",
+        "reads of a room one is not in",
+    );
     assert_error(
         &put_read(&alice, "r_missing", json!({ "seq": 1 })).await,
         404,
@@ -317,9 +382,18 @@ async fn v1_1_bad_input(system: &System) {
         "PUT read of no room",
     );
     let (_, marks) = reads(&alice, &room).await;
-    assert_eq!(marks["reads"], json!([{ "user": alice.user, "seq": 1 }]), "nothing moved");
+    assert_eq!(
+        marks["reads"],
+        json!([{ "user": alice.user, "seq": 1 }]),
+        "nothing moved"
+    );
 
-    for created_by in [json!("not a user"), json!(""), json!(5), json!(unique("other"))] {
+    for created_by in [
+        json!("not a user"),
+        json!(""),
+        json!(5),
+        json!(unique("other")),
+    ] {
         let got = alice
             .call(
                 reqwest::Method::POST,
@@ -327,7 +401,12 @@ async fn v1_1_bad_input(system: &System) {
                 Some(&json!({ "name": "x", "created_by": created_by })),
             )
             .await;
-        assert_error(&got, 400, "invalid_request", &format!("created_by {created_by}"));
+        assert_error(
+            &got,
+            400,
+            "invalid_request",
+            &format!("created_by {created_by}"),
+        );
     }
 
     let mut ws = WsClient::connect(&alice).await;
@@ -338,7 +417,11 @@ async fn v1_1_bad_input(system: &System) {
     ] {
         ws.send_json(frame.clone()).await;
         let (_, error) = ws.read_until(WAIT, |v| v["type"] == "error").await;
-        assert_eq!(error.expect("an error")["code"], "invalid_request", "{frame}");
+        assert_eq!(
+            error.expect("an error")["code"],
+            "invalid_request",
+            "{frame}"
+        );
     }
     let strangers = mallory.create_room_id("other", &[]).await;
     ws.send_json(json!({ "type": "read", "room": strangers, "seq": 1 }))
@@ -357,12 +440,16 @@ async fn killed_server_reports_its_users_offline(cluster: &mut Cluster) {
     let room = bob.create_room_id("reaped", &[&alice.user]).await;
     let mut bob_ws = WsClient::connect_to(&bob, s1).await;
     let _alice_ws = WsClient::connect_to(&alice, s0).await;
-    let (_, online) = bob_ws.read_until(WAIT, |v| is_presence(v, &alice.user)).await;
+    let (_, online) = bob_ws
+        .read_until(WAIT, |v| is_presence(v, &alice.user))
+        .await;
     assert_eq!(online.expect("online first")["online"], true);
 
     let killed_at = Instant::now();
     cluster.chat[0].process.sigkill().await;
-    let (_, offline) = bob_ws.read_until(WAIT, |v| is_presence(v, &alice.user)).await;
+    let (_, offline) = bob_ws
+        .read_until(WAIT, |v| is_presence(v, &alice.user))
+        .await;
     let offline = offline.expect("the dead server's user reported offline");
     assert_eq!(offline["online"], false, "{offline}");
     println!(

@@ -25,4 +25,3 @@ pub async fn make(config: StoreConfig) -> Option<SharedStore> {
         .expect("connect to the Redis Cluster");
     Some(Arc::new(store))
 }
-
