@@ -185,7 +185,13 @@ function RoomView({ store, r }: { store: ConsoleStore; r: RoomState }) {
   const small = r.room.member_count <= READ_RECEIPTS_MAX_MEMBERS;
   const memberCount = `${r.room.member_count} ${r.room.member_count === 1 ? 'member' : 'members'}`;
   return (
-    <section class="room" aria-label={`Room ${r.room.name}`} data-testid="room-view" data-room-id={r.room.id}>
+    <section
+      class="room"
+      aria-label={`Room ${r.room.name}`}
+      data-testid="room-view"
+      data-room-id={r.room.id}
+      data-show-members={showMembers ? 'true' : 'false'}
+    >
       <header class="room-head">
         <button type="button" class="back" data-testid="back-to-rooms" onClick={() => store.open(undefined)}>
           <span aria-hidden="true">←</span> Rooms
@@ -204,40 +210,38 @@ function RoomView({ store, r }: { store: ConsoleStore; r: RoomState }) {
           {memberCount}
         </button>
       </header>
-      <div class="room-body" data-show-members={showMembers ? 'true' : 'false'}>
-        <div class="messages" ref={list} onScroll={onScroll} role="log" aria-label="Messages" data-testid="message-list" tabIndex={0}>
-          {!r.historyLoaded ? (
-            <p class="hint">Loading…</p>
-          ) : r.hasOlder ? (
-            <button
-              type="button"
-              class="link older"
-              data-testid="load-older"
-              disabled={r.loadingOlder}
-              onClick={() => void store.loadOlder(r.room.id)}
-            >
-              {r.loadingOlder ? 'Loading…' : 'Load older messages'}
-            </button>
-          ) : (
-            <p class="hint" data-testid="history-start">
-              {messages.length === 0 && unplaced.length === 0 ? 'No messages yet: say hello.' : 'The start of the room.'}
-            </p>
-          )}
-          <ol class="message-list">
-            {messages.map((m) => (
-              <MessageItem key={`s${m.seq}`} store={store} m={m} status={store.statusOf(r, m)} seenBy={small ? receipts.get(m.seq) : undefined} />
-            ))}
-            {unplaced.map((s) => (
-              <PendingItem key={`c${s.clientMsgId}`} store={store} roomId={r.room.id} send={s} />
-            ))}
-          </ol>
-        </div>
-        <Members store={store} r={r} />
+      <div class="messages" ref={list} onScroll={onScroll} role="log" aria-label="Messages" data-testid="message-list" tabIndex={0}>
+        {!r.historyLoaded ? (
+          <p class="hint">Loading…</p>
+        ) : r.hasOlder ? (
+          <button
+            type="button"
+            class="link older"
+            data-testid="load-older"
+            disabled={r.loadingOlder}
+            onClick={() => void store.loadOlder(r.room.id)}
+          >
+            {r.loadingOlder ? 'Loading…' : 'Load older messages'}
+          </button>
+        ) : (
+          <p class="hint" data-testid="history-start">
+            {messages.length === 0 && unplaced.length === 0 ? 'No messages yet: say hello.' : 'The start of the room.'}
+          </p>
+        )}
+        <ol class="message-list">
+          {messages.map((m) => (
+            <MessageItem key={`s${m.seq}`} store={store} m={m} status={store.statusOf(r, m)} seenBy={small ? receipts.get(m.seq) : undefined} />
+          ))}
+          {unplaced.map((s) => (
+            <PendingItem key={`c${s.clientMsgId}`} store={store} roomId={r.room.id} send={s} />
+          ))}
+        </ol>
       </div>
       <p class="typing" data-testid="typing-indicator" aria-live="polite">
         {typingText(typing)}
       </p>
       <Composer store={store} roomId={r.room.id} />
+      <Members store={store} r={r} />
     </section>
   );
 }

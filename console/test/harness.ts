@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 
 const repo = (path: string) => fileURLToPath(new URL(`../../${path}`, import.meta.url));
 const CHAT_LOCAL_BIN = process.env['CHAT_LOCAL_BIN'] ?? repo('target/debug/chat-local');
@@ -82,7 +82,7 @@ function spawnProc(name: string, bin: string, args: string[], env: NodeJS.Proces
 
 /** Stops every process the tests started (by their own handles). */
 export async function stopAll(): Promise<void> {
-  for (const p of previews.splice(0)) await p.close();
+  for (const server of devServers.splice(0)) await server.close();
   const procs = running.splice(0);
   for (const p of procs) p.kill('SIGKILL');
   await Promise.all(
@@ -132,26 +132,37 @@ async function readyServers(api: string): Promise<number> {
   return servers.servers.filter((s) => s.state === 'ready').length;
 }
 
-const previews: { close: () => Promise<void> }[] = [];
+const devServers: { close: () => Promise<void> }[] = [];
+let devServerPort: number | undefined;
 
 /**
- * Where the page is loaded from: the API server itself. Only with
- * `CONSOLE_PREVIEW=1` (a development aid for a binary without the
- * embedded console) from `vite preview` of `dist/`, forwarding `/v1` to it.
+ * With `CONSOLE_DEV_SERVER=1`, a development aid, the page comes from a
+ * Vite dev server of `src/` (forwarding `/v1` to the API) instead: the
+ * console can then be tried without rebuilding the Rust binaries. CI never
+ * sets it.
  */
-async function consoleUrl(api: string): Promise<string> {
-  if (process.env['CONSOLE_PREVIEW'] !== '1') {
+async function devServerOrigin(): Promise<string | undefined> {
+  if (process.env['CONSOLE_DEV_SERVER'] !== '1') return undefined;
+  devServerPort ??= await freePort();
+  return `http://127.0.0.1:${devServerPort}`;
+}
+
+/** Where the page is loaded from: the API server (or the dev server, see above). */
+async function pageOrigin(api: string): Promise<string> {
+  const dev = await devServerOrigin();
+  if (!dev) {
     await assertConsoleServed(api);
     return api;
   }
-  const { preview } = await import('vite');
-  const server = await preview({
+  const { createServer: createViteServer } = await import('vite');
+  const server = await createViteServer({
     root: fileURLToPath(new URL('..', import.meta.url)),
     logLevel: 'warn',
-    preview: { host: '127.0.0.1', port: await freePort(), strictPort: true, proxy: { '/v1': api } },
+    server: { host: '127.0.0.1', port: devServerPort!, strictPort: true, proxy: { '/v1': api }, hmr: false },
   });
-  previews.push({ close: () => server.close() });
-  return server.resolvedUrls?.local[0]?.replace(/\/$/, '') ?? '';
+  await server.listen();
+  devServers.push(server);
+  return dev;
 }
 
 /** The page must come from the API server: fail clearly when the binary does not serve it. */
@@ -168,8 +179,8 @@ async function assertConsoleServed(api: string): Promise<void> {
 
 export interface LocalSystem {
   api: string;
-  /** Where the page is loaded from (the API server). */
-  pageUrl: string;
+  /** Where the page is loaded from: the API server itself. */
+  page: string;
   process: Proc;
 }
 
@@ -182,7 +193,7 @@ export async function startChatLocal(): Promise<LocalSystem> {
     try {
       await waitFor('chat-local /readyz', () => httpOk(`${api}/readyz`), [p]);
       await waitFor('two ready chat servers', async () => (await readyServers(api)) === 2, [p]);
-      return { api, pageUrl: await consoleUrl(api), process: p };
+      return { api, page: await pageOrigin(api), process: p };
     } catch (e) {
       p.kill();
       // A port taken meanwhile: try others.
@@ -191,9 +202,26 @@ export async function startChatLocal(): Promise<LocalSystem> {
   }
 }
 
+/**
+ * For a test file: `chat-local` and Chromium started before its tests and
+ * stopped after them. Read the fields inside tests (they are set by then).
+ */
+export function localSystemForFile(): { system: LocalSystem; browser: Browser } {
+  const shared = {} as { system: LocalSystem; browser: Browser };
+  beforeAll(async () => {
+    shared.system = await startChatLocal();
+    shared.browser = await launchBrowser();
+  });
+  afterAll(async () => {
+    await shared.browser?.close();
+    await stopAll();
+  });
+  return shared;
+}
+
 export interface ClusterSystem {
   api: string;
-  pageUrl: string;
+  page: string;
   chats: Map<string, Proc>;
   stopRedis: () => void;
 }
@@ -233,17 +261,22 @@ export async function startCluster(ids: string[]): Promise<ClusterSystem> {
   }
   const env = { CHAT_REDIS_URLS: redisUrls, ...CLUSTER_SECRETS };
   const apiPort = await freePort();
+  const api = `http://127.0.0.1:${apiPort}`;
+  // The page comes from the API server; its origin opens WebSockets on
+  // the chat servers, so they must allow it (as a deployment configures).
+  // The API server needs no entry for its own page.
   const apiProc = spawnProc('api-server', API_BIN, ['--listen', `127.0.0.1:${apiPort}`, '--dev-tokens'], env);
   const chats = new Map<string, Proc>();
   for (const id of ids) {
     const port = await freePort();
-    chats.set(id, spawnProc(`chat-server ${id}`, CHAT_BIN, ['--listen', `127.0.0.1:${port}`, '--server-id', id], env));
+    const origins = [api, (await devServerOrigin()) ?? ''].filter(Boolean).join(',');
+    const args = ['--listen', `127.0.0.1:${port}`, '--server-id', id, '--cors-origins', origins];
+    chats.set(id, spawnProc(`chat-server ${id}`, CHAT_BIN, args, env));
   }
-  const api = `http://127.0.0.1:${apiPort}`;
   const all = [apiProc, ...chats.values()];
   await waitFor('api-server /readyz', () => httpOk(`${api}/readyz`), all);
   await waitFor(`${ids.length} ready chat servers`, async () => (await readyServers(api)) === ids.length, all);
-  return { api, pageUrl: await consoleUrl(api), chats, stopRedis };
+  return { api, page: await pageOrigin(api), chats, stopRedis };
 }
 
 // --- browser -----------------------------------------------------------------------------
@@ -281,6 +314,8 @@ export const DESKTOP = { width: 1280, height: 800 };
 /** A fresh browser context on the console, not signed in yet. */
 export async function openConsole(browser: Browser, pageUrl: string, viewport = DESKTOP): Promise<Omit<UserPage, 'user'>> {
   const context = await browser.newContext({ viewport, colorScheme: 'light', locale: 'en-GB', timezoneId: 'UTC' });
+  // Short waits: assertions poll (`until`), and a missing element should fail fast.
+  context.setDefaultTimeout(5_000);
   const page = await context.newPage();
   const dialogs: string[] = [];
   const errors: string[] = [];
@@ -333,6 +368,41 @@ export async function send(page: Page, body: string): Promise<void> {
 /** The message elements whose body is exactly `body`. */
 export function messagesWithBody(page: Page, body: string): Locator {
   return page.getByTestId('message').filter({ has: page.getByTestId('message-body').getByText(body, { exact: true }) });
+}
+
+/**
+ * Starts recording, in the page, every status a message element shows
+ * (`data-status`: pending, acked, failed, received), per body, in order.
+ */
+export async function recordStatuses(page: Page): Promise<void> {
+  await page.evaluate(() => {
+    const log: [string, string][] = [];
+    (window as unknown as { __statuses: [string, string][] }).__statuses = log;
+    const note = (el: Element) => {
+      const body = el.querySelector('[data-testid=message-body]')?.textContent ?? '';
+      const status = el.getAttribute('data-status') ?? '';
+      const last = log.findLast(([b]) => b === body);
+      if (last?.[1] !== status) log.push([body, status]);
+    };
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const nodes = r.type === 'attributes' ? [r.target] : [...r.addedNodes];
+        for (const n of nodes) {
+          if (!(n instanceof Element)) continue;
+          if (n.matches('[data-testid=message]')) note(n);
+          n.querySelectorAll('[data-testid=message]').forEach(note);
+        }
+      }
+    }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
+  });
+}
+
+/** The statuses the element(s) of `body` showed, in order (see `recordStatuses`). */
+export async function statusesOf(page: Page, body: string): Promise<string[]> {
+  return page.evaluate(
+    (b) => (window as unknown as { __statuses: [string, string][] }).__statuses.filter(([x]) => x === b).map(([, s]) => s),
+    body,
+  );
 }
 
 /** Polls `read` until it returns `want` (default timeout 10 s). */

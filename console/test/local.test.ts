@@ -6,50 +6,40 @@
  * presence; history pages back with `before`. Screenshots of the chat view,
  * the cluster view and the phone-width layout are taken on the way.
  */
-import type { Browser } from 'playwright-core';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   asUser,
   createRoom,
-  launchBrowser,
   messagesWithBody,
+  openConsole,
   openRoom,
   PHONE,
+  recordStatuses,
   roomItem,
   screenshot,
   send,
   signedIn,
-  startChatLocal,
-  stopAll,
+  statusesOf,
   until,
-  type LocalSystem,
   type UserPage,
+  localSystemForFile,
 } from './harness.js';
 
-let system: LocalSystem;
-let browser: Browser;
-
-beforeAll(async () => {
-  system = await startChatLocal();
-  browser = await launchBrowser();
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await stopAll();
-});
+const local = localSystemForFile();
 
 const text = (p: UserPage, testId: string) => p.page.getByTestId(testId).first().textContent();
 const badge = (p: UserPage, room: string) => roomItem(p.page, room).getAttribute('data-unread');
 
 it('two users chat both ways and see typing, unread badges and read receipts', async () => {
-  const alice = await signedIn(browser, system.pageUrl, 'alice');
-  const bob = await signedIn(browser, system.pageUrl, 'bob');
+  const alice = await signedIn(local.browser, local.system.page, 'alice');
+  const bob = await signedIn(local.browser, local.system.page, 'bob');
 
-  // Alice creates a room with Bob and writes; her send is acknowledged.
+  // Alice creates a room with Bob and writes; her send shows as pending, then acknowledged.
   await createRoom(alice.page, 'general', 'bob');
+  await recordStatuses(alice.page);
   await send(alice.page, 'hi bob');
   await until(() => messagesWithBody(alice.page, 'hi bob').getAttribute('data-status'), 'acked');
+  expect(await statusesOf(alice.page, 'hi bob')).toEqual(['pending', 'acked']);
 
   // Bob learns of the room from the message, with an unread badge.
   await until(() => badge(bob, 'general'), '1');
@@ -102,7 +92,7 @@ it('two users chat both ways and see typing, unread badges and read receipts', a
   await screenshot(alice.page, 'chat');
 
   // Bob's phone: a second session of Bob at phone width, one pane at a time.
-  const phone = await signedIn(browser, system.pageUrl, 'bob', PHONE);
+  const phone = await signedIn(local.browser, local.system.page, 'bob', PHONE);
   await expect(phone.page.getByTestId('room-list').isVisible()).resolves.toBe(true);
   await openRoom(phone.page, 'general');
   await expect(phone.page.getByTestId('room-list').isVisible()).resolves.toBe(false);
@@ -137,11 +127,11 @@ it('two users chat both ways and see typing, unread badges and read receipts', a
 });
 
 it('scrolls back through history a page at a time', async () => {
-  const room = await asUser<{ id: string }>(system.api, 'carol', 'POST', '/v1/rooms', { name: 'archive', members: ['dave'] });
+  const room = await asUser<{ id: string }>(local.system.api, 'carol', 'POST', '/v1/rooms', { name: 'archive', members: ['dave'] });
   for (let i = 1; i <= 120; i++) {
-    await asUser(system.api, 'dave', 'POST', `/v1/rooms/${room.id}/messages`, { body: `old message ${i}` });
+    await asUser(local.system.api, 'dave', 'POST', `/v1/rooms/${room.id}/messages`, { body: `old message ${i}` });
   }
-  const carol = await signedIn(browser, system.pageUrl, 'carol');
+  const carol = await signedIn(local.browser, local.system.page, 'carol');
   await until(() => badge(carol, 'archive'), '120');
   await until(() => roomItem(carol.page, 'archive').getByTestId('unread-badge').textContent(), '99+');
   await openRoom(carol.page, 'archive');
@@ -160,4 +150,55 @@ it('scrolls back through history a page at a time', async () => {
   expect(seqs).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
   expect(carol.errors).toEqual([]);
   await carol.context.close();
+});
+
+it('works with the keyboard alone: focus order, Enter to send, visible focus', async () => {
+  const erin = await openConsole(local.browser, local.system.page);
+  const { page } = erin;
+  const focused = () => page.evaluate(() => document.activeElement?.getAttribute('data-testid') ?? document.activeElement?.tagName ?? '');
+  // The user name field has the focus; Enter signs in.
+  await until(focused, 'signin-user');
+  await page.keyboard.type('erin');
+  await page.keyboard.press('Enter');
+  await until(() => page.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+
+  // Tab order: the views, sign-out, then creating a room.
+  const order: string[] = [];
+  for (let i = 0; i < 6; i++) {
+    await page.keyboard.press('Tab');
+    order.push(await focused());
+  }
+  expect(order).toEqual(['tab-chat', 'tab-cluster', 'sign-out', 'new-room-name', 'new-room-members', 'create-room']);
+  // Focus is visible (:focus-visible draws an outline).
+  expect(await page.evaluate(() => getComputedStyle(document.activeElement!).outlineStyle)).toBe('solid');
+
+  // Create a room from the keyboard; the composer gets the focus.
+  await page.keyboard.press('Shift+Tab');
+  await page.keyboard.press('Shift+Tab');
+  await page.keyboard.type('kbd');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('frank');
+  await page.keyboard.press('Enter');
+  await until(() => page.getByTestId('room-title').textContent(), 'kbd');
+  await until(focused, 'composer-input');
+
+  // Shift+Enter is a new line, Enter sends.
+  await page.keyboard.type('line one');
+  await page.keyboard.press('Shift+Enter');
+  await page.keyboard.type('line two');
+  await page.keyboard.press('Enter');
+  await until(() => messagesWithBody(page, 'line one\nline two').getAttribute('data-status'), 'acked');
+  expect(await page.getByTestId('composer-input').inputValue()).toBe('');
+
+  // After the composer: Send, then the members panel.
+  await page.keyboard.press('Tab');
+  expect(await focused()).toBe('send-button');
+  await page.keyboard.press('Tab');
+  expect(await focused()).toBe('add-member-input');
+  // Back to the list: the room list items are buttons in the tab order.
+  await page.getByTestId('new-room-name').focus();
+  for (let i = 0; i < 3; i++) await page.keyboard.press('Tab');
+  expect(await focused()).toBe('room-item');
+  expect(erin.errors).toEqual([]);
+  await erin.context.close();
 });
