@@ -134,11 +134,18 @@ export class ConsoleStore {
       this.changed();
       setTimeout(() => this.changed(), TYPING_SHOWN_MS + 50);
     });
-    chat.on('presence', ({ user: who, online, ts }) => {
+    chat.on('presence', ({ room, user: who, online, ts }) => {
       const known = this.presence.get(who);
       if (known && known.ts > ts) return;
       this.presence.set(who, { online, ts, learntAt: Date.now() });
+      // A member the open room's list does not show yet (added meanwhile).
+      const r = this.rooms.get(room);
+      if (r?.members && !r.members.includes(who) && this.openRoom === room) void this.refreshRoomDetails(room);
       this.changed();
+    });
+    chat.on('error', (e) => {
+      // Connection failures show in the connection state; a refused token needs the user.
+      if (e.code === 'unauthorized') this.setNotice('error', `The server refused the token (${e.message}): sign out and in again.`);
     });
     chat.on('read', ({ room, user: who, seq }) => {
       const r = this.rooms.get(room);
@@ -249,6 +256,8 @@ export class ConsoleStore {
       };
       this.rooms.set(room.id, r);
     } else {
+      // Someone added or removed a member: the open room's list is stale.
+      if (room.member_count !== r.room.member_count && this.openRoom === room.id) void this.refreshRoomDetails(room.id);
       r.room = room;
       r.lastSeq = Math.max(r.lastSeq, room.last_seq);
       r.readSeq = Math.max(r.readSeq, room.read_seq);

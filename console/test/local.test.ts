@@ -10,6 +10,7 @@ import { expect, it } from 'vitest';
 import {
   asUser,
   createRoom,
+  devToken,
   messagesWithBody,
   openConsole,
   openRoom,
@@ -201,4 +202,32 @@ it('works with the keyboard alone: focus order, Enter to send, visible focus', a
   expect(await focused()).toBe('room-item');
   expect(erin.errors).toEqual([]);
   await erin.context.close();
+});
+
+it('signs in with a pasted token, and says why a token is refused', async () => {
+  const visitor = await openConsole(local.browser, local.system.page);
+  const { page } = visitor;
+  await page.getByTestId('signin-token').fill('not-a-token');
+  await page.getByTestId('signin-token-submit').click();
+  await until(() => page.getByTestId('signin-error').textContent(), 'That is not a token this console can read (a JWT with a "sub" claim).');
+  // A JWT the server did not sign.
+  const forged = ['{"alg":"HS256","typ":"JWT"}', '{"sub":"mallory","exp":9999999999}']
+    .map((part) => Buffer.from(part).toString('base64url'))
+    .concat('c2lnbmF0dXJl')
+    .join('.');
+  await page.getByTestId('signin-token').fill(forged);
+  await page.getByTestId('signin-token-submit').click();
+  await until(async () => (await page.getByTestId('signin-error').textContent())?.startsWith('The server refused the token'), true);
+  // A real one: signed in as its `sub`.
+  await page.getByTestId('signin-token').fill(await devToken(local.system.api, 'grace'));
+  await page.getByTestId('signin-token-submit').click();
+  await until(() => page.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+  await until(() => page.getByTestId('current-user').textContent(), 'grace');
+  // A reload keeps the session (per tab).
+  await page.reload();
+  await until(() => page.getByTestId('current-user').textContent(), 'grace');
+  await until(() => page.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+  expect(visitor.dialogs).toEqual([]);
+  expect(visitor.errors).toEqual([]);
+  await visitor.context.close();
 });
