@@ -427,8 +427,14 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     };
     // Every record gets the short TTL: only a refresh keeps one longer.
     let ttl = SHORT_TTL.as_millis() as u64;
-    store.add_session(&alice, &loc("s1", "A"), ttl).await.unwrap();
-    store.add_session(&alice, &loc("s2", "B"), ttl).await.unwrap();
+    store
+        .add_session(&alice, &loc("s1", "A"), ttl)
+        .await
+        .unwrap();
+    store
+        .add_session(&alice, &loc("s2", "B"), ttl)
+        .await
+        .unwrap();
     store.add_session(&bob, &loc("s3", "A"), ttl).await.unwrap();
     let found = store
         .sessions_of(&[alice.clone(), bob.clone(), carol.clone()])

@@ -901,7 +901,10 @@ pub fn message_fields(m: &Value) -> Value {
 #[track_caller]
 pub fn ok_body(answer: (u16, Value), what: &str) -> Value {
     let (status, body) = answer;
-    assert_eq!(status, 200, "{what}: expected HTTP 200, got {status}: {body}");
+    assert_eq!(
+        status, 200,
+        "{what}: expected HTTP 200, got {status}: {body}"
+    );
     body
 }
 

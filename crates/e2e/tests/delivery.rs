@@ -466,9 +466,14 @@ async fn typing_and_ping() {
     // got hers, comes after any echo: it must be the first typing she sees.
     b.send_json(json!({ "type": "typing", "room": room })).await;
     let (before, marker) = a
-        .read_until(WAIT, |v| v["type"] == "typing" && v["user"] == bob_id.as_str())
+        .read_until(WAIT, |v| {
+            v["type"] == "typing" && v["user"] == bob_id.as_str()
+        })
         .await;
-    assert!(marker.is_some(), "alice got no typing frame from bob: {before:?}");
+    assert!(
+        marker.is_some(),
+        "alice got no typing frame from bob: {before:?}"
+    );
     assert!(
         !before.iter().any(|v| v["type"] == "typing"),
         "typing was echoed to its sender: {before:?}"

@@ -279,7 +279,9 @@ fn redis_nodes(redis_urls: &str) -> Option<Vec<RedisNode>> {
             return redis_nodes_missing(&format!("{url} did not tell its pid and config file"));
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            return redis_nodes_missing(&format!("{url} (pid {pid}) is not a process on this machine"));
+            return redis_nodes_missing(&format!(
+                "{url} (pid {pid}) is not a process on this machine"
+            ));
         }
         node.pid = pid;
         node.config_file = PathBuf::from(config_file);

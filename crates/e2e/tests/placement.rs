@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{
-    member_ids, message_fields, ok_body, seqs, unique, Api, Cluster, WsClient, WAIT,
-};
+use e2e::{member_ids, message_fields, ok_body, seqs, unique, Api, Cluster, WsClient, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
