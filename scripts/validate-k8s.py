@@ -14,7 +14,9 @@ Checks:
   (d) examples/chatcluster.yaml against the CRD's openAPIV3Schema turned into
       a JSON Schema, bad ChatClusters rejected by it, and the CRD's two CEL
       rules (which cannot be evaluated here) checked by hand-written Python
-      equivalents on good and bad objects;
+      equivalents on good and bad objects: those cases test the Python copy,
+      not the rules the API server runs, so they are counted as "not
+      verified" (see below);
   (e) charts/chat/ci/default-chatcluster.yaml (the default ChatCluster the
       chart creates) against the CRD schema;
   (f) the chart rendered by a small Go-template interpreter (the subset of
@@ -23,8 +25,14 @@ Checks:
       has the expected shape and security settings, and the rendered
       ChatCluster equals (e)'s file.
 
-The last line printed is "N passed, M failed"; the exit status is non-zero
-when anything failed.
+The last line printed is "N passed, M failed, K not verified"; the exit
+status is non-zero when anything failed. "Not verified" counts the checks
+that ran without the real engine (the CEL cases above, which go through this
+script's Python copy of the rules; such a case still fails the run when the
+copy disagrees) or did not run at all (shellcheck of the Redis cluster-init
+script when shellcheck is not installed). Each is printed on a line of its
+own starting with "unverified". The Kubernetes issue replaces them with real
+engines; until then a green run does not cover them.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ class Report:
     def __init__(self) -> None:
         self.passed = 0
         self.failed = 0
+        self.not_verified = 0
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         if ok:
@@ -67,6 +76,20 @@ class Report:
         else:
             self.failed += 1
             print(f"FAIL  {name}" + (f"\n      {detail}" if detail else ""))
+        return ok
+
+    def unverified(self, name: str, why: str) -> None:
+        """A check that did not run against the real engine: neither passed nor failed."""
+        self.not_verified += 1
+        print(f"unverified  {name}: {why}")
+
+    def check_without_engine(self, name: str, ok: bool, why: str, detail: str = "") -> bool:
+        """A check done by a stand-in for the real engine (a Python copy of a
+        CEL rule): a disagreement fails the run, an agreement is only counted
+        as not verified."""
+        if not ok:
+            return self.check(name, ok, detail)
+        self.unverified(name, why)
         return ok
 
 
@@ -731,6 +754,8 @@ def chatcluster_schema(crd: dict) -> dict:
     return schema
 
 
+CEL_NOT_VERIFIED = "checked by this script's Python copy of the CRD's CEL rules, not by a CEL engine"
+
 # The CRD's CEL rules and their Python equivalents. CEL's has() tests that a
 # field is present; an evaluation error (a field missing) rejects the object,
 # as the API server does.
@@ -921,13 +946,14 @@ def check_chatclusters(r: Report, crd: dict) -> None:
     example = yaml.safe_load((ROOT / "examples" / "chatcluster.yaml").read_text())
     errs = schema_errors(v, example)
     r.check("examples/chatcluster.yaml validates against the CRD schema", not errs, "; ".join(errs))
-    r.check("examples/chatcluster.yaml passes the CEL rules", not cel_violations(example),
-            "; ".join(cel_violations(example)))
+    r.check_without_engine("examples/chatcluster.yaml passes the CEL rules", not cel_violations(example),
+                           CEL_NOT_VERIFIED, "; ".join(cel_violations(example)))
 
     default_cc = yaml.safe_load((CHART / "ci" / "default-chatcluster.yaml").read_text())
     errs = schema_errors(v, default_cc)
     r.check("charts/chat/ci/default-chatcluster.yaml validates against the CRD schema", not errs, "; ".join(errs))
-    r.check("charts/chat/ci/default-chatcluster.yaml passes the CEL rules", not cel_violations(default_cc))
+    r.check_without_engine("charts/chat/ci/default-chatcluster.yaml passes the CEL rules",
+                           not cel_violations(default_cc), CEL_NOT_VERIFIED)
 
     def variant(mutate):
         obj = copy.deepcopy(example)
@@ -971,10 +997,11 @@ def check_chatclusters(r: Report, crd: dict) -> None:
         errs = schema_errors(v, obj)
         violations = cel_violations(obj)
         if rejected:
-            r.check(f"CEL rule rejects {name}", bool(violations) and not errs,
-                    f"schema errors {errs}" if errs else "accepted")
+            r.check_without_engine(f"CEL rule rejects {name}", bool(violations) and not errs, CEL_NOT_VERIFIED,
+                                   f"schema errors {errs}" if errs else "accepted")
         else:
-            r.check(f"CEL rules accept {name}", not violations and not errs, "; ".join(violations + errs))
+            r.check_without_engine(f"CEL rules accept {name}", not violations and not errs, CEL_NOT_VERIFIED,
+                                   "; ".join(violations + errs))
 
 
 def docs_of(rendered: dict[str, str]) -> list[tuple[str, dict]]:
@@ -1132,7 +1159,7 @@ def check_rendering(r: Report, values: dict, crd: dict) -> None:
         proc = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script, text=True, capture_output=True)
         r.check("cluster-init Job script passes shellcheck (sh)", proc.returncode == 0, proc.stdout[-2000:])
     else:
-        print("skip  cluster-init Job script: shellcheck is not installed")
+        r.unverified("cluster-init Job script passes shellcheck (sh)", "shellcheck is not installed, not run")
     r.check("NOTES.txt renders and mentions /v1/connect", "/v1/connect" in rendered.get("NOTES.txt", ""))
 
     # other value sets
@@ -1244,7 +1271,7 @@ def main() -> int:
                 step()
             except Exception:
                 r.check(f"{name} checks ran", False, traceback.format_exc())
-    print(f"{r.passed} passed, {r.failed} failed")
+    print(f"{r.passed} passed, {r.failed} failed, {r.not_verified} not verified")
     return 1 if r.failed else 0
 
 

@@ -178,7 +178,10 @@ impl ChatServer {
         }
     }
 
-    async fn report_health(self: &Arc<Self>) {
+    /// Writes this server's health. After a silence that made it count as
+    /// dead it also starts announcing every session again, in the
+    /// background; the task is returned so tests can wait for it.
+    async fn report_health(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         match self
             .store
             .put_server(&self.health(), self.config.dead_after_ms)
@@ -199,10 +202,16 @@ impl ChatServer {
                         "health reports were missing long enough to count as dead: announcing every session again"
                     );
                     let server = self.clone();
-                    tokio::spawn(async move { server.announce_sessions_again().await });
+                    return Some(tokio::spawn(async move {
+                        server.announce_sessions_again().await
+                    }));
                 }
+                None
             }
-            Err(e) => tracing::warn!(error = %e, "health report failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "health report failed");
+                None
+            }
         }
     }
 
@@ -508,6 +517,73 @@ mod tests {
         <Cli as clap::Parser>::parse_from(args).config
     }
 
+    /// A session in the hub that never reads nor leaves by itself; its
+    /// queue stays open as long as the returned receiver lives.
+    fn add_idle_session(
+        server: &ChatServer,
+        user: &str,
+        session: &str,
+    ) -> mpsc::Receiver<Arc<chat_routing::Delivery>> {
+        let (tx, rx) = mpsc::channel(4);
+        server.hub.add(
+            user,
+            SessionHandle {
+                session: session.into(),
+                tx,
+                kick: Arc::new(Notify::new()),
+            },
+        );
+        rx
+    }
+
+    /// The state `store` has on record for `server`, if any.
+    async fn recorded_state(store: &Arc<dyn Store>, server: &ChatServer) -> Option<ServerState> {
+        store
+            .servers(now_ms())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.health.id == server.server_id)
+            .map(|s| s.health.state)
+    }
+
+    /// SIGTERM and the operator's drain: the server reports `draining` and
+    /// stops being ready at once, while its sessions are still connected,
+    /// and leaves the registry only once they are gone.
+    #[tokio::test]
+    async fn a_drain_reports_draining_before_the_sessions_leave() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let server = ChatServer::new(config(), store.clone());
+        let _queue = add_idle_session(&server, "alice", "s_a");
+        server.report_health().await;
+        assert_eq!(
+            recorded_state(&store, &server).await,
+            Some(ServerState::Ready)
+        );
+
+        let drain = tokio::spawn({
+            let server = server.clone();
+            async move { server.drain().await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while recorded_state(&store, &server).await != Some(ServerState::Draining) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no draining report within 5 s of the drain (the drain timeout is {} ms)",
+                server.config.drain_timeout_ms
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(server.hub.connections(), 1, "the session is still there");
+        assert!(!drain.is_finished(), "the drain waits for the session");
+        assert!(ChatReadiness(server.clone()).ready().await.is_err());
+
+        // The session leaves: the drain ends and the server leaves the registry.
+        server.hub.remove("alice", "s_a");
+        drain.await.unwrap();
+        assert_eq!(recorded_state(&store, &server).await, None);
+    }
+
     /// After its health reports stopped reaching the store for longer than
     /// the dead-after interval, a server puts its sessions back into the
     /// rooms' presence indexes (routers may have forgotten them).
@@ -526,36 +602,29 @@ mod tests {
             .unwrap();
         let server = ChatServer::new(config(), store.clone());
         // A live session that the room's index does not list.
-        let (tx, _rx) = mpsc::channel(4);
-        server.hub.add(
-            "alice",
-            SessionHandle {
-                session: "s_a".into(),
-                tx,
-                kick: Arc::new(Notify::new()),
-            },
-        );
+        let _queue = add_idle_session(&server, "alice", "s_a");
         assert!(store.room_online("r_1").await.unwrap().is_empty());
 
-        // A report soon after the last one changes nothing.
-        server.report_health().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A report soon after the last one starts no announcement.
+        assert!(
+            server.report_health().await.is_none(),
+            "a timely report announced the sessions again"
+        );
         assert!(store.room_online("r_1").await.unwrap().is_empty());
 
         // A report after a silence longer than dead-after announces again.
         let silent = Duration::from_millis(server.config.dead_after_ms + 1000);
-        if let Some(long_ago) = std::time::Instant::now().checked_sub(silent) {
-            *server.last_report_ok.lock().unwrap() = long_ago;
-        }
-        server.report_health().await;
-        let mut online = Vec::new();
-        for _ in 0..200 {
-            online = store.room_online("r_1").await.unwrap();
-            if !online.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let long_ago = std::time::Instant::now()
+            .checked_sub(silent)
+            .expect("a monotonic clock that goes back dead-after + 1 s");
+        *server.last_report_ok.lock().unwrap() = long_ago;
+        server
+            .report_health()
+            .await
+            .expect("a report after a long silence announces the sessions again")
+            .await
+            .unwrap();
+        let online = store.room_online("r_1").await.unwrap();
         assert_eq!(online.len(), 1);
         assert_eq!(
             (

@@ -17,6 +17,26 @@ use crate::{NewMessage, NewRoom, OnlineSession, ServerHealth, SessionLocation, S
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// The Redis Cluster node URLs for store tests, from `CHAT_TEST_REDIS_URLS`
+/// (which `scripts/test.sh` sets after starting `scripts/redis-cluster.sh`).
+/// `None` after a notice when unset, unless `CHAT_TEST_REQUIRE_REDIS=1`
+/// (set by `scripts/test.sh` and CI) makes a missing cluster a failure.
+pub fn test_redis_urls() -> Option<Vec<String>> {
+    match std::env::var("CHAT_TEST_REDIS_URLS") {
+        Ok(urls) if !urls.trim().is_empty() => {
+            Some(urls.trim().split(',').map(str::to_owned).collect())
+        }
+        _ => {
+            assert!(
+                std::env::var("CHAT_TEST_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "CHAT_TEST_REQUIRE_REDIS=1 but CHAT_TEST_REDIS_URLS is unset: start scripts/redis-cluster.sh"
+            );
+            eprintln!("skipped: CHAT_TEST_REDIS_URLS is unset (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
 fn user(tag: &str) -> String {
     format!("{tag}-{}", &new_id("")[..12])
 }
@@ -274,10 +294,39 @@ fn health(id: &str, connections: u64) -> ServerHealth {
     }
 }
 
+/// The TTL of records meant to expire during a scenario: long enough to
+/// outlive a Redis round trip on a loaded machine, short enough to wait for.
+const SHORT_TTL: Duration = Duration::from_millis(2000);
+
+/// Polls `f` every 50 ms until it returns `Some`; panics with `what` if
+/// that takes much longer than [`SHORT_TTL`]. For "expires": waits for the
+/// expiry itself rather than a fixed time.
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + SHORT_TTL + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn registry_lists_live_servers_and_forgets_silent_ones(store: SharedStore) {
     let (a, b) = (new_id("srv-"), new_id("srv-"));
     store.put_server(&health(&a, 3), 60_000).await.unwrap();
-    store.put_server(&health(&b, 1), 300).await.unwrap();
+    let b_reported = std::time::Instant::now();
+    store
+        .put_server(&health(&b, 1), SHORT_TTL.as_millis() as u64)
+        .await
+        .unwrap();
     let ids =
         |v: Vec<crate::ServerSnapshot>| v.into_iter().map(|s| s.health.id).collect::<HashSet<_>>();
     let listed = ids(store.servers(now_ms()).await.unwrap());
@@ -293,11 +342,23 @@ pub async fn registry_lists_live_servers_and_forgets_silent_ones(store: SharedSt
         mine.health,
         health(&a, 3).clone_with_seen(mine.health.last_seen_ms)
     );
-    // b stops reporting: gone once its TTL passes (generous margin).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let listed = ids(store.servers(now_ms()).await.unwrap());
+    // b stops reporting: gone once its TTL passes, and not before; a stays.
+    let listed = wait_for("the silent server to expire", || {
+        let store = store.clone();
+        let b = b.clone();
+        async move {
+            let listed = ids(store.servers(now_ms()).await.unwrap());
+            (!listed.contains(&b)).then_some(listed)
+        }
+    })
+    .await;
+    // (Expiry times have millisecond resolution: allow for the rounding.)
+    assert!(
+        b_reported.elapsed() + Duration::from_millis(10) >= SHORT_TTL,
+        "forgotten {:?} after its report, before its TTL",
+        b_reported.elapsed()
+    );
     assert!(listed.contains(&a));
-    assert!(!listed.contains(&b));
     store.remove_server(&a).await.unwrap();
     assert!(!ids(store.servers(now_ms()).await.unwrap()).contains(&a));
 }
@@ -365,15 +426,17 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
         session: s.into(),
         server_id: srv.into(),
     };
+    // Every record gets the short TTL: only a refresh keeps one longer.
+    let ttl = SHORT_TTL.as_millis() as u64;
     store
-        .add_session(&alice, &loc("s1", "A"), 60_000)
+        .add_session(&alice, &loc("s1", "A"), ttl)
         .await
         .unwrap();
     store
-        .add_session(&alice, &loc("s2", "B"), 60_000)
+        .add_session(&alice, &loc("s2", "B"), ttl)
         .await
         .unwrap();
-    store.add_session(&bob, &loc("s3", "A"), 300).await.unwrap();
+    store.add_session(&bob, &loc("s3", "A"), ttl).await.unwrap();
     let found = store
         .sessions_of(&[alice.clone(), bob.clone(), carol.clone()])
         .await
@@ -385,18 +448,27 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     assert!(!found.contains_key(&carol));
 
     store.remove_session(&alice, "s1").await.unwrap();
-    // Refreshing keeps alice past bob's expiry; bob's record lapses.
+    // Refreshing keeps alice past her first TTL; bob, not refreshed, lapses.
+    // Bob's record was written after alice's with the same TTL, so once it
+    // is gone, alice's would be too without the refresh.
     store
         .refresh_sessions(&[alice.clone()], 60_000)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let found = store
-        .sessions_of(&[alice.clone(), bob.clone()])
-        .await
-        .unwrap();
-    assert_eq!(found[&alice], vec![loc("s2", "B")]);
-    assert!(!found.contains_key(&bob));
+    let found = wait_for("bob's unrefreshed presence to expire", || {
+        let store = store.clone();
+        let (alice, bob) = (alice.clone(), bob.clone());
+        async move {
+            let found = store.sessions_of(&[alice, bob.clone()]).await.unwrap();
+            (!found.contains_key(&bob)).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(
+        found.get(&alice),
+        Some(&vec![loc("s2", "B")]),
+        "the refreshed presence expired with its first TTL"
+    );
     store.remove_session(&alice, "s2").await.unwrap();
     assert!(store
         .sessions_of(&[alice.clone()])

@@ -96,6 +96,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Whether `CHAT_TEST_REQUIRE_REDIS=1`: a test that would skip for want of
+/// the Redis Cluster fails instead.
+pub fn redis_required() -> bool {
+    std::env::var("CHAT_TEST_REQUIRE_REDIS").as_deref() == Ok("1")
+}
+
 /// The Redis Cluster URLs for the test processes, from
 /// `CHAT_TEST_REDIS_URLS`. `None` (after printing a notice) when unset,
 /// unless `CHAT_TEST_REQUIRE_REDIS=1`, which turns the skip into a panic.
@@ -103,7 +109,7 @@ pub fn redis_urls() -> Option<String> {
     match std::env::var("CHAT_TEST_REDIS_URLS") {
         Ok(urls) if !urls.trim().is_empty() => Some(urls.trim().to_owned()),
         _ => {
-            if std::env::var("CHAT_TEST_REQUIRE_REDIS").as_deref() == Ok("1") {
+            if redis_required() {
                 panic!(
                     "CHAT_TEST_REQUIRE_REDIS=1 but CHAT_TEST_REDIS_URLS is unset: start a cluster with \
                      `scripts/redis-cluster.sh start` and set \
@@ -941,6 +947,33 @@ pub fn message_fields(m: &Value) -> Value {
         "room": m["room"], "seq": m["seq"], "id": m["id"], "from": m["from"],
         "body": m["body"], "ts": m["ts"], "client_msg_id": m["client_msg_id"],
     })
+}
+
+/// The body of a REST answer that must be 200 OK: two answers compared
+/// without their status could be the same error twice.
+#[track_caller]
+pub fn ok_body(answer: (u16, Value), what: &str) -> Value {
+    let (status, body) = answer;
+    assert_eq!(
+        status, 200,
+        "{what}: expected HTTP 200, got {status}: {body}"
+    );
+    body
+}
+
+/// The user ids listed by a `GET /v1/rooms/{room}/members` answer.
+pub fn member_ids(members: &Value) -> std::collections::BTreeSet<String> {
+    members["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members array in {members}"))
+        .iter()
+        .map(|m| {
+            m["user"]
+                .as_str()
+                .unwrap_or_else(|| panic!("member without user in {members}"))
+                .to_owned()
+        })
+        .collect()
 }
 
 /// Asserts a REST error answer: status and `{"error":{"code","message"}}`.

@@ -2,13 +2,14 @@
 //! answered with the contract's errors: tokens, WebSocket tickets,
 //! WebSocket frames, REST bodies and queries, idempotent sends.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chat_auth::jwt::Claims;
 use chat_auth::ticket::Ticket;
 use e2e::{
-    assert_error, http_call, now_ms, seqs, ticket_url, unique, ws_open, Api, Cluster, OpenError,
-    WsClient, JWT_SECRET, TICKET_SECRET, WAIT,
+    assert_error, http_call, member_ids, now_ms, ok_body, seqs, ticket_url, unique, ws_open, Api,
+    Cluster, OpenError, WsClient, JWT_SECRET, TICKET_SECRET, WAIT,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -374,12 +375,23 @@ async fn websocket_frames_are_checked() {
         "a non-member's typing was relayed: {leaked:?}"
     );
 
-    // Resume of a room the user is not in reveals nothing.
+    // Resume of a room the user is not in is refused and reveals nothing:
+    // a `forbidden` error, then a `resumed` that does not name the room.
     ws.send_json(json!({ "type": "resume", "rooms": { bobs_room.clone(): 0 } }))
         .await;
-    let (frames, _) = ws
-        .read_until(WAIT, |v| v["type"] == "resumed" || v["type"] == "error")
-        .await;
+    let (frames, resumed) = ws.read_until(WAIT, |v| v["type"] == "resumed").await;
+    let resumed = resumed.unwrap_or_else(|| panic!("no resumed frame; frames: {frames:?}"));
+    assert!(
+        frames
+            .iter()
+            .any(|v| v["type"] == "error" && v["code"] == "forbidden"),
+        "resume of another user's room was not refused with forbidden: {frames:?}"
+    );
+    assert_eq!(
+        resumed["rooms"],
+        json!({}),
+        "resumed names another user's room: {resumed}"
+    );
     assert!(
         !frames
             .iter()
@@ -607,7 +619,12 @@ async fn rest_input_is_checked() {
     assert_eq!(page(alice.history(&room, "limit=200").await), vec![1, 2, 3]);
 
     let history_before = alice.all_messages(&room).await;
-    let (_, members_before) = alice.members(&room).await;
+    let members_before = ok_body(alice.members(&room).await, "members before");
+    assert_eq!(
+        member_ids(&members_before),
+        BTreeSet::from([alice_id.clone(), bob_id.clone()]),
+        "{members_before}"
+    );
 
     // Not a member.
     assert_error(
@@ -701,7 +718,7 @@ async fn rest_input_is_checked() {
         history_before,
         "history changed after refused writes"
     );
-    let (_, members_after) = alice.members(&room).await;
+    let members_after = ok_body(alice.members(&room).await, "members after");
     assert_eq!(
         members_after, members_before,
         "members changed after refused writes"

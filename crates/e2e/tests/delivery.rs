@@ -461,12 +461,22 @@ async fn typing_and_ping() {
     assert_eq!(typing["room"], room.as_str(), "{typing}");
     assert_eq!(typing["user"], alice_id.as_str(), "{typing}");
 
-    // Give a (wrong) echo time to arrive, then check alice saw none.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before_pong = a.ping(json!({ "x": 1 })).await;
+    // No echo to alice. An echo would be queued when her server handles her
+    // typing, before bob's server gets it; so bob's typing, sent after he
+    // got hers, comes after any echo: it must be the first typing she sees.
+    b.send_json(json!({ "type": "typing", "room": room })).await;
+    let (before, marker) = a
+        .read_until(WAIT, |v| {
+            v["type"] == "typing" && v["user"] == bob_id.as_str()
+        })
+        .await;
     assert!(
-        !before_pong.iter().any(|v| v["type"] == "typing"),
-        "typing was echoed to its sender: {before_pong:?}"
+        marker.is_some(),
+        "alice got no typing frame from bob: {before:?}"
+    );
+    assert!(
+        !before.iter().any(|v| v["type"] == "typing"),
+        "typing was echoed to its sender: {before:?}"
     );
 
     // Ping answers carry the nonce back unchanged, whatever its shape.

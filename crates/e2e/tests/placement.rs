@@ -8,12 +8,12 @@
 //! seconds). Cargo runs test binaries one after another, so other files'
 //! tests never overlap with these.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use e2e::{eventually, message_fields, seqs, unique, Api, Cluster, WsClient, WAIT};
+use e2e::{member_ids, message_fields, ok_body, seqs, unique, Api, Cluster, WsClient, WAIT};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -132,6 +132,8 @@ async fn sigkill_server_is_no_longer_placed_and_clients_recover() {
         })
     };
     let idx = cluster.chat_index(&dead);
+    // Its last health report was before this instant.
+    let killed_at = Instant::now();
     cluster.chat[idx].process.sigkill().await;
 
     // Bob's connection drops; whatever arrived before is kept.
@@ -146,24 +148,21 @@ async fn sigkill_server_is_no_longer_placed_and_clients_recover() {
             .filter(|v| v["type"] == "message" && v["room"] == room.as_str()),
     );
 
-    // The dead server disappears from /v1/servers and from placement.
-    eventually(
-        Duration::from_secs(15),
-        &format!("/v1/servers to drop {dead}"),
-        || {
-            let bob = bob.clone();
-            let dead = dead.clone();
-            async move {
-                let v = bob.servers().await;
-                (!v["servers"]
-                    .as_array()?
-                    .iter()
-                    .any(|s| s["id"] == dead.as_str()))
-                .then_some(())
-            }
-        },
-    )
-    .await;
+    // Within the dead-after interval (3 s, the default) of its last report
+    // the dead server is gone from /v1/servers and from placement. (The
+    // margin only covers the millisecond rounding of report times.)
+    let dead_after = Duration::from_millis(3000);
+    tokio::time::sleep_until((killed_at + dead_after + Duration::from_millis(20)).into()).await;
+    let listed = bob.servers().await;
+    assert!(
+        !listed["servers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{listed}"))
+            .iter()
+            .any(|s| s["id"] == dead.as_str()),
+        "{dead} still listed {:?} after it was killed: {listed}",
+        killed_at.elapsed()
+    );
     for _ in 0..6 {
         let (status, body) = bob.connect().await;
         assert_eq!(status, 200, "{body}");
@@ -264,32 +263,36 @@ async fn sigterm_drains() {
     let mut ws = WsClient::connect_to(&api, &draining).await;
     let mut stayer = WsClient::connect_to(&other, &staying).await;
 
+    let sigterm_at = Instant::now();
     cluster.chat[0].process.sigterm();
 
-    // The API server stops placing clients on it: it is listed as
-    // draining, then not at all.
-    let seen_as = eventually(
-        Duration::from_secs(15),
-        &format!("/v1/servers to show {draining} draining or gone"),
-        || {
-            let api = api.clone();
-            let draining = draining.clone();
-            async move {
-                let v = api.servers().await;
-                match v["servers"]
-                    .as_array()?
-                    .iter()
-                    .find(|s| s["id"] == draining.as_str())
-                {
-                    None => Some("gone".to_owned()),
-                    Some(s) if s["state"] == "draining" => Some("draining".to_owned()),
-                    Some(_) => None,
-                }
-            }
-        },
-    )
-    .await;
-    println!("after SIGTERM /v1/servers showed {draining} as {seen_as}");
+    // At once, the API server lists it as draining (as soon as its registry
+    // refreshes, every 250 ms) and stops placing clients on it. Its client
+    // is still connected meanwhile (this test does not read it, so the
+    // server waits for the close handshake): "gone" would be too late.
+    let seen_as = loop {
+        let v = api.servers().await;
+        match v["servers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .find(|s| s["id"] == draining.as_str())
+        {
+            Some(s) if s["state"] == "draining" => break "draining",
+            Some(_) => {}
+            None => panic!(
+                "{draining} left /v1/servers {:?} after SIGTERM without being listed as draining",
+                sigterm_at.elapsed()
+            ),
+        }
+        assert!(
+            sigterm_at.elapsed() < Duration::from_secs(2),
+            "{draining} not listed as draining 2 s after SIGTERM: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let seen_after = sigterm_at.elapsed();
+    println!("{seen_after:?} after SIGTERM /v1/servers showed {draining} as {seen_as}");
     for _ in 0..6 {
         let (status, body) = api.connect().await;
         assert_eq!(status, 200, "{body}");
@@ -349,10 +352,22 @@ async fn api_restart_keeps_rooms_and_history() {
         alice.send(&room, &format!("alice {k}")).await;
         bob.send(&room, &format!("bob {k}")).await;
     }
-    let (_, room_before) = alice.get_room(&room).await;
+    let room_before = ok_body(alice.get_room(&room).await, "room before");
+    assert_eq!(room_before["id"], room.as_str(), "{room_before}");
     let history_before = alice.all_messages(&room).await;
-    let (_, members_before) = alice.members(&room).await;
-    let (_, rooms_before) = bob.rooms().await;
+    let members_before = ok_body(alice.members(&room).await, "members before");
+    assert_eq!(
+        member_ids(&members_before),
+        BTreeSet::from([alice_id.clone(), bob_id.clone()]),
+        "{members_before}"
+    );
+    let rooms_before = ok_body(bob.rooms().await, "bob's rooms before");
+    assert!(
+        rooms_before["rooms"]
+            .as_array()
+            .is_some_and(|rooms| rooms.iter().any(|r| r["id"] == room.as_str())),
+        "{rooms_before}"
+    );
     assert_eq!(history_before.len(), 6);
 
     let old_url = cluster.api_url.clone();
@@ -366,9 +381,9 @@ async fn api_restart_keeps_rooms_and_history() {
     assert_eq!(status, 200, "{room_after}");
     assert_eq!(room_after, room_before);
     assert_eq!(alice.all_messages(&room).await, history_before);
-    let (_, members_after) = alice.members(&room).await;
+    let members_after = ok_body(alice.members(&room).await, "members after");
     assert_eq!(members_after, members_before);
-    let (_, rooms_after) = bob.rooms().await;
+    let rooms_after = ok_body(bob.rooms().await, "bob's rooms after");
     assert_eq!(rooms_after, rooms_before);
 
     // And the room goes on where it was.

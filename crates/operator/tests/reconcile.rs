@@ -86,11 +86,12 @@ fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
     }
 }
 
-#[derive(Default)]
 struct FakeFleet {
     servers: Mutex<Vec<ServerHealth>>,
     drains: Mutex<Vec<String>>,
     registered: Mutex<HashMap<String, Vec<String>>>,
+    /// Registration changes are logged with the API calls, in one order.
+    world: Arc<Mutex<World>>,
 }
 
 #[async_trait]
@@ -103,6 +104,11 @@ impl Fleet for FakeFleet {
         Ok(())
     }
     async fn set_registered(&self, cluster: &str, ids: &[String]) -> Result<(), FleetError> {
+        self.world.lock().unwrap().calls.push(Call {
+            method: "FLEET".into(),
+            path: format!("set_registered {cluster}"),
+            body: json!(ids),
+        });
         self.registered
             .lock()
             .unwrap()
@@ -220,7 +226,12 @@ impl Harness {
                 );
             }
         });
-        let fleet = Arc::new(FakeFleet::default());
+        let fleet = Arc::new(FakeFleet {
+            servers: Mutex::default(),
+            drains: Mutex::default(),
+            registered: Mutex::default(),
+            world: world.clone(),
+        });
         let metrics = chat_ops::Metrics::new();
         let mut ctx = Context::new(client, fleet.clone(), &metrics, "test");
         let now = Arc::new(Mutex::new(1_000_000i64));
@@ -531,7 +542,46 @@ async fn deletion_removes_the_registration_then_the_finalizer() {
     assert!(h.registered().is_empty());
     let patches = h.calls("PATCH", "/chatclusters/chat");
     assert_eq!(patches.len(), 1, "the finalizer removal");
-    assert!(patches[0].body.to_string().contains("finalizers"));
+    // A JSON patch that removes our finalizer (checked by a `test` op on
+    // the same path first) and adds nothing.
+    let ops = patches[0]
+        .body
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON patch: {}", patches[0].body));
+    let removed: Vec<&str> = ops
+        .iter()
+        .filter(|op| op["op"] == "remove")
+        .filter_map(|op| op["path"].as_str())
+        .collect();
+    assert!(
+        removed.len() == 1 && removed[0].starts_with("/metadata/finalizers/"),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|op| op["op"] == "test" && op["path"] == removed[0] && op["value"] == FINALIZER),
+        "the removed entry is not checked to be {FINALIZER}: {ops:?}"
+    );
+    assert!(!ops.iter().any(|op| op["op"] == "add"), "{ops:?}");
+    // In this order: the registration goes, then the finalizer (removing the
+    // finalizer first would let the object vanish with servers registered).
+    let order: Vec<String> = h
+        .world
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|c| c.method == "FLEET" || c.path.ends_with("/chatclusters/chat"))
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            format!("FLEET set_registered {NS}/{NAME}"),
+            format!("PATCH /apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}"),
+        ],
+        "calls in order"
+    );
     assert!(h.calls("PATCH", "/statefulsets/").is_empty());
 }
 
