@@ -37,6 +37,8 @@ export const ROOM_REFRESH_MS = 5_000;
 export const SERVERS_REFRESH_MS = 1_000;
 /** One page of history. */
 export const HISTORY_PAGE = 50;
+/** Pause after a failed mark-read. */
+export const MARK_READ_RETRY_MS = 2_000;
 /** Rooms up to this size get read receipts (the contract's limit). */
 export const READ_RECEIPTS_MAX_MEMBERS = 100;
 
@@ -70,6 +72,8 @@ export interface RoomState {
   /** Members as last listed (user ids, sorted). */
   members: string[] | undefined;
   markingRead: boolean;
+  /** A failed mark-read is not retried before this local time. */
+  markReadRetryAt: number;
   /** Local time the room was first learnt. */
   learntAt: number;
 }
@@ -252,6 +256,7 @@ export class ConsoleStore {
         reads: new Map(),
         members: undefined,
         markingRead: false,
+        markReadRetryAt: 0,
         learntAt: Date.now(),
       };
       this.rooms.set(room.id, r);
@@ -511,7 +516,7 @@ export class ConsoleStore {
   /** Marks everything up to the newest message read (called when it is visible). */
   markRead(roomId: string): void {
     const r = this.rooms.get(roomId);
-    if (!r || r.markingRead || r.lastSeq <= r.readSeq) return;
+    if (!r || r.markingRead || r.lastSeq <= r.readSeq || Date.now() < r.markReadRetryAt) return;
     const seq = r.lastSeq;
     r.markingRead = true;
     this.chat
@@ -520,7 +525,11 @@ export class ConsoleStore {
         (marker) => {
           r.readSeq = Math.max(r.readSeq, marker.read_seq);
         },
-        () => undefined,
+        () => {
+          // Not now (the API is unreachable): the next render after this pause tries again.
+          r.markReadRetryAt = Date.now() + MARK_READ_RETRY_MS;
+          setTimeout(() => this.changed(), MARK_READ_RETRY_MS);
+        },
       )
       .finally(() => {
         r.markingRead = false;
