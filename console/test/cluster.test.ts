@@ -26,7 +26,8 @@ import {
   type UserPage,
 } from './harness.js';
 
-const SERVERS = ['chat-a', 'chat-b'];
+// Not the ids of the SDK's fault run, which may have used the same Redis Cluster seconds ago.
+const SERVERS = ['chat-1', 'chat-2'];
 
 let cluster: ClusterSystem | undefined;
 let browser: Browser;
@@ -63,7 +64,9 @@ it("reconnects by itself when the user's chat server is SIGKILLed and shows ever
 
   // Bob's cluster view: two ready servers, his session on the one to be killed.
   await bob.page.getByTestId('tab-cluster').click();
-  await until(() => bob.page.locator('[data-testid=server-row][data-state=ready]').count(), 2);
+  for (const id of SERVERS) {
+    await until(() => bob.page.locator(`[data-testid=server-row][data-server-id=${id}]`).getAttribute('data-state'), 'ready');
+  }
   await until(() => bob.page.locator('[data-testid=server-row][data-current=true]').getAttribute('data-server-id'), killed);
   await bob.page.getByTestId('tab-chat').click();
   await until(() => bob.page.getByTestId('room-title').textContent(), 'ops');

@@ -127,9 +127,10 @@ export async function asUser<T>(api: string, user: string, method: string, path:
   return (res.status === 204 ? undefined : await res.json()) as T;
 }
 
-async function readyServers(api: string): Promise<number> {
-  const servers = await asUser<{ servers: { state: string }[] }>(api, 'probe', 'GET', '/v1/servers');
-  return servers.servers.filter((s) => s.state === 'ready').length;
+/** How many of the chat servers `ids` (all, when omitted) the API lists as ready. */
+async function readyServers(api: string, ids?: string[]): Promise<number> {
+  const servers = await asUser<{ servers: { id: string; state: string }[] }>(api, 'probe', 'GET', '/v1/servers');
+  return servers.servers.filter((s) => s.state === 'ready' && (!ids || ids.includes(s.id))).length;
 }
 
 const devServers: { close: () => Promise<void> }[] = [];
@@ -275,7 +276,7 @@ export async function startCluster(ids: string[]): Promise<ClusterSystem> {
   }
   const all = [apiProc, ...chats.values()];
   await waitFor('api-server /readyz', () => httpOk(`${api}/readyz`), all);
-  await waitFor(`${ids.length} ready chat servers`, async () => (await readyServers(api)) === ids.length, all);
+  await waitFor(`${ids.length} ready chat servers`, async () => (await readyServers(api, ids)) === ids.length, all);
   return { api, page: await pageOrigin(api), chats, stopRedis };
 }
 
