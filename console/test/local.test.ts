@@ -89,8 +89,12 @@ it('two users chat both ways and see typing, unread badges and read receipts', a
     expect(await messagesWithBody(alice.page, body).count(), `alice: ${body}`).toBe(1);
     expect(await messagesWithBody(bob.page, body).count(), `bob: ${body}`).toBe(1);
   }
+  // For the screenshot: Bob is typing again.
   await alice.page.getByTestId('composer-input').blur();
+  await bob.page.getByTestId('composer-input').pressSequentially('great', { delay: 20 });
+  await until(() => text(alice, 'typing-indicator'), 'bob is typing…');
   await screenshot(alice.page, 'chat');
+  await bob.page.getByTestId('composer-input').fill('');
 
   // Bob's phone: a second session of Bob at phone width, one pane at a time.
   const phone = await signedIn(local.browser, local.system.page, 'bob', PHONE);
