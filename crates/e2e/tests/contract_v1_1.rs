@@ -495,4 +495,5 @@ async fn local_mode_v1_1() {
     read_receipt_and_device_sync(&system).await;
     presence_is_per_user(&system).await;
     service_publishes_to_members(&system).await;
+    v1_1_bad_input(&system).await;
 }
