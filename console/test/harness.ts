@@ -366,6 +366,23 @@ export async function send(page: Page, body: string): Promise<void> {
   await input.press('Enter');
 }
 
+/**
+ * `typist` types (a key every 150 ms, as a person would) until `watcher`'s
+ * page shows them typing. Typing frames are throttled (one per room every
+ * 2 s), so the first key may not send one. Leaves the draft in the composer.
+ */
+export async function typeUntilSeen(typist: UserPage, watcher: UserPage, draft = 'typing… '): Promise<void> {
+  const input = typist.page.getByTestId('composer-input');
+  const indicator = watcher.page.getByTestId('typing-indicator');
+  const deadline = Date.now() + 10_000;
+  for (let i = 0; ; i++) {
+    await input.pressSequentially(draft[i % draft.length]!);
+    if ((await indicator.textContent()) === `${typist.user} is typing…`) return;
+    if (Date.now() > deadline) throw new Error(`${watcher.user} never saw ${typist.user} typing`);
+    await sleep(150);
+  }
+}
+
 /** The message elements whose body is exactly `body`. */
 export function messagesWithBody(page: Page, body: string): Locator {
   return page.getByTestId('message').filter({ has: page.getByTestId('message-body').getByText(body, { exact: true }) });

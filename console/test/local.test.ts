@@ -21,6 +21,7 @@ import {
   send,
   signedIn,
   statusesOf,
+  typeUntilSeen,
   until,
   type UserPage,
   localSystemForFile,
@@ -57,10 +58,8 @@ it('two users chat both ways and see typing, unread badges and read receipts', a
   await until(() => bob.page.locator('[data-testid=member][data-user=alice]').getAttribute('data-online'), 'true');
 
   // Bob types: Alice sees it; then he sends, and it reaches her once.
-  await bob.page.getByTestId('composer-input').pressSequentially('hello al', { delay: 20 });
-  await until(() => text(alice, 'typing-indicator'), 'bob is typing…');
-  await bob.page.getByTestId('composer-input').pressSequentially('ice');
-  await bob.page.getByTestId('composer-input').press('Enter');
+  await typeUntilSeen(bob, alice, 'hello alice');
+  await send(bob.page, 'hello alice');
   await until(() => messagesWithBody(bob.page, 'hello alice').getAttribute('data-status'), 'acked');
   await until(() => messagesWithBody(alice.page, 'hello alice').count(), 1);
   await until(() => text(alice, 'typing-indicator'), '');
@@ -78,9 +77,8 @@ it('two users chat both ways and see typing, unread badges and read receipts', a
   await openRoom(alice.page, 'general');
   await until(() => badge(alice, 'general'), '0');
   await until(() => messagesWithBody(bob.page, 'are you there?').getByTestId('read-receipt').textContent(), 'Seen by alice');
-  await alice.page.getByTestId('composer-input').pressSequentially('yes', { delay: 20 });
-  await until(() => text(bob, 'typing-indicator'), 'alice is typing…');
-  await alice.page.getByTestId('composer-input').press('Enter');
+  await typeUntilSeen(alice, bob, 'yes');
+  await send(alice.page, 'yes');
   await until(() => messagesWithBody(bob.page, 'yes').count(), 1);
   await until(() => messagesWithBody(alice.page, 'yes').getAttribute('data-status'), 'acked');
 
@@ -91,8 +89,7 @@ it('two users chat both ways and see typing, unread badges and read receipts', a
   }
   // For the screenshot: Bob is typing again.
   await alice.page.getByTestId('composer-input').blur();
-  await bob.page.getByTestId('composer-input').pressSequentially('great', { delay: 20 });
-  await until(() => text(alice, 'typing-indicator'), 'bob is typing…');
+  await typeUntilSeen(bob, alice, 'great');
   await screenshot(alice.page, 'chat');
   await bob.page.getByTestId('composer-input').fill('');
 
