@@ -2,8 +2,9 @@
  * What the browser tests run against: real processes (`chat-local`, or an
  * `api-server` with two `chat-server`s on a Redis Cluster) on free loopback
  * ports, and Debian's Chromium driven by `playwright-core`. The page is
- * always loaded from the API server itself (`http://127.0.0.1:<api>/`),
- * which serves the console embedded in its binary.
+ * loaded from the API server itself (`http://127.0.0.1:<api>/`), which
+ * serves the console embedded in its binary (`CONSOLE_DEV_SERVER=1`, a
+ * development aid CI never sets, loads it from a Vite dev server instead).
  *
  * Environment:
  * - `CHAT_LOCAL_BIN`, `API_SERVER_BIN`, `CHAT_SERVER_BIN`: the binaries
