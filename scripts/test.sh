@@ -46,6 +46,20 @@ echo "== TypeScript SDK: generated types, typecheck, unit and chaos tests, chat-
   CHAT_REDIS_URLS="$CHAT_TEST_REDIS_URLS" npm run --silent test:faults
 )
 
+# --- The web console (console/) --------------------------------------------------
+# The committed build must match its sources (the API server embeds it), and
+# the browser tests drive Debian's Chromium headless (installed by
+# console/scripts/ensure-chromium.sh when missing) against the real binaries.
+echo "== web console: committed build, typecheck, unit tests, browser tests"
+(
+  cd console
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run --silent check-dist
+  npm run --silent typecheck
+  npm test --silent
+  CHAT_REDIS_URLS="$CHAT_TEST_REDIS_URLS" npm run --silent test:browser
+)
+
 # --- The REST API against its own OpenAPI document ----------------------------
 echo "== schemathesis against /openapi.json of a live API server"
 scripts/schemathesis.sh
