@@ -186,11 +186,11 @@ export interface LocalSystem {
   process: Proc;
 }
 
-/** `chat-local` with two chat servers on free ports. */
-export async function startChatLocal(): Promise<LocalSystem> {
+/** `chat-local` with two chat servers on free ports (and `args`, e.g. `--cors-origins`). */
+export async function startChatLocal(args: string[] = []): Promise<LocalSystem> {
   for (let attempt = 1; ; attempt++) {
     const [apiPort, chat1, chat2] = [await freePort(), await freePort(), await freePort()];
-    const p = spawnProc('chat-local', CHAT_LOCAL_BIN, ['--api-port', String(apiPort), '--chat-ports', `${chat1},${chat2}`]);
+    const p = spawnProc('chat-local', CHAT_LOCAL_BIN, ['--api-port', String(apiPort), '--chat-ports', `${chat1},${chat2}`, ...args]);
     const api = `http://127.0.0.1:${apiPort}`;
     try {
       await waitFor('chat-local /readyz', () => httpOk(`${api}/readyz`), [p]);
