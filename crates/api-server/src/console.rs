@@ -18,7 +18,7 @@ struct ConsoleAssets;
 /// run, even if a rendering bug let markup through. WebSockets go to the
 /// chat servers, which are other origins (other ports or hosts).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-    style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self' ws: wss:; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; \
     frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 pub async fn index() -> Response {

@@ -91,9 +91,11 @@ pub struct ChatConfig {
     #[arg(long, env = "CHAT_ABUSE_CLOSE_AFTER", default_value_t = 200)]
     pub abuse_close_after: u32,
     /// Browser origins allowed to open WebSockets, comma-separated, as the
-    /// API server's `--cors-origins` (exact, `*`, or `http://host:*`). A
-    /// handshake with an `Origin` header not on the list gets 403; one
-    /// without (not a browser) is not checked.
+    /// API server's `--cors-origins` (exact, `*`, or `http://host:*`). When
+    /// set, a handshake with an `Origin` header not on the list gets 403;
+    /// one without (not a browser) is not checked. Empty (the default): no
+    /// Origin check, the ticket alone admits (a page on another origin
+    /// cannot obtain one: `/v1/connect` needs the user's token and CORS).
     #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     #[command(flatten)]

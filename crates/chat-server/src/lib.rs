@@ -421,7 +421,10 @@ async fn ws_upgrade(
     };
     // A page from a foreign origin cannot use a ticket it obtained (or
     // stole); non-browser clients send no Origin and are not checked.
-    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .filter(|_| !server.allowed_origins.is_empty());
+    if let Some(origin) = origin {
         let origin = origin.to_str().unwrap_or("");
         if !server.allowed_origins.allows(origin) {
             server.metrics.handshakes_refused.inc();

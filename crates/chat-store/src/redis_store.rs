@@ -1006,9 +1006,13 @@ impl Store for RedisStore {
         location: &SessionLocation,
         ttl_ms: u64,
     ) -> StoreResult<SessionAdded> {
-        // Hosted before the user's record (see `reap`): a reaper that runs
-        // in between still finds the user under this server.
-        redis::pipe()
+        // The server's list of hosted users (registry slot) and the user's
+        // record (user slot) are written concurrently: a connect costs one
+        // round trip here, not two. The order would matter only to a reaper
+        // reaping this very server while it adds a session, that is, never
+        // for a live server.
+        let mut hosted = redis::pipe();
+        hosted
             .cmd("SADD")
             .arg(keys::registry_hosted(&location.server_id))
             .arg(user)
@@ -1016,20 +1020,21 @@ impl Store for RedisStore {
             .cmd("SADD")
             .arg(keys::REGISTRY_HOSTS)
             .arg(&location.server_id)
-            .ignore()
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        let reply: Vec<String> = self
-            .add_session
+            .ignore();
+        let mut hosted_conn = self.conn();
+        let mut user_conn = self.conn();
+        let mut record = self.add_session.prepare_invoke();
+        record
             .key(keys::user_sessions(user))
             .key(keys::user_rooms(user))
             .arg(&location.session)
             .arg(&location.server_id)
-            .arg(ttl_ms)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .arg(ttl_ms);
+        let ((), reply): ((), Vec<String>) = tokio::try_join!(
+            hosted.query_async::<()>(&mut hosted_conn),
+            record.invoke_async(&mut user_conn),
+        )
+        .map_err(unavailable)?;
         let (first, ts, rooms) = split_presence_reply(reply, 1)?;
         let session = [(location.session.clone(), location.server_id.clone())];
         let seqs =

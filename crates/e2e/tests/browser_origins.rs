@@ -25,8 +25,23 @@ async fn preflight(api_url: &str, origin: &str) -> reqwest::Response {
 /// Opens the WebSocket of a fresh ticket with `origin`; the HTTP status of
 /// a refused handshake, or 101.
 async fn handshake_status(api: &Api, origin: Option<&str>) -> u16 {
-    let (status, connect) = api.connect().await;
-    assert_eq!(status, 200, "{connect}");
+    // The test's own chat servers only (a shared Redis Cluster lists
+    // those of other tests too).
+    let connect = e2e::eventually(
+        WAIT,
+        "a ticket for one of this test's chat servers",
+        || async move {
+            let (status, connect) = api.connect().await;
+            assert_eq!(status, 200, "{connect}");
+            let server = connect["server_id"].as_str().unwrap_or_default().to_owned();
+            let ours = api
+                .allowed_servers
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&server));
+            ours.then_some(connect)
+        },
+    )
+    .await;
     let url = ticket_url(
         connect["url"].as_str().unwrap(),
         connect["ticket"].as_str().unwrap(),
@@ -108,6 +123,31 @@ async fn other_origins_are_a_flag() {
     assert_eq!(handshake_status(&alice, Some(app)).await, 101);
     assert_eq!(
         handshake_status(&alice, Some("http://localhost:5173")).await,
+        403
+    );
+}
+
+/// A chat server without `--cors-origins` does not check `Origin`: the
+/// ticket alone admits, as in contract v1.0 (a page on another origin
+/// cannot obtain a ticket: `/v1/connect` needs the user's token and CORS).
+/// With the list set, it checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_chat_servers_check_origins_only_when_configured() {
+    let Some(mut cluster) = e2e::Cluster::start(1, &[]).await else {
+        return;
+    };
+    let mut alice = cluster.api(&e2e::unique("alice")).await;
+    assert_eq!(
+        handshake_status(&alice, Some("https://anywhere.example")).await,
+        101
+    );
+    let app = "https://app.example.com";
+    let checked = cluster.add_chat_server(&["--cors-origins", app]).await;
+    let checked_id = cluster.chat[checked].id.clone();
+    alice.allowed_servers = Some(vec![checked_id]);
+    assert_eq!(handshake_status(&alice, Some(app)).await, 101);
+    assert_eq!(
+        handshake_status(&alice, Some("https://anywhere.example")).await,
         403
     );
 }
