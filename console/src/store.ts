@@ -562,9 +562,9 @@ function lastActivity(r: RoomState): number {
   return ts;
 }
 
-/** A server's load, if the API reports one (the contract does not require it). */
+/** A server's load, if the API reports one (servers before it did not). */
 function loadOf(info: ServerInfo): number | undefined {
-  const load = (info as ServerInfo & { load?: unknown }).load;
+  const load = info.load;
   return typeof load === 'number' && Number.isFinite(load) ? load : undefined;
 }
 

@@ -207,6 +207,10 @@ pub struct ServerInfo {
     pub state: ServerState,
     pub connections: u64,
     pub last_seen_ms: u64,
+    /// The server's own load figure in 0..=1 (connections over capacity),
+    /// what placement weighs besides connections. Added after v1.1.
+    #[serde(default)]
+    pub load: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -482,6 +482,11 @@ async fn cluster_mode_v1_1() {
         return;
     };
     let system = System::of(&cluster);
+    // `/v1/servers` reports each server's load figure too (0..=1).
+    for server in cluster.servers().await {
+        let load = server["load"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&load), "{server}");
+    }
     read_receipt_and_device_sync(&system).await;
     presence_is_per_user(&system).await;
     service_publishes_to_members(&system).await;

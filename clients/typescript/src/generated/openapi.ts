@@ -409,6 +409,12 @@ export interface components {
             id: string;
             /** Format: int64 */
             last_seen_ms: number;
+            /**
+             * Format: double
+             * @description The server's own load figure in 0..=1 (connections over capacity),
+             *     what placement weighs besides connections. Added after v1.1.
+             */
+            load?: number;
             state: components["schemas"]["ServerState"];
             url: string;
         };

@@ -84,6 +84,7 @@ pub async fn list_servers(
                 state: s.health.state,
                 connections: s.health.connections,
                 last_seen_ms: s.health.last_seen_ms,
+                load: s.health.load,
             })
             .collect(),
     }))
