@@ -28,12 +28,15 @@ const API_BIN = process.env['API_SERVER_BIN'] ?? repo('target/debug/api-server')
 const CHAT_BIN = process.env['CHAT_SERVER_BIN'] ?? repo('target/debug/chat-server');
 const REDIS_SCRIPT = repo('scripts/redis-cluster.sh');
 
-const USERS = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
+// Users of this run only: a shared Redis Cluster keeps the rooms of earlier runs.
+const RUN = Math.random().toString(36).slice(2, 8);
+const user = (n: number): string => `u${n}-${RUN}`;
+const USERS = [0, 1, 2, 3, 4, 5].map(user);
 const ROOMS: string[][] = [
-  ['u0', 'u1', 'u2', 'u3'],
-  ['u2', 'u3', 'u4', 'u5'],
-  ['u0', 'u1', 'u4', 'u5'],
-];
+  [0, 1, 2, 3],
+  [2, 3, 4, 5],
+  [0, 1, 4, 5],
+].map((members) => members.map(user));
 const SEND_INTERVAL_MS = 150;
 const SEND_FOR_MS = 12_000;
 const KILL_AT_MS = 3_000;
