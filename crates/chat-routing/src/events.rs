@@ -17,19 +17,24 @@ pub struct FanoutLimits {
     /// Rooms of at most this many members get read receipts (every
     /// member sees every member's `read`); in larger rooms a `read` goes
     /// only to the reader's own sessions.
-    #[arg(long, env = "CHAT_READ_RECEIPTS_MAX_MEMBERS", default_value_t = 100)]
+    #[arg(long, env = "CHAT_READ_RECEIPTS_MAX_MEMBERS", default_value_t = READ_RECEIPTS_MAX_MEMBERS)]
     pub read_receipts_max_members: u64,
     /// Rooms of more than this many members get no `presence` events (the
     /// members list's `online` flag stays right).
-    #[arg(long, env = "CHAT_PRESENCE_MAX_ROOM_MEMBERS", default_value_t = 1000)]
+    #[arg(long, env = "CHAT_PRESENCE_MAX_ROOM_MEMBERS", default_value_t = PRESENCE_MAX_ROOM_MEMBERS)]
     pub presence_max_room_members: u64,
 }
+
+/// The contract's sizes: read receipts in rooms of at most 100 members,
+/// presence events may be left out above 1,000.
+const READ_RECEIPTS_MAX_MEMBERS: u64 = 100;
+const PRESENCE_MAX_ROOM_MEMBERS: u64 = 1000;
 
 impl Default for FanoutLimits {
     fn default() -> Self {
         FanoutLimits {
-            read_receipts_max_members: 100,
-            presence_max_room_members: 1000,
+            read_receipts_max_members: READ_RECEIPTS_MAX_MEMBERS,
+            presence_max_room_members: PRESENCE_MAX_ROOM_MEMBERS,
         }
     }
 }
@@ -61,17 +66,19 @@ impl MessageRouter {
     /// Announces a presence transition in each of the user's rooms (those
     /// small enough) to the other members' sessions. Best effort: a room
     /// whose index cannot be read is skipped with a warning.
+    /// The rooms are handled concurrently: a user in many rooms costs one
+    /// pipelined round of audience reads at connect or disconnect, not one
+    /// round trip per room.
     pub async fn announce_presence(&self, change: &PresenceChange) -> usize {
         let max_members = self.fanout_limits().presence_max_room_members;
-        let mut targets = 0;
-        for room in &change.rooms {
+        let per_room = change.rooms.iter().map(|room| async move {
             let online: Vec<OnlineSession> =
                 match self.store().presence_audience(room, max_members).await {
                     Ok(Some(online)) => online,
-                    Ok(None) => continue,
+                    Ok(None) => return 0,
                     Err(e) => {
                         tracing::warn!(error = %e, room, "presence event not sent");
-                        continue;
+                        return 0;
                     }
                 };
             let frame: Arc<str> = Arc::from(
@@ -83,11 +90,13 @@ impl MessageRouter {
                 }
                 .to_json(),
             );
-            targets += self
-                .route_ephemeral(room, frame, &online, Recipients::AllBut(&change.user))
-                .await;
-        }
-        targets
+            self.route_ephemeral(room, frame, &online, Recipients::AllBut(&change.user))
+                .await
+        });
+        futures_util::future::join_all(per_room)
+            .await
+            .into_iter()
+            .sum()
     }
 }
 
