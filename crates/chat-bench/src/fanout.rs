@@ -319,6 +319,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     let mut results = Vec::new();
     for (step_no, rate) in rates.iter().enumerate() {
         let step = &shared.steps[step_no];
+        let cpu_before = client::own_cpu_us();
         let start = Instant::now() + Duration::from_millis(100);
         let measure_from = start + Duration::from_secs_f64(args.warmup_s);
         let end = measure_from + Duration::from_secs_f64(args.duration_s);
@@ -390,6 +391,13 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
             drain_ms,
         );
         result["drained"] = drained.into();
+        // The load generator's own CPU over the whole step (warm-up, sends,
+        // drain), per delivery: what a delivery costs the client side.
+        if let (Some(a), Some(b)) = (cpu_before, client::own_cpu_us()) {
+            let delivered = step.delivered.load(Relaxed).max(1);
+            result["bench_cpu_ms"] = ((b - a) / 1000).into();
+            result["bench_cpu_us_per_delivery"] = round1((b - a) as f64 / delivered as f64).into();
+        }
         print_step(&result);
         println!("RESULT {}", serde_json::to_string(&result)?);
         results.push(result);
@@ -887,6 +895,12 @@ fn print_step(r: &serde_json::Value) {
         "  send->ack latency ms:  {}",
         summary(&r["ack_latency_us"]).line_ms()
     );
+    if !r["bench_cpu_ms"].is_null() {
+        println!(
+            "  chat-bench's own CPU {} ms, {} µs per delivery",
+            r["bench_cpu_ms"], r["bench_cpu_us_per_delivery"]
+        );
+    }
     println!(
         "  sends >10 ms behind schedule {}  max lag {} ms  disconnects {}  reconnect frames {}",
         r["late_sends"],
