@@ -61,11 +61,16 @@
 //! [`room_cursors`] (ordering, dedup, gaps), [`outbox`] (sends until
 //! acknowledged), [`backoff`]. [`Connection`] drives them over a
 //! [`Transport`]: [`HttpTransport`] in production, a fake in tests.
+//!
+//! Tools that need the wire itself (test harnesses, load generators) use
+//! [`raw::RawSession`] and [`RestClient::request_raw`]: the same sockets and
+//! requests with nothing done for them.
 
 pub mod backoff;
 mod connection;
 mod error;
 pub mod outbox;
+pub mod raw;
 mod rest;
 pub mod room_cursors;
 mod token;
@@ -88,7 +93,7 @@ pub use connection::{
     SessionInfo,
 };
 pub use error::{Error, ErrorKind};
-pub use rest::{dev_token, new_client_msg_id, HistoryQuery, RestClient};
+pub use rest::{dev_token, new_client_msg_id, HistoryQuery, RawAnswer, RestClient, RestOptions};
 pub use token::{jwt_expiry, jwt_subject, token_fn, DevTokens, StaticToken, TokenProvider};
 pub use transport::{HttpTransport, Socket, SocketEvent, Transport};
 
@@ -161,8 +166,12 @@ impl ChatClientBuilder {
     }
 
     pub fn build(self) -> Result<ChatClient, Error> {
+        let options = rest::RestOptions {
+            request_timeout: self.request_timeout,
+            ..Default::default()
+        };
         Ok(ChatClient {
-            rest: RestClient::with_provider(&self.api_url, self.tokens, self.request_timeout)?,
+            rest: RestClient::with_options(&self.api_url, self.tokens, &options)?,
             config: self.config,
         })
     }

@@ -79,10 +79,39 @@ impl std::fmt::Debug for RestClient {
     }
 }
 
-pub(crate) fn http_client(timeout: Duration) -> reqwest::Client {
+/// How a [`RestClient`] talks HTTP.
+#[derive(Debug, Clone)]
+pub struct RestOptions {
+    /// Longest single request (default 30 s).
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections kept per host (default: no limit).
+    /// Programs making many calls at once (a load generator's setup) bound
+    /// it to the calls they keep in flight.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for RestOptions {
+    fn default() -> Self {
+        RestOptions {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            pool_max_idle_per_host: usize::MAX,
+        }
+    }
+}
+
+/// A REST answer as it came: status and body bytes (see
+/// [`RestClient::request_raw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+fn http_client(options: &RestOptions) -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(timeout)
+        .timeout(options.request_timeout)
         .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(options.pool_max_idle_per_host)
         .tcp_nodelay(true)
         .build()
         // Building fails only when the TLS backend cannot initialise; this
@@ -94,18 +123,51 @@ impl RestClient {
     /// A client of the API server at `api_url` (e.g.
     /// `http://127.0.0.1:8080`) using `tokens`.
     pub fn new(api_url: &str, tokens: impl TokenProvider) -> Result<RestClient, Error> {
-        Self::with_provider(api_url, Arc::new(tokens), DEFAULT_REQUEST_TIMEOUT)
+        Self::with_options(api_url, Arc::new(tokens), &RestOptions::default())
     }
 
-    pub(crate) fn with_provider(
+    /// A client with `options`.
+    pub fn with_options(
         api_url: &str,
         tokens: Arc<dyn TokenProvider>,
-        timeout: Duration,
+        options: &RestOptions,
     ) -> Result<RestClient, Error> {
         Ok(RestClient {
-            http: http_client(timeout),
+            http: http_client(options),
             base: check_api_url(api_url)?.into(),
             tokens: Some(TokenSource::new(tokens)),
+        })
+    }
+
+    /// A client without a token: for [`RestClient::dev_token`], and as the
+    /// shared connection pool that [`RestClient::with_tokens`] hands to many
+    /// users.
+    pub fn anonymous(api_url: &str, options: &RestOptions) -> Result<RestClient, Error> {
+        Ok(RestClient {
+            http: http_client(options),
+            base: check_api_url(api_url)?.into(),
+            tokens: None,
+        })
+    }
+
+    /// The same API server and connection pool, as another caller. Cheap:
+    /// programs acting as many users (a load generator, a test harness)
+    /// share one pool.
+    pub fn with_tokens(&self, tokens: impl TokenProvider) -> RestClient {
+        RestClient {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            tokens: Some(TokenSource::new(Arc::new(tokens))),
+        }
+    }
+
+    /// The same caller and pool, against another API server (a second
+    /// replica, say).
+    pub fn with_api_url(&self, api_url: &str) -> Result<RestClient, Error> {
+        Ok(RestClient {
+            http: self.http.clone(),
+            base: check_api_url(api_url)?.into(),
+            tokens: self.tokens.clone(),
         })
     }
 
@@ -168,6 +230,61 @@ impl RestClient {
             });
         }
         unreachable!("the loop returns")
+    }
+
+    /// Exactly one request, answered as it came: any status, the body as
+    /// bytes. The token is added (when this client has one) but a 401 is
+    /// not retried, and nothing is checked. For tools that examine the
+    /// answers themselves (conformance tests); applications use the typed
+    /// calls. `body` is the body's bytes and content type.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<RawAnswer, Error> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(tokens) = &self.tokens {
+            req = req.bearer_auth(tokens.get().await?);
+        }
+        if let Some((bytes, content_type)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::network(format!("{method} {url}"), &e))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::network(format!("{method} {url}: reading the answer"), &e))?;
+        Ok(RawAnswer {
+            status,
+            body: body.to_vec(),
+        })
+    }
+
+    /// `POST /v1/auth/token`: a development token (only where the API
+    /// server has development tokens on, as in the local mode). Sent without
+    /// this client's token.
+    pub async fn dev_token(&self, user: &str, scope: TokenScope) -> Result<TokenResponse, Error> {
+        validate::user_id(user, "user")?;
+        let anonymous = RestClient {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            tokens: None,
+        };
+        let body = TokenRequest {
+            user: user.to_owned(),
+            scope: (scope == TokenScope::Service).then_some(TokenScope::Service),
+        };
+        anonymous
+            .call(Method::POST, "/v1/auth/token", Some(&body))
+            .await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -366,17 +483,9 @@ pub async fn dev_token(
     user: &str,
     scope: TokenScope,
 ) -> Result<TokenResponse, Error> {
-    validate::user_id(user, "user")?;
-    let rest = RestClient {
-        http: http_client(DEFAULT_REQUEST_TIMEOUT),
-        base: check_api_url(api_url)?.into(),
-        tokens: None,
-    };
-    let body = TokenRequest {
-        user: user.to_owned(),
-        scope: (scope == TokenScope::Service).then_some(TokenScope::Service),
-    };
-    rest.call(Method::POST, "/v1/auth/token", Some(&body)).await
+    RestClient::anonymous(api_url, &RestOptions::default())?
+        .dev_token(user, scope)
+        .await
 }
 
 fn check_api_url(api_url: &str) -> Result<&str, Error> {

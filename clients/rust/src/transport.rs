@@ -7,16 +7,11 @@
 //! those; [`HttpTransport`] is the real one. Tests drive the driver with a
 //! fake transport and no sockets at all.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use chat_protocol::Message;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-use crate::rest::{enc, HistoryQuery, RestClient};
+use crate::raw::{RawSession, SocketOptions};
+use crate::rest::{HistoryQuery, RestClient};
 use crate::Error;
 
 /// What reading a socket produced.
@@ -55,18 +50,18 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// The real transport: REST for tickets and history, WebSockets through
-/// tokio-tungstenite.
+/// tokio-tungstenite ([`RawSession`]).
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
     rest: RestClient,
-    handshake_timeout: Duration,
+    socket: SocketOptions,
 }
 
 impl HttpTransport {
     pub fn new(rest: RestClient) -> Self {
         HttpTransport {
             rest,
-            handshake_timeout: Duration::from_secs(10),
+            socket: SocketOptions::default(),
         }
     }
 }
@@ -75,26 +70,9 @@ impl HttpTransport {
 impl Transport for HttpTransport {
     async fn open(&self) -> Result<Box<dyn Socket>, Error> {
         let ticket = self.rest.connect_ticket().await?;
-        let sep = if ticket.url.contains('?') { '&' } else { '?' };
-        let url = format!("{}{sep}ticket={}", ticket.url, enc(&ticket.ticket));
-        let handshake = tokio_tungstenite::connect_async(url);
-        let ws = match tokio::time::timeout(self.handshake_timeout, handshake).await {
-            Err(_) => {
-                return Err(Error::Network {
-                    context: format!("opening {}", ticket.url),
-                    detail: format!("no handshake within {:?}", self.handshake_timeout),
-                })
-            }
-            Ok(Err(tungstenite::Error::Http(resp))) => {
-                return Err(Error::Handshake {
-                    url: ticket.url,
-                    status: resp.status().as_u16(),
-                })
-            }
-            Ok(Err(e)) => return Err(Error::network(format!("opening {}", ticket.url), &e)),
-            Ok(Ok((ws, _))) => ws,
-        };
-        Ok(Box::new(WsSocket { ws }))
+        Ok(Box::new(
+            RawSession::open_ticket(&ticket, &self.socket).await?,
+        ))
     }
 
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<Vec<Message>, Error> {
@@ -102,43 +80,17 @@ impl Transport for HttpTransport {
     }
 }
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct WsSocket {
-    ws: WsStream,
-}
-
 #[async_trait]
-impl Socket for WsSocket {
+impl Socket for RawSession {
     async fn send(&mut self, text: String) -> Result<(), Error> {
-        self.ws
-            .send(WsMessage::text(text))
-            .await
-            .map_err(|e| Error::network("writing to the WebSocket", &e))
+        self.send_text(text).await
     }
 
     async fn recv(&mut self) -> SocketEvent {
-        loop {
-            // `StreamExt::next` is cancel-safe: a dropped call loses nothing.
-            match self.ws.next().await {
-                None | Some(Err(_)) => return SocketEvent::Closed(None),
-                Some(Ok(WsMessage::Text(t))) => return SocketEvent::Text(t.as_str().to_owned()),
-                Some(Ok(WsMessage::Binary(b))) => return SocketEvent::Binary(b.len()),
-                Some(Ok(WsMessage::Close(frame))) => {
-                    return SocketEvent::Closed(frame.map(|f| u16::from(f.code)))
-                }
-                // Pings are answered by tungstenite itself.
-                Some(Ok(_)) => continue,
-            }
-        }
+        RawSession::recv(self).await
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.to_owned().into(),
-        };
-        let _ = self.ws.close(Some(frame)).await;
+        RawSession::close(self, code, reason).await
     }
 }

@@ -140,7 +140,7 @@ pub async fn run(ctx: &Ctx, args: BigroomArgs) -> Result<()> {
         if let Err(e) = sinks[0].lock().await.send(frame).await {
             shared
                 .errors
-                .note(format!("send failed: {}", error_chain(&e)));
+                .note(format!("send failed: {}", error_chain(e)));
             break;
         }
         sent += 1;
@@ -249,7 +249,7 @@ async fn reader(shared: Arc<Shared>, idx: usize, mut stream: WsStream, room: Arc
             }
             Some(Ok(WsMessage::Close(frame))) => format!("closed by the server: {frame:?}"),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => format!("read error: {}", error_chain(&e)),
+            Some(Err(e)) => format!("read error: {}", error_chain(e)),
             None => "connection ended".to_owned(),
         };
         if !shared.closing.load(Relaxed) {

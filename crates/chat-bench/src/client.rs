@@ -1,7 +1,10 @@
-//! The client side of the public contract, and nothing more: REST calls with
-//! a shared pooled `reqwest::Client`, WebSocket sessions opened with a
-//! ticket from `POST /v1/connect`, and a cheap parser for the few fields of
-//! server frames the scenarios look at.
+//! The client side of the load generator, on `chat-client`: REST calls
+//! through one pooled [`RestClient`] shared by every user of the run,
+//! sessions opened with [`RawSession`] (a ticket from `POST /v1/connect`,
+//! the handshake, the `welcome`) and then driven directly, and a cheap
+//! parser for the few fields of server frames the scenarios look at.
+//! What is specific to load generation stays here: setup at bounded
+//! concurrency, sequence bookkeeping, error tallies.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -10,153 +13,34 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use chat_protocol::rest::{
-    ConnectResponse, CreateRoomRequest, ErrorBody, Room, ServerList, TokenRequest, TokenResponse,
-};
-use chat_protocol::ServerFrame;
+use chat_client::protocol::rest::{CreateRoomRequest, TokenScope};
+use chat_client::raw::{RawSession, SocketOptions};
+use chat_client::{RestClient, RestOptions, StaticToken};
 use futures_util::stream::{self, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = chat_client::raw::WebSocket;
 pub type WsSink = SplitSink<Ws, WsMessage>;
 pub type WsStream = SplitStream<Ws>;
 
 /// How long one setup step (REST call, handshake, welcome) may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// REST client for the API server.
-#[derive(Clone)]
-pub struct Api {
-    http: reqwest::Client,
-    base: Arc<str>,
+/// The REST client every user of the run shares (one connection pool,
+/// `pool` idle connections kept: the setup calls in flight at once).
+pub fn rest_client(api: &str, pool: usize) -> Result<RestClient> {
+    let options = RestOptions {
+        request_timeout: STEP_TIMEOUT,
+        pool_max_idle_per_host: pool.max(1),
+    };
+    RestClient::anonymous(api, &options).context("the API server URL")
 }
 
-impl Api {
-    pub fn new(base: &str, pool: usize) -> Result<Api> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(pool.max(1))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(STEP_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Api {
-            http,
-            base: base.trim_end_matches('/').into(),
-        })
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&(impl Serialize + ?Sized)>,
-    ) -> Result<Option<T>> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method.clone(), &url);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("{method} {path}: {}", error_chain(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let detail = match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(b) => format!("{}: {}", b.error.code.as_str(), b.error.message),
-                Err(_) => text.chars().take(200).collect(),
-            };
-            bail!("{method} {path}: HTTP {} {detail}", status.as_u16());
-        }
-        if status == reqwest::StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        let value = resp
-            .json::<T>()
-            .await
-            .map_err(|e| anyhow!("{method} {path}: bad response body: {}", error_chain(&e)))?;
-        Ok(Some(value))
-    }
-
-    async fn call_some<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&(impl Serialize + ?Sized)>,
-    ) -> Result<T> {
-        self.call(method.clone(), path, token, body)
-            .await?
-            .ok_or_else(|| anyhow!("{method} {path}: empty response"))
-    }
-
-    /// `POST /v1/auth/token` (development tokens).
-    pub async fn token(&self, user: &str) -> Result<String> {
-        let r: TokenResponse = self
-            .call_some(
-                reqwest::Method::POST,
-                "/v1/auth/token",
-                None,
-                Some(&TokenRequest {
-                    user: user.into(),
-                    scope: None,
-                }),
-            )
-            .await?;
-        Ok(r.token)
-    }
-
-    /// `POST /v1/rooms`; the caller becomes a member.
-    pub async fn create_room(&self, token: &str, name: &str, members: &[String]) -> Result<Room> {
-        let body = CreateRoomRequest {
-            name: name.into(),
-            members: Some(members.to_vec()),
-            created_by: None,
-        };
-        self.call_some(reqwest::Method::POST, "/v1/rooms", Some(token), Some(&body))
-            .await
-    }
-
-    /// `PUT /v1/rooms/{room}/members/{user}`.
-    pub async fn add_member(&self, token: &str, room: &str, user: &str) -> Result<()> {
-        let path = format!("/v1/rooms/{}/members/{}", encode(room), encode(user));
-        self.call::<serde_json::Value>(reqwest::Method::PUT, &path, Some(token), None::<&()>)
-            .await?;
-        Ok(())
-    }
-
-    /// `POST /v1/connect`: which chat server to use, and a ticket for it.
-    pub async fn connect(&self, token: &str) -> Result<ConnectResponse> {
-        self.call_some(
-            reqwest::Method::POST,
-            "/v1/connect",
-            Some(token),
-            None::<&()>,
-        )
-        .await
-    }
-
-    /// `GET /v1/servers`.
-    pub async fn servers(&self, token: &str) -> Result<ServerList> {
-        self.call_some(
-            reqwest::Method::GET,
-            "/v1/servers",
-            Some(token),
-            None::<&()>,
-        )
-        .await
-    }
+/// `rest` acting as the holder of `token`.
+pub fn as_user(rest: &RestClient, token: &str) -> RestClient {
+    rest.with_tokens(StaticToken::new(token))
 }
 
 /// An open WebSocket session, after its `welcome`.
@@ -167,59 +51,23 @@ pub struct Session {
 
 /// `POST /v1/connect`, the WebSocket handshake with the ticket, and the
 /// `welcome` frame.
-pub async fn open_session(api: &Api, token: &str) -> Result<Session> {
-    let c = api.connect(token).await?;
-    let sep = if c.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}ticket={}", c.url, encode(&c.ticket));
-    // Small read buffers: thousands of connections each receive small frames.
-    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let handshake = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    let (mut ws, _) = match tokio::time::timeout(STEP_TIMEOUT, handshake).await {
-        Err(_) => bail!("WebSocket handshake with {} timed out", c.url),
-        Ok(Err(tungstenite::Error::Http(resp))) => {
-            let body = resp
-                .body()
-                .as_deref()
-                .map(|b| {
-                    String::from_utf8_lossy(b)
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                })
-                .unwrap_or_default();
-            bail!(
-                "WebSocket handshake with {} refused: HTTP {} {body}",
-                c.url,
-                resp.status().as_u16()
-            )
-        }
-        Ok(Err(e)) => bail!("WebSocket handshake with {}: {}", c.url, error_chain(&e)),
-        Ok(Ok(x)) => x,
+pub async fn open_session(rest: &RestClient, token: &str) -> Result<Session> {
+    let ticket = as_user(rest, token).connect_ticket().await?;
+    let options = SocketOptions {
+        handshake_timeout: STEP_TIMEOUT,
+        // Small read buffers: thousands of connections each receive small
+        // frames.
+        read_buffer_size: Some(16 * 1024),
     };
-    let first = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+    let mut session = RawSession::open_ticket(&ticket, &options).await?;
+    let welcome = session
+        .read_welcome(STEP_TIMEOUT)
         .await
-        .map_err(|_| anyhow!("no welcome from {} within {:?}", c.url, STEP_TIMEOUT))?;
-    let text = match first {
-        Some(Ok(WsMessage::Text(t))) => t,
-        Some(Ok(other)) => bail!("first frame from {} is not text: {other:?}", c.url),
-        Some(Err(e)) => bail!("reading welcome from {}: {}", c.url, error_chain(&e)),
-        None => bail!("{} closed before welcome", c.url),
-    };
-    match serde_json::from_str::<ServerFrame>(text.as_str()) {
-        Ok(ServerFrame::Welcome { server_id, .. }) => Ok(Session { ws, server_id }),
-        Ok(ServerFrame::Error { code, message, .. }) => {
-            bail!(
-                "{} answered with an error instead of welcome: {}: {message}",
-                c.url,
-                code.as_str()
-            )
-        }
-        _ => bail!(
-            "first frame from {} is not welcome: {}",
-            c.url,
-            truncate(text.as_str(), 200)
-        ),
-    }
+        .with_context(|| format!("session on {}", ticket.url))?;
+    Ok(Session {
+        ws: session.into_inner(),
+        server_id: welcome.server_id,
+    })
 }
 
 /// The fields of a server frame the scenarios need, borrowed from the frame
@@ -366,18 +214,8 @@ pub fn check_fd_limit(needed: usize) {
 }
 
 /// An error and its sources on one line (the OS error is usually a source).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+pub fn error_chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 pub fn truncate(s: &str, max: usize) -> String {
@@ -390,19 +228,6 @@ pub fn truncate(s: &str, max: usize) -> String {
         }
         format!("{}...", &s[..end])
     }
-}
-
-/// Percent-encodes everything outside the URL-unreserved set.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A short random id that prefixes every user and room name of one run.
@@ -434,11 +259,15 @@ where
 }
 
 /// Mints a development token for every user; fails on the first error.
-pub async fn mint_tokens(api: &Api, users: &[String], concurrency: usize) -> Result<Vec<String>> {
+pub async fn mint_tokens(
+    rest: &RestClient,
+    users: &[String],
+    concurrency: usize,
+) -> Result<Vec<String>> {
     let started = Instant::now();
-    let results = run_concurrent(users.to_vec(), concurrency, |u| {
-        let api = api.clone();
-        async move { api.token(&u).await }
+    let results = run_concurrent(users.to_vec(), concurrency, |u| async move {
+        let answer = rest.dev_token(&u, TokenScope::User).await?;
+        Ok(answer.token)
     })
     .await;
     let tokens = collect_all(results, "minting tokens")?;
@@ -454,20 +283,30 @@ pub async fn mint_tokens(api: &Api, users: &[String], concurrency: usize) -> Res
 /// caps the initial member list, so large rooms are created with a first
 /// slice and completed with `PUT .../members/{user}`.
 pub async fn create_room(
-    api: &Api,
+    rest: &RestClient,
     creator_token: &str,
     name: &str,
     others: &[String],
     concurrency: usize,
 ) -> Result<String> {
     const INITIAL: usize = 500;
-    let (first, rest) = others.split_at(others.len().min(INITIAL));
-    let room = api.create_room(creator_token, name, first).await?;
-    let results = run_concurrent(rest.to_vec(), concurrency, |u| {
-        let api = api.clone();
-        let room = room.id.clone();
-        let token = creator_token.to_owned();
-        async move { api.add_member(&token, &room, &u).await }
+    let creator = as_user(rest, creator_token);
+    let (first, later) = others.split_at(others.len().min(INITIAL));
+    let room = creator
+        .create_room(&CreateRoomRequest {
+            name: name.into(),
+            members: Some(first.to_vec()),
+            created_by: None,
+        })
+        .await?;
+    let results = run_concurrent(later.to_vec(), concurrency, |u| {
+        let (creator, room) = (&creator, &room.id);
+        async move {
+            creator
+                .add_member(room, &u)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     })
     .await;
     collect_all(results, "adding room members")?;
@@ -476,11 +315,14 @@ pub async fn create_room(
 
 /// Opens one session per token, `concurrency` at a time. Fails (with the
 /// first errors) unless every session opened.
-pub async fn connect_all(api: &Api, tokens: &[String], concurrency: usize) -> Result<Vec<Session>> {
+pub async fn connect_all(
+    rest: &RestClient,
+    tokens: &[String],
+    concurrency: usize,
+) -> Result<Vec<Session>> {
     let started = Instant::now();
-    let results = run_concurrent(tokens.to_vec(), concurrency, |t| {
-        let api = api.clone();
-        async move { open_session(&api, &t).await }
+    let results = run_concurrent(tokens.to_vec(), concurrency, |t| async move {
+        open_session(rest, &t).await
     })
     .await;
     let sessions = collect_all(results, "connecting sessions")?;
@@ -616,11 +458,5 @@ mod tests {
         }
         assert!(x > 0);
         assert!(own_cpu_us().unwrap() >= before);
-    }
-
-    #[test]
-    fn encode_keeps_unreserved_characters() {
-        assert_eq!(encode("abc-_.~09"), "abc-_.~09");
-        assert_eq!(encode("a+b/c="), "a%2Bb%2Fc%3D");
     }
 }

@@ -161,7 +161,7 @@ async fn hold(mut stream: WsStream, closing: Arc<AtomicBool>, dropped: Arc<Error
         let why = match stream.next().await {
             Some(Ok(WsMessage::Close(frame))) => format!("closed: {frame:?}"),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => error_chain(&e),
+            Some(Err(e)) => error_chain(e),
             None => "ended".into(),
         };
         if !closing.load(Relaxed) {

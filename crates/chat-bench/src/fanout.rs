@@ -570,7 +570,7 @@ async fn sender(
             if !shared.closing.load(Relaxed) {
                 shared
                     .errors
-                    .note(format!("send failed: {}", error_chain(&e)));
+                    .note(format!("send failed: {}", error_chain(e)));
             }
             break;
         }
@@ -604,10 +604,9 @@ async fn reader(
                         .await;
                     if let Err(e) = r {
                         if !shared.closing.load(Relaxed) {
-                            shared.errors.note(format!(
-                                "connection {idx}: pong failed: {}",
-                                error_chain(&e)
-                            ));
+                            shared
+                                .errors
+                                .note(format!("connection {idx}: pong failed: {}", error_chain(e)));
                         }
                     }
                 }
@@ -627,7 +626,7 @@ async fn reader(
             }
             Some(Ok(WsMessage::Close(frame))) => format!("closed by the server: {frame:?}"),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => format!("read error: {}", error_chain(&e)),
+            Some(Err(e)) => format!("read error: {}", error_chain(e)),
             None => "connection ended".to_owned(),
         };
         if !shared.closing.load(Relaxed) {

@@ -57,7 +57,7 @@ enum Cmd {
 
 /// What every scenario gets.
 pub struct Ctx {
-    pub api: client::Api,
+    pub api: chat_client::RestClient,
     pub api_base: String,
     pub run_id: String,
     pub setup_concurrency: usize,
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let ctx = Ctx {
-            api: client::Api::new(&cli.api, cli.setup_concurrency)?,
+            api: client::rest_client(&cli.api, cli.setup_concurrency)?,
             api_base: cli.api.clone(),
             run_id: cli.run_id.unwrap_or_else(client::new_run_id),
             setup_concurrency: cli.setup_concurrency.max(1),

@@ -59,7 +59,7 @@ pub async fn open(base: &str, user: &str, rooms: &[&str]) -> Result<Ws> {
     let handshake = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
     let (mut ws, _) = match tokio::time::timeout(STEP_TIMEOUT, handshake).await {
         Err(_) => bail!("WebSocket handshake with {url} timed out"),
-        Ok(Err(e)) => bail!("WebSocket handshake with {url}: {}", error_chain(&e)),
+        Ok(Err(e)) => bail!("WebSocket handshake with {url}: {}", error_chain(e)),
         Ok(Ok(x)) => x,
     };
     let open = next_text(&mut ws, &url, "the open packet").await?;
@@ -72,12 +72,7 @@ pub async fn open(base: &str, user: &str, rooms: &[&str]) -> Result<Ws> {
     let auth = serde_json::to_string(&Auth { user, rooms })?;
     ws.send(WsMessage::text(format!("40{auth}")))
         .await
-        .map_err(|e| {
-            anyhow!(
-                "sending the namespace connect to {url}: {}",
-                error_chain(&e)
-            )
-        })?;
+        .map_err(|e| anyhow!("sending the namespace connect to {url}: {}", error_chain(e)))?;
     loop {
         let packet = next_text(&mut ws, &url, "the namespace connect answer").await?;
         if packet == PING {
@@ -107,7 +102,7 @@ async fn next_text(ws: &mut Ws, url: &str, what: &str) -> Result<String> {
     match next {
         Some(Ok(WsMessage::Text(t))) => Ok(t.as_str().to_owned()),
         Some(Ok(other)) => bail!("{what} from {url} is not text: {other:?}"),
-        Some(Err(e)) => bail!("reading {what} from {url}: {}", error_chain(&e)),
+        Some(Err(e)) => bail!("reading {what} from {url}: {}", error_chain(e)),
         None => bail!("{url} closed before {what}"),
     }
 }

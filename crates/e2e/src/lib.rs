@@ -4,7 +4,11 @@
 //! beforehand with `cargo build --workspace --bins`) against a real Redis
 //! Cluster named by `CHAT_TEST_REDIS_URLS`, and talk to them only through the
 //! public client contract (`shared/PROTOCOL.md`): REST with a bearer token and
-//! WebSockets opened with tickets from `/v1/connect`.
+//! WebSockets opened with tickets from `/v1/connect`, both through the
+//! workspace's client crate, `chat-client` ([`chat_client::RestClient`]'s
+//! `request_raw` and [`chat_client::raw::RawSession`]). Answers and frames
+//! are kept as raw JSON, because these tests check the wire. What is here is
+//! specific to the tests: processes, fault injection, waiting helpers.
 //!
 //! Every test process shares the one Redis Cluster, so every test uses its
 //! own user names ([`unique`]) and its own rooms, and a test that cares about
@@ -35,10 +39,12 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use chat_client::protocol::rest::TokenScope;
+use chat_client::raw::{RawSession, SocketOptions};
+use chat_client::{RestClient, SocketEvent, StaticToken};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
+pub use chat_client;
 pub use serde_json;
 
 /// Secrets every process of a test cluster shares. The tests know them too,
@@ -327,13 +333,6 @@ pub fn process_env(redis_urls: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("building the HTTP client")
-}
-
 /// Waits until `GET url` answers 200. `Err` if the process exited first
 /// (typically: the port was taken meanwhile).
 pub async fn wait_http_ok(
@@ -480,14 +479,10 @@ impl LocalSystem {
         let chat_ids = eventually(STARTUP, "chat-local to list two ready chat servers", || {
             let api_url = api_url.clone();
             async move {
-                let token = http_client()
-                    .post(format!("{api_url}/v1/auth/token"))
-                    .json(&json!({ "user": "admin" }))
-                    .send()
+                let token = chat_client::dev_token(&api_url, "admin", TokenScope::User)
                     .await
                     .ok()?;
-                let token: Value = token.json().await.ok()?;
-                let admin = Api::with_token(&api_url, "admin", token["token"].as_str()?);
+                let admin = Api::with_token(&api_url, "admin", &token.token);
                 let servers = admin.servers().await["servers"].as_array()?.clone();
                 let ready = servers.len() == 2 && servers.iter().all(|s| s["state"] == "ready");
                 ready.then(|| {
@@ -674,19 +669,20 @@ impl Cluster {
 }
 
 // ---------------------------------------------------------------------------
-// REST client
+// REST, through chat-client
 // ---------------------------------------------------------------------------
 
-/// Sends a request; returns the status and the body as JSON (`Null` when
-/// empty, a JSON string when not JSON).
+/// A request outside the contract (a malformed `Authorization` header, no
+/// header at all): sent as given with plain reqwest. Returns the status and
+/// the body as JSON (`Null` when empty, a JSON string when not JSON).
+/// Requests inside the contract go through [`Api`].
 pub async fn http_call(
-    http: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
     authorization: Option<&str>,
     body: Option<(Vec<u8>, &str)>,
 ) -> (u16, Value) {
-    let mut req = http.request(method.clone(), url);
+    let mut req = reqwest::Client::new().request(method.clone(), url);
     if let Some(auth) = authorization {
         req = req.header("authorization", auth);
     }
@@ -702,40 +698,44 @@ pub async fn http_call(
         .bytes()
         .await
         .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
-    let value = if bytes.is_empty() {
+    (status, json_of(&bytes))
+}
+
+/// A body as JSON: `Null` when empty, a JSON string when not JSON (so a
+/// test can show it).
+fn json_of(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-    };
-    (status, value)
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    }
 }
 
-/// `POST /v1/auth/token` for `user`.
+/// `POST /v1/auth/token` for `user` (development tokens).
 pub async fn token(api_url: &str, user: &str) -> String {
-    let (status, body) = http_call(
-        &http_client(),
-        reqwest::Method::POST,
-        &format!("{api_url}/v1/auth/token"),
-        None,
-        Some((
-            json!({ "user": user }).to_string().into_bytes(),
-            "application/json",
-        )),
-    )
-    .await;
-    assert_eq!(status, 200, "POST /v1/auth/token for {user}: {body}");
-    assert_eq!(body["user"], user, "{body}");
-    body["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token in {body}"))
-        .to_owned()
+    let answer = chat_client::dev_token(api_url, user, TokenScope::User)
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/auth/token for {user}: {e}"));
+    assert_eq!(answer.user, user, "token for another user: {answer:?}");
+    answer.token
 }
 
-/// A user's REST client.
+/// A service token (`scope: service`) for `name` (development tokens).
+pub async fn service_token(api_url: &str, name: &str) -> String {
+    let answer = chat_client::dev_token(api_url, name, TokenScope::Service)
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/auth/token for service {name}: {e}"));
+    assert_eq!(answer.scope, TokenScope::Service, "{answer:?}");
+    answer.token
+}
+
+/// One caller's REST calls, on [`chat_client::RestClient`]. Answers are kept
+/// raw (status and JSON) because the tests check the wire: a typed client
+/// would hide a field the contract requires.
 #[derive(Clone)]
 pub struct Api {
-    pub http: reqwest::Client,
+    pub rest: RestClient,
     /// `http://127.0.0.1:PORT`
     pub base: String,
     pub token: String,
@@ -752,13 +752,40 @@ impl Api {
     }
 
     pub fn with_token(base: &str, user: &str, token: &str) -> Api {
+        let rest = RestClient::new(base, StaticToken::new(token))
+            .unwrap_or_else(|e| panic!("a REST client of {base}: {e}"));
         Api {
-            http: http_client(),
+            rest,
             base: base.to_owned(),
             token: token.to_owned(),
             user: user.to_owned(),
             allowed_servers: None,
         }
+    }
+
+    /// The same caller against another API server.
+    pub fn at(&self, base: &str) -> Api {
+        Api {
+            rest: self
+                .rest
+                .with_api_url(base)
+                .unwrap_or_else(|e| panic!("a REST client of {base}: {e}")),
+            base: base.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// A request with this user's token and an optional JSON body; `Err`
+    /// only when no answer came (the server is down).
+    pub async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), chat_client::Error> {
+        let body = body.map(|b| (b.to_string().into_bytes(), "application/json"));
+        let answer = self.rest.request_raw(method, path, body).await?;
+        Ok((answer.status, json_of(&answer.body)))
     }
 
     /// A request with this user's token and an optional JSON body.
@@ -768,15 +795,9 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let auth = format!("Bearer {}", self.token);
-        http_call(
-            &self.http,
-            method,
-            &format!("{}{path}", self.base),
-            Some(&auth),
-            body.map(|b| (b.to_string().into_bytes(), "application/json")),
-        )
-        .await
+        self.try_call(method.clone(), path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} as {}: {e}", self.user))
     }
 
     /// A request with this user's token and a raw body.
@@ -787,15 +808,12 @@ impl Api {
         body: Vec<u8>,
         content_type: &str,
     ) -> (u16, Value) {
-        let auth = format!("Bearer {}", self.token);
-        http_call(
-            &self.http,
-            method,
-            &format!("{}{path}", self.base),
-            Some(&auth),
-            Some((body, content_type)),
-        )
-        .await
+        let answer = self
+            .rest
+            .request_raw(method.clone(), path, Some((body, content_type)))
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} as {}: {e}", self.user));
+        (answer.status, json_of(&answer.body))
     }
 
     /// `POST /v1/rooms`, raw answer.
@@ -995,9 +1013,6 @@ pub fn assert_error(got: &(u16, Value), status: u16, code: &str, what: &str) {
 // WebSocket client
 // ---------------------------------------------------------------------------
 
-pub type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Why a WebSocket could not be opened.
 #[derive(Debug)]
 pub enum OpenError {
@@ -1006,21 +1021,19 @@ pub enum OpenError {
     Other(String),
 }
 
-/// Opens a WebSocket without reading anything.
-pub async fn ws_open(url: &str) -> Result<WsStream, OpenError> {
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
-        Err(_) => Err(OpenError::Other(format!("opening {url} timed out"))),
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(resp))) => Err(OpenError::Status(resp.status().as_u16())),
-        Ok(Err(e)) => Err(OpenError::Other(e.to_string())),
-    }
+/// Opens a WebSocket (through [`RawSession`]) without reading anything.
+pub async fn ws_open(url: &str) -> Result<RawSession, OpenError> {
+    let options = SocketOptions {
+        handshake_timeout: WAIT,
+        ..SocketOptions::default()
+    };
+    RawSession::open(url, &options).await.map_err(|e| match e {
+        chat_client::Error::Handshake { status, .. } => OpenError::Status(status),
+        other => OpenError::Other(other.to_string()),
+    })
 }
 
-/// `url?ticket=...` (or `&ticket=` if the url has a query already).
-pub fn ticket_url(url: &str, ticket: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}ticket={ticket}")
-}
+pub use chat_client::raw::ticket_url;
 
 /// What reading a WebSocket produced.
 #[derive(Debug, Clone)]
@@ -1034,7 +1047,7 @@ pub enum Event {
 
 /// A client WebSocket session, opened through `/v1/connect`.
 pub struct WsClient {
-    ws: WsStream,
+    ws: RawSession,
     pub welcome: Value,
     pub server_id: String,
     pub session: String,
@@ -1157,10 +1170,7 @@ impl WsClient {
 
     /// Sends a text frame; `Err` if the connection is gone.
     pub async fn send_text(&mut self, text: String) -> Result<(), String> {
-        self.ws
-            .send(WsMessage::text(text))
-            .await
-            .map_err(|e| e.to_string())
+        self.ws.send_text(text).await.map_err(|e| e.to_string())
     }
 
     /// Sends one JSON frame; panics if the connection is gone.
@@ -1186,44 +1196,21 @@ impl WsClient {
         if self.closed {
             return Event::Closed(self.close_code);
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Event::Timeout;
-            }
-            match tokio::time::timeout(remaining, self.ws.next()).await {
-                Err(_) => return Event::Timeout,
-                Ok(None) => {
-                    self.closed = true;
-                    if self.close_error.is_none() {
-                        self.close_error = Some("stream ended without a close frame".into());
-                    }
-                    return Event::Closed(self.close_code);
-                }
-                Ok(Some(Err(e))) => {
-                    self.closed = true;
-                    self.close_error = Some(e.to_string());
-                    return Event::Closed(self.close_code);
-                }
-                Ok(Some(Ok(msg))) => match msg {
-                    WsMessage::Text(text) => {
-                        let text = text.as_str();
-                        return Event::Frame(
-                            serde_json::from_str(text)
-                                .unwrap_or_else(|_| json!({ "type": "_not_json", "text": text })),
-                        );
-                    }
-                    WsMessage::Binary(bytes) => {
-                        return Event::Frame(json!({ "type": "_binary", "len": bytes.len() }))
-                    }
-                    WsMessage::Close(frame) => {
-                        self.closed = true;
-                        self.close_code = frame.map(|f| u16::from(f.code));
-                        return Event::Closed(self.close_code);
-                    }
-                    WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
-                },
+        if timeout.is_zero() {
+            return Event::Timeout;
+        }
+        match tokio::time::timeout(timeout, self.ws.recv()).await {
+            Err(_) => Event::Timeout,
+            Ok(SocketEvent::Text(text)) => Event::Frame(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|_| json!({ "type": "_not_json", "text": text })),
+            ),
+            Ok(SocketEvent::Binary(len)) => Event::Frame(json!({ "type": "_binary", "len": len })),
+            Ok(SocketEvent::Closed(code)) => {
+                self.closed = true;
+                self.close_code = code;
+                self.close_error = self.ws.end_reason().map(str::to_owned);
+                Event::Closed(code)
             }
         }
     }
@@ -1371,9 +1358,9 @@ impl WsClient {
         if self.closed {
             return;
         }
-        let _ = self.ws.close(None).await;
+        self.ws.close(1000, "").await;
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
+            while !matches!(self.ws.recv().await, SocketEvent::Closed(_)) {}
         })
         .await;
     }

@@ -59,7 +59,6 @@ async fn tokens_are_checked() {
     };
     let user = unique("mallory");
     let now_s = now_ms() / 1000;
-    let http = reqwest::Client::new();
 
     // Sanity: a token the test mints with the configured secret works.
     let good = jwt(JWT_SECRET, &user, now_s + 3600);
@@ -131,7 +130,6 @@ async fn tokens_are_checked() {
     for (what, auth) in &bad_auth {
         for (method, path, body) in &endpoints {
             let got = http_call(
-                &http,
                 method.clone(),
                 &format!("{}{path}", cluster.api_url),
                 auth.as_deref(),
@@ -157,7 +155,7 @@ async fn tokens_are_checked() {
     );
 }
 
-fn assert_refused(result: Result<e2e::WsStream, OpenError>, what: &str) {
+fn assert_refused(result: Result<e2e::chat_client::raw::RawSession, OpenError>, what: &str) {
     match result {
         Err(OpenError::Status(401)) => {}
         Err(e) => panic!("{what}: expected HTTP 401 before the upgrade, got {e:?}"),
@@ -729,7 +727,6 @@ async fn rest_input_is_checked() {
 
     // The API server is still up and well.
     let (status, _) = http_call(
-        &reqwest::Client::new(),
         Method::GET,
         &format!("{}/healthz", cluster.api_url),
         None,

@@ -33,23 +33,8 @@ impl System {
     /// A service token from the development endpoint.
     async fn service(&self, name: &str) -> Api {
         let name = unique(name);
-        let anonymous = Api::with_token(&self.api_url, "", "none");
-        let (status, body) = e2e::http_call(
-            &anonymous.http,
-            reqwest::Method::POST,
-            &format!("{}/v1/auth/token", self.api_url),
-            None,
-            Some((
-                json!({ "user": name, "scope": "service" })
-                    .to_string()
-                    .into_bytes(),
-                "application/json",
-            )),
-        )
-        .await;
-        assert_eq!(status, 200, "service token: {body}");
-        assert_eq!(body["scope"], "service", "{body}");
-        Api::with_token(&self.api_url, &name, body["token"].as_str().unwrap())
+        let token = e2e::service_token(&self.api_url, &name).await;
+        Api::with_token(&self.api_url, &name, &token)
     }
 }
 

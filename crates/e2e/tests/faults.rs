@@ -653,28 +653,24 @@ async fn killing_the_api_server_under_load_loses_no_acknowledged_message() {
     let rest_task = tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut failures = 0u32;
-        let mut api = carol_api;
+        let api = carol_api;
         for i in 0..REST_N {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                api.base = rest_url.lock().unwrap().clone();
+                let api = api.at(&rest_url.lock().unwrap().clone());
                 // A refused connection (the API is down) is an expected
                 // answer here, not a test failure.
                 let sent = api
-                    .http
-                    .post(format!("{}/v1/rooms/{rest_room}/messages", api.base))
-                    .bearer_auth(&api.token)
-                    .json(
-                        &json!({"body": format!("rest {i}"), "client_msg_id": format!("rest-{i}")}),
+                    .try_call(
+                        reqwest::Method::POST,
+                        &format!("/v1/rooms/{rest_room}/messages"),
+                        Some(&json!({"body": format!("rest {i}"), "client_msg_id": format!("rest-{i}")})),
                     )
-                    .send()
                     .await;
-                if let Ok(response) = sent {
-                    if response.status() == 201 {
-                        acked.push(response.json::<Value>().await.unwrap());
-                        rest_progress.store(acked.len(), std::sync::atomic::Ordering::SeqCst);
-                        break;
-                    }
+                if let Ok((201, message)) = sent {
+                    acked.push(message);
+                    rest_progress.store(acked.len(), std::sync::atomic::Ordering::SeqCst);
+                    break;
                 }
                 failures += 1;
                 assert!(Instant::now() < deadline, "REST message {i} never acked");
