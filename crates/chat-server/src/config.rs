@@ -56,6 +56,14 @@ pub struct ChatConfig {
     /// How long an out-of-order gap waits before it is filled from history.
     #[arg(long, env = "CHAT_GAP_FILL_DELAY_MS", default_value_t = 200)]
     pub gap_fill_delay_ms: u64,
+    /// How often the server reads the latest seq of every room its sessions
+    /// follow and lets sessions that are behind fill from history: what
+    /// catches up a quiet room whose last deliveries were lost (this server
+    /// counted dead, a link down, a sender gone between storing and
+    /// routing). 0 turns it off. It also runs at once when the server learns
+    /// it was counted dead.
+    #[arg(long, env = "CHAT_CATCH_UP_INTERVAL_MS", default_value_t = 1000)]
+    pub catch_up_interval_ms: u64,
     /// Interval of WebSocket pings to idle clients.
     #[arg(long, env = "CHAT_WS_PING_INTERVAL_MS", default_value_t = 20_000)]
     pub ws_ping_interval_ms: u64,

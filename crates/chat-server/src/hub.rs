@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chat_routing::{Delivery, LocalDelivery};
 use tokio::sync::{mpsc, Notify};
@@ -23,6 +23,9 @@ pub struct SessionHub {
     users: RwLock<HashMap<String, Vec<SessionHandle>>>,
     count: AtomicUsize,
     overflows: AtomicUsize,
+    /// Rooms the local sessions track, with how many sessions track each:
+    /// what the server's catch-up asks the store about.
+    rooms: Mutex<HashMap<String, usize>>,
 }
 
 impl SessionHub {
@@ -72,6 +75,37 @@ impl SessionHub {
             .collect()
     }
 
+    /// A session started tracking these rooms.
+    pub fn track_rooms(&self, rooms: Vec<String>) {
+        let mut index = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        for room in rooms {
+            *index.entry(room).or_default() += 1;
+        }
+    }
+
+    /// A session stopped tracking these rooms (it ended, or left a room).
+    pub fn untrack_rooms<'a>(&self, rooms: impl IntoIterator<Item = &'a String>) {
+        let mut index = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        for room in rooms {
+            if let Some(n) = index.get_mut(room) {
+                *n -= 1;
+                if *n == 0 {
+                    index.remove(room);
+                }
+            }
+        }
+    }
+
+    /// Every room some local session tracks.
+    pub fn rooms(&self) -> Vec<String> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub fn users(&self) -> Vec<String> {
         self.users
             .read()
@@ -95,5 +129,21 @@ impl LocalDelivery for SessionHub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_are_counted_per_tracking_session() {
+        let hub = SessionHub::default();
+        hub.track_rooms(vec!["a".into(), "b".into()]);
+        hub.track_rooms(vec!["a".into()]);
+        hub.untrack_rooms(&["a".to_string(), "b".to_string()]);
+        assert_eq!(hub.rooms(), vec!["a".to_string()]);
+        hub.untrack_rooms(&["a".to_string(), "never".to_string()]);
+        assert!(hub.rooms().is_empty());
     }
 }

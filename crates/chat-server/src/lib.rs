@@ -14,6 +14,7 @@ pub mod order;
 pub mod rate;
 mod session;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +105,11 @@ pub struct ChatServer {
     drain_tx: watch::Sender<bool>,
     /// When a health report last reached the store.
     last_report_ok: std::sync::Mutex<std::time::Instant>,
+    /// The latest seq of every room local sessions follow, as last read by
+    /// the catch-up; sessions compare it with what they have written.
+    catch_up_tx: watch::Sender<Arc<HashMap<String, u64>>>,
+    /// Runs the catch-up at once (after this server was counted dead).
+    catch_up_now: Arc<tokio::sync::Notify>,
 }
 
 impl ChatServer {
@@ -154,6 +160,8 @@ impl ChatServer {
             drained: AtomicBool::new(false),
             last_report_ok: std::sync::Mutex::new(std::time::Instant::now()),
             drain_tx: watch::channel(false).0,
+            catch_up_tx: watch::channel(Arc::default()).0,
+            catch_up_now: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -199,8 +207,11 @@ impl ChatServer {
                 if silent_for >= Duration::from_millis(self.config.dead_after_ms) {
                     tracing::warn!(
                         silent_ms = silent_for.as_millis() as u64,
-                        "health reports were missing long enough to count as dead: announcing every session again"
+                        "health reports were missing long enough to count as dead: announcing every session again and catching up"
                     );
+                    // Deliveries routed meanwhile were dropped: every
+                    // session checks its rooms against the store now.
+                    self.catch_up_now.notify_one();
                     let server = self.clone();
                     return Some(tokio::spawn(async move {
                         server.announce_sessions_again().await
@@ -262,6 +273,59 @@ impl ChatServer {
             }
             Err(e) => tracing::warn!(error = %e, "could not reap the sessions of a previous run"),
         }
+    }
+
+    /// Reads the latest seq of every room local sessions follow (one
+    /// pipelined read per 500 rooms) and publishes it when a room moved, so
+    /// that sessions behind the store fill from history. Deliveries are
+    /// fast and this is slow on purpose: a session counts as behind only
+    /// after `gap_fill_delay` without the delivery arriving.
+    async fn catch_up(&self) {
+        let rooms = self.hub.rooms();
+        if rooms.is_empty() {
+            return;
+        }
+        let mut latest = HashMap::with_capacity(rooms.len());
+        for chunk in rooms.chunks(500) {
+            match self.store.latest_seqs(chunk).await {
+                Ok(seqs) => latest.extend(seqs),
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up could not read the latest seqs");
+                    return;
+                }
+            }
+        }
+        self.catch_up_tx.send_if_modified(|current| {
+            let moved = latest
+                .iter()
+                .any(|(room, seq)| current.get(room).is_none_or(|old| seq > old));
+            if moved {
+                *current = Arc::new(latest);
+            }
+            moved
+        });
+    }
+
+    fn spawn_catch_up(self: &Arc<Self>) {
+        let interval = Duration::from_millis(self.config.catch_up_interval_ms);
+        if interval.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let now = self.catch_up_now.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = now.notified() => {}
+                }
+                let Some(server) = weak.upgrade() else { return };
+                if server.drained.load(Ordering::Relaxed) {
+                    return;
+                }
+                server.catch_up().await;
+            }
+        });
     }
 
     /// Health every heartbeat; presence refresh every third of its TTL.
@@ -355,6 +419,7 @@ impl ChatServer {
         self.reap_previous_incarnation().await;
         self.report_health().await;
         self.spawn_reporters();
+        self.spawn_catch_up();
         chat_routing::spawn_presence_reaper(
             self.router.clone(),
             self.store.clone(),

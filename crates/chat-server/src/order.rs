@@ -7,6 +7,14 @@
 //! per room, the last seq it wrote and holds back anything that arrives
 //! early. Because a message is stored before it is routed, a gap that stays
 //! open for `gap_fill_delay` is filled from the store's history.
+//!
+//! A gap is noticed in two ways: a later message arrives first (`pending`),
+//! or the store says the room holds more than this session has written
+//! (`known_latest`, from the server's periodic catch-up,
+//! [`crate::ChatServer`]). The second covers a quiet room whose last
+//! deliveries were lost (a server counted dead, a link down, a sender that
+//! died between storing and routing): no later message would ever reveal
+//! that gap.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +24,13 @@ use std::time::{Duration, Instant};
 struct RoomCursor {
     last: u64,
     pending: BTreeMap<u64, Arc<str>>,
+    /// The highest seq the store is known to hold (0: none known beyond
+    /// what arrived).
+    known_latest: u64,
     gap_since: Option<Instant>,
+    /// Fills that failed in a row, and when the next may start (backoff).
+    fill_failures: u32,
+    fill_not_before: Option<Instant>,
 }
 
 impl RoomCursor {
@@ -36,13 +50,28 @@ impl RoomCursor {
                 break;
             }
         }
-        if self.pending.is_empty() {
+        if !self.has_gap() {
             self.gap_since = None;
+            self.fill_failures = 0;
+            self.fill_not_before = None;
         } else if self.last != before {
             self.gap_since = Some(now);
         }
     }
+
+    fn has_gap(&self) -> bool {
+        !self.pending.is_empty() || self.known_latest > self.last
+    }
+
+    /// When this cursor's gap is due for a fill.
+    fn fill_at(&self, delay: Duration) -> Option<Instant> {
+        let due = self.gap_since? + delay;
+        Some(self.fill_not_before.map_or(due, |t| t.max(due)))
+    }
 }
+
+/// Longest wait between two attempts of a failing fill.
+const MAX_FILL_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A gap to fill from history: messages with `after < seq < before`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,17 +79,73 @@ pub struct Gap {
     pub room: String,
     pub after: u64,
     pub before: u64,
+    /// Known only from the store's latest seq, with nothing delivered after
+    /// it: the session may have left the room meanwhile, so membership is
+    /// checked before filling.
+    pub tail: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct RoomOrder {
     rooms: HashMap<String, RoomCursor>,
+    /// Rooms tracked since the last [`Self::take_new_rooms`].
+    new_rooms: Vec<String>,
 }
 
 impl RoomOrder {
+    fn cursor(&mut self, room: &str) -> &mut RoomCursor {
+        if !self.rooms.contains_key(room) {
+            self.new_rooms.push(room.to_owned());
+        }
+        self.rooms.entry(room.to_owned()).or_default()
+    }
+
     /// Everything up to `seq` counts as seen (the state at connect time).
     pub fn set_baseline(&mut self, room: &str, seq: u64) {
-        self.rooms.entry(room.to_owned()).or_default().last = seq;
+        self.cursor(room).last = seq;
+    }
+
+    /// Rooms this session started tracking since the last call (the
+    /// server's catch-up reads their latest seqs).
+    pub fn take_new_rooms(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_rooms)
+    }
+
+    /// Every room tracked.
+    pub fn rooms(&self) -> impl Iterator<Item = &String> {
+        self.rooms.keys()
+    }
+
+    /// Stops tracking `room` (the session is no longer a member).
+    pub fn forget(&mut self, room: &str) -> bool {
+        self.rooms.remove(room).is_some()
+    }
+
+    /// The store holds `room` up to `latest`. If that is beyond what this
+    /// session has written or holds, a gap opens (its clock starts now, so
+    /// a delivery still on its way closes it before any fill). Rooms not
+    /// tracked are ignored.
+    pub fn note_latest(&mut self, room: &str, latest: u64, now: Instant) {
+        let Some(cursor) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if latest > cursor.last && latest > cursor.known_latest {
+            cursor.known_latest = latest;
+            cursor.gap_since.get_or_insert(now);
+        }
+    }
+
+    /// A fill of `room` failed: the next attempt waits, doubling from
+    /// `delay` up to [`MAX_FILL_BACKOFF`].
+    pub fn fill_failed(&mut self, room: &str, now: Instant, delay: Duration) {
+        if let Some(cursor) = self.rooms.get_mut(room) {
+            cursor.fill_failures = cursor.fill_failures.saturating_add(1);
+            let backoff = delay
+                .max(Duration::from_millis(50))
+                .saturating_mul(1 << cursor.fill_failures.min(16))
+                .min(MAX_FILL_BACKOFF);
+            cursor.fill_not_before = Some(now + backoff);
+        }
     }
 
     pub fn last(&self, room: &str) -> Option<u64> {
@@ -70,7 +155,7 @@ impl RoomOrder {
     /// Moves the cursor back (or forward) to `seq` for a resume; later
     /// messages will be replayed from the store through [`Self::offer`].
     pub fn rewind(&mut self, room: &str, seq: u64) {
-        let cursor = self.rooms.entry(room.to_owned()).or_default();
+        let cursor = self.cursor(room);
         cursor.last = seq;
         cursor.pending.retain(|s, _| *s > seq);
     }
@@ -89,13 +174,7 @@ impl RoomOrder {
         // Looked up by &str first: the room is almost always known, and
         // `entry` would allocate its key on every delivery.
         if !self.rooms.contains_key(room) {
-            self.rooms.insert(
-                room.to_owned(),
-                RoomCursor {
-                    last: seq.saturating_sub(1),
-                    ..RoomCursor::default()
-                },
-            );
+            self.cursor(room).last = seq.saturating_sub(1);
         }
         let Some(cursor) = self.rooms.get_mut(room) else {
             return;
@@ -115,24 +194,25 @@ impl RoomOrder {
 
     /// When the oldest open gap becomes due for a fill.
     pub fn next_fill_at(&self, delay: Duration) -> Option<Instant> {
-        self.rooms
-            .values()
-            .filter_map(|c| c.gap_since)
-            .min()
-            .map(|since| since + delay)
+        self.rooms.values().filter_map(|c| c.fill_at(delay)).min()
     }
 
-    /// Gaps open for at least `delay`.
+    /// Gaps open for at least `delay` (and past their backoff).
     pub fn due_gaps(&self, now: Instant, delay: Duration) -> Vec<Gap> {
         self.rooms
             .iter()
-            .filter(|(_, c)| c.gap_since.is_some_and(|s| now >= s + delay))
+            .filter(|(_, c)| c.fill_at(delay).is_some_and(|at| now >= at))
             .filter_map(|(room, c)| {
-                let before = *c.pending.keys().next()?;
+                let (before, tail) = match c.pending.keys().next() {
+                    Some(first) => (*first, false),
+                    None if c.known_latest > c.last => (c.known_latest + 1, true),
+                    None => return None,
+                };
                 Some(Gap {
                     room: room.clone(),
                     after: c.last,
                     before,
+                    tail,
                 })
             })
             .collect()
@@ -208,7 +288,8 @@ mod tests {
             vec![Gap {
                 room: "r".into(),
                 after: 2,
-                before: 5
+                before: 5,
+                tail: false,
             }]
         );
         // The fill offers 3 and 4 from the store; 5 follows from pending.
@@ -230,6 +311,7 @@ mod tests {
             room: "r".into(),
             after: 1,
             before: 4,
+            tail: false,
         };
         o.skip_gap(&gap, Instant::now(), &mut out);
         assert_eq!(
@@ -256,6 +338,7 @@ mod tests {
             room: "r".into(),
             after: 10,
             before: 12,
+            tail: false,
         };
         assert_eq!(gaps, vec![first.clone()]);
         // The fill brings 11; 12 follows; 14 waits for 13.
@@ -279,5 +362,80 @@ mod tests {
         o.rewind("r", 3);
         assert_eq!(offer(&mut o, 4), vec!["4"]);
         assert!(offer(&mut o, 4).is_empty());
+    }
+
+    #[test]
+    fn a_quiet_room_behind_the_store_opens_a_tail_gap() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("r", 3);
+        let t0 = Instant::now();
+        let delay = Duration::from_millis(100);
+        o.note_latest("r", 3, t0);
+        assert_eq!(o.next_fill_at(delay), None, "not behind: no gap");
+        o.note_latest("elsewhere", 9, t0);
+        assert_eq!(o.next_fill_at(delay), None, "untracked rooms are ignored");
+        o.note_latest("r", 7, t0);
+        assert!(o.due_gaps(t0, delay).is_empty(), "a grace period first");
+        assert_eq!(
+            o.due_gaps(t0 + delay, delay),
+            vec![Gap {
+                room: "r".into(),
+                after: 3,
+                before: 8,
+                tail: true,
+            }]
+        );
+        // Deliveries still on their way close it before any fill.
+        for seq in 4..=7 {
+            assert_eq!(offer(&mut o, seq), vec![seq.to_string()]);
+        }
+        assert_eq!(o.next_fill_at(delay), None);
+    }
+
+    #[test]
+    fn a_tail_gap_with_later_deliveries_fills_up_to_the_first_of_them() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("r", 1);
+        let t0 = Instant::now();
+        o.note_latest("r", 5, t0);
+        assert!(offer(&mut o, 9).is_empty());
+        let gaps = o.due_gaps(t0 + Duration::from_secs(1), Duration::ZERO);
+        assert_eq!(gaps.len(), 1);
+        assert_eq!((gaps[0].after, gaps[0].before, gaps[0].tail), (1, 9, false));
+    }
+
+    #[test]
+    fn failed_fills_back_off_and_a_success_resets() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("r", 1);
+        let t0 = Instant::now();
+        let delay = Duration::from_millis(100);
+        o.note_latest("r", 2, t0);
+        o.fill_failed("r", t0 + delay, delay);
+        let first = o.next_fill_at(delay).unwrap();
+        assert_eq!(first, t0 + delay + delay * 2);
+        o.fill_failed("r", first, delay);
+        assert_eq!(o.next_fill_at(delay).unwrap(), first + delay * 4);
+        for _ in 0..20 {
+            o.fill_failed("r", first, delay);
+        }
+        assert_eq!(o.next_fill_at(delay).unwrap(), first + MAX_FILL_BACKOFF);
+        assert_eq!(offer(&mut o, 2), vec!["2"]);
+        assert_eq!(o.next_fill_at(delay), None);
+        o.note_latest("r", 3, first);
+        assert_eq!(o.next_fill_at(delay), Some(first + delay));
+    }
+
+    #[test]
+    fn new_rooms_are_reported_once_and_forgotten_rooms_stop_gaps() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("a", 1);
+        offer(&mut o, 5);
+        assert_eq!(o.take_new_rooms(), vec!["a".to_string(), "r".to_string()]);
+        o.set_baseline("a", 2);
+        assert!(o.take_new_rooms().is_empty());
+        o.note_latest("r", 9, Instant::now());
+        assert!(o.forget("r"));
+        assert_eq!(o.next_fill_at(Duration::ZERO), None);
     }
 }

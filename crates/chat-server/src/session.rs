@@ -6,7 +6,7 @@
 //! and before the message is routed, so on the sender's connection the ack
 //! always precedes the message itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,10 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
         }
     }
     server.hub.remove(&user, &id);
+    // Balanced: rooms first seen since the last turn are counted, then
+    // every room this session tracked is released.
+    session.track_new_rooms();
+    server.hub.untrack_rooms(session.order.rooms());
     if !server.hub.has_user(&user) {
         server.user_rates.forget(&user);
     }
@@ -151,7 +155,9 @@ impl Session {
         let drained = drain.changed();
         let kicked = kick.notified();
         tokio::pin!(drained, kicked);
+        let mut catch_up = self.server.catch_up_tx.subscribe();
         loop {
+            self.track_new_rooms();
             let fill_at = self.order.next_fill_at(gap_delay);
             tokio::select! {
                 biased;
@@ -179,6 +185,10 @@ impl Session {
                 }
                 _ = sleep_until(fill_at), if fill_at.is_some() => {
                     if let Err(end) = self.fill_gaps(gap_delay).await { return end; }
+                }
+                Ok(()) = catch_up.changed() => {
+                    let latest = catch_up.borrow_and_update().clone();
+                    self.note_latest(&latest);
                 }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > idle_timeout {
@@ -308,29 +318,94 @@ impl Session {
         self.write_frames(ready).await
     }
 
+    /// Tells the hub about rooms this session started tracking, so the
+    /// server's catch-up covers them.
+    fn track_new_rooms(&mut self) {
+        let new = self.order.take_new_rooms();
+        if !new.is_empty() {
+            self.server.hub.track_rooms(new);
+        }
+    }
+
+    /// The store's latest seqs from the server's catch-up: rooms this
+    /// session is behind in open a gap, filled after `gap_fill_delay` unless
+    /// the deliveries arrive first.
+    fn note_latest(&mut self, latest: &HashMap<String, u64>) {
+        let now = Instant::now();
+        let behind: Vec<(String, u64)> = self
+            .order
+            .rooms()
+            .filter_map(|room| Some((room.clone(), *latest.get(room)?)))
+            .collect();
+        for (room, seq) in behind {
+            self.order.note_latest(&room, seq, now);
+        }
+    }
+
+    /// Fills every due gap from history, page by page, up to the gap's end.
+    /// What history lacks below that end was trimmed by retention and is
+    /// skipped. A failed read backs off (per room, doubling up to 5 s). A
+    /// gap known only from the store's latest seq is filled only while the
+    /// user is still a member: a removed member's session forgets the room.
     async fn fill_gaps(&mut self, delay: Duration) -> Result<(), End> {
+        const PAGE: u64 = 500;
+        let store = self.server.store.clone();
         for gap in self.order.due_gaps(Instant::now(), delay) {
             self.server.metrics.gap_fills.inc();
-            let limit = (gap.before - gap.after - 1).min(1000) as u32;
-            let mut ready = Vec::new();
-            match self
-                .server
-                .store
-                .messages_after(&gap.room, gap.after, limit)
-                .await
-            {
-                Ok(messages) => {
-                    for m in messages.into_iter().filter(|m| m.seq < gap.before) {
-                        let seq = m.seq;
-                        let frame: Arc<str> = Arc::from(ServerFrame::Message(m).to_json());
-                        self.order
-                            .offer(&gap.room, seq, frame, Instant::now(), &mut ready);
+            if gap.tail {
+                match store.is_member(&gap.room, &self.user).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if self.order.forget(&gap.room) {
+                            self.server.hub.untrack_rooms([&gap.room]);
+                        }
+                        continue;
                     }
-                    self.order.skip_gap(&gap, Instant::now(), &mut ready);
+                    Err(e) => {
+                        tracing::warn!(error = %e, room = %gap.room, "gap fill membership check failed; backing off");
+                        self.order.fill_failed(&gap.room, Instant::now(), delay);
+                        continue;
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "gap fill failed; retrying"),
             }
-            self.write_frames(ready).await?;
+            loop {
+                let after = self.order.last(&gap.room).unwrap_or(gap.after);
+                let want = gap.before.saturating_sub(after + 1).min(PAGE);
+                if want == 0 {
+                    break;
+                }
+                let page = match store.messages_after(&gap.room, after, want as u32).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(error = %e, room = %gap.room, "gap fill failed; backing off");
+                        self.order.fill_failed(&gap.room, Instant::now(), delay);
+                        break;
+                    }
+                };
+                // Fewer than asked, or nothing below the gap's end: history
+                // has no more of this gap.
+                let exhausted =
+                    (page.len() as u64) < want || page.first().is_none_or(|m| m.seq >= gap.before);
+                let mut ready = Vec::new();
+                let now = Instant::now();
+                for m in page.into_iter().filter(|m| m.seq < gap.before) {
+                    let seq = m.seq;
+                    if seq > self.order.last(&gap.room).unwrap_or(0) + 1 {
+                        // Below `seq` history has nothing: trimmed.
+                        self.order.rewind(&gap.room, seq - 1);
+                    }
+                    let frame: Arc<str> = Arc::from(ServerFrame::Message(m).to_json());
+                    self.order.offer(&gap.room, seq, frame, now, &mut ready);
+                }
+                let at_end = self.order.last(&gap.room).unwrap_or(0) + 1 >= gap.before;
+                if exhausted || at_end {
+                    self.order.skip_gap(&gap, now, &mut ready);
+                }
+                self.write_frames(ready).await?;
+                if exhausted || at_end {
+                    break;
+                }
+            }
         }
         Ok(())
     }

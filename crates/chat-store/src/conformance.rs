@@ -161,7 +161,10 @@ pub async fn non_members_and_missing_rooms_store_nothing(store: SharedStore) {
         Err(StoreError::NoRoom(_))
     ));
     assert!(store.messages_after(&id, 0, 50).await.unwrap().is_empty());
-    assert_eq!(store.latest_seqs(&[id.clone()]).await.unwrap()[&id], 0);
+    assert_eq!(
+        store.latest_seqs(std::slice::from_ref(&id)).await.unwrap()[&id],
+        0
+    );
     // A later member's message still gets seq 1: the refusal used no seq.
     let m = store.append(msg(&id, &alice, "ok", None)).await.unwrap();
     assert_eq!(m.message.seq, 1);
@@ -452,7 +455,7 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     // Bob's record was written after alice's with the same TTL, so once it
     // is gone, alice's would be too without the refresh.
     store
-        .refresh_sessions(&[alice.clone()], 60_000)
+        .refresh_sessions(std::slice::from_ref(&alice), 60_000)
         .await
         .unwrap();
     let found = wait_for("bob's unrefreshed presence to expire", || {
@@ -471,7 +474,7 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     );
     store.remove_session(&alice, "s2").await.unwrap();
     assert!(store
-        .sessions_of(&[alice.clone()])
+        .sessions_of(std::slice::from_ref(&alice))
         .await
         .unwrap()
         .is_empty());
@@ -739,7 +742,7 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
         "exactly once"
     );
     assert!(!store
-        .sessions_of(&[bob.clone()])
+        .sessions_of(std::slice::from_ref(&bob))
         .await
         .unwrap()
         .contains_key(&bob));

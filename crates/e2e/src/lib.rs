@@ -154,6 +154,25 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// `GET <http_url>/metrics`, then [`metric_value`]; `None` if either fails.
+pub async fn scrape_metric(http_url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{http_url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_value(&text, name)
+}
+
 /// Polls `f` every 250 ms until it returns `Some`, panicking with `what`
 /// after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
@@ -254,6 +273,19 @@ impl Process {
                 self.pid, self.name
             );
         }
+    }
+
+    /// Sends SIGSTOP: the process freezes (a long GC pause, a starved pod,
+    /// a paused VM) with its sockets open.
+    pub fn freeze(&self) {
+        println!("[e2e] SIGSTOP {} (pid {})", self.name, self.pid);
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT: a frozen process runs again.
+    pub fn thaw(&self) {
+        println!("[e2e] SIGCONT {} (pid {})", self.name, self.pid);
+        self.signal("CONT");
     }
 
     /// Sends SIGTERM (graceful shutdown).

@@ -178,13 +178,6 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.
-fn metric_value(exposition: &str, name: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| {
-        let (metric, value) = line.split_once(' ')?;
-        (metric == name).then(|| value.trim().parse().ok())?
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_endpoints_refuse_callers_without_the_secret() {
     let _serial = SERIAL.lock().await;

@@ -99,7 +99,7 @@ async fn kubernetes_mode_places_clients_only_on_registered_servers() {
     let stray = start_chat(&redis, &stray_id, &[]).await;
     let cluster_key = unique("e2e-ns/chat");
     store
-        .set_registered(&cluster_key, &[registered_id.clone()])
+        .set_registered(&cluster_key, std::slice::from_ref(&registered_id))
         .await
         .unwrap();
 
