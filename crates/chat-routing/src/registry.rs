@@ -44,6 +44,8 @@ pub struct ServerRegistry {
     issued_since_refresh: Mutex<HashMap<String, u64>>,
     healthy: std::sync::atomic::AtomicBool,
     last_refresh: Mutex<Option<std::time::Instant>>,
+    /// When the snapshot was read (ms since the epoch).
+    snapshot_ms: std::sync::atomic::AtomicU64,
 }
 
 impl ServerRegistry {
@@ -55,6 +57,7 @@ impl ServerRegistry {
             issued_since_refresh: Mutex::new(HashMap::new()),
             healthy: std::sync::atomic::AtomicBool::new(false),
             last_refresh: Mutex::new(None),
+            snapshot_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -122,6 +125,8 @@ impl ServerRegistry {
                     .filter(|s| registered.as_ref().is_none_or(|r| r.contains(&s.health.id)))
                     .collect();
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+                self.snapshot_ms
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
                 self.issued_since_refresh
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -144,13 +149,26 @@ impl ServerRegistry {
 
     /// The live servers (silent ones already removed) as of the last refresh.
     pub fn live(&self) -> Arc<Vec<ServerSnapshot>> {
+        self.live_at(now_ms())
+    }
+
+    /// [`Self::live`] at time `now` (ms since the epoch). Between refreshes
+    /// a server can cross its dead-after line, so ages count up to `now`,
+    /// but only while refreshes succeed: a failed refresh is no evidence
+    /// that anyone died (it is this process, or the one slot holding the
+    /// registry, that cannot reach the store), so then the last snapshot is
+    /// kept as it was read, and routing and placement go on with it.
+    fn live_at(&self, now: u64) -> Arc<Vec<ServerSnapshot>> {
         let snapshot = self
             .snapshot
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        // Between refreshes a server can cross its dead-after line.
-        let now = now_ms();
+        let now = if self.is_healthy() {
+            now
+        } else {
+            now.min(self.snapshot_ms.load(std::sync::atomic::Ordering::Relaxed))
+        };
         if snapshot
             .iter()
             .all(|s| now.saturating_sub(s.health.last_seen_ms) <= self.config.dead_after_ms)
@@ -195,5 +213,47 @@ impl ServerRegistry {
             .unwrap_or_else(|p| p.into_inner())
             .entry(server_id.to_owned())
             .or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_store::{MemoryStore, ServerHealth, ServerState};
+
+    fn health(id: &str, last_seen_ms: u64) -> ServerHealth {
+        ServerHealth {
+            id: id.into(),
+            url: format!("ws://{id}/ws"),
+            internal_url: format!("ws://{id}/internal/link"),
+            state: ServerState::Ready,
+            connections: 0,
+            load: 0.0,
+            last_seen_ms,
+        }
+    }
+
+    /// While refreshes succeed, a server silent past dead-after is dead even
+    /// between two refreshes; while they fail, the last snapshot stands.
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_last_snapshot_alive() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let now = now_ms();
+        store.put_server(&health("a", now), 60_000).await.unwrap();
+        let registry = ServerRegistry::new(store, RegistryConfig::default());
+        registry.refresh().await;
+        assert!(registry.is_healthy());
+        let later = now + 10_000;
+        assert!(registry.live_at(now).iter().any(|s| s.health.id == "a"));
+        assert!(registry.live_at(later).is_empty(), "silent for 10 s: dead");
+        // The next refresh fails (as if the registry's slot were down).
+        registry
+            .healthy
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            registry.live_at(later).len(),
+            1,
+            "a failed read is not evidence that the server died"
+        );
     }
 }

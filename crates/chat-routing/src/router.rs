@@ -65,15 +65,52 @@ pub struct MessageRouter {
     registry: Arc<ServerRegistry>,
     links: Arc<LinkPool>,
     local: Option<(String, Arc<dyn LocalDelivery>)>,
-    /// Servers with index entries that a fresh registry read did not list,
-    /// and since when: skipped without another read, and their entries
-    /// forgotten once they have been gone for [`FORGET_MISSING_AFTER`].
-    missing: Mutex<HashMap<String, Instant>>,
+    /// Servers with index entries that a fresh registry read did not list:
+    /// skipped without another read, and their entries forgotten once they
+    /// have been gone for [`FORGET_MISSING_AFTER`] without a break.
+    missing: Mutex<HashMap<String, MissingSince>>,
     forget_missing_after: Duration,
 }
 
 /// How often routing may read the registry for a server it does not know.
 const REFRESH_MIN_AGE: Duration = Duration::from_millis(100);
+
+/// A server not seen missing for this long was back (or nobody routed to
+/// it): the next time it is missing is a new absence, timed from then.
+/// Without this, one absence long ago plus a short blip today added up to
+/// "missing for long", and a live server's sessions were forgotten.
+const MISSING_EPISODE_GAP: Duration = Duration::from_secs(5);
+
+/// One absence of a server from the registry, as routing saw it.
+#[derive(Debug, Clone, Copy)]
+struct MissingSince {
+    since: Instant,
+    last_seen_missing: Instant,
+}
+
+/// Records that `server_id` is missing at `now` and returns since when it
+/// has been missing without a break.
+fn note_missing(
+    missing: &mut HashMap<String, MissingSince>,
+    server_id: &str,
+    now: Instant,
+) -> Instant {
+    // No key allocation per message while the server stays missing.
+    if let Some(entry) = missing.get_mut(server_id) {
+        if now.saturating_duration_since(entry.last_seen_missing) <= MISSING_EPISODE_GAP {
+            entry.last_seen_missing = now;
+            return entry.since;
+        }
+    }
+    missing.insert(
+        server_id.to_owned(),
+        MissingSince {
+            since: now,
+            last_seen_missing: now,
+        },
+    );
+    now
+}
 
 /// How long a server must be missing from the registry before routers drop
 /// its sessions from the rooms' indexes. Long enough that a server merely
@@ -248,23 +285,32 @@ impl MessageRouter {
             let mut missing = self.missing.lock().unwrap_or_else(|p| p.into_inner());
             missing.retain(|id, _| !live.iter().any(|s| &s.health.id == id));
             for entry in online.iter().filter(|s| absent(&live, &s.server_id)) {
-                // No key allocation per message while the server stays missing.
-                let since = match missing.get(entry.server_id.as_str()) {
-                    Some(since) => *since,
-                    None => {
-                        missing.insert(entry.server_id.clone(), now);
-                        now
-                    }
-                };
+                let since = note_missing(&mut missing, &entry.server_id, now);
                 if now.duration_since(since) >= self.forget_missing_after {
-                    forget.push(entry.session.clone());
+                    forget.push((entry.session.clone(), entry.server_id.clone()));
                 }
             }
         }
         if !forget.is_empty() {
             let store = self.store.clone();
+            let registry = self.registry.clone();
             let room = room.to_owned();
             tokio::spawn(async move {
+                // Forgetting is for good, so it is decided on a fresh read:
+                // a server that came back since this router's last read keeps
+                // its sessions.
+                registry.refresh().await;
+                if !registry.is_healthy() {
+                    return;
+                }
+                let forget: Vec<String> = forget
+                    .into_iter()
+                    .filter(|(_, server_id)| !registry.is_live(server_id))
+                    .map(|(session, _)| session)
+                    .collect();
+                if forget.is_empty() {
+                    return;
+                }
                 if let Err(e) = store.forget_online(&room, &forget).await {
                     tracing::debug!(error = %e, room, "forgetting dead sessions failed");
                 }
@@ -393,6 +439,74 @@ mod tests {
             store.room_online("r_1").await.unwrap(),
             vec![entry("alice", "s2", "live")]
         );
+    }
+
+    /// An absence long ago and a blip today are two absences: the blip is
+    /// timed from its own start.
+    #[test]
+    fn a_new_absence_is_timed_from_its_own_start() {
+        let mut missing = HashMap::new();
+        let t0 = Instant::now();
+        assert_eq!(note_missing(&mut missing, "s", t0), t0);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            note_missing(&mut missing, "s", t1),
+            t0,
+            "still the same absence"
+        );
+        let t2 = t1 + MISSING_EPISODE_GAP + Duration::from_millis(1);
+        assert_eq!(note_missing(&mut missing, "s", t2), t2, "a new absence");
+        assert_eq!(note_missing(&mut missing, "other", t2), t2);
+    }
+
+    /// A server that is back in the store by the time forgetting is
+    /// decided keeps its sessions, even if this router's view missed it.
+    #[tokio::test]
+    async fn a_server_back_before_forgetting_keeps_its_sessions() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store
+            .create_room(NewRoom {
+                id: "r_1".into(),
+                name: "room".into(),
+                created_by: "bob".into(),
+                created_at: 0,
+                members: vec!["bob".into()],
+            })
+            .await
+            .unwrap();
+        let location = SessionLocation {
+            session: "s1".into(),
+            server_id: "blip".into(),
+        };
+        store.add_session("bob", &location, 60_000).await.unwrap();
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await; // "blip" is not listed: missing
+        let router = MessageRouter::new(
+            store.clone(),
+            registry,
+            LinkPool::new(LinkConfig::default()),
+            None,
+        )
+        .with_forget_missing_after(Duration::ZERO);
+        // Known missing already, so routing does not read the registry
+        // again: its view stays the stale one.
+        let now = Instant::now();
+        router.missing.lock().unwrap().insert(
+            "blip".into(),
+            MissingSince {
+                since: now,
+                last_seen_missing: now,
+            },
+        );
+        let online = store.room_online("r_1").await.unwrap();
+        router.route_message(&message("r_1"), &online).await;
+        // Back before the forgetting task (spawned, not yet run on this
+        // single-threaded runtime) reads the registry.
+        store.put_server(&health("blip"), 60_000).await.unwrap();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.room_online("r_1").await.unwrap().len(), 1);
     }
 
     fn entry(user: &str, session: &str, server_id: &str) -> OnlineSession {

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeSet;
 
+use chat_store::{NewMessage, RedisStore, Store, StoreConfig};
+use e2e::chat_client::protocol::ids::new_id;
 use e2e::serde_json::Value;
-use e2e::{eventually, seqs, unique, Cluster, WsClient, WAIT};
+use e2e::{eventually, now_ms, redis_urls, seqs, unique, Cluster, WsClient, WAIT};
 
 /// Messages sent while the session's chat server is frozen.
 const WHILE_FROZEN: usize = 1_100;
@@ -89,6 +91,76 @@ async fn a_frozen_servers_sessions_get_what_was_sent_meanwhile_in_a_quiet_room()
     println!(
         "[catch-up] {WHILE_FROZEN} messages stored while the chat server was frozen reached the open session after SIGCONT, in order, once"
     );
+}
+
+/// A sender (an API server, a chat server) that dies after storing a
+/// message and before routing it: the message is acknowledged-durable but
+/// no delivery is ever sent. Simulated by appending straight to the real
+/// Redis store, as the append path does, and routing nothing. The open
+/// sessions of the room's members must still get it, in order, with
+/// nothing more said in the room (before the catch-up, they never did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_by_a_sender_that_died_before_routing_is_delivered() {
+    let Some(cluster) = Cluster::start(2, &[]).await else {
+        return;
+    };
+    let redis = redis_urls().expect("the cluster started, so the URLs are set");
+    let store = RedisStore::connect(
+        &redis.split(',').map(str::to_owned).collect::<Vec<_>>(),
+        StoreConfig::default(),
+    )
+    .await
+    .expect("connecting to the Redis Cluster");
+    let (alice_id, bob_id) = (unique("alice"), unique("bob"));
+    let alice = cluster.api(&alice_id).await;
+    let bob = cluster.api(&bob_id).await;
+    let room = alice.create_room_id("orphan", &[&bob_id]).await;
+    let mut alice_ws = WsClient::connect(&alice).await;
+    let mut bob_ws = WsClient::connect_avoiding(&bob, &alice_ws.server_id).await;
+    let first = alice.send(&room, "routed").await;
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let got = ws.collect_messages(&room, 1, WAIT).await;
+        assert_eq!(seqs(&got), vec![1], "{} got the routed message", ws.user);
+    }
+
+    let orphan = store
+        .append(NewMessage {
+            room: room.clone(),
+            id: new_id("m_"),
+            from: alice_id.clone(),
+            body: "stored, never routed".into(),
+            ts: now_ms(),
+            client_msg_id: Some(unique("orphan")),
+            from_member: true,
+        })
+        .await
+        .expect("appending to the store")
+        .message;
+    assert_eq!(orphan.seq, first["seq"].as_u64().unwrap() + 1);
+
+    // Both members' open sessions, on both chat servers, get it.
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let got = ws.collect_messages(&room, 1, WAIT).await;
+        assert_eq!(
+            seqs(&got),
+            vec![orphan.seq],
+            "{}'s session on {} did not get the message stored without routing",
+            ws.user,
+            ws.server_id
+        );
+        assert_eq!(got[0]["body"], "stored, never routed");
+    }
+    // And the room goes on: the next message is next, nothing doubled.
+    let next = alice.send(&room, "routed again").await;
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let (before, after) = ws
+            .read_until(WAIT, |f| {
+                f["type"] == "message" && f["room"] == room.as_str()
+            })
+            .await;
+        let after = after.unwrap_or_else(|| panic!("no next message: {before:?}"));
+        assert_eq!(after["seq"], next["seq"], "{}: the next message", ws.user);
+    }
 }
 
 /// Stores `n` messages with 8 REST senders; returns the acknowledged seqs.
