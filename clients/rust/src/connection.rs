@@ -369,8 +369,10 @@ impl ConnectionHandle {
 
     /// Tracks `room` for ordering and resume. `after`: the last seq the
     /// application already has; messages after it are delivered (replayed
-    /// from history if needed). `None`: from the first message that
-    /// arrives. A room already tracked keeps its position.
+    /// from history if needed). `None`: from now, i.e. after the room's
+    /// latest message, looked up in history (until that answer, or if it
+    /// fails, from the first message that arrives). A room already tracked
+    /// keeps its position.
     pub fn track(&self, room: &str, after: Option<u64>) -> Result<(), Error> {
         validate::room_id(room)?;
         if let Some(seq) = after {
@@ -455,6 +457,16 @@ struct FillDone {
     result: Result<Vec<Message>, Error>,
 }
 
+/// What a background task (a history read) reports to the driver.
+enum Background {
+    Fill(FillDone),
+    /// The latest seq of a room tracked with no start (`track(room, None)`).
+    Start {
+        room: String,
+        result: Result<u64, Error>,
+    },
+}
+
 struct Driver {
     transport: Arc<dyn Transport>,
     config: ConnectionConfig,
@@ -467,8 +479,8 @@ struct Driver {
     state_tx: watch::Sender<ConnectionState>,
     session_tx: watch::Sender<Option<SessionInfo>>,
     commands: mpsc::UnboundedReceiver<Command>,
-    fill_tx: mpsc::UnboundedSender<FillDone>,
-    fill_rx: mpsc::UnboundedReceiver<FillDone>,
+    fill_tx: mpsc::UnboundedSender<Background>,
+    fill_rx: mpsc::UnboundedReceiver<Background>,
     /// Settled by the first welcome or a fatal error.
     ready: Option<oneshot::Sender<Result<(), Error>>>,
     stopped: bool,
@@ -567,7 +579,10 @@ impl Driver {
                     self.opening = None;
                     self.on_opened(opened).await;
                 }
-                Some(fill) = self.fill_rx.recv() => self.on_fill(fill),
+                Some(done) = self.fill_rx.recv() => match done {
+                    Background::Fill(fill) => self.on_fill(fill),
+                    Background::Start { room, result } => self.on_start(room, result),
+                },
                 _ = sleep_until_opt(wake) => self.on_timers().await,
             }
         }
@@ -701,8 +716,12 @@ impl Driver {
             }
             Command::Track { room, after } => {
                 let known = self.cursors.last(&room).is_some();
+                let tracked = self.cursors.is_tracked(&room);
                 let ready = self.cursors.track(&room, after, now);
                 self.deliver(ready);
+                if !tracked && after.is_none() {
+                    self.look_up_start(room.clone());
+                }
                 if let (false, Some(after), true) = (known, after, self.welcomed) {
                     // Replay what the application lacks; live messages that
                     // overlap are dropped by seq.
@@ -1129,8 +1148,40 @@ impl Driver {
             let done = self.fill_tx.clone();
             tokio::spawn(async move {
                 let result = fetch_gap(transport.as_ref(), &gap).await;
-                let _ = done.send(FillDone { gap, result });
+                let _ = done.send(Background::Fill(FillDone { gap, result }));
             });
+        }
+    }
+
+    /// A room tracked from "now": its latest seq, read from history, is
+    /// where it starts. Until then (or if the read fails) it starts at the
+    /// first message that arrives.
+    fn look_up_start(&self, room: String) {
+        let transport = self.transport.clone();
+        let done = self.fill_tx.clone();
+        tokio::spawn(async move {
+            let result = transport
+                .history(&room, HistoryQuery::latest().limit(1))
+                .await
+                .map(|page| page.last().map_or(0, |m| m.seq));
+            let _ = done.send(Background::Start { room, result });
+        });
+    }
+
+    fn on_start(&mut self, room: String, result: Result<u64, Error>) {
+        let now = self.now();
+        match result {
+            // A message that arrived meanwhile set the start already; the
+            // latest seq then only says what exists.
+            Ok(latest) if self.cursors.last(&room).is_some() => {
+                self.cursors.note_exists(&room, latest, now)
+            }
+            Ok(latest) if self.cursors.is_tracked(&room) => {
+                let ready = self.cursors.track(&room, Some(latest), now);
+                self.deliver(ready);
+            }
+            Ok(_) => {} // forgotten meanwhile
+            Err(e) => tracing::debug!(error = %e, room, "looking up where a room starts failed"),
         }
     }
 
