@@ -44,7 +44,10 @@ use chat_client::raw::{RawSession, SocketOptions};
 use chat_client::{RestClient, SocketEvent, StaticToken};
 use serde_json::{json, Value};
 
+pub mod redis_node;
+
 pub use chat_client;
+pub use redis_node::{cluster_is_whole, RedisNode};
 pub use serde_json;
 
 /// Secrets every process of a test cluster shares. The tests know them too,
@@ -401,25 +404,34 @@ pub async fn wait_http_ok(
 
 /// Starts an api-server on a free port and waits for its `/readyz`.
 pub async fn start_api(redis_urls: &str) -> (Process, String) {
-    let bin = bin_path("api-server");
     for attempt in 1..=3 {
         let port = free_port();
-        let args = vec![
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--dev-tokens".to_owned(),
-        ];
-        let mut p = Process::spawn("api-server", &bin, &args, &process_env(redis_urls), port);
-        let url = format!("http://127.0.0.1:{port}");
-        match wait_http_ok(&mut p, &format!("{url}/readyz"), STARTUP).await {
-            Ok(()) => return (p, url),
-            Err(status) => println!(
-                "[e2e] api-server exited during startup (attempt {attempt}, {status}); log tail:\n{}",
-                p.log_tail(20)
+        match start_api_on(redis_urls, port).await {
+            Ok(p) => return (p, format!("http://127.0.0.1:{port}")),
+            Err(log) => println!(
+                "[e2e] api-server exited during startup (attempt {attempt}); log tail:\n{log}"
             ),
         }
     }
     panic!("api-server failed to start three times");
+}
+
+/// Starts an API server on `port` (the port of one that was killed, say,
+/// so that its clients find the new one) and waits until it is ready.
+/// `Err` with its log tail if it exited first.
+pub async fn start_api_on(redis_urls: &str, port: u16) -> Result<Process, String> {
+    let args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--dev-tokens".to_owned(),
+    ];
+    let bin = bin_path("api-server");
+    let mut p = Process::spawn("api-server", &bin, &args, &process_env(redis_urls), port);
+    let url = format!("http://127.0.0.1:{port}");
+    match wait_http_ok(&mut p, &format!("{url}/readyz"), STARTUP).await {
+        Ok(()) => Ok(p),
+        Err(status) => Err(format!("{status}\n{}", p.log_tail(20))),
+    }
 }
 
 /// A chat-server process of a [`Cluster`].
@@ -694,9 +706,7 @@ impl Cluster {
         let (api, url) = start_api(&self.redis_urls).await;
         self.api = api;
         self.api_url = url;
-        let mut admin = self.admin().clone();
-        admin.base = self.api_url.clone();
-        self.admin = Some(admin);
+        self.admin = Some(self.admin().at(&self.api_url));
     }
 }
 
@@ -768,7 +778,8 @@ pub async fn service_token(api_url: &str, name: &str) -> String {
 #[derive(Clone)]
 pub struct Api {
     pub rest: RestClient,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (read only: [`Api::at`] makes a client of
+    /// another API server).
     pub base: String,
     pub token: String,
     pub user: String,

@@ -6,7 +6,6 @@
 //! file runs alone (a static lock), and each leaves the cluster healthy.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e::*;
@@ -215,97 +214,13 @@ async fn internal_endpoints_refuse_callers_without_the_secret() {
         .expect("link with the secret");
 }
 
-/// One node of the test Redis Cluster as it describes itself (`INFO
-/// server`): its process, to signal, and its config file, to restart it.
-struct RedisNode {
-    host: String,
-    port: u16,
-    pid: u32,
-    config_file: PathBuf,
-}
-
-impl RedisNode {
-    /// `redis-cli` against this node; its output.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-h", &self.host, "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running redis-cli: {e}"));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-/// The nodes named by `CHAT_TEST_REDIS_URLS`, found by asking each of them,
-/// so a cluster on other ports (`REDIS_CLUSTER_BASE_PORT`) or in another
-/// directory (`REDIS_CLUSTER_DIR`) is the one acted on. `None` (after a
-/// notice) when a node does not answer or is not a process on this machine;
-/// with `CHAT_TEST_REQUIRE_REDIS=1` that is a failure instead of a skip.
-fn redis_nodes(redis_urls: &str) -> Option<Vec<RedisNode>> {
-    let mut nodes = Vec::new();
-    for url in redis_urls.split(',') {
-        let address = url.trim().trim_start_matches("redis://");
-        let address = address.rsplit('@').next().unwrap_or(address);
-        let address = address.split('/').next().unwrap_or(address);
-        let Some((host, port)) = address
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        else {
-            return redis_nodes_missing(&format!("cannot read host:port in {url}"));
-        };
-        let mut node = RedisNode {
-            host,
-            port,
-            pid: 0,
-            config_file: PathBuf::new(),
-        };
-        let info = node.cli(&["info", "server"]);
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-                .map(str::to_owned)
-        };
-        let (Some(pid), Some(config_file)) = (
-            field("process_id").and_then(|p| p.parse().ok()),
-            field("config_file").filter(|f| !f.is_empty()),
-        ) else {
-            return redis_nodes_missing(&format!("{url} did not tell its pid and config file"));
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            return redis_nodes_missing(&format!(
-                "{url} (pid {pid}) is not a process on this machine"
-            ));
-        }
-        node.pid = pid;
-        node.config_file = PathBuf::from(config_file);
-        nodes.push(node);
-    }
-    Some(nodes)
-}
-
-fn redis_nodes_missing<T>(why: &str) -> Option<T> {
-    assert!(
-        !redis_required(),
-        "CHAT_TEST_REQUIRE_REDIS=1 but the Redis fault test cannot act on the cluster: {why}"
-    );
-    println!("[faults] skipped: {why}");
-    None
-}
-
-fn signal(pid: u32, sig: &str) {
-    std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
     let _serial = SERIAL.lock().await;
     let Some(cluster) = Cluster::start(1, &[]).await else {
         return;
     };
-    let Some(nodes) = redis_nodes(&cluster.redis_urls) else {
+    let Some(nodes) = RedisNode::all(&cluster.redis_urls) else {
         return;
     };
     let alice_name = unique("alice");
@@ -314,7 +229,7 @@ async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
     let mut ws = WsClient::connect(&alice).await;
 
     for node in &nodes {
-        signal(node.pid, "-STOP");
+        node.signal("-STOP");
     }
     let result = std::panic::AssertUnwindSafe(async {
         // Readiness goes false.
@@ -345,7 +260,7 @@ async fn frozen_redis_fails_readiness_and_sends_then_recovers() {
     });
     let outcome = futures_util::FutureExt::catch_unwind(result).await;
     for node in &nodes {
-        signal(node.pid, "-CONT");
+        node.signal("-CONT");
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -422,7 +337,7 @@ async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
     else {
         return;
     };
-    let Some(nodes) = redis_nodes(&cluster.redis_urls) else {
+    let Some(nodes) = RedisNode::all(&cluster.redis_urls) else {
         return;
     };
     let (alice, bob) = (unique("alice"), unique("bob"));
@@ -432,25 +347,8 @@ async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
     let mut receiver = WsClient::connect(&bob_api).await;
 
     // The master that owns this room's slot.
-    let room_key = format!("chat:{{room:{room}}}:seq");
-    let slot: u16 = nodes[0]
-        .cli(&["cluster", "keyslot", &room_key])
-        .trim()
-        .parse()
-        .unwrap();
-    let topology = nodes[0].cli(&["cluster", "nodes"]);
-    let master_port: u16 = topology
-        .lines()
-        .filter(|l| l.contains("master") && !l.contains("fail"))
-        .find(|l| {
-            l.split_whitespace().skip(8).any(|range| {
-                let (a, b) = range.split_once('-').unwrap_or((range, range));
-                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
-            })
-        })
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|addr| addr.split(['@', ':']).nth(1))
-        .and_then(|p| p.parse().ok())
+    let master_port = nodes[0]
+        .master_port_of(&format!("chat:{{room:{room}}}:seq"))
         .expect("the room's master");
 
     // Steady load: one sender, retrying each message with its client_msg_id
@@ -490,21 +388,16 @@ async fn killing_a_redis_master_under_load_loses_no_acknowledged_message() {
         .iter()
         .find(|n| n.port == master_port)
         .expect("the room's master is one of CHAT_TEST_REDIS_URLS");
-    println!("[faults] killing redis master on port {master_port} (slot {slot})");
-    signal(killed.pid, "-KILL");
+    println!("[faults] killing redis master on port {master_port}");
+    killed.signal("-KILL");
     // A supervisor (Kubernetes, systemd) restarts the dead node a few
     // seconds later; it rejoins as a replica of the promoted one. Until then
     // the shard has no replica, so sends wait (or are refused and retried):
     // the price of acknowledging only replicated messages.
-    let config_file = killed.config_file.clone();
+    let mut restarted = killed.clone();
     let restart = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let status = std::process::Command::new("redis-server")
-            .arg(&config_file)
-            .current_dir(config_file.parent().expect("the node's directory"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "restarting the killed redis node");
+        restarted.restart();
     });
     let sent = sender.await;
     restart.await.unwrap();
