@@ -31,6 +31,11 @@ struct RoomCursor {
     /// Fills that failed in a row, and when the next may start (backoff).
     fill_failures: u32,
     fill_not_before: Option<Instant>,
+    /// A room first seen through a delivery (a room created, a member
+    /// added, after connect) holds what arrives until then: an earlier seq
+    /// may still come over another link, and must not then count as a
+    /// duplicate of a start that was too late.
+    hold_until: Option<Instant>,
 }
 
 impl RoomCursor {
@@ -63,8 +68,11 @@ impl RoomCursor {
         !self.pending.is_empty() || self.known_latest > self.last
     }
 
-    /// When this cursor's gap is due for a fill.
+    /// When this cursor's gap is due for a fill (or its hold ends).
     fn fill_at(&self, delay: Duration) -> Option<Instant> {
+        if let Some(hold) = self.hold_until {
+            return Some(hold);
+        }
         let due = self.gap_since? + delay;
         Some(self.fill_not_before.map_or(due, |t| t.max(due)))
     }
@@ -90,9 +98,21 @@ pub struct RoomOrder {
     rooms: HashMap<String, RoomCursor>,
     /// Rooms tracked since the last [`Self::take_new_rooms`].
     new_rooms: Vec<String>,
+    /// How long a room first seen through a delivery holds its first
+    /// messages (zero: written at once, starting at the first).
+    first_seen_hold: Duration,
 }
 
 impl RoomOrder {
+    /// Rooms first seen through a delivery wait `hold` for earlier seqs
+    /// arriving over other links before anything is written.
+    pub fn with_first_seen_hold(hold: Duration) -> Self {
+        RoomOrder {
+            first_seen_hold: hold,
+            ..RoomOrder::default()
+        }
+    }
+
     fn cursor(&mut self, room: &str) -> &mut RoomCursor {
         if !self.rooms.contains_key(room) {
             self.new_rooms.push(room.to_owned());
@@ -156,6 +176,8 @@ impl RoomOrder {
     /// messages will be replayed from the store through [`Self::offer`].
     pub fn rewind(&mut self, room: &str, seq: u64) {
         let cursor = self.cursor(room);
+        // An explicit start: nothing to wait for any more.
+        cursor.hold_until = None;
         cursor.last = seq;
         cursor.pending.retain(|s, _| *s > seq);
     }
@@ -174,11 +196,30 @@ impl RoomOrder {
         // Looked up by &str first: the room is almost always known, and
         // `entry` would allocate its key on every delivery.
         if !self.rooms.contains_key(room) {
-            self.cursor(room).last = seq.saturating_sub(1);
+            let hold = self.first_seen_hold;
+            let cursor = self.cursor(room);
+            cursor.last = seq.saturating_sub(1);
+            if !hold.is_zero() {
+                cursor.hold_until = Some(now + hold);
+                cursor.pending.insert(seq, frame);
+                return;
+            }
         }
         let Some(cursor) = self.rooms.get_mut(room) else {
             return;
         };
+        if let Some(hold) = cursor.hold_until {
+            if now < hold {
+                // Holding: an earlier seq moves the start back.
+                if !cursor.pending.contains_key(&seq) {
+                    cursor.last = cursor.last.min(seq.saturating_sub(1));
+                    cursor.pending.insert(seq, frame);
+                }
+                return;
+            }
+            cursor.hold_until = None;
+            cursor.drain_ready(now, out);
+        }
         if seq <= cursor.last {
             return; // duplicate
         }
@@ -197,10 +238,22 @@ impl RoomOrder {
         self.rooms.values().filter_map(|c| c.fill_at(delay)).min()
     }
 
+    /// Ends the holds of rooms first seen at least `first_seen_hold` ago:
+    /// what they hold is written in order from the lowest seq that arrived.
+    pub fn release_holds(&mut self, now: Instant, out: &mut Vec<Arc<str>>) {
+        for cursor in self.rooms.values_mut() {
+            if cursor.hold_until.is_some_and(|t| now >= t) {
+                cursor.hold_until = None;
+                cursor.drain_ready(now, out);
+            }
+        }
+    }
+
     /// Gaps open for at least `delay` (and past their backoff).
     pub fn due_gaps(&self, now: Instant, delay: Duration) -> Vec<Gap> {
         self.rooms
             .iter()
+            .filter(|(_, c)| c.hold_until.is_none())
             .filter(|(_, c)| c.fill_at(delay).is_some_and(|at| now >= at))
             .filter_map(|(room, c)| {
                 let (before, tail) = match c.pending.keys().next() {
@@ -437,5 +490,68 @@ mod tests {
         o.note_latest("r", 9, Instant::now());
         assert!(o.forget("r"));
         assert_eq!(o.next_fill_at(Duration::ZERO), None);
+    }
+
+    /// The path issue 12 named: a room first seen after connect (Bob was
+    /// added while connected) gets seq 6 over one link before seq 5 over
+    /// another. Both must be written, 5 first.
+    #[test]
+    fn a_room_first_seen_holds_for_earlier_seqs_from_other_links() {
+        let hold = Duration::from_millis(100);
+        let mut o = RoomOrder::with_first_seen_hold(hold);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 6, f("6"), t0, &mut out);
+        o.offer("r", 5, f("5"), t0 + Duration::from_millis(10), &mut out);
+        o.offer("r", 6, f("6"), t0 + Duration::from_millis(20), &mut out);
+        assert!(out.is_empty(), "held");
+        assert_eq!(o.next_fill_at(Duration::ZERO), Some(t0 + hold));
+        assert!(o.due_gaps(t0 + hold, Duration::ZERO).is_empty());
+        o.release_holds(t0 + hold, &mut out);
+        let written = |out: &Vec<Arc<str>>| out.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(written(&out), vec!["5", "6"]);
+        // After the hold, the room is like any other.
+        o.offer("r", 7, f("7"), t0 + hold, &mut out);
+        o.offer("r", 5, f("5"), t0 + hold, &mut out);
+        assert_eq!(written(&out), vec!["5", "6", "7"]);
+        assert_eq!(o.next_fill_at(Duration::ZERO), None);
+    }
+
+    /// A delivery after the hold ended but before the release ran writes
+    /// what was held first.
+    #[test]
+    fn an_offer_after_the_hold_releases_it_first() {
+        let hold = Duration::from_millis(100);
+        let mut o = RoomOrder::with_first_seen_hold(hold);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 3, f("3"), t0, &mut out);
+        o.offer("r", 4, f("4"), t0 + hold * 2, &mut out);
+        let written: Vec<String> = out.iter().map(|s| s.to_string()).collect();
+        assert_eq!(written, vec!["3", "4"]);
+    }
+
+    /// A resume sets the start explicitly: a held room stops holding, so
+    /// the replay is written before `resumed`.
+    #[test]
+    fn a_resume_ends_a_hold() {
+        let mut o = RoomOrder::with_first_seen_hold(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 5, f("5"), t0, &mut out);
+        o.rewind("r", 2);
+        for seq in 3..=5 {
+            o.offer("r", seq, f(&seq.to_string()), t0, &mut out);
+        }
+        let written: Vec<String> = out.iter().map(|s| s.to_string()).collect();
+        assert_eq!(written, vec!["3", "4", "5"]);
+    }
+
+    /// Rooms known at connect (a baseline) never hold.
+    #[test]
+    fn rooms_with_a_baseline_do_not_hold() {
+        let mut o = RoomOrder::with_first_seen_hold(Duration::from_secs(1));
+        o.set_baseline("r", 0);
+        assert_eq!(offer(&mut o, 1), vec!["1"]);
     }
 }

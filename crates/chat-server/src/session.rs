@@ -65,7 +65,11 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
         socket,
         user: user.clone(),
         id: id.clone(),
-        order: RoomOrder::default(),
+        // Rooms first seen after connect wait as long as a gap would for
+        // earlier seqs on other links.
+        order: RoomOrder::with_first_seen_hold(Duration::from_millis(
+            server.config.gap_fill_delay_ms,
+        )),
         last_heard: Instant::now(),
         rate: SendRateLimit::new(
             server.config.send_rate_per_s,
@@ -349,6 +353,9 @@ impl Session {
     /// user is still a member: a removed member's session forgets the room.
     async fn fill_gaps(&mut self, delay: Duration) -> Result<(), End> {
         const PAGE: u64 = 500;
+        let mut released = Vec::new();
+        self.order.release_holds(Instant::now(), &mut released);
+        self.write_frames(released).await?;
         let store = self.server.store.clone();
         for gap in self.order.due_gaps(Instant::now(), delay) {
             self.server.metrics.gap_fills.inc();
