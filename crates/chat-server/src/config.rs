@@ -89,7 +89,8 @@ pub struct ChatConfig {
     #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 100)]
     pub send_burst: u32,
     /// Sustained `send` + `typing` frames per second per user, over all of
-    /// the user's sessions on this server (0: no limit).
+    /// the user's sessions in the cluster: a user on `k` chat servers gets
+    /// `1/k` of it (and of the burst) on each (0: no limit).
     #[arg(long, env = "CHAT_USER_SEND_RATE_PER_S", default_value_t = 100)]
     pub user_send_rate_per_s: u32,
     /// Burst above the per-user rate.

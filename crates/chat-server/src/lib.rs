@@ -328,6 +328,39 @@ impl ChatServer {
         });
     }
 
+    /// Reads on how many live chat servers each of `users` has sessions,
+    /// and gives each that share of the per-user send limit here, so the
+    /// limit holds across the cluster (see [`rate::UserRateLimits`]).
+    pub(crate) async fn update_send_shares(&self, users: &[String]) {
+        let config = &self.config;
+        if config.user_send_rate_per_s == 0 || users.is_empty() {
+            return;
+        }
+        let sessions = match self.store.sessions_of(users).await {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading users' sessions for the send limit failed");
+                return;
+            }
+        };
+        let shares = sessions.into_iter().map(|(user, locations)| {
+            let mut servers: Vec<&str> = locations
+                .iter()
+                .map(|l| l.server_id.as_str())
+                .filter(|id| *id == self.server_id || self.registry.is_live(id))
+                .collect();
+            servers.sort_unstable();
+            servers.dedup();
+            (user, servers.len().max(1) as u32)
+        });
+        self.user_rates.set_shares(
+            shares,
+            config.user_send_rate_per_s,
+            config.user_send_burst,
+            std::time::Instant::now(),
+        );
+    }
+
     /// Health every heartbeat; presence refresh every third of its TTL.
     fn spawn_reporters(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
@@ -358,6 +391,7 @@ impl ChatServer {
                 {
                     tracing::warn!(error = %e, "presence refresh failed");
                 }
+                server.update_send_shares(&users).await;
             }
         });
     }

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SendRateLimit {
     rate_per_s: f64,
     burst: f64,
@@ -26,23 +26,37 @@ pub enum Verdict {
 impl SendRateLimit {
     /// `rate_per_s == 0` disables the limit.
     pub fn new(rate_per_s: u32, burst: u32, abuse_limit: u32, now: Instant) -> Self {
+        Self::shared(rate_per_s, burst, 1, abuse_limit, now)
+    }
+
+    /// One of `share` equal parts of a limit (the part one chat server
+    /// enforces for a user with sessions on `share` servers). The burst
+    /// part is at least one frame.
+    pub fn shared(rate_per_s: u32, burst: u32, share: u32, abuse_limit: u32, now: Instant) -> Self {
+        let share = share.max(1) as f64;
+        let burst = (burst.max(1) as f64 / share).max(1.0);
         SendRateLimit {
-            rate_per_s: rate_per_s as f64,
-            burst: burst.max(1) as f64,
-            tokens: burst.max(1) as f64,
+            rate_per_s: rate_per_s as f64 / share,
+            burst,
+            tokens: burst,
             updated: now,
             refused_in_a_row: 0,
             abuse_limit,
         }
     }
 
+    /// Adds the tokens earned since the last check.
+    fn check_refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
+        self.updated = now;
+    }
+
     pub fn check(&mut self, now: Instant) -> Verdict {
         if self.rate_per_s == 0.0 {
             return Verdict::Allow;
         }
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
-        self.updated = now;
+        self.check_refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.refused_in_a_row = 0;
@@ -59,12 +73,23 @@ impl SendRateLimit {
 }
 
 /// Per-user buckets shared by all of a user's sessions on this server, so
-/// opening more connections does not multiply a user's allowance. (Across
-/// chat servers the limit applies per server: a global one would cost a
-/// Redis round trip per send.)
+/// opening more connections does not multiply a user's allowance.
+///
+/// Across the cluster the limit holds too, without a store round trip per
+/// send: a user with sessions on `k` chat servers gets `1/k` of the rate and
+/// of the burst on each ([`Self::set_shares`], from the store's presence
+/// records, read when a session starts and at every presence refresh). Until
+/// a server rereads `k` (at most a presence-refresh interval after the user
+/// opened a session elsewhere) the user can exceed the limit by the
+/// difference between the two shares.
 #[derive(Default)]
 pub struct UserRateLimits {
-    buckets: std::sync::Mutex<std::collections::HashMap<String, SendRateLimit>>,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, UserBucket>>,
+}
+
+struct UserBucket {
+    limit: SendRateLimit,
+    share: u32,
 }
 
 impl UserRateLimits {
@@ -75,8 +100,41 @@ impl UserRateLimits {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = buckets
             .entry(user.to_owned())
-            .or_insert_with(|| SendRateLimit::new(rate_per_s, burst, 0, now));
-        bucket.check(now) == Verdict::Allow
+            .or_insert_with(|| UserBucket {
+                limit: SendRateLimit::new(rate_per_s, burst, 0, now),
+                share: 1,
+            });
+        bucket.limit.check(now) == Verdict::Allow
+    }
+
+    /// The number of chat servers each user has sessions on. A changed
+    /// share starts a new bucket of the new size, with no more tokens than
+    /// the old one had left (the user cannot gain a fresh burst by opening a
+    /// session elsewhere).
+    pub fn set_shares(
+        &self,
+        shares: impl IntoIterator<Item = (String, u32)>,
+        rate_per_s: u32,
+        burst: u32,
+        now: Instant,
+    ) {
+        if rate_per_s == 0 {
+            return;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for (user, share) in shares {
+            let share = share.max(1);
+            let bucket = buckets.entry(user).or_insert_with(|| UserBucket {
+                limit: SendRateLimit::shared(rate_per_s, burst, share, 0, now),
+                share,
+            });
+            if bucket.share != share {
+                let mut limit = SendRateLimit::shared(rate_per_s, burst, share, 0, now);
+                bucket.limit.check_refill(now);
+                limit.tokens = limit.tokens.min(bucket.limit.tokens);
+                *bucket = UserBucket { limit, share };
+            }
+        }
     }
 
     /// Forgets a user whose last session on this server ended.
@@ -132,6 +190,34 @@ mod tests {
         );
         limits.forget("alice");
         assert!(limits.check("alice", 1, 4, t0));
+    }
+
+    /// A user on two chat servers gets half the rate and half the burst on
+    /// each, so the cluster-wide total stays within the limit; the share
+    /// change does not hand out a fresh burst.
+    #[test]
+    fn a_user_on_several_servers_gets_a_share_on_each() {
+        let t0 = Instant::now();
+        let (a, b) = (UserRateLimits::default(), UserRateLimits::default());
+        for server in [&a, &b] {
+            server.set_shares([("alice".to_string(), 2)], 1, 12, t0);
+        }
+        let allowed = |s: &UserRateLimits| (0..20).filter(|_| s.check("alice", 1, 12, t0)).count();
+        assert_eq!(
+            allowed(&a) + allowed(&b),
+            12,
+            "one burst of 12 over both servers"
+        );
+        // Back to one server: the bucket grows to the whole burst, but
+        // starts with what the share had left (nothing).
+        a.set_shares([("alice".to_string(), 1)], 1, 12, t0);
+        assert!(!a.check("alice", 1, 12, t0));
+        // Refill at the whole rate: 1/s.
+        assert!(a.check("alice", 1, 12, t0 + Duration::from_secs(1)));
+        // Shares are ignored with the limit off.
+        let c = UserRateLimits::default();
+        c.set_shares([("bob".to_string(), 3)], 0, 12, t0);
+        assert!((0..100).all(|_| c.check("bob", 0, 12, t0)));
     }
 
     #[test]

@@ -129,6 +129,12 @@ impl Session {
         for (room, seq) in added.rooms {
             self.order.set_baseline(&room, seq);
         }
+        // This session may put the user on one more chat server: every
+        // server's share of the user's send limit shrinks (here before the
+        // first frame is read, elsewhere at their next presence refresh).
+        self.server
+            .update_send_shares(std::slice::from_ref(&self.user))
+            .await;
         if let Some(change) = added.came_online {
             // Off the session's path: the welcome does not wait for it.
             let router = self.server.router.clone();

@@ -764,6 +764,59 @@ async fn send_rate_limits_refuse_without_storing_and_keep_the_connection() {
     );
 }
 
+/// The per-user limit holds across the cluster: a user with sessions on
+/// two chat servers gets half the burst on each, not a whole burst on each
+/// (issue 12). The second session is opened after the first, so the first
+/// server learns of it when its own session reconnects (deterministic; in
+/// production it also learns at its next presence refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_send_limit_holds_across_chat_servers() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(
+        2,
+        &[
+            "--send-rate-per-s",
+            "0",
+            "--user-send-rate-per-s",
+            "1",
+            "--user-send-burst",
+            "12",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = cluster.ids();
+    let alice_id = unique("alice");
+    let alice = cluster.api(&alice_id).await;
+    let room = alice.create_room_id("cluster-limit", &[]).await;
+    let first = WsClient::connect_to(&alice, &ids[0]).await;
+    let mut on_second = WsClient::connect_to(&alice, &ids[1]).await;
+    first.close().await;
+    let mut on_first = WsClient::connect_to(&alice, &ids[0]).await;
+    // Both servers have now read that alice is on two of them.
+    let started = Instant::now();
+    let (acked_1, refused_1) = burst(&mut on_first, &room, "one", 10).await;
+    let (acked_2, refused_2) = burst(&mut on_second, &room, "two", 10).await;
+    let acked = acked_1 + acked_2;
+    let allowed = 12 + refilled_since(started, 1);
+    assert!(
+        acked <= allowed,
+        "alice got {acked_1} + {acked_2} sends through on two chat servers; the cluster-wide \
+         burst is 12 (+{} refilled)",
+        allowed - 12
+    );
+    assert!(
+        acked >= 10,
+        "each server kept its share: {acked_1} + {acked_2}"
+    );
+    assert_eq!(acked + refused_1 + refused_2, 20, "every send answered");
+    let stored = alice.all_messages(&room).await.len();
+    assert_eq!(stored, acked, "refused sends stored nothing");
+    println!("[faults] per-user limit across 2 chat servers: {acked_1} + {acked_2} of 20 acked (burst 12)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_chat_server_refuses_the_handshake_and_is_not_placed() {
     let _serial = SERIAL.lock().await;
