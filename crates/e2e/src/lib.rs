@@ -401,15 +401,19 @@ pub async fn wait_http_ok(
 
 /// Starts an api-server on a free port and waits for its `/readyz`.
 pub async fn start_api(redis_urls: &str) -> (Process, String) {
+    start_api_with(&process_env(redis_urls), &["--dev-tokens".to_owned()]).await
+}
+
+/// Starts an api-server with `env` and `args` (besides `--listen` on a
+/// free port) and waits for its `/readyz`, retrying on another port if it
+/// dies at startup.
+pub async fn start_api_with(env: &[(String, String)], args: &[String]) -> (Process, String) {
     let bin = bin_path("api-server");
     for attempt in 1..=3 {
         let port = free_port();
-        let args = vec![
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--dev-tokens".to_owned(),
-        ];
-        let mut p = Process::spawn("api-server", &bin, &args, &process_env(redis_urls), port);
+        let mut all_args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
+        all_args.extend_from_slice(args);
+        let mut p = Process::spawn("api-server", &bin, &all_args, env, port);
         let url = format!("http://127.0.0.1:{port}");
         match wait_http_ok(&mut p, &format!("{url}/readyz"), STARTUP).await {
             Ok(()) => return (p, url),
