@@ -108,17 +108,21 @@ impl TokenVerifier {
     /// `Err` (the reason) while a configured JWKS has never been loaded:
     /// tokens of its keys cannot be verified yet.
     pub fn ready(&self) -> Result<(), String> {
-        match &self.jwks {
-            Some(jwks) if jwks.status().fetches_ok == 0 => Err(format!(
-                "the JWKS at {} is not loaded yet{}",
-                jwks.url(),
-                jwks.status()
-                    .last_error
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default()
-            )),
-            _ => Ok(()),
+        let Some(jwks) = &self.jwks else {
+            return Ok(());
+        };
+        let status = jwks.status();
+        if status.fetches_ok > 0 {
+            return Ok(());
         }
+        Err(format!(
+            "the JWKS at {} is not loaded yet{}",
+            jwks.url(),
+            status
+                .last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ))
     }
 
     /// Verifies `token` at time `now_s` (seconds since the epoch) and
@@ -144,7 +148,9 @@ impl TokenVerifier {
         };
         let kid_known = kid.is_none() || !candidates.is_empty();
         if !kid_known {
-            if let Some(jwks) = &self.jwks {
+            // A JWKS never holds HS256 keys: only other algorithms may be
+            // in a rotated-in key set.
+            if let (Some(jwks), false) = (&self.jwks, alg == Algorithm::HS256) {
                 jwks.request_refresh();
             }
             candidates = all().filter(|k| k.kid().is_none()).collect();
@@ -450,11 +456,14 @@ mod tests {
             v.verify(&sign(Algorithm::RS256, Some("k2"), RSA_A_KEY, &c), NOW),
             Err(AuthError::UnknownKey)
         );
-        // A key without kid (a PEM file) is tried for any kid.
-        let file = verifier(vec![rsa_a()]);
-        assert!(file
-            .verify(&sign(Algorithm::RS256, Some("k2"), RSA_A_KEY, &c), NOW)
-            .is_ok());
+        // A key without kid (a PEM file, the secret) is tried for any kid.
+        let file = verifier(vec![rsa_a(), VerifyingKey::hs256(SECRET).unwrap()]);
+        for token in [
+            sign(Algorithm::RS256, Some("k2"), RSA_A_KEY, &c),
+            sign(Algorithm::HS256, Some("k2"), SECRET, &c),
+        ] {
+            assert!(file.verify(&token, NOW).is_ok());
+        }
     }
 
     #[test]
