@@ -1,7 +1,9 @@
 //! API server configuration: flags and `CHAT_*` environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
+use chat_auth::{ClaimChecks, JwksConfig, JwksSource, KeyError, TokenVerifier, VerifyingKey};
 use chat_protocol::Limits;
 use chat_store::StoreArgs;
 
@@ -14,9 +16,38 @@ pub struct ApiConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// HS256 secret that signs user tokens (the application backend's).
+    /// HS256 secret that signs user tokens (the application backend's) and
+    /// development tokens. Optional when public keys are configured.
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
+    /// PEM public keys of RS256/ES256 user tokens, comma-separated or
+    /// repeated: RSA (2048 bits or more) or EC P-256, one key per file; the
+    /// algorithm is the key type's.
+    #[arg(
+        long = "jwt-public-key-file",
+        env = "CHAT_JWT_PUBLIC_KEY_FILE",
+        value_delimiter = ','
+    )]
+    pub jwt_public_key_files: Vec<PathBuf>,
+    /// JWKS URL of an identity provider: its RS256/ES256 keys, chosen by the
+    /// token's `kid`, fetched in the background.
+    #[arg(long, env = "CHAT_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "CHAT_JWT_JWKS_REFRESH_S", default_value_t = JwksConfig::DEFAULT_REFRESH_S)]
+    pub jwt_jwks_refresh_s: u64,
+    /// Shortest time between two JWKS fetches: a token with an unknown `kid`
+    /// fetches the set again, but no sooner than this after the last fetch.
+    #[arg(long, env = "CHAT_JWT_JWKS_MIN_REFRESH_S", default_value_t = JwksConfig::DEFAULT_MIN_REFRESH_S)]
+    pub jwt_jwks_min_refresh_s: u64,
+    /// Accepted `iss` values of user tokens, comma-separated; when set, a
+    /// token without one of them is refused.
+    #[arg(long, env = "CHAT_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+    /// Accepted `aud` values of user tokens, comma-separated; when set, a
+    /// token whose `aud` names none of them is refused.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
     /// Secret shared with the chat servers that signs WebSocket tickets.
     #[arg(long, env = "CHAT_TICKET_SECRET", hide_env_values = true)]
     pub ticket_secret: String,
@@ -29,7 +60,7 @@ pub struct ApiConfig {
     /// Lifetime of development tokens.
     #[arg(long, env = "CHAT_DEV_TOKEN_TTL_S", default_value_t = 86_400)]
     pub dev_token_ttl_s: u64,
-    /// Accepted clock skew on token expiry.
+    /// Accepted clock skew on token expiry (`exp`, and `nbf` when present).
     #[arg(long, env = "CHAT_JWT_LEEWAY_S", default_value_t = 30)]
     pub jwt_leeway_s: u64,
     /// Lifetime of a WebSocket ticket from /v1/connect.
@@ -72,7 +103,64 @@ pub struct ApiConfig {
     pub fanout: chat_routing::FanoutLimits,
 }
 
+/// A configuration the API server cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("user tokens: {0}")]
+    Tokens(#[from] KeyError),
+    #[error("--dev-tokens needs --jwt-secret: development tokens are HS256")]
+    DevTokensWithoutSecret,
+}
+
 impl ApiConfig {
+    /// The verifier of user tokens: the HS256 secret, the public key files
+    /// and the JWKS URL, whichever are set. Starts the JWKS fetches, so it
+    /// needs a tokio runtime.
+    pub fn token_verifier(&self) -> Result<TokenVerifier, ConfigError> {
+        if self.dev_tokens && self.jwt_secret.is_none() {
+            return Err(ConfigError::DevTokensWithoutSecret);
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = &self.jwt_secret {
+            keys.push(VerifyingKey::hs256(secret.as_bytes())?);
+        }
+        for path in &self.jwt_public_key_files {
+            keys.push(VerifyingKey::from_pem_file(path)?);
+        }
+        let jwks = match &self.jwt_jwks_url {
+            Some(url) => Some(JwksSource::spawn(JwksConfig {
+                refresh_s: self.jwt_jwks_refresh_s,
+                min_refresh_s: self.jwt_jwks_min_refresh_s,
+                ..JwksConfig::new(url)
+            })?),
+            None => None,
+        };
+        let public_keys = !self.jwt_public_key_files.is_empty() || jwks.is_some();
+        tracing::info!(
+            hs256_secret = self.jwt_secret.is_some(),
+            public_key_files = self.jwt_public_key_files.len(),
+            jwks_url = self.jwt_jwks_url.as_deref().unwrap_or("none"),
+            issuers = ?self.jwt_issuer,
+            audiences = ?self.jwt_audience,
+            "user token keys"
+        );
+        if public_keys && self.jwt_audience.is_empty() {
+            tracing::warn!(
+                "public token keys without --jwt-audience: a token the same identity \
+                 provider issued for another service is accepted too"
+            );
+        }
+        Ok(TokenVerifier::new(
+            keys,
+            jwks,
+            ClaimChecks {
+                issuers: self.jwt_issuer.clone(),
+                audiences: self.jwt_audience.clone(),
+                leeway_s: self.jwt_leeway_s,
+            },
+        )?)
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_body_bytes: self.max_body_bytes,

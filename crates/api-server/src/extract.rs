@@ -65,13 +65,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| ApiError::unauthorized("Authorization must be a Bearer token"))?;
-        let claims = chat_auth::jwt::verify_token(
-            state.config.jwt_secret.as_bytes(),
-            token.trim(),
-            now_ms() / 1000,
-            state.config.jwt_leeway_s,
-        )
-        .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        let claims = state
+            .tokens
+            .verify(token.trim(), now_ms() / 1000)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
         Ok(Caller {
             is_service: claims.is_service(),
             id: claims.sub,

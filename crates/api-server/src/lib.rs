@@ -25,7 +25,7 @@ use chat_protocol::Limits;
 use chat_routing::{LinkConfig, LinkPool, MessageRouter, RegistryConfig, ServerRegistry};
 use chat_store::Store;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, ConfigError};
 use error::ApiError;
 use placement::PlacementPolicy;
 
@@ -65,6 +65,8 @@ const PRESENCE_REAP_INTERVAL_MS: u64 = 1000;
 
 pub struct AppState {
     pub config: ApiConfig,
+    /// Checks user tokens (`Caller`).
+    pub tokens: chat_auth::TokenVerifier,
     pub allowed_origins: chat_auth::AllowedOrigins,
     pub limits: Limits,
     pub store: Arc<dyn Store>,
@@ -77,8 +79,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Wires the state and starts the registry refresh.
-    pub fn new(config: ApiConfig, store: Arc<dyn Store>) -> Arc<Self> {
+    /// Wires the state and starts the registry refresh (and the JWKS
+    /// fetches, when configured). `Err` for unusable token keys.
+    pub fn new(config: ApiConfig, store: Arc<dyn Store>) -> Result<Arc<Self>, ConfigError> {
+        let tokens = config.token_verifier()?;
         let metrics_registry = Metrics::new();
         let registry = ServerRegistry::new(
             store.clone(),
@@ -102,7 +106,8 @@ impl AppState {
             store.clone(),
             std::time::Duration::from_millis(PRESENCE_REAP_INTERVAL_MS),
         );
-        Arc::new(AppState {
+        Ok(Arc::new(AppState {
+            tokens,
             allowed_origins: chat_auth::AllowedOrigins::new(&config.cors_origins),
             limits: config.limits(),
             config,
@@ -113,16 +118,19 @@ impl AppState {
             placement_lock: Mutex::new(()),
             metrics: ApiMetrics::new(&metrics_registry),
             metrics_registry,
-        })
+        }))
     }
 }
 
-struct StoreReadiness(Arc<dyn Store>);
+/// Ready when user tokens can be checked (a configured JWKS has been
+/// loaded once) and the store answers.
+struct ApiReadiness(Arc<AppState>);
 
 #[async_trait]
-impl ReadinessCheck for StoreReadiness {
+impl ReadinessCheck for ApiReadiness {
     async fn ready(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
+        self.0.tokens.ready()?;
+        self.0.store.ping().await.map_err(|e| e.to_string())
     }
 }
 
@@ -175,7 +183,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state.clone());
     api.merge(chat_ops::ops_router(
         state.metrics_registry.clone(),
-        Arc::new(StoreReadiness(state.store.clone())),
+        Arc::new(ApiReadiness(state.clone())),
     ))
 }
 

@@ -17,11 +17,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chat_ops::init_tracing(cli.log_format);
     let store = cli.api.store.open().await.context("opening the store")?;
-    let listener = tokio::net::TcpListener::bind(cli.api.listen)
+    let listen = cli.api.listen;
+    let dev_tokens = cli.api.dev_tokens;
+    let state = api_server::AppState::new(cli.api, store).context("configuration")?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", cli.api.listen))?;
-    tracing::info!(listen = %cli.api.listen, dev_tokens = cli.api.dev_tokens, "api-server listening");
-    let state = api_server::AppState::new(cli.api, store);
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(listen = %listen, dev_tokens, "api-server listening");
     api_server::serve(listener, state, chat_ops::shutdown_signal()).await?;
     tracing::info!("api-server stopped");
     Ok(())

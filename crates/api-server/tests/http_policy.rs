@@ -25,7 +25,7 @@ fn app(extra: &[&str]) -> axum::Router {
     argv.extend_from_slice(extra);
     let args = Args::try_parse_from(argv).unwrap();
     let store = Arc::new(chat_store::MemoryStore::default());
-    api_server::app(api_server::AppState::new(args.api, store))
+    api_server::app(api_server::AppState::new(args.api, store).unwrap())
 }
 
 #[tokio::test]

@@ -1,8 +1,12 @@
-//! JWT HS256 user tokens: `base64url(header).base64url(claims).base64url(sig)`.
+//! User tokens: JWTs (`base64url(header).base64url(claims).base64url(sig)`)
+//! with the claims below. Verification, for every algorithm and key source,
+//! is [`TokenVerifier`]'s; this module has the claims and the HS256 minting
+//! of development tokens.
 
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::{b64, sign, unb64, verify, AuthError};
+use crate::{AuthError, TokenVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -26,21 +30,20 @@ impl Claims {
     }
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-}
-
-/// Signs claims with HS256.
+/// Signs claims with HS256: development tokens (`/v1/auth/token`) and
+/// tests. Production tokens come from the application's backend or an
+/// identity provider.
+///
+/// # Panics
+/// On an empty secret, which the API server refuses at startup.
 pub fn mint(secret: &[u8], claims: &Claims) -> String {
-    let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64(&serde_json::to_vec(claims).expect("claims serialise"));
-    let signing_input = format!("{header}.{payload}");
-    let signature = b64(&sign(secret, signing_input.as_bytes()));
-    format!("{signing_input}.{signature}")
+    let key = EncodingKey::from_secret(secret).expect("the HS256 secret is not empty");
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
+        .expect("HS256 signing of serialisable claims cannot fail")
 }
 
-/// Verifies an HS256 token and returns its claims. `now_s` is the current
+/// Verifies an HS256 token against one secret and returns its claims:
+/// [`TokenVerifier::verify`] with only that secret. `now_s` is the current
 /// time in seconds; `leeway_s` bounds accepted clock skew on `exp`.
 pub fn verify_token(
     secret: &[u8],
@@ -48,40 +51,15 @@ pub fn verify_token(
     now_s: u64,
     leeway_s: u64,
 ) -> Result<Claims, AuthError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::Malformed);
-    };
-    let header: Header = unb64(h)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(AuthError::Malformed)?;
-    // Pinned: anything but HS256 (including "none") is refused before the
-    // signature is even looked at.
-    if header.alg != "HS256" {
-        return Err(AuthError::Algorithm);
-    }
-    let signature = unb64(s).ok_or(AuthError::Malformed)?;
-    let signing_input_len = h.len() + 1 + p.len();
-    if !verify(secret, &token.as_bytes()[..signing_input_len], &signature) {
-        return Err(AuthError::Signature);
-    }
-    let claims: Claims = unb64(p)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(AuthError::Malformed)?;
-    if claims.exp.saturating_add(leeway_s) <= now_s {
-        return Err(AuthError::Expired);
-    }
-    if !chat_protocol::ids::is_valid_user_id(&claims.sub) {
-        return Err(AuthError::Subject);
-    }
-    Ok(claims)
+    TokenVerifier::hs256(secret, leeway_s)
+        .map_err(|_| AuthError::Signature)?
+        .verify(token, now_s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::b64;
 
     const SECRET: &[u8] = b"test-secret";
 

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("binding API port {api_addr}"))?;
-    let state = api_server::AppState::new(args.api, store.clone());
+    let state = api_server::AppState::new(args.api, store.clone())?;
     let mut stop = stop_tx.subscribe();
     tasks.push(tokio::spawn(async move {
         api_server::serve(listener, state, async move {

@@ -404,9 +404,16 @@ pub async fn wait_http_ok(
 
 /// Starts an api-server on a free port and waits for its `/readyz`.
 pub async fn start_api(redis_urls: &str) -> (Process, String) {
+    start_api_with(&process_env(redis_urls), &["--dev-tokens".to_owned()]).await
+}
+
+/// Starts an api-server with `env` and `args` (besides `--listen` on a
+/// free port) and waits for its `/readyz`, retrying on another port if it
+/// dies at startup.
+pub async fn start_api_with(env: &[(String, String)], args: &[String]) -> (Process, String) {
     for attempt in 1..=3 {
         let port = free_port();
-        match start_api_on(redis_urls, port).await {
+        match spawn_api(env, args, port).await {
             Ok(p) => return (p, format!("http://127.0.0.1:{port}")),
             Err(log) => println!(
                 "[e2e] api-server exited during startup (attempt {attempt}); log tail:\n{log}"
@@ -420,13 +427,18 @@ pub async fn start_api(redis_urls: &str) -> (Process, String) {
 /// so that its clients find the new one) and waits until it is ready.
 /// `Err` with its log tail if it exited first.
 pub async fn start_api_on(redis_urls: &str, port: u16) -> Result<Process, String> {
-    let args = vec![
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--dev-tokens".to_owned(),
-    ];
+    spawn_api(&process_env(redis_urls), &["--dev-tokens".to_owned()], port).await
+}
+
+async fn spawn_api(
+    env: &[(String, String)],
+    args: &[String],
+    port: u16,
+) -> Result<Process, String> {
+    let mut all_args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
+    all_args.extend_from_slice(args);
     let bin = bin_path("api-server");
-    let mut p = Process::spawn("api-server", &bin, &args, &process_env(redis_urls), port);
+    let mut p = Process::spawn("api-server", &bin, &all_args, env, port);
     let url = format!("http://127.0.0.1:{port}");
     match wait_http_ok(&mut p, &format!("{url}/readyz"), STARTUP).await {
         Ok(()) => Ok(p),
