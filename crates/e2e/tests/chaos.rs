@@ -343,6 +343,7 @@ async fn chaos_soak_loses_nothing() {
     // before it arrived: how long a session took to catch up once nothing
     // was broken any more.
     let mut longest_after_fault = Duration::ZERO;
+    let mut longest_detail = String::new();
     let mut first_lost = Vec::new();
     let mut stopped = Vec::new();
     for (u, received, _) in &followers {
@@ -364,8 +365,20 @@ async fn chaos_soak_loses_nothing() {
                         longest = longest.max(at.saturating_duration_since(acked_at));
                         let fault_end = faults.healed.iter().filter(|h| *h <= at).max();
                         let from = fault_end.map_or(acked_at, |h| acked_at.max(*h));
-                        longest_after_fault =
-                            longest_after_fault.max(at.saturating_duration_since(from));
+                        let catch_up = at.saturating_duration_since(from);
+                        if catch_up > longest_after_fault {
+                            longest_after_fault = catch_up;
+                            let secs = |t: Instant| {
+                                t.saturating_duration_since(soak_started).as_secs_f64()
+                            };
+                            longest_detail = format!(
+                                "{} {room} seq {seq}: acked at {:.1} s, last fault healed at {}, delivered at {:.1} s",
+                                users[*u],
+                                secs(acked_at),
+                                fault_end.map_or("-".to_string(), |h| format!("{:.1} s", secs(*h))),
+                                secs(*at)
+                            );
+                        }
                     }
                     None => {
                         lost += 1;
@@ -392,6 +405,7 @@ async fn chaos_soak_loses_nothing() {
         "reconnects": reconnects,
         "longest_ack_to_delivery_ms": longest.as_millis() as u64,
         "longest_catch_up_after_fault_ms": longest_after_fault.as_millis() as u64,
+        "longest_catch_up": longest_detail,
         "settled": settled,
     });
     println!("[chaos] faults:\n  {}", faults.log.join("\n  "));
