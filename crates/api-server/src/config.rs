@@ -94,6 +94,8 @@ pub struct ApiConfig {
     /// Largest REST request body in bytes.
     #[arg(long, env = "CHAT_MAX_REQUEST_BYTES", default_value_t = 65_536)]
     pub max_request_bytes: usize,
+    #[command(flatten)]
+    pub connections: chat_ops::serve::ConnectionArgs,
     /// Most members a room may be created with.
     #[arg(long, env = "CHAT_MAX_INITIAL_MEMBERS", default_value_t = 1000)]
     pub max_initial_members: usize,

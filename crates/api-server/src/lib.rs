@@ -181,10 +181,15 @@ pub fn app(state: Arc<AppState>) -> Router {
             count_requests,
         ))
         .with_state(state.clone());
-    api.merge(chat_ops::ops_router(
+    api.merge(ops(&state))
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+fn ops(state: &Arc<AppState>) -> Router {
+    chat_ops::ops_router(
         state.metrics_registry.clone(),
         Arc::new(ApiReadiness(state.clone())),
-    ))
+    )
 }
 
 async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -253,18 +258,14 @@ async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     response
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests.
+/// Serves until `shutdown` resolves, then finishes in-flight requests;
+/// slow, idle and surplus connections are dealt with by
+/// [`chat_ops::serve`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small responses go out at once instead of waiting on Nagle.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.connections.limits();
+    chat_ops::serve::serve(listener, app(state.clone()), ops(&state), limits, shutdown).await
 }

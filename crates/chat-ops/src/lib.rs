@@ -4,6 +4,7 @@
 //! signal ([`shutdown_signal`]).
 
 mod metrics;
+pub mod serve;
 
 use std::sync::Arc;
 

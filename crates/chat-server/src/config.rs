@@ -108,6 +108,8 @@ pub struct ChatConfig {
     #[arg(long, env = "CHAT_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     #[command(flatten)]
+    pub connections: chat_ops::serve::ConnectionArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub fanout: chat_routing::FanoutLimits,

@@ -437,10 +437,15 @@ impl ChatServer {
             .route("/internal/link", get(link_endpoint::upgrade))
             .route("/internal/drain", axum::routing::post(link_endpoint::drain))
             .with_state(self.clone());
-        routes.merge(chat_ops::ops_router(
+        routes.merge(self.ops())
+    }
+
+    /// `/healthz`, `/readyz`, `/metrics`.
+    fn ops(self: &Arc<Self>) -> Router {
+        chat_ops::ops_router(
             self.metrics_registry.clone(),
             Arc::new(ChatReadiness(self.clone())),
-        ))
+        )
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains. Returns
@@ -460,20 +465,20 @@ impl ChatServer {
             Duration::from_millis(self.config.heartbeat_interval_ms.max(50)),
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = self.app();
-        // Frames go out at once: without TCP_NODELAY back-to-back frames
-        // stall ~40 ms on the client's delayed ACK (measured by chat-bench).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
+        let (app, ops) = (self.app(), self.ops());
+        let limits = self.config.connections.limits();
+        // Slow, idle and surplus connections: see chat_ops::serve (which
+        // also sets TCP_NODELAY: back-to-back frames would otherwise stall
+        // ~40 ms on the client's delayed ACK, measured by chat-bench).
+        let server = tokio::spawn(chat_ops::serve::serve(
+            listener,
+            app,
+            ops,
+            limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
         tracing::info!(server_id = %self.server_id, url = %self.config.public_url(), "chat-server ready");
         shutdown.await;
         self.drain().await;

@@ -315,7 +315,7 @@ mod tests {
         o.set_baseline("r", 4);
         assert!(offer(&mut o, 7).is_empty());
         assert!(offer(&mut o, 6).is_empty());
-        assert_eq!(o.next_fill_at(Duration::ZERO).is_some(), true);
+        assert!(o.next_fill_at(Duration::ZERO).is_some());
         assert_eq!(offer(&mut o, 5), vec!["5", "6", "7"]);
         assert_eq!(o.next_fill_at(Duration::ZERO), None);
     }

@@ -1,0 +1,177 @@
+//! Slow and idle connections cannot exhaust a process (issue 12): real
+//! sockets against the real api-server and chat-server binaries.
+//!
+//! - A connection that sends half a request, or nothing, or goes idle after
+//!   a request, is closed after `--header-read-timeout-ms`.
+//! - Over `--max-open-connections`, only the ops endpoints answer (503
+//!   `unavailable` otherwise), so probes and scrapes still work; once the
+//!   attack stops, clients are served again.
+//! - Legitimate clients are served throughout.
+
+use std::time::Duration;
+
+use e2e::{process_env, start_api_with, start_chat, unique, Api, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection; panics if it is still
+/// open after [`WAIT`]. Returns what was read.
+async fn wait_closed_by_server(mut tcp: TcpStream, what: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {WAIT:?}"));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn connect(url: &str) -> TcpStream {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    TcpStream::connect(addr).await.expect("connecting")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_and_others_served() {
+    let Some(redis) = e2e::redis_urls() else {
+        return;
+    };
+    let (_api, api_url) = start_api_with(
+        &process_env(&redis),
+        &[
+            "--dev-tokens".into(),
+            "--header-read-timeout-ms".into(),
+            "1000".into(),
+        ],
+    )
+    .await;
+    let legit = Api::login(&api_url, &unique("legit")).await;
+
+    // Half a request, then nothing (slowloris).
+    let mut slow = connect(&api_url).await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: chat\r\n")
+        .await
+        .unwrap();
+    // Nothing at all.
+    let silent = connect(&api_url).await;
+    // One request, then idle on a keep-alive connection.
+    let mut idle = connect(&api_url).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: chat\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Meanwhile a client is served as usual.
+    let (status, body) = legit.rooms().await;
+    assert_eq!(
+        status, 200,
+        "a legitimate request during the attack: {body}"
+    );
+
+    let answer = wait_closed_by_server(slow, "half a request").await;
+    assert!(
+        !answer.contains("200 OK"),
+        "half a request was answered: {answer}"
+    );
+    wait_closed_by_server(silent, "a connection that sent nothing").await;
+    let answer = wait_closed_by_server(idle, "an idle keep-alive connection").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the one request was answered: {answer}"
+    );
+
+    // The chat server's port has the same timer.
+    let chat = start_chat(
+        &redis,
+        &unique("slow"),
+        &["--header-read-timeout-ms".into(), "1000".into()],
+    )
+    .await;
+    let silent = connect(&chat.http_url()).await;
+    wait_closed_by_server(silent, "a silent connection to a chat server").await;
+    let (status, _) = legit.rooms().await;
+    assert_eq!(status, 200, "still served after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_cap_only_the_ops_endpoints_answer() {
+    let Some(redis) = e2e::redis_urls() else {
+        return;
+    };
+    const CAP: usize = 4;
+    let (_api, api_url) = start_api_with(
+        &process_env(&redis),
+        &[
+            "--dev-tokens".into(),
+            "--max-open-connections".into(),
+            CAP.to_string(),
+        ],
+    )
+    .await;
+    let token = e2e::token(&api_url, &unique("user")).await;
+    let request = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: chat\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    async fn ask(url: &str, request: String) -> String {
+        let mut tcp = connect(url).await;
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        wait_closed_by_server(tcp, "a request with Connection: close").await
+    }
+
+    // Under the cap: served.
+    assert!(ask(&api_url, request("/v1/rooms"))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // An attacker holds every slot with connections that send nothing.
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        held.push(connect(&api_url).await);
+    }
+    // Probes and scrapes still answer; the API does not.
+    let mut answered = false;
+    for _ in 0..50 {
+        // The server counts a slot as taken once it has accepted the
+        // connection: give it the moment it needs.
+        let answer = ask(&api_url, request("/v1/rooms")).await;
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("\"unavailable\""), "{answer}");
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the API kept answering over the connection cap");
+    assert!(ask(&api_url, request("/healthz"))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(ask(&api_url, request("/metrics"))
+        .await
+        .starts_with("HTTP/1.1 200"));
+
+    // The attack ends: the API serves again.
+    drop(held);
+    e2e::eventually(WAIT, "the API served again once the slots are free", || {
+        let (url, req) = (api_url.clone(), request("/v1/rooms"));
+        async move {
+            ask(&url, req)
+                .await
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        }
+    })
+    .await;
+}
