@@ -24,7 +24,7 @@ ulimit -n 65536 2>/dev/null || true
 
 # History is capped (as Redis trims it) so that what grows is not the
 # in-memory store's retained messages but anything that leaks.
-RUST_LOG=warn CHAT_HISTORY_RETENTION="${SOAK_HISTORY_RETENTION:-200}" target/release/chat-local --api-port "$api_port" --chat-ports "$chat_ports" \
+RUST_LOG=warn CHAT_HANDSHAKES_PER_IP_PER_S=0 CHAT_HISTORY_RETENTION="${SOAK_HISTORY_RETENTION:-200}" target/release/chat-local --api-port "$api_port" --chat-ports "$chat_ports" \
   >"$out_dir/$stamp.server.log" 2>&1 &
 server=$!
 pids=("$server")

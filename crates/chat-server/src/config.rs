@@ -96,6 +96,16 @@ pub struct ChatConfig {
     /// Burst above the per-user rate.
     #[arg(long, env = "CHAT_USER_SEND_BURST", default_value_t = 200)]
     pub user_send_burst: u32,
+    /// WebSocket handshakes per second from one client address; over it
+    /// the upgrade is refused with 429 `rate_limited`. 0 (the default): no
+    /// limit. Turn it on where chat servers see the clients' own addresses:
+    /// behind SNAT or a proxy many clients share one, and a reconnect storm
+    /// after a drain would be throttled.
+    #[arg(long, env = "CHAT_HANDSHAKES_PER_IP_PER_S", default_value_t = 0)]
+    pub handshakes_per_ip_per_s: u32,
+    /// Burst of handshakes from one address above that rate.
+    #[arg(long, env = "CHAT_HANDSHAKE_BURST_PER_IP", default_value_t = 500)]
+    pub handshake_burst_per_ip: u32,
     /// Refusals in a row after which the connection is closed with 1008 (0: never).
     #[arg(long, env = "CHAT_ABUSE_CLOSE_AFTER", default_value_t = 200)]
     pub abuse_close_after: u32,

@@ -94,6 +94,7 @@ pub struct ChatServer {
     pub store: Arc<dyn Store>,
     pub hub: Arc<SessionHub>,
     pub user_rates: rate::UserRateLimits,
+    pub handshake_rates: rate::HandshakeLimits,
     pub router: Arc<MessageRouter>,
     pub registry: Arc<ServerRegistry>,
     pub metrics: ChatMetrics,
@@ -153,6 +154,7 @@ impl ChatServer {
             store,
             hub,
             user_rates: rate::UserRateLimits::default(),
+            handshake_rates: rate::HandshakeLimits::default(),
             router,
             registry,
             config,
@@ -517,12 +519,30 @@ async fn ws_upgrade(
     State(server): State<Arc<ChatServer>>,
     Query(query): Query<TicketQuery>,
     headers: axum::http::HeaderMap,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let unauthorized = |server: &ChatServer, why: &str| {
         server.metrics.handshakes_refused.inc();
         refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, why)
     };
+    // First and cheapest: one address cannot flood the server with upgrades.
+    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = peer {
+        let config = &server.config;
+        if !server.handshake_rates.check(
+            peer.ip(),
+            config.handshakes_per_ip_per_s,
+            config.handshake_burst_per_ip,
+            std::time::Instant::now(),
+        ) {
+            server.metrics.handshakes_refused.inc();
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many handshakes from this address; retry later",
+            );
+        }
+    }
     // A page from a foreign origin cannot use a ticket it obtained (or
     // stole); non-browser clients send no Origin and are not checked.
     let origin = headers

@@ -146,6 +146,38 @@ impl UserRateLimits {
     }
 }
 
+/// WebSocket handshakes per client address: a token bucket per IP, so one
+/// address cannot flood a chat server with upgrades (each costs a ticket
+/// check and, when valid, a session). Checked before anything else.
+#[derive(Default)]
+pub struct HandshakeLimits {
+    buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, SendRateLimit>>,
+}
+
+impl HandshakeLimits {
+    /// Addresses remembered before idle ones are dropped.
+    const MAX_TRACKED: usize = 50_000;
+
+    pub fn check(&self, ip: std::net::IpAddr, rate_per_s: u32, burst: u32, now: Instant) -> bool {
+        if rate_per_s == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= Self::MAX_TRACKED && !buckets.contains_key(&ip) {
+            // A bucket full again is the same as no bucket: forget those.
+            buckets.retain(|_, b| {
+                b.check_refill(now);
+                b.tokens < b.burst
+            });
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| SendRateLimit::new(rate_per_s, burst, 0, now))
+            .check(now)
+            == Verdict::Allow
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +250,18 @@ mod tests {
         let c = UserRateLimits::default();
         c.set_shares([("bob".to_string(), 3)], 0, 12, t0);
         assert!((0..100).all(|_| c.check("bob", 0, 12, t0)));
+    }
+
+    #[test]
+    fn handshakes_are_limited_per_address() {
+        let t0 = Instant::now();
+        let limits = HandshakeLimits::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!((0..5).filter(|_| limits.check(a, 1, 3, t0)).count(), 3);
+        assert!(limits.check(b, 1, 3, t0), "another address has its own");
+        assert!(limits.check(a, 1, 3, t0 + Duration::from_secs(1)));
+        assert!((0..100).all(|_| limits.check(a, 0, 3, t0)), "0: off");
     }
 
     #[test]

@@ -175,3 +175,57 @@ async fn over_the_connection_cap_only_the_ops_endpoints_answer() {
     })
     .await;
 }
+
+/// The HTTP status of a WebSocket upgrade to `url` from source address
+/// `from` (any 127.x.y.z works on Linux loopback).
+async fn upgrade_status_from(from: &str, url: &str) -> u16 {
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stream = tcp.connect(addr).await.expect("connecting");
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("upgrade from {from}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_are_limited_per_client_address() {
+    let Some(redis) = e2e::redis_urls() else {
+        return;
+    };
+    let chat = start_chat(
+        &redis,
+        &unique("handshakes"),
+        &[
+            "--handshakes-per-ip-per-s".into(),
+            "1".into(),
+            "--handshake-burst-per-ip".into(),
+            "3".into(),
+        ],
+    )
+    .await;
+    // Garbage tickets: an upgrade that passes the address limit is refused
+    // for its ticket (401); one over the limit never gets that far (429).
+    let url = format!("{}?ticket=garbage", chat.ws_url());
+    let mut statuses = Vec::new();
+    // 20 attempts: however slow the machine, at most 3 + one per second
+    // elapsed pass.
+    for _ in 0..20 {
+        statuses.push(upgrade_status_from("127.0.0.1", &url).await);
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401], "the burst: {statuses:?}");
+    assert!(
+        statuses[3..].contains(&429),
+        "over the burst of 3 at 1/s some must be refused with 429: {statuses:?}"
+    );
+    // Another address is not affected.
+    assert_eq!(upgrade_status_from("127.0.0.2", &url).await, 401);
+}
