@@ -6,19 +6,31 @@
 //! share one write and one syscall, and at low load a delivery goes out
 //! alone without waiting for a timer. A failed write keeps its batch and
 //! resends it after reconnecting; the store holds every message anyway, so a
-//! batch that cannot be delivered is recovered by clients through `resume`.
+//! batch that cannot be delivered is recovered by the target's catch-up (or
+//! by clients through `resume`).
+//!
+//! While idle the link also reads: a target that closed the link (a drain, a
+//! restart under the same id and URL) is noticed at once, not by losing the
+//! next batch into a dead socket, and a target that answers no ping for
+//! [`LINK_SILENCE_LIMIT`] (frozen, or a half-open connection) is replaced.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::delivery::{encode_batch, Delivery};
+
+/// How often an idle link pings its target.
+pub const LINK_PING_EVERY: Duration = Duration::from_secs(5);
+/// A link that has heard nothing (not even a pong) for this long is
+/// replaced.
+pub const LINK_SILENCE_LIMIT: Duration = Duration::from_secs(15);
 
 /// Header carrying the shared secret on internal links.
 pub const INTERNAL_SECRET_HEADER: &str = "x-chat-internal-secret";
@@ -120,7 +132,7 @@ async fn run_link(
     let mut backoff = Duration::from_millis(20);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        let mut ws = match connect(&url, &config.internal_secret).await {
+        let ws = match connect(&url, &config.internal_secret).await {
             Ok(ws) => {
                 backoff = Duration::from_millis(20);
                 failing_since = None;
@@ -138,16 +150,45 @@ async fn run_link(
                 continue;
             }
         };
+        let (mut sink, mut stream) = ws.split();
+        let mut heard = std::time::Instant::now();
+        let mut ping = tokio::time::interval(LINK_PING_EVERY);
+        ping.reset();
         loop {
             if pending.is_empty() {
-                // `None`: the pool dropped this link (target gone or replaced).
-                if rx.recv_many(&mut pending, config.max_batch).await == 0 {
-                    let _ = ws.close(None).await;
-                    return;
+                tokio::select! {
+                    // `None`: the pool dropped this link (target gone or
+                    // replaced).
+                    n = rx.recv_many(&mut pending, config.max_batch) => {
+                        if n == 0 {
+                            let _ = sink.close().await;
+                            return;
+                        }
+                    }
+                    incoming = stream.next() => match incoming {
+                        Some(Ok(_)) => {
+                            heard = std::time::Instant::now();
+                            continue;
+                        }
+                        Some(Err(_)) | None => {
+                            tracing::info!(server_id, "link closed by its target; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = ping.tick() => {
+                        if heard.elapsed() > LINK_SILENCE_LIMIT {
+                            tracing::info!(server_id, "link target silent; reconnecting");
+                            break;
+                        }
+                        if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                 }
             }
             let text = encode_batch(&pending);
-            match ws.send(WsMessage::text(text)).await {
+            match sink.send(WsMessage::text(text)).await {
                 Ok(()) => pending.clear(),
                 Err(e) => {
                     tracing::info!(server_id, error = %e, "link write failed; reconnecting");
@@ -176,4 +217,72 @@ async fn connect(url: &str, secret: &str) -> Result<WsStream, String> {
         let _ = tcp.set_nodelay(true);
     }
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(seq: u64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            room: "r".into(),
+            seq,
+            users: vec!["bob".into()],
+            frame: Arc::from(format!(r#"{{"type":"message","seq":{seq}}}"#)),
+        })
+    }
+
+    /// A target that closes the link (a drain, a restart under the same id
+    /// and URL) is noticed while the link is idle, and the link reconnects
+    /// by itself: the next delivery goes over the new connection instead of
+    /// into the dead socket (where it used to be lost silently).
+    #[tokio::test]
+    async fn a_link_closed_by_its_target_reconnects_before_the_next_delivery() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/internal/link", listener.local_addr().unwrap());
+        let (got_tx, mut got_rx) = mpsc::unbounded_channel::<(usize, String)>();
+        tokio::spawn(async move {
+            for conn in 0.. {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                got_tx.send((conn, "open".into())).unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let WsMessage::Text(text) = msg {
+                        got_tx.send((conn, text.as_str().to_owned())).unwrap();
+                        if conn == 0 {
+                            // The first connection ends after one batch.
+                            let _ = ws.close(None).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        async fn next(
+            rx: &mut mpsc::UnboundedReceiver<(usize, String)>,
+        ) -> Option<(usize, String)> {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+        let pool = LinkPool::new(LinkConfig::default());
+        pool.send("s1", &url, delivery(1));
+        assert_eq!(next(&mut got_rx).await, Some((0, "open".into())));
+        let (conn, batch) = next(&mut got_rx).await.expect("the first batch");
+        assert_eq!(conn, 0);
+        assert!(batch.contains(r#""seq":1"#), "{batch}");
+        // The target closed: the link must open a new connection on its own.
+        assert_eq!(
+            next(&mut got_rx).await,
+            Some((1, "open".into())),
+            "the link did not notice that its target closed it"
+        );
+        pool.send("s1", &url, delivery(2));
+        let (conn, batch) = next(&mut got_rx).await.expect("the second batch");
+        assert_eq!(conn, 1);
+        assert!(batch.contains(r#""seq":2"#), "{batch}");
+    }
 }
