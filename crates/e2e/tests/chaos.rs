@@ -433,7 +433,9 @@ struct Faults {
     nodes: Vec<RedisNode>,
     rng: Rng,
     log: Vec<String>,
-    /// When each fault was healed (the process restarted or thawed).
+    /// When each fault ended: the moment its process is restarted or
+    /// thawed (taken just before, so that a delivery at that very instant
+    /// counts from this fault, not from the one before).
     healed: Vec<Instant>,
 }
 
@@ -450,8 +452,8 @@ impl Faults {
                 self.cluster.chat[i].process.sigkill().await;
                 tokio::time::sleep(down).await;
                 let args = self.cluster.chat[i].args.clone();
-                self.cluster.chat[i] = start_chat(&self.cluster.redis_urls, &id, &args).await;
                 self.healed.push(Instant::now());
+                self.cluster.chat[i] = start_chat(&self.cluster.redis_urls, &id, &args).await;
                 self.note(
                     at,
                     format!("chat server {id}: SIGKILL, restarted after {down:?}"),
@@ -463,8 +465,8 @@ impl Faults {
                 let frozen = self.rng.millis(1000, 8000);
                 self.cluster.chat[i].process.freeze();
                 tokio::time::sleep(frozen).await;
-                self.cluster.chat[i].process.thaw();
                 self.healed.push(Instant::now());
+                self.cluster.chat[i].process.thaw();
                 self.note(
                     at,
                     format!("chat server {id}: SIGSTOP for {frozen:?}, SIGCONT"),
@@ -484,10 +486,10 @@ impl Faults {
                     (self.cluster.api.port, self.cluster.api_url.clone())
                 };
                 tokio::time::sleep(down).await;
+                self.healed.push(Instant::now());
                 let restarted = start_api_on(&self.cluster.redis_urls, port)
                     .await
                     .unwrap_or_else(|log| panic!("restarting the API server on {port}: {log}"));
-                self.healed.push(Instant::now());
                 if second {
                     self.api1 = Some(restarted);
                 } else {
@@ -512,8 +514,8 @@ impl Faults {
                 let port = self.nodes[victim].port;
                 self.nodes[victim].signal("-KILL");
                 tokio::time::sleep(down).await;
-                self.nodes[victim].restart();
                 self.healed.push(Instant::now());
+                self.nodes[victim].restart();
                 let nodes = self.nodes.clone();
                 eventually(
                     Duration::from_secs(90),
