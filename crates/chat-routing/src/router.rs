@@ -416,15 +416,7 @@ mod tests {
             .await
             .unwrap();
         store.put_server(&health("live"), 60_000).await.unwrap();
-        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
-        registry.refresh().await;
-        let router = MessageRouter::new(
-            store.clone(),
-            registry,
-            LinkPool::new(LinkConfig::default()),
-            None,
-        )
-        .with_forget_missing_after(Duration::ZERO);
+        let router = forgetful_router(&store).await;
         let online = store.room_online("r_1").await.unwrap();
         assert_eq!(online.len(), 2);
         assert_eq!(router.route_message(&message("r_1"), &online).await, 1);
@@ -479,17 +471,9 @@ mod tests {
             server_id: "blip".into(),
         };
         store.add_session("bob", &location, 60_000).await.unwrap();
-        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
-        registry.refresh().await; // "blip" is not listed: missing
-        let router = MessageRouter::new(
-            store.clone(),
-            registry,
-            LinkPool::new(LinkConfig::default()),
-            None,
-        )
-        .with_forget_missing_after(Duration::ZERO);
-        // Known missing already, so routing does not read the registry
-        // again: its view stays the stale one.
+        let router = forgetful_router(&store).await; // "blip" is not listed: missing
+                                                     // Known missing already, so routing does not read the registry
+                                                     // again: its view stays the stale one.
         let now = Instant::now();
         router.missing.lock().unwrap().insert(
             "blip".into(),
@@ -507,6 +491,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(store.room_online("r_1").await.unwrap().len(), 1);
+    }
+
+    /// A router over `store` with a fresh registry read, forgetting the
+    /// sessions of missing servers at once.
+    async fn forgetful_router(store: &Arc<dyn Store>) -> MessageRouter {
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        MessageRouter::new(
+            store.clone(),
+            registry,
+            LinkPool::new(LinkConfig::default()),
+            None,
+        )
+        .with_forget_missing_after(Duration::ZERO)
     }
 
     fn entry(user: &str, session: &str, server_id: &str) -> OnlineSession {

@@ -64,6 +64,13 @@ impl RoomCursor {
         }
     }
 
+    fn note_latest(&mut self, latest: u64, now: Instant) {
+        if latest > self.last && latest > self.known_latest {
+            self.known_latest = latest;
+            self.gap_since.get_or_insert(now);
+        }
+    }
+
     fn has_gap(&self) -> bool {
         !self.pending.is_empty() || self.known_latest > self.last
     }
@@ -146,12 +153,19 @@ impl RoomOrder {
     /// a delivery still on its way closes it before any fill). Rooms not
     /// tracked are ignored.
     pub fn note_latest(&mut self, room: &str, latest: u64, now: Instant) {
-        let Some(cursor) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if latest > cursor.last && latest > cursor.known_latest {
-            cursor.known_latest = latest;
-            cursor.gap_since.get_or_insert(now);
+        if let Some(cursor) = self.rooms.get_mut(room) {
+            cursor.note_latest(latest, now);
+        }
+    }
+
+    /// [`Self::note_latest`] for every tracked room found in `latest` (the
+    /// server's catch-up map): one pass over this session's cursors, no
+    /// allocation.
+    pub fn note_latest_all(&mut self, latest: &HashMap<String, u64>, now: Instant) {
+        for (room, cursor) in &mut self.rooms {
+            if let Some(seq) = latest.get(room) {
+                cursor.note_latest(*seq, now);
+            }
         }
     }
 
@@ -443,6 +457,23 @@ mod tests {
             assert_eq!(offer(&mut o, seq), vec![seq.to_string()]);
         }
         assert_eq!(o.next_fill_at(delay), None);
+    }
+
+    #[test]
+    fn the_catch_up_map_opens_gaps_only_in_tracked_rooms_behind_it() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("a", 3);
+        o.set_baseline("b", 5);
+        let t0 = Instant::now();
+        let latest: HashMap<String, u64> =
+            [("a".into(), 4), ("b".into(), 5), ("other".into(), 9)].into();
+        o.note_latest_all(&latest, t0);
+        let gaps = o.due_gaps(t0 + Duration::from_secs(1), Duration::ZERO);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(
+            (gaps[0].room.as_str(), gaps[0].after, gaps[0].before),
+            ("a", 3, 5)
+        );
     }
 
     #[test]

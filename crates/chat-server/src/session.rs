@@ -6,7 +6,7 @@
 //! and before the message is routed, so on the sender's connection the ack
 //! always precedes the message itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -197,8 +197,11 @@ impl Session {
                     if let Err(end) = self.fill_gaps(gap_delay).await { return end; }
                 }
                 Ok(()) = catch_up.changed() => {
+                    // The server's catch-up map: rooms this session is behind
+                    // in open a gap, filled after `gap_fill_delay` unless the
+                    // deliveries arrive first.
                     let latest = catch_up.borrow_and_update().clone();
-                    self.note_latest(&latest);
+                    self.order.note_latest_all(&latest, Instant::now());
                 }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > idle_timeout {
@@ -334,21 +337,6 @@ impl Session {
         let new = self.order.take_new_rooms();
         if !new.is_empty() {
             self.server.hub.track_rooms(new);
-        }
-    }
-
-    /// The store's latest seqs from the server's catch-up: rooms this
-    /// session is behind in open a gap, filled after `gap_fill_delay` unless
-    /// the deliveries arrive first.
-    fn note_latest(&mut self, latest: &HashMap<String, u64>) {
-        let now = Instant::now();
-        let behind: Vec<(String, u64)> = self
-            .order
-            .rooms()
-            .filter_map(|room| Some((room.clone(), *latest.get(room)?)))
-            .collect();
-        for (room, seq) in behind {
-            self.order.note_latest(&room, seq, now);
         }
     }
 

@@ -789,10 +789,9 @@ pub async fn service_token(api_url: &str, name: &str) -> String {
 /// would hide a field the contract requires.
 #[derive(Clone)]
 pub struct Api {
+    /// `rest.api_url()` is the API server (`http://127.0.0.1:PORT`);
+    /// [`Api::at`] makes a client of another one.
     pub rest: RestClient,
-    /// `http://127.0.0.1:PORT` (read only: [`Api::at`] makes a client of
-    /// another API server).
-    pub base: String,
     pub token: String,
     pub user: String,
     /// When set, [`WsClient::connect`] and friends retry `/v1/connect`
@@ -811,7 +810,6 @@ impl Api {
             .unwrap_or_else(|e| panic!("a REST client of {base}: {e}"));
         Api {
             rest,
-            base: base.to_owned(),
             token: token.to_owned(),
             user: user.to_owned(),
             allowed_servers: None,
@@ -825,7 +823,6 @@ impl Api {
                 .rest
                 .with_api_url(base)
                 .unwrap_or_else(|e| panic!("a REST client of {base}: {e}")),
-            base: base.to_owned(),
             ..self.clone()
         }
     }

@@ -82,9 +82,16 @@ impl RedisNode {
 
     /// Sends a signal (`-KILL`, `-STOP`, `-CONT`) to the node's process.
     pub fn signal(&self, sig: &str) {
-        let _ = std::process::Command::new("kill")
+        let status = std::process::Command::new("kill")
             .args([sig, &self.pid.to_string()])
-            .status();
+            .status()
+            .unwrap_or_else(|e| panic!("running kill: {e}"));
+        assert!(
+            status.success(),
+            "kill {sig} {} (redis on {}) failed: {status}",
+            self.pid,
+            self.port
+        );
     }
 
     /// Starts the node again from its config file (as a supervisor would
