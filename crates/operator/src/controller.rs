@@ -12,7 +12,7 @@ use std::time::Duration;
 use chat_ops::{Counter, Metrics};
 use chat_store::ServerHealth;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -25,7 +25,7 @@ use crate::autoscale;
 use crate::crd::{
     ChatCluster, ChatClusterSpec, Condition, EndpointStatus, FIELD_MANAGER, FINALIZER,
 };
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{FleetConfig, FleetConnector, FleetError};
 use crate::resources;
 use crate::scaledown::{self, PodLoad};
 
@@ -84,7 +84,8 @@ impl ControllerMetrics {
 
 pub struct Context {
     pub client: Client,
-    pub fleet: Arc<dyn Fleet>,
+    /// Each ChatCluster's fleet, from its own spec and Secrets.
+    pub fleets: Arc<dyn FleetConnector>,
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     /// Seconds since the epoch; fixed in tests.
@@ -96,7 +97,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        fleet: Arc<dyn Fleet>,
+        fleets: Arc<dyn FleetConnector>,
         metrics: &Metrics,
         reporter: &str,
     ) -> Arc<Self> {
@@ -109,7 +110,7 @@ impl Context {
         );
         Arc::new(Context {
             client,
-            fleet,
+            fleets,
             recorder,
             metrics: ControllerMetrics::new(metrics),
             clock: Arc::new(|| {
@@ -276,6 +277,54 @@ async fn patch_status(
     Ok(())
 }
 
+/// Reads what this cluster's fleet is reached with: `spec.redis` (inline or
+/// from a Secret key, comma-separated) and `internalSecret` of
+/// `spec.secretName`. Both Secrets are in the ChatCluster's namespace.
+pub async fn fleet_config(cc: &ChatCluster, client: &Client) -> Result<FleetConfig, FleetError> {
+    let ns = cc.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let read = |name: String, key: String| {
+        let secrets = secrets.clone();
+        async move {
+            let secret = secrets
+                .get_opt(&name)
+                .await
+                .map_err(|e| FleetError(format!("reading Secret {name}: {e}")))?
+                .ok_or_else(|| FleetError(format!("Secret {name} not found")))?;
+            let value = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&key))
+                .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(&key))
+                        .map(|v| v.trim().to_owned())
+                })
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| FleetError(format!("Secret {name} has no key {key}")))?;
+            Ok::<String, FleetError>(value)
+        }
+    };
+    let redis_urls = match (&cc.spec.redis.urls, &cc.spec.redis.secret_key_ref) {
+        (Some(urls), _) => urls.clone(),
+        (None, Some(r)) => read(r.name.clone(), r.key.clone())
+            .await?
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let internal_secret = read(cc.spec.secret_name.clone(), "internalSecret".into()).await?;
+    Ok(FleetConfig {
+        redis_urls,
+        internal_secret,
+    })
+}
+
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -331,8 +380,11 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     let pods = pods_api
         .list(&ListParams::default().labels(&resources::selector_string(&cc)))
         .await?;
-    let health: HashMap<String, ServerHealth> = ctx
-        .fleet
+    let fleet = ctx
+        .fleets
+        .connect(&fleet_config(&cc, &client).await?)
+        .await?;
+    let health: HashMap<String, ServerHealth> = fleet
         .servers()
         .await?
         .into_iter()
@@ -342,7 +394,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     let loads: BTreeMap<String, PodLoad> = pod_names
         .iter()
         .filter_map(|pod| {
-            let h = health.get(pod)?;
+            let h = health.get(&resources::server_id(&cc, pod))?;
             Some((
                 pod.clone(),
                 PodLoad {
@@ -382,7 +434,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
         else {
             continue;
         };
-        ctx.fleet
+        fleet
             .request_drain(&format!("{address}:{}", cc.spec.port))
             .await?;
         ctx.metrics.drains_requested.inc();
@@ -467,9 +519,10 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
         .map(|p| p.name_any())
         .filter(|pod| !leaving.contains(&pod.as_str()))
         .filter(|pod| !loads.get(pod).is_some_and(|l| l.draining))
+        .map(|pod| resources::server_id(&cc, &pod))
         .collect();
     registered.sort();
-    ctx.fleet
+    fleet
         .set_registered(&format!("{ns}/{name}"), &registered)
         .await?;
 
@@ -483,7 +536,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
                 .as_ref()
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_default();
-            let (state, connections) = match health.get(&pod) {
+            let (state, connections) = match health.get(&resources::server_id(&cc, &pod)) {
                 Some(h) if h.state == chat_store::ServerState::Draining => {
                     ("draining", h.connections as i64)
                 }
@@ -576,7 +629,11 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
 
 async fn cleanup(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
-    ctx.fleet
+    let fleet = ctx
+        .fleets
+        .connect(&fleet_config(&cc, &ctx.client).await?)
+        .await?;
+    fleet
         .set_registered(&format!("{ns}/{}", cc.name_any()), &[])
         .await?;
     ctx.event(

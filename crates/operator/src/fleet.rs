@@ -1,13 +1,20 @@
 //! [`Fleet`]: the chat servers' side of the operator's work, behind a trait
 //! so reconcile is tested in-process. [`RedisFleet`] is the real one: health
-//! from the shared Redis Cluster registry, drain requests over the chat
-//! server's internal HTTP endpoint, endpoint registration in Redis.
+//! from the cluster's Redis registry, drain requests over the chat server's
+//! internal HTTP endpoint, endpoint registration in Redis.
+//!
+//! Every ChatCluster has its own fleet: its `spec.redis` and the
+//! `internalSecret` of its `spec.secretName` make a [`FleetConfig`], and a
+//! [`FleetConnector`] turns that into a [`Fleet`]. The real connector keeps
+//! one Redis connection per distinct set of URLs, so clusters that share a
+//! Redis share a connection and nothing is reconnected per reconcile.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_store::{ServerHealth, Store};
+use chat_store::{RedisStore, ServerHealth, Store, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -15,12 +22,88 @@ pub struct FleetError(pub String);
 
 #[async_trait]
 pub trait Fleet: Send + Sync + 'static {
-    /// Health of every chat server that reports (all clusters).
+    /// Health of every chat server that reports to this Redis.
     async fn servers(&self) -> Result<Vec<ServerHealth>, FleetError>;
     /// Asks the chat server at `address` (`ip:port`) to drain.
     async fn request_drain(&self, address: &str) -> Result<(), FleetError>;
     /// Replaces the registered chat servers of `cluster` (`namespace/name`).
     async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> Result<(), FleetError>;
+}
+
+/// Where one ChatCluster's chat servers are reached: read from its spec and
+/// its Secrets on every reconcile, so a rotated secret or a moved Redis is
+/// picked up without restarting the operator.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct FleetConfig {
+    pub redis_urls: Vec<String>,
+    /// Authenticates drain requests (`x-chat-internal-secret`).
+    pub internal_secret: String,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("redis_urls", &self.redis_urls)
+            .field("internal_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Turns a [`FleetConfig`] into a [`Fleet`].
+#[async_trait]
+pub trait FleetConnector: Send + Sync + 'static {
+    async fn connect(&self, config: &FleetConfig) -> Result<Arc<dyn Fleet>, FleetError>;
+}
+
+/// Longest wait for one Redis connection or one drain request; a reconcile
+/// must not hang on an unreachable Redis or pod.
+pub const FLEET_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The real connector: one Redis Cluster connection per set of seed URLs.
+pub struct RedisFleetConnector {
+    stores: tokio::sync::Mutex<HashMap<Vec<String>, Arc<dyn Store>>>,
+    http: reqwest::Client,
+}
+
+impl Default for RedisFleetConnector {
+    fn default() -> Self {
+        RedisFleetConnector {
+            stores: tokio::sync::Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .timeout(FLEET_CALL_TIMEOUT)
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+}
+
+#[async_trait]
+impl FleetConnector for RedisFleetConnector {
+    async fn connect(&self, config: &FleetConfig) -> Result<Arc<dyn Fleet>, FleetError> {
+        // Held across the connect: two clusters on one new Redis connect once.
+        let mut stores = self.stores.lock().await;
+        let store = match stores.get(&config.redis_urls) {
+            Some(store) => store.clone(),
+            None => {
+                let store: Arc<dyn Store> = Arc::new(
+                    tokio::time::timeout(
+                        FLEET_CALL_TIMEOUT,
+                        RedisStore::connect(&config.redis_urls, StoreConfig::default()),
+                    )
+                    .await
+                    .map_err(|_| FleetError("connecting to Redis: timed out".into()))?
+                    .map_err(|e| FleetError(format!("connecting to Redis: {e}")))?,
+                );
+                stores.insert(config.redis_urls.clone(), store.clone());
+                store
+            }
+        };
+        Ok(Arc::new(RedisFleet {
+            store,
+            http: self.http.clone(),
+            internal_secret: config.internal_secret.clone(),
+        }))
+    }
 }
 
 pub struct RedisFleet {
@@ -29,17 +112,14 @@ pub struct RedisFleet {
     internal_secret: String,
 }
 
-impl RedisFleet {
-    pub fn new(store: Arc<dyn Store>, internal_secret: String) -> Self {
-        RedisFleet {
-            store,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("a plain HTTP client builds"),
-            internal_secret,
-        }
-    }
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = chat_store::StoreResult<T>>,
+) -> Result<T, FleetError> {
+    tokio::time::timeout(FLEET_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| FleetError(format!("{what}: Redis timed out")))?
+        .map_err(|e| FleetError(format!("{what}: {e}")))
 }
 
 #[async_trait]
@@ -49,11 +129,9 @@ impl Fleet for RedisFleet {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        self.store
-            .servers(now)
+        bounded("reading chat server health", self.store.servers(now))
             .await
             .map(|list| list.into_iter().map(|s| s.health).collect())
-            .map_err(|e| FleetError(format!("reading chat server health: {e}")))
     }
 
     async fn request_drain(&self, address: &str) -> Result<(), FleetError> {
@@ -75,9 +153,10 @@ impl Fleet for RedisFleet {
     }
 
     async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> Result<(), FleetError> {
-        self.store
-            .set_registered(cluster, server_ids)
-            .await
-            .map_err(|e| FleetError(format!("registering endpoints: {e}")))
+        bounded(
+            "registering endpoints",
+            self.store.set_registered(cluster, server_ids),
+        )
+        .await
     }
 }

@@ -14,7 +14,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use operator::controller::{error_policy, reconcile, Context};
 use operator::crd::ChatCluster;
-use operator::fleet::RedisFleet;
+use operator::fleet::RedisFleetConnector;
 
 #[derive(Parser)]
 #[command(version, about = "Kubernetes operator for ChatCluster resources")]
@@ -37,19 +37,16 @@ struct Cli {
     /// This replica's identity (default: POD_NAME, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Secret that authenticates drain requests to chat servers.
-    #[arg(long, env = "CHAT_INTERNAL_SECRET", hide_env_values = true)]
-    internal_secret: String,
-    #[command(flatten)]
-    store: chat_store::StoreArgs,
     /// Log format: text or json.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text")]
     log_format: chat_ops::LogFormat,
 }
 
-/// Ready once connected to the Kubernetes API and the store.
+/// Ready once connected to the Kubernetes API. Redis is not checked here:
+/// each ChatCluster has its own (its `spec.redis`), and one unreachable
+/// Redis shows in that cluster's `Degraded` condition, not as an operator
+/// that is not ready.
 struct OperatorReadiness {
-    store: Arc<dyn chat_store::Store>,
     started: AtomicBool,
 }
 
@@ -59,7 +56,7 @@ impl chat_ops::ReadinessCheck for OperatorReadiness {
         if !self.started.load(Ordering::Relaxed) {
             return Err("starting".into());
         }
-        self.store.ping().await.map_err(|e| e.to_string())
+        Ok(())
     }
 }
 
@@ -68,9 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chat_ops::init_tracing(cli.log_format);
     let metrics = chat_ops::Metrics::new();
-    let store = cli.store.open().await.context("opening the store")?;
     let readiness = Arc::new(OperatorReadiness {
-        store: store.clone(),
         started: AtomicBool::new(false),
     });
     let ops: axum::Router = chat_ops::ops_router(metrics.clone(), readiness.clone());
@@ -86,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "chat-operator".into()));
-    let fleet = Arc::new(RedisFleet::new(store.clone(), cli.internal_secret.clone()));
-    let ctx = Context::new(client.clone(), fleet, &metrics, &identity);
+    let fleets = Arc::new(RedisFleetConnector::default());
+    let ctx = Context::new(client.clone(), fleets, &metrics, &identity);
     readiness.started.store(true, Ordering::Relaxed);
 
     if !cli.leader_election {

@@ -67,6 +67,17 @@ fn meta(cc: &ChatCluster, name: String) -> ObjectMeta {
     }
 }
 
+/// The chat server id of a pod: `<pod>.<namespace>`, unique across
+/// namespaces, since clusters in two namespaces may share one Redis and have
+/// the same name (two `chat-0` pods). The health record, the registration
+/// and the `server_id` the API hands out all use it.
+pub fn server_id(cc: &ChatCluster, pod: &str) -> String {
+    format!(
+        "{pod}.{}",
+        cc.namespace().unwrap_or_else(|| "default".into())
+    )
+}
+
 pub fn service_name(cc: &ChatCluster) -> String {
     format!("{}-chat", cc.name_any())
 }
@@ -175,8 +186,10 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
     // Order matters: $(VAR) expands only variables defined earlier.
     let mut env_vars = vec![
         env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("POD_IP", "status.podIP"),
-        env("CHAT_SERVER_ID", "$(POD_NAME)"),
+        // Same as `server_id`.
+        env("CHAT_SERVER_ID", "$(POD_NAME).$(POD_NAMESPACE)"),
         env("CHAT_SERVER_LISTEN", format!("0.0.0.0:{port}")),
         env("CHAT_PUBLIC_URL", public_url_template(cc)),
         env(
@@ -298,7 +311,11 @@ mod tests {
             .iter()
             .map(|e| (e.name.clone(), e.clone()))
             .collect();
-        assert_eq!(env["CHAT_SERVER_ID"].value.as_deref(), Some("$(POD_NAME)"));
+        assert_eq!(
+            env["CHAT_SERVER_ID"].value.as_deref(),
+            Some("$(POD_NAME).$(POD_NAMESPACE)")
+        );
+        assert_eq!(server_id(&cc, "chat-0"), "chat-0.prod");
         assert_eq!(
             env["CHAT_PUBLIC_URL"].value.as_deref(),
             Some("ws://$(POD_NAME).chat-chat.prod.svc.cluster.local:9001/ws")

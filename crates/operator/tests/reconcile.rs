@@ -17,9 +17,9 @@ use kube::Client;
 use operator::controller::{reconcile, Context};
 use operator::crd::{
     AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, RedisSpec,
-    FINALIZER,
+    SecretKeyRef, FINALIZER,
 };
-use operator::fleet::{Fleet, FleetError};
+use operator::fleet::{Fleet, FleetConfig, FleetConnector, FleetError};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- fixtures
@@ -74,9 +74,14 @@ fn pod(ordinal: i32, ready: bool) -> Value {
     })
 }
 
+/// The chat server id of pod `ordinal` (`<pod>.<namespace>`).
+fn server_id(ordinal: i32) -> String {
+    format!("{NAME}-{ordinal}.{NS}")
+}
+
 fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
     ServerHealth {
-        id: format!("{NAME}-{ordinal}"),
+        id: server_id(ordinal),
         url: String::new(),
         internal_url: String::new(),
         state,
@@ -86,12 +91,52 @@ fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
     }
 }
 
+/// The chat servers behind one Redis.
 struct FakeFleet {
     servers: Mutex<Vec<ServerHealth>>,
     drains: Mutex<Vec<String>>,
     registered: Mutex<HashMap<String, Vec<String>>>,
     /// Registration changes are logged with the API calls, in one order.
     world: Arc<Mutex<World>>,
+}
+
+impl FakeFleet {
+    fn new(world: Arc<Mutex<World>>) -> Arc<FakeFleet> {
+        Arc::new(FakeFleet {
+            servers: Mutex::default(),
+            drains: Mutex::default(),
+            registered: Mutex::default(),
+            world,
+        })
+    }
+}
+
+/// One [`FakeFleet`] per Redis (by seed URLs), and every config asked for.
+struct FakeConnector {
+    fleets: Mutex<HashMap<Vec<String>, Arc<FakeFleet>>>,
+    configs: Mutex<Vec<FleetConfig>>,
+    world: Arc<Mutex<World>>,
+}
+
+impl FakeConnector {
+    fn fleet(&self, redis_urls: &[&str]) -> Arc<FakeFleet> {
+        let key: Vec<String> = redis_urls.iter().map(|u| u.to_string()).collect();
+        self.fleets
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert_with(|| FakeFleet::new(self.world.clone()))
+            .clone()
+    }
+}
+
+#[async_trait]
+impl FleetConnector for FakeConnector {
+    async fn connect(&self, config: &FleetConfig) -> Result<Arc<dyn Fleet>, FleetError> {
+        self.configs.lock().unwrap().push(config.clone());
+        let urls: Vec<&str> = config.redis_urls.iter().map(String::as_str).collect();
+        Ok(self.fleet(&urls))
+    }
 }
 
 #[async_trait]
@@ -130,6 +175,8 @@ struct World {
     cluster: ChatCluster,
     statefulset_replicas: Option<i32>,
     pods: Vec<Value>,
+    /// Secrets by name: key -> value.
+    secrets: HashMap<String, BTreeMap<String, String>>,
     calls: Vec<Call>,
 }
 
@@ -159,6 +206,27 @@ impl World {
                            "reason": "NotFound", "code": 404, "message": "not found"}),
                 ),
             },
+            ("GET", p) if p.starts_with(&format!("/api/v1/namespaces/{NS}/secrets/")) => {
+                let name = p.rsplit('/').next().unwrap();
+                match self.secrets.get(name) {
+                    Some(data) => {
+                        let data: BTreeMap<&String, String> = data
+                            .iter()
+                            .map(|(k, v)| (k, base64(v.as_bytes())))
+                            .collect();
+                        (
+                            StatusCode::OK,
+                            json!({"apiVersion": "v1", "kind": "Secret",
+                                   "metadata": {"name": name, "namespace": NS}, "data": data}),
+                        )
+                    }
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404, "message": "not found"}),
+                    ),
+                }
+            }
             ("GET", p) if p == format!("/api/v1/namespaces/{NS}/pods") => (
                 StatusCode::OK,
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": self.pods}),
@@ -181,9 +249,31 @@ impl World {
     }
 }
 
+/// Standard base64, for Secret data.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 struct Harness {
     world: Arc<Mutex<World>>,
+    /// The fleet of the default cluster's Redis (`redis://r0:6379`).
     fleet: Arc<FakeFleet>,
+    connector: Arc<FakeConnector>,
     ctx: Arc<Context>,
     now: Arc<Mutex<i64>>,
 }
@@ -196,6 +286,10 @@ impl Harness {
             cluster,
             statefulset_replicas,
             pods,
+            secrets: HashMap::from([(
+                "chat-secrets".to_owned(),
+                BTreeMap::from([("internalSecret".to_owned(), "internal-s3cret".to_owned())]),
+            )]),
             calls: Vec::new(),
         }));
         let answering = world.clone();
@@ -226,20 +320,21 @@ impl Harness {
                 );
             }
         });
-        let fleet = Arc::new(FakeFleet {
-            servers: Mutex::default(),
-            drains: Mutex::default(),
-            registered: Mutex::default(),
+        let connector = Arc::new(FakeConnector {
+            fleets: Mutex::default(),
+            configs: Mutex::default(),
             world: world.clone(),
         });
+        let fleet = connector.fleet(&["redis://r0:6379"]);
         let metrics = chat_ops::Metrics::new();
-        let mut ctx = Context::new(client, fleet.clone(), &metrics, "test");
+        let mut ctx = Context::new(client, connector.clone(), &metrics, "test");
         let now = Arc::new(Mutex::new(1_000_000i64));
         let clock = now.clone();
         Arc::get_mut(&mut ctx).unwrap().clock = Arc::new(move || *clock.lock().unwrap());
         Harness {
             world,
             fleet,
+            connector,
             ctx,
             now,
         }
@@ -405,7 +500,7 @@ async fn status_reflects_pods_health_and_registers_ready_endpoints() {
     assert_eq!(status["endpoints"][2]["state"], "unknown");
     assert_eq!(condition(&status, "Ready")["status"], "False");
     assert_eq!(condition(&status, "Progressing")["status"], "True");
-    assert_eq!(h.registered(), vec!["chat-0", "chat-1"]);
+    assert_eq!(h.registered(), vec![server_id(0), server_id(1)]);
 }
 
 #[tokio::test]
@@ -428,7 +523,7 @@ async fn scale_down_drains_the_leaving_pod_before_shrinking() {
     assert_eq!(h.applied_replicas(), Some(3));
     assert_eq!(
         h.registered(),
-        vec!["chat-0", "chat-1"],
+        vec![server_id(0), server_id(1)],
         "a leaving pod gets no new clients"
     );
     let status = h.last_status();
@@ -536,7 +631,7 @@ async fn deletion_removes_the_registration_then_the_finalizer() {
         .registered
         .lock()
         .unwrap()
-        .insert(format!("{NS}/{NAME}"), vec!["chat-0".into()]);
+        .insert(format!("{NS}/{NAME}"), vec![server_id(0)]);
     let action = h.reconcile().await;
     assert_eq!(action, Action::await_change());
     assert!(h.registered().is_empty());
@@ -583,6 +678,99 @@ async fn deletion_removes_the_registration_then_the_finalizer() {
         "calls in order"
     );
     assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+}
+
+// ------------------------------------------- issue 15: one fleet per cluster
+
+#[tokio::test]
+async fn each_cluster_uses_the_redis_and_secret_of_its_own_spec() {
+    let mut cc = chat_cluster(2);
+    cc.spec.redis = RedisSpec {
+        urls: None,
+        secret_key_ref: Some(SecretKeyRef {
+            name: "team-redis".into(),
+            key: "urls".into(),
+        }),
+    };
+    cc.spec.secret_name = "team-secrets".into();
+    let h = Harness::new(cc, Some(3), vec![pod(0, true), pod(1, true), pod(2, true)]);
+    {
+        let mut w = h.world.lock().unwrap();
+        w.secrets.insert(
+            "team-redis".into(),
+            BTreeMap::from([("urls".into(), "redis://t0:6379, redis://t1:6379".into())]),
+        );
+        w.secrets.insert(
+            "team-secrets".into(),
+            BTreeMap::from([("internalSecret".into(), "team-internal".into())]),
+        );
+    }
+    let team = h.connector.fleet(&["redis://t0:6379", "redis://t1:6379"]);
+    *team.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 10),
+        health(1, ServerState::Ready, 20),
+        health(2, ServerState::Ready, 30),
+    ];
+    // The operator's "own" Redis knows nothing of this cluster.
+    h.reconcile().await;
+
+    let configs = h.connector.configs.lock().unwrap().clone();
+    assert_eq!(
+        configs.last(),
+        Some(&FleetConfig {
+            redis_urls: vec!["redis://t0:6379".into(), "redis://t1:6379".into()],
+            internal_secret: "team-internal".into(),
+        })
+    );
+    let status = h.last_status();
+    assert_eq!(status["connections"], 60, "health from the cluster's Redis");
+    assert_eq!(
+        *team.drains.lock().unwrap(),
+        vec!["10.0.0.12:9001"],
+        "the leaving pod, which has clients, is drained through its own fleet"
+    );
+    assert_eq!(
+        h.applied_replicas(),
+        Some(3),
+        "not removed before its drain"
+    );
+    assert_eq!(
+        team.registered.lock().unwrap()[&format!("{NS}/{NAME}")],
+        vec![server_id(0), server_id(1)],
+        "registered in the cluster's Redis"
+    );
+    assert!(h.registered().is_empty(), "nothing in another Redis");
+}
+
+#[tokio::test]
+async fn server_ids_are_unique_across_namespaces() {
+    let h = Harness::new(chat_cluster(1), Some(1), vec![pod(0, true)]);
+    // A ChatCluster of the same name in another namespace shares the Redis.
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 4),
+        ServerHealth {
+            id: format!("{NAME}-0.staging"),
+            ..health(0, ServerState::Ready, 100)
+        },
+    ];
+    h.reconcile().await;
+    let status = h.last_status();
+    assert_eq!(status["connections"], 4, "{status}");
+    assert_eq!(h.registered(), vec![server_id(0)]);
+    let sts = h
+        .calls("PATCH", "/statefulsets/")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    let id = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CHAT_SERVER_ID")
+        .unwrap();
+    assert_eq!(id["value"], "$(POD_NAME).$(POD_NAMESPACE)");
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
