@@ -23,11 +23,12 @@ use serde_json::json;
 
 use crate::autoscale;
 use crate::crd::{
-    ChatCluster, ChatClusterSpec, Condition, EndpointStatus, FIELD_MANAGER, FINALIZER,
+    ChatCluster, ChatClusterSpec, ChatClusterStatus, Condition, EndpointStatus, FIELD_MANAGER,
+    FINALIZER,
 };
 use crate::fleet::{FleetConfig, FleetConnector, FleetError};
 use crate::resources;
-use crate::scaledown::{self, PodLoad};
+use crate::scaledown::{self, PodLoad, ScalePlan};
 
 /// One error type; its variant name is the `reason` of error events.
 #[derive(Debug, thiserror::Error)]
@@ -258,10 +259,12 @@ fn rfc3339(now_s: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn patch_status(
+/// Writes the whole status with server-side apply. Always the whole: a
+/// field this manager applied before and leaves out now is removed.
+async fn write_status(
     api: &Api<ChatCluster>,
     name: &str,
-    status: serde_json::Value,
+    status: &ChatClusterStatus,
 ) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": "chat.scalechat.dev/v1alpha1",
@@ -332,6 +335,89 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// A failure that does not stop the reconcile (Redis down, a Secret
+/// missing, a drain refused): the owned objects are still applied, and it
+/// shows as the `Degraded` condition and a Warning event.
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, error: impl std::fmt::Display) -> Problem {
+        Problem {
+            reason,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The `Degraded` condition: true with the first problem's reason.
+fn degraded(problems: &[Problem], previous: &[Condition], now: &str) -> Condition {
+    match problems.first() {
+        None => condition(
+            "Degraded",
+            false,
+            "AsExpected",
+            "chat servers reachable".into(),
+            previous,
+            now,
+        ),
+        Some(first) => condition(
+            "Degraded",
+            true,
+            first.reason,
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            previous,
+            now,
+        ),
+    }
+}
+
+/// The status after an invalid spec: everything else is kept as it was (a
+/// server-side apply that left fields out would remove them: `replicas`
+/// and `labelSelector` an HPA reads, `draining` a scale-down depends on).
+fn invalid_spec_status(
+    cc: &ChatCluster,
+    previous: &ChatClusterStatus,
+    message: &str,
+    now: &str,
+) -> ChatClusterStatus {
+    let mut status = previous.clone();
+    status.observed_generation = cc.metadata.generation;
+    let mut conditions = vec![
+        condition(
+            "Ready",
+            false,
+            "InvalidSpec",
+            message.into(),
+            &previous.conditions,
+            now,
+        ),
+        condition(
+            "Degraded",
+            true,
+            "InvalidSpec",
+            message.into(),
+            &previous.conditions,
+            now,
+        ),
+    ];
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Ready" && c.type_ != "Degraded")
+            .cloned(),
+    );
+    status.conditions = conditions;
+    status
+}
+
 async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
     let name = cc.name_any();
@@ -342,28 +428,10 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     let previous = cc.status.clone().unwrap_or_default();
 
     if let Err(message) = validate(&cc.spec) {
-        let conditions = vec![
-            condition(
-                "Ready",
-                false,
-                "InvalidSpec",
-                message.clone(),
-                &previous.conditions,
-                &now_text,
-            ),
-            condition(
-                "Degraded",
-                true,
-                "InvalidSpec",
-                message.clone(),
-                &previous.conditions,
-                &now_text,
-            ),
-        ];
-        patch_status(
+        write_status(
             &api,
             &name,
-            json!({ "observedGeneration": cc.metadata.generation, "conditions": conditions }),
+            &invalid_spec_status(&cc, &previous, &message, &now_text),
         )
         .await?;
         ctx.event(&cc, EventType::Warning, "InvalidSpec", "Validate", message)
@@ -380,23 +448,46 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     let pods = pods_api
         .list(&ListParams::default().labels(&resources::selector_string(&cc)))
         .await?;
-    let fleet = ctx
-        .fleets
-        .connect(&fleet_config(&cc, &client).await?)
-        .await?;
-    let health: HashMap<String, ServerHealth> = fleet
-        .servers()
-        .await?
-        .into_iter()
-        .map(|h| (h.id.clone(), h))
-        .collect();
-    let pod_names: Vec<String> = pods.items.iter().map(|p| p.name_any()).collect();
-    let loads: BTreeMap<String, PodLoad> = pod_names
+
+    // The chat servers' side. Any failure here leaves health unknown, which
+    // is not the same as no load: nothing is scaled or drained on it.
+    let mut problems: Vec<Problem> = Vec::new();
+    let fleet = match fleet_config(&cc, &client).await {
+        Ok(config) => match ctx.fleets.connect(&config).await {
+            Ok(fleet) => Some(fleet),
+            Err(e) => {
+                problems.push(Problem::new("RedisUnavailable", e));
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(Problem::new("SecretUnavailable", e));
+            None
+        }
+    };
+    let health: Option<HashMap<String, ServerHealth>> = match &fleet {
+        Some(fleet) => match fleet.servers().await {
+            Ok(list) => Some(list.into_iter().map(|h| (h.id.clone(), h)).collect()),
+            Err(e) => {
+                problems.push(Problem::new("RedisUnavailable", e));
+                None
+            }
+        },
+        None => None,
+    };
+    let health_of = |pod: &str| {
+        health
+            .as_ref()
+            .and_then(|h| h.get(&resources::server_id(&cc, pod)))
+    };
+    let loads: BTreeMap<String, PodLoad> = pods
+        .items
         .iter()
-        .filter_map(|pod| {
-            let h = health.get(&resources::server_id(&cc, pod))?;
+        .filter_map(|p| {
+            let pod = p.name_any();
+            let h = health_of(&pod)?;
             Some((
-                pod.clone(),
+                pod,
                 PodLoad {
                     reporting: true,
                     draining: h.state == chat_store::ServerState::Draining,
@@ -405,48 +496,54 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
             ))
         })
         .collect();
-    let connections: i64 = loads.values().map(|l| l.connections).sum();
+    let connections: i64 = match health {
+        Some(_) => loads.values().map(|l| l.connections).sum(),
+        None => previous.connections,
+    };
 
     // Desired replicas: by hand (spec, scale subresource, HPA) or from load.
-    let (desired, recommendations) = match cc.spec.autoscaling.as_ref().filter(|a| a.enabled) {
-        Some(auto) => {
-            let recommendation = autoscale::recommend(connections, auto);
-            autoscale::stabilize(&previous.recommendations, recommendation, now, auto)
-        }
-        None => (cc.spec.replicas, Vec::new()),
-    };
-    let plan = scaledown::plan(
-        &name,
-        current,
-        desired,
-        &loads,
-        &previous.draining,
-        now,
-        i64::from(cc.spec.drain_timeout_seconds),
-    );
-
-    for pod in &plan.start_draining {
-        let Some(address) = pods
-            .items
-            .iter()
-            .find(|p| &p.name_any() == pod)
-            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
-        else {
-            continue;
+    let autoscaling = cc.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    let (desired, recommendations, plan) = if health.is_some() {
+        let (desired, recommendations) = match autoscaling {
+            Some(auto) => {
+                let recommendation = autoscale::recommend(connections, auto);
+                autoscale::stabilize(&previous.recommendations, recommendation, now, auto)
+            }
+            None => (cc.spec.replicas, Vec::new()),
         };
-        fleet
-            .request_drain(&format!("{address}:{}", cc.spec.port))
-            .await?;
-        ctx.metrics.drains_requested.inc();
-        ctx.event(
-            &cc,
-            EventType::Normal,
-            "DrainStarted",
-            "ScaleDown",
-            format!("asked {pod} to move its clients before removal"),
-        )
-        .await;
-    }
+        let plan = scaledown::plan(
+            &name,
+            current,
+            desired,
+            &loads,
+            &previous.draining,
+            now,
+            i64::from(cc.spec.drain_timeout_seconds),
+        );
+        (desired, recommendations, plan)
+    } else {
+        // Health unknown: hold the StatefulSet where it is (or create it at
+        // the spec's count), start no drain and keep the records as they are.
+        let initial = match autoscaling {
+            Some(a) => cc.spec.replicas.clamp(a.min_replicas, a.max_replicas),
+            None => cc.spec.replicas,
+        };
+        let hold = current.unwrap_or(initial);
+        let desired = if autoscaling.is_some() {
+            hold
+        } else {
+            cc.spec.replicas
+        };
+        let plan = ScalePlan {
+            statefulset_replicas: hold,
+            start_draining: Vec::new(),
+            draining: previous.draining.clone(),
+            recycle: Vec::new(),
+            waiting: false,
+        };
+        (desired, previous.recommendations.clone(), plan)
+    };
+
     for pod in &plan.recycle {
         pods_api.delete(pod, &DeleteParams::default()).await?;
         ctx.event(
@@ -510,21 +607,27 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
         }
     }
 
-    // Registered endpoints: ready pods that are not being drained.
+    // Registered endpoints: ready pods that are not being drained. Left as
+    // they are while health is unknown.
     let leaving: Vec<&str> = plan.draining.iter().map(|d| d.pod.as_str()).collect();
-    let mut registered: Vec<String> = pods
-        .items
-        .iter()
-        .filter(|p| pod_ready(p))
-        .map(|p| p.name_any())
-        .filter(|pod| !leaving.contains(&pod.as_str()))
-        .filter(|pod| !loads.get(pod).is_some_and(|l| l.draining))
-        .map(|pod| resources::server_id(&cc, &pod))
-        .collect();
-    registered.sort();
-    fleet
-        .set_registered(&format!("{ns}/{name}"), &registered)
-        .await?;
+    if let (Some(fleet), Some(_)) = (&fleet, &health) {
+        let mut registered: Vec<String> = pods
+            .items
+            .iter()
+            .filter(|p| pod_ready(p))
+            .map(|p| p.name_any())
+            .filter(|pod| !leaving.contains(&pod.as_str()))
+            .filter(|pod| !loads.get(pod).is_some_and(|l| l.draining))
+            .map(|pod| resources::server_id(&cc, &pod))
+            .collect();
+        registered.sort();
+        if let Err(e) = fleet
+            .set_registered(&format!("{ns}/{name}"), &registered)
+            .await
+        {
+            problems.push(Problem::new("RegistrationFailed", e));
+        }
+    }
 
     let mut endpoints: Vec<EndpointStatus> = pods
         .items
@@ -536,7 +639,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
                 .as_ref()
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_default();
-            let (state, connections) = match health.get(&resources::server_id(&cc, &pod)) {
+            let (state, connections) = match health_of(&pod) {
                 Some(h) if h.state == chat_store::ServerState::Draining => {
                     ("draining", h.connections as i64)
                 }
@@ -560,68 +663,111 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     let existing = pods.items.len() as i32;
     let progressing = !plan.draining.is_empty() || existing != desired || ready_replicas < desired;
     let ready_message = format!("{ready_replicas}/{desired} chat server pods ready");
-    let conditions = vec![
-        condition(
-            "Ready",
-            ready_replicas >= desired,
-            if ready_replicas >= desired {
-                "AllReady"
-            } else {
-                "PodsNotReady"
-            },
-            ready_message,
-            &previous.conditions,
-            &now_text,
-        ),
-        condition(
-            "Progressing",
-            progressing,
-            if !plan.draining.is_empty() {
-                "Draining"
-            } else if progressing {
-                "Scaling"
-            } else {
-                "Stable"
-            },
-            if plan.draining.is_empty() {
-                format!("target {desired} pods")
-            } else {
-                format!(
-                    "draining {} pods before scaling to {desired}",
-                    plan.draining.len()
-                )
-            },
-            &previous.conditions,
-            &now_text,
-        ),
-        condition(
-            "Degraded",
-            false,
-            "AsExpected",
-            "spec is valid".into(),
-            &previous.conditions,
-            &now_text,
-        ),
-    ];
-    patch_status(
-        &api,
-        &name,
-        json!({
-            "observedGeneration": cc.metadata.generation,
-            "replicas": existing,
-            "readyReplicas": ready_replicas,
-            "labelSelector": resources::selector_string(&cc),
-            "connections": connections,
-            "endpoints": endpoints,
-            "conditions": conditions,
-            "recommendations": recommendations,
-            "draining": plan.draining,
-        }),
-    )
-    .await?;
+    let mut status = ChatClusterStatus {
+        observed_generation: cc.metadata.generation,
+        replicas: existing,
+        ready_replicas,
+        label_selector: resources::selector_string(&cc),
+        connections,
+        endpoints,
+        conditions: vec![
+            condition(
+                "Ready",
+                ready_replicas >= desired,
+                if ready_replicas >= desired {
+                    "AllReady"
+                } else {
+                    "PodsNotReady"
+                },
+                ready_message,
+                &previous.conditions,
+                &now_text,
+            ),
+            condition(
+                "Progressing",
+                progressing,
+                if !plan.draining.is_empty() {
+                    "Draining"
+                } else if progressing {
+                    "Scaling"
+                } else {
+                    "Stable"
+                },
+                if plan.draining.is_empty() {
+                    format!("target {desired} pods")
+                } else {
+                    format!(
+                        "draining {} pods before scaling to {desired}",
+                        plan.draining.len()
+                    )
+                },
+                &previous.conditions,
+                &now_text,
+            ),
+            degraded(&problems, &previous.conditions, &now_text),
+        ],
+        recommendations,
+        draining: plan.draining.clone(),
+    };
+    // The drain records are written before the drain requests go out, so a
+    // drain that fails or never answers still has its timeout running.
+    write_status(&api, &name, &status).await?;
+
+    if let Some(fleet) = &fleet {
+        let before = problems.len();
+        for pod in &plan.start_draining {
+            let Some(address) = pods
+                .items
+                .iter()
+                .find(|p| &p.name_any() == pod)
+                .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+            else {
+                continue;
+            };
+            match fleet
+                .request_drain(&format!("{address}:{}", cc.spec.port))
+                .await
+            {
+                Ok(()) => {
+                    ctx.metrics.drains_requested.inc();
+                    ctx.event(
+                        &cc,
+                        EventType::Normal,
+                        "DrainStarted",
+                        "ScaleDown",
+                        format!("asked {pod} to move its clients before removal"),
+                    )
+                    .await;
+                }
+                Err(e) => problems.push(Problem::new(
+                    "DrainFailed",
+                    format!(
+                        "{e}; {pod} is removed after drainTimeoutSeconds ({}s) regardless",
+                        cc.spec.drain_timeout_seconds
+                    ),
+                )),
+            }
+        }
+        if problems.len() > before {
+            status.conditions[2] = degraded(&problems, &previous.conditions, &now_text);
+            write_status(&api, &name, &status).await?;
+        }
+    }
+    for problem in &problems {
+        ctx.event(
+            &cc,
+            EventType::Warning,
+            problem.reason,
+            "Reconcile",
+            problem.message.clone(),
+        )
+        .await;
+    }
 
     Ok(if plan.waiting {
         Action::requeue(Duration::from_secs(2))
+    } else if !problems.is_empty() {
+        Action::requeue(Duration::from_secs(10))
     } else {
         Action::requeue(Duration::from_secs(15))
     })

@@ -16,8 +16,8 @@ use kube::runtime::controller::Action;
 use kube::Client;
 use operator::controller::{reconcile, Context};
 use operator::crd::{
-    AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, RedisSpec,
-    SecretKeyRef, FINALIZER,
+    AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, Recommendation,
+    RedisSpec, SecretKeyRef, FINALIZER,
 };
 use operator::fleet::{Fleet, FleetConfig, FleetConnector, FleetError};
 use serde_json::{json, Value};
@@ -91,9 +91,29 @@ fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
     }
 }
 
+/// `kubectl scale chatcluster chat --replicas 2` over three ready pods
+/// with clients.
+fn scaling_three_pods_to_two() -> Harness {
+    let h = Harness::new(
+        chat_cluster(2),
+        Some(3),
+        vec![pod(0, true), pod(1, true), pod(2, true)],
+    );
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 5),
+        health(1, ServerState::Ready, 5),
+        health(2, ServerState::Ready, 4),
+    ];
+    h
+}
+
 /// The chat servers behind one Redis.
 struct FakeFleet {
     servers: Mutex<Vec<ServerHealth>>,
+    /// Redis down: reading health fails with this.
+    servers_error: Mutex<Option<String>>,
+    /// Chat servers answer drain requests with 403 (a rotated secret).
+    refuse_drains: Mutex<bool>,
     drains: Mutex<Vec<String>>,
     registered: Mutex<HashMap<String, Vec<String>>>,
     /// Registration changes are logged with the API calls, in one order.
@@ -104,6 +124,8 @@ impl FakeFleet {
     fn new(world: Arc<Mutex<World>>) -> Arc<FakeFleet> {
         Arc::new(FakeFleet {
             servers: Mutex::default(),
+            servers_error: Mutex::default(),
+            refuse_drains: Mutex::default(),
             drains: Mutex::default(),
             registered: Mutex::default(),
             world,
@@ -142,10 +164,18 @@ impl FleetConnector for FakeConnector {
 #[async_trait]
 impl Fleet for FakeFleet {
     async fn servers(&self) -> Result<Vec<ServerHealth>, FleetError> {
+        if let Some(e) = self.servers_error.lock().unwrap().clone() {
+            return Err(FleetError(e));
+        }
         Ok(self.servers.lock().unwrap().clone())
     }
     async fn request_drain(&self, address: &str) -> Result<(), FleetError> {
         self.drains.lock().unwrap().push(address.to_owned());
+        if *self.refuse_drains.lock().unwrap() {
+            return Err(FleetError(format!(
+                "drain request to {address}: HTTP 403 Forbidden"
+            )));
+        }
         Ok(())
     }
     async fn set_registered(&self, cluster: &str, ids: &[String]) -> Result<(), FleetError> {
@@ -505,17 +535,7 @@ async fn status_reflects_pods_health_and_registers_ready_endpoints() {
 
 #[tokio::test]
 async fn scale_down_drains_the_leaving_pod_before_shrinking() {
-    // `kubectl scale chatcluster chat --replicas 2` wrote spec.replicas.
-    let h = Harness::new(
-        chat_cluster(2),
-        Some(3),
-        vec![pod(0, true), pod(1, true), pod(2, true)],
-    );
-    *h.fleet.servers.lock().unwrap() = vec![
-        health(0, ServerState::Ready, 5),
-        health(1, ServerState::Ready, 5),
-        health(2, ServerState::Ready, 4),
-    ];
+    let h = scaling_three_pods_to_two();
     // 1. The leaving pod is asked to drain; the StatefulSet keeps 3 pods.
     let action = h.reconcile().await;
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
@@ -771,6 +791,161 @@ async fn server_ids_are_unique_across_namespaces() {
         .find(|e| e["name"] == "CHAT_SERVER_ID")
         .unwrap();
     assert_eq!(id["value"], "$(POD_NAME).$(POD_NAMESPACE)");
+}
+
+// ------------------------------- issue 15: Redis and drain failures are not fatal
+
+#[tokio::test]
+async fn redis_down_still_applies_the_owned_objects_and_reports_degraded() {
+    // A scale-down from 3 to 2 was under way when Redis went down.
+    let mut cc = chat_cluster(2);
+    cc.status = Some(ChatClusterStatus {
+        draining: vec![DrainStatus {
+            pod: "chat-2".into(),
+            since: 1_000_000 - 5,
+        }],
+        connections: 40,
+        ..ChatClusterStatus::default()
+    });
+    cc.spec.image = "scalechat/chat-server:new".into();
+    let h = Harness::new(cc, Some(3), vec![pod(0, true), pod(1, true), pod(2, true)]);
+    *h.fleet.servers_error.lock().unwrap() =
+        Some("reading chat server health: connection refused".into());
+    h.reconcile().await;
+
+    // The spec change (a new image) is applied; the replica count is held,
+    // because an unknown load is not an empty pod.
+    let sts = h
+        .calls("PATCH", "/statefulsets/")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "scalechat/chat-server:new"
+    );
+    assert_eq!(h.applied_replicas(), Some(3), "no pod removed blind");
+    assert_eq!(h.calls("PATCH", "/services/chat-chat").len(), 1);
+    assert_eq!(h.calls("PATCH", "/poddisruptionbudgets/chat").len(), 1);
+    assert!(h.fleet.drains.lock().unwrap().is_empty());
+    let status = h.last_status();
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "RedisUnavailable");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("connection refused"));
+    assert_eq!(
+        status["draining"],
+        json!([{"pod": "chat-2", "since": 1_000_000 - 5}]),
+        "the drain record survives"
+    );
+    assert!(h.event_reasons().contains(&"RedisUnavailable".to_owned()));
+    let warning = h
+        .calls("POST", "/events")
+        .into_iter()
+        .find(|c| c.body["reason"] == "RedisUnavailable")
+        .unwrap();
+    assert_eq!(warning.body["type"], "Warning");
+
+    // Redis back: the scale-down resumes where it was.
+    h.persist_status();
+    *h.fleet.servers_error.lock().unwrap() = None;
+    *h.fleet.servers.lock().unwrap() = vec![health(2, ServerState::Draining, 0)];
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(2));
+    assert_eq!(condition(&h.last_status(), "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_refused_drain_is_recorded_first_and_its_timeout_still_runs() {
+    let h = scaling_three_pods_to_two();
+    *h.fleet.refuse_drains.lock().unwrap() = true;
+    h.reconcile().await;
+    assert_eq!(*h.fleet.drains.lock().unwrap(), vec!["10.0.0.12:9001"]);
+    // The record was written before the request went out.
+    let order: Vec<String> = h
+        .world
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|c| c.path.ends_with("/status"))
+        .map(|c| c.body["status"]["draining"].to_string())
+        .collect();
+    assert_eq!(
+        order[0],
+        json!([{"pod": "chat-2", "since": 1_000_000}]).to_string()
+    );
+    let status = h.last_status();
+    assert_eq!(condition(&status, "Degraded")["reason"], "DrainFailed");
+    assert!(h.event_reasons().contains(&"DrainFailed".to_owned()));
+    assert_eq!(h.applied_replicas(), Some(3));
+    h.persist_status();
+
+    // A spec change meanwhile is still applied (nothing is blocked).
+    h.world.lock().unwrap().cluster.spec.image = "scalechat/chat-server:new".into();
+    *h.now.lock().unwrap() += 10;
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(3));
+    h.persist_status();
+
+    // After drainTimeoutSeconds the pod goes anyway (its SIGTERM drain is
+    // the safety net).
+    *h.now.lock().unwrap() += 21;
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(2));
+}
+
+// -------------------------- issue 15: the invalid-spec status keeps the rest
+
+#[tokio::test]
+async fn invalid_spec_status_keeps_replicas_selector_recommendations_and_drains() {
+    let mut cc = chat_cluster(2);
+    cc.status = Some(ChatClusterStatus {
+        observed_generation: Some(3),
+        replicas: 3,
+        ready_replicas: 3,
+        label_selector: "app.kubernetes.io/name=chat-server,chat.scalechat.dev/cluster=chat".into(),
+        connections: 12,
+        recommendations: vec![Recommendation {
+            at: 999_990,
+            replicas: 3,
+        }],
+        draining: vec![DrainStatus {
+            pod: "chat-2".into(),
+            since: 999_995,
+        }],
+        ..ChatClusterStatus::default()
+    });
+    cc.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 6,
+        max_replicas: 3,
+        target_connections_per_pod: 1000,
+        scale_down_stabilization_seconds: 0,
+    });
+    let h = Harness::new(cc, Some(3), vec![]);
+    h.reconcile().await;
+    let status = h.last_status();
+    assert_eq!(condition(&status, "Degraded")["reason"], "InvalidSpec");
+    assert_eq!(status["observedGeneration"], 4);
+    assert_eq!(status["replicas"], 3);
+    assert_eq!(status["readyReplicas"], 3);
+    assert_eq!(
+        status["labelSelector"],
+        "app.kubernetes.io/name=chat-server,chat.scalechat.dev/cluster=chat"
+    );
+    assert_eq!(
+        status["recommendations"],
+        json!([{"at": 999_990, "replicas": 3}])
+    );
+    assert_eq!(
+        status["draining"],
+        json!([{"pod": "chat-2", "since": 999_995}])
+    );
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
