@@ -2,7 +2,8 @@
 # The chaos soak: steady senders and followers across three chat servers,
 # two API servers and a Redis Cluster 3+3, under a seeded random schedule of
 # faults (chat servers killed or frozen, API servers killed, Redis masters
-# killed), then a check that every follower has every acknowledged message
+# killed, a chat server cut off from Redis or from its peers by iptables:
+# run as root, with iptables installed), then a check that every follower has every acknowledged message
 # once and in order. See crates/e2e/tests/chaos.rs.
 #
 # Usage: scripts/chaos.sh [seconds] [seed]      (default 600 s, seed 1)

@@ -18,6 +18,15 @@ fi
 echo "== building the workspace (binaries are used by the end-to-end tests)"
 cargo build --workspace --bins --tests --locked
 
+# The partition faults (crates/e2e/src/partition.rs) filter packets with
+# iptables as root; without it those tests say so and skip the partitions.
+if ! command -v iptables >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing iptables (apt-get), for the network-partition faults"
+  apt-get install -y -qq iptables >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq iptables >/dev/null; } \
+    || echo "test.sh: could not install iptables; partition faults will be skipped"
+fi
+
 echo "== starting the Redis Cluster"
 trap 'scripts/redis-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 scripts/redis-cluster.sh start
@@ -64,11 +73,18 @@ echo "== web console: committed build, typecheck, unit tests, browser tests"
 echo "== schemathesis against /openapi.json of a live API server"
 scripts/schemathesis.sh
 
-# --- Kubernetes artefacts (issue 3) ------------------------------------------
-# Offline checks of the Helm chart, the CRD copy it ships and ChatCluster
-# objects (no cluster, no helm): see scripts/validate-k8s.py.
-echo "== validating the Kubernetes artefacts (offline)"
-if ! python3 -c 'import yaml, jsonschema' >/dev/null 2>&1; then
-  python3 -m pip install --quiet pyyaml jsonschema
+# --- Kubernetes artefacts (issues 3 and 14) -----------------------------------
+# Offline checks of the Helm chart, the CRD and ChatCluster objects and the
+# monitoring pack with the real engines (Helm v4 as a library, Kubernetes'
+# schemas, CEL, PromQL, the prometheus-operator CRD schemas, the chart README
+# generator): see scripts/validate-k8s.py. Pinned in
+# scripts/requirements-k8s.txt and scripts/k8s/package-lock.json.
+echo "== validating the Kubernetes artefacts (offline, real Helm and schemas)"
+python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-k8s.txt
+(cd scripts/k8s && npm ci --no-audit --no-fund --loglevel=error)
+if ! command -v shellcheck >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -qq shellcheck >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } \
+    || echo "test.sh: could not install shellcheck; the cluster-init script stays unverified"
 fi
 python3 scripts/validate-k8s.py

@@ -44,9 +44,11 @@ use chat_client::raw::{RawSession, SocketOptions};
 use chat_client::{RestClient, SocketEvent, StaticToken};
 use serde_json::{json, Value};
 
+pub mod partition;
 pub mod redis_node;
 
 pub use chat_client;
+pub use partition::{Partitions, ServerUids};
 pub use redis_node::{cluster_is_whole, RedisNode};
 pub use serde_json;
 
@@ -221,6 +223,19 @@ impl Process {
         env: &[(String, String)],
         port: u16,
     ) -> Process {
+        Self::spawn_as(name, bin, args, env, port, None)
+    }
+
+    /// [`Process::spawn`], as user id `uid` when given (so that
+    /// [`Partitions`] can cut it off; needs root).
+    pub fn spawn_as(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        port: u16,
+        uid: Option<u32>,
+    ) -> Process {
         let dir = target_dir().join("e2e-logs");
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let log_path = dir.join(format!("{name}-{port}.log"));
@@ -233,6 +248,9 @@ impl Process {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .kill_on_drop(true);
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("CHAT_") {
                 cmd.env_remove(key);
@@ -413,7 +431,7 @@ pub async fn start_api(redis_urls: &str) -> (Process, String) {
 pub async fn start_api_with(env: &[(String, String)], args: &[String]) -> (Process, String) {
     for attempt in 1..=3 {
         let port = free_port();
-        match spawn_api(env, args, port).await {
+        match spawn_api(env, args, port, None).await {
             Ok(p) => return (p, format!("http://127.0.0.1:{port}")),
             Err(log) => println!(
                 "[e2e] api-server exited during startup (attempt {attempt}); log tail:\n{log}"
@@ -427,18 +445,48 @@ pub async fn start_api_with(env: &[(String, String)], args: &[String]) -> (Proce
 /// so that its clients find the new one) and waits until it is ready.
 /// `Err` with its log tail if it exited first.
 pub async fn start_api_on(redis_urls: &str, port: u16) -> Result<Process, String> {
-    spawn_api(&process_env(redis_urls), &["--dev-tokens".to_owned()], port).await
+    start_api_on_as(redis_urls, port, None).await
+}
+
+/// [`start_api_on`], as user id `uid` when given.
+pub async fn start_api_on_as(
+    redis_urls: &str,
+    port: u16,
+    uid: Option<u32>,
+) -> Result<Process, String> {
+    spawn_api(
+        &process_env(redis_urls),
+        &["--dev-tokens".to_owned()],
+        port,
+        uid,
+    )
+    .await
+}
+
+/// [`start_api`], as user id `uid` when given.
+pub async fn start_api_as(redis_urls: &str, uid: Option<u32>) -> (Process, String) {
+    for attempt in 1..=3 {
+        let port = free_port();
+        match start_api_on_as(redis_urls, port, uid).await {
+            Ok(p) => return (p, format!("http://127.0.0.1:{port}")),
+            Err(log) => println!(
+                "[e2e] api-server exited during startup (attempt {attempt}); log tail:\n{log}"
+            ),
+        }
+    }
+    panic!("api-server failed to start three times");
 }
 
 async fn spawn_api(
     env: &[(String, String)],
     args: &[String],
     port: u16,
+    uid: Option<u32>,
 ) -> Result<Process, String> {
     let mut all_args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
     all_args.extend_from_slice(args);
     let bin = bin_path("api-server");
-    let mut p = Process::spawn("api-server", &bin, &all_args, env, port);
+    let mut p = Process::spawn_as("api-server", &bin, &all_args, env, port, uid);
     let url = format!("http://127.0.0.1:{port}");
     match wait_http_ok(&mut p, &format!("{url}/readyz"), STARTUP).await {
         Ok(()) => Ok(p),
@@ -452,6 +500,8 @@ pub struct ChatServer {
     pub port: u16,
     pub id: String,
     pub args: Vec<String>,
+    /// The user id it runs as, in a partitionable cluster.
+    pub uid: Option<u32>,
 }
 
 impl ChatServer {
@@ -465,7 +515,7 @@ impl ChatServer {
     }
 }
 
-fn spawn_chat(redis_urls: &str, id: &str, extra: &[String]) -> ChatServer {
+fn spawn_chat(redis_urls: &str, id: &str, extra: &[String], uid: Option<u32>) -> ChatServer {
     let port = free_port();
     let mut args = vec![
         "--listen".to_owned(),
@@ -474,25 +524,37 @@ fn spawn_chat(redis_urls: &str, id: &str, extra: &[String]) -> ChatServer {
         id.to_owned(),
     ];
     args.extend(extra.iter().cloned());
-    let process = Process::spawn(
+    let process = Process::spawn_as(
         "chat-server",
         &bin_path("chat-server"),
         &args,
         &process_env(redis_urls),
         port,
+        uid,
     );
     ChatServer {
         process,
         port,
         id: id.to_owned(),
         args: extra.to_vec(),
+        uid,
     }
 }
 
 /// Starts a chat-server (retrying on another port if it dies at startup)
 /// and waits for its `/readyz`.
 pub async fn start_chat(redis_urls: &str, id: &str, extra: &[String]) -> ChatServer {
-    let mut server = spawn_chat(redis_urls, id, extra);
+    start_chat_as(redis_urls, id, extra, None).await
+}
+
+/// [`start_chat`], as user id `uid` when given.
+pub async fn start_chat_as(
+    redis_urls: &str,
+    id: &str,
+    extra: &[String],
+    uid: Option<u32>,
+) -> ChatServer {
+    let mut server = spawn_chat(redis_urls, id, extra, uid);
     for attempt in 1..=3 {
         let url = format!("{}/readyz", server.http_url());
         match wait_http_ok(&mut server.process, &url, STARTUP).await {
@@ -502,7 +564,7 @@ pub async fn start_chat(redis_urls: &str, id: &str, extra: &[String]) -> ChatSer
                     "[e2e] chat-server {id} exited during startup (attempt {attempt}, {status}); log tail:\n{}",
                     server.process.log_tail(20)
                 );
-                server = spawn_chat(redis_urls, id, extra);
+                server = spawn_chat(redis_urls, id, extra, uid);
             }
         }
     }
@@ -562,6 +624,8 @@ impl LocalSystem {
 pub struct Cluster {
     pub api: Process,
     pub api_url: String,
+    /// The user ids its servers run as, in a partitionable cluster.
+    pub uids: Option<ServerUids>,
     pub chat: Vec<ChatServer>,
     pub redis_urls: String,
     /// Prefix of this cluster's server ids (random).
@@ -574,12 +638,29 @@ impl Cluster {
     /// servers as ready. `None` (after printing a notice) when no Redis
     /// Cluster is configured; see [`redis_urls`].
     pub async fn start(n_chat_servers: usize, chat_args: &[&str]) -> Option<Cluster> {
+        Self::start_opts(n_chat_servers, chat_args, false).await
+    }
+
+    /// [`Cluster::start`] with every server running as a user id of its
+    /// own ([`ServerUids`]), so that [`Partitions`] can cut one off. Needs
+    /// root.
+    pub async fn start_partitionable(n_chat_servers: usize, chat_args: &[&str]) -> Option<Cluster> {
+        Self::start_opts(n_chat_servers, chat_args, true).await
+    }
+
+    async fn start_opts(
+        n_chat_servers: usize,
+        chat_args: &[&str],
+        own_users: bool,
+    ) -> Option<Cluster> {
         let redis_urls = redis_urls()?;
         let prefix = unique("e2e");
-        let (api, api_url) = start_api(&redis_urls).await;
+        let uids = own_users.then(ServerUids::new);
+        let (api, api_url) = start_api_as(&redis_urls, uids.map(|u| u.api())).await;
         let mut cluster = Cluster {
             api,
             api_url,
+            uids,
             chat: Vec::new(),
             redis_urls,
             prefix,
@@ -591,7 +672,8 @@ impl Cluster {
         let mut spawned = Vec::new();
         for i in 0..n_chat_servers {
             let id = format!("{}-chat-{i}", cluster.prefix);
-            spawned.push(spawn_chat(&cluster.redis_urls, &id, &extra));
+            let uid = uids.map(|u| u.chat(i));
+            spawned.push(spawn_chat(&cluster.redis_urls, &id, &extra, uid));
         }
         for mut server in spawned {
             let url = format!("{}/readyz", server.http_url());
@@ -604,7 +686,7 @@ impl Cluster {
                     server.id,
                     server.process.log_tail(20)
                 );
-                server = start_chat(&cluster.redis_urls, &server.id, &extra).await;
+                server = start_chat_as(&cluster.redis_urls, &server.id, &extra, server.uid).await;
             }
             cluster.chat.push(server);
         }
@@ -618,7 +700,8 @@ impl Cluster {
     pub async fn add_chat_server(&mut self, chat_args: &[&str]) -> usize {
         let id = format!("{}-chat-{}", self.prefix, self.chat.len());
         let extra: Vec<String> = chat_args.iter().map(|s| s.to_string()).collect();
-        let server = start_chat(&self.redis_urls, &id, &extra).await;
+        let uid = self.uids.map(|u| u.chat(self.chat.len()));
+        let server = start_chat_as(&self.redis_urls, &id, &extra, uid).await;
         self.chat.push(server);
         self.wait_servers_ready(&[id]).await;
         self.chat.len() - 1
@@ -627,6 +710,11 @@ impl Cluster {
     /// Ids of this cluster's chat servers (including stopped ones).
     pub fn ids(&self) -> Vec<String> {
         self.chat.iter().map(|c| c.id.clone()).collect()
+    }
+
+    /// The user id its API servers run as, in a partitionable cluster.
+    pub fn api_uid(&self) -> Option<u32> {
+        self.uids.map(|u| u.api())
     }
 
     pub fn chat_index(&self, id: &str) -> usize {
@@ -715,7 +803,7 @@ impl Cluster {
         self.api.sigterm();
         let status = self.api.wait_exit(WAIT).await;
         assert!(status.is_some(), "api-server did not exit after SIGTERM");
-        let (api, url) = start_api(&self.redis_urls).await;
+        let (api, url) = start_api_as(&self.redis_urls, self.api_uid()).await;
         self.api = api;
         self.api_url = url;
         self.admin = Some(self.admin().at(&self.api_url));

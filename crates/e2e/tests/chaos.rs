@@ -11,9 +11,13 @@
 //! order, reconnects, and the longest delay from a message's ack to its
 //! delivery (the catch-up after a fault).
 //!
+//! Partitions cut one chat server off from Redis, or from the other chat
+//! and API servers, by packet filtering on loopback (`e2e::partition`:
+//! every server runs as a user id of its own); where that cannot be done
+//! (not root, no iptables) the soak says so and runs without them.
+//!
 //! `CHAOS_SECONDS` (default 60) and `CHAOS_SEED` (default 1) set the run;
-//! `scripts/chaos.sh` runs it longer. Partitions (a chat server cut off from
-//! Redis or from its peers) are not injected yet.
+//! `scripts/chaos.sh` runs it longer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -26,8 +30,8 @@ use chat_client::{
 };
 use e2e::serde_json::json;
 use e2e::{
-    cluster_is_whole, eventually, start_api, start_api_on, start_chat, unique, Cluster, Process,
-    RedisNode,
+    cluster_is_whole, eventually, start_api_as, start_api_on_as, start_chat_as, unique, Cluster,
+    Partitions, Process, RedisNode,
 };
 
 const ROOMS: usize = 4;
@@ -116,13 +120,26 @@ struct Received {
 async fn chaos_soak_loses_nothing() {
     let seconds = env_u64("CHAOS_SECONDS", 60);
     let seed = env_u64("CHAOS_SEED", 1).max(1);
-    let Some(cluster) = Cluster::start(3, &[]).await else {
+    let partitions = match Partitions::new() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            println!("[chaos] partitions are not injected: {why}");
+            None
+        }
+    };
+    let cluster = if partitions.is_some() {
+        Cluster::start_partitionable(3, &[]).await
+    } else {
+        Cluster::start(3, &[]).await
+    };
+    let Some(cluster) = cluster else {
         return;
     };
     let Some(nodes) = RedisNode::all(&cluster.redis_urls) else {
         return;
     };
-    let (api1, api1_url) = start_api(&cluster.redis_urls).await;
+    let api1_uid = cluster.api_uid();
+    let (api1, api1_url) = start_api_as(&cluster.redis_urls, api1_uid).await;
     let api_urls = vec![cluster.api_url.clone(), api1_url.clone()];
     println!(
         "[chaos] seed {seed}, {seconds} s, 3 chat servers, 2 API servers ({api_urls:?}), Redis 3+3"
@@ -276,7 +293,9 @@ async fn chaos_soak_loses_nothing() {
         cluster,
         api1: Some(api1),
         api1_url,
+        api1_uid,
         nodes,
+        partitions,
         rng: Rng(seed),
         log: Vec::new(),
         healed: Vec::new(),
@@ -430,7 +449,9 @@ struct Faults {
     cluster: Cluster,
     api1: Option<Process>,
     api1_url: String,
+    api1_uid: Option<u32>,
     nodes: Vec<RedisNode>,
+    partitions: Option<Partitions>,
     rng: Rng,
     log: Vec<String>,
     /// When each fault ended: the moment its process is restarted or
@@ -444,7 +465,8 @@ impl Faults {
     /// API servers and a whole Redis Cluster before returning.
     async fn one(&mut self, t0: Instant) {
         let at = t0.elapsed().as_secs_f64();
-        match self.rng.below(4) {
+        let kinds = if self.partitions.is_some() { 6 } else { 4 };
+        match self.rng.below(kinds) {
             0 => {
                 let i = self.rng.below(3) as usize;
                 let id = self.cluster.chat[i].id.clone();
@@ -453,7 +475,9 @@ impl Faults {
                 tokio::time::sleep(down).await;
                 let args = self.cluster.chat[i].args.clone();
                 self.healed.push(Instant::now());
-                self.cluster.chat[i] = start_chat(&self.cluster.redis_urls, &id, &args).await;
+                let uid = self.cluster.chat[i].uid;
+                self.cluster.chat[i] =
+                    start_chat_as(&self.cluster.redis_urls, &id, &args, uid).await;
                 self.note(
                     at,
                     format!("chat server {id}: SIGKILL, restarted after {down:?}"),
@@ -475,19 +499,20 @@ impl Faults {
             2 => {
                 let second = self.rng.below(2) == 1;
                 let down = self.rng.millis(300, 2000);
-                let (port, name) = if second {
+                let (port, name, uid) = if second {
                     let p = self.api1.take().expect("the second API server");
                     let port = p.port;
                     let mut p = p;
                     p.sigkill().await;
-                    (port, self.api1_url.clone())
+                    (port, self.api1_url.clone(), self.api1_uid)
                 } else {
                     self.cluster.api.sigkill().await;
-                    (self.cluster.api.port, self.cluster.api_url.clone())
+                    let api = &self.cluster;
+                    (api.api.port, api.api_url.clone(), api.api_uid())
                 };
                 tokio::time::sleep(down).await;
                 self.healed.push(Instant::now());
-                let restarted = start_api_on(&self.cluster.redis_urls, port)
+                let restarted = start_api_on_as(&self.cluster.redis_urls, port, uid)
                     .await
                     .unwrap_or_else(|log| panic!("restarting the API server on {port}: {log}"));
                 if second {
@@ -500,7 +525,7 @@ impl Faults {
                     format!("API server {name}: SIGKILL, restarted after {down:?}"),
                 );
             }
-            _ => {
+            3 => {
                 let masters: Vec<usize> = (0..self.nodes.len())
                     .filter(|i| {
                         self.nodes[*i]
@@ -534,6 +559,38 @@ impl Faults {
                 self.note(
                     at,
                     format!("Redis master :{port}: SIGKILL, restarted after {down:?}"),
+                );
+            }
+            kind => {
+                let partitions = self.partitions.as_ref().expect("partitions");
+                let i = self.rng.below(3) as usize;
+                let server = &self.cluster.chat[i];
+                let uid = server.uid.expect("a partitionable cluster");
+                let cut = self.rng.millis(2000, 20000);
+                let from = if kind == 4 {
+                    let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+                    partitions.cut_from_redis(uid, &ports);
+                    "Redis"
+                } else {
+                    let mut peers: Vec<u16> = self
+                        .cluster
+                        .chat
+                        .iter()
+                        .filter(|c| c.id != server.id)
+                        .map(|c| c.port)
+                        .collect();
+                    peers.push(self.cluster.api.port);
+                    peers.extend(self.api1.as_ref().map(|p| p.port));
+                    partitions.cut_from_peers(uid, server.port, &peers);
+                    "the other chat and API servers"
+                };
+                let id = server.id.clone();
+                tokio::time::sleep(cut).await;
+                self.healed.push(Instant::now());
+                partitions.heal();
+                self.note(
+                    at,
+                    format!("chat server {id}: cut off from {from} for {cut:?}"),
                 );
             }
         }

@@ -1,0 +1,105 @@
+//! No silent loss across network partitions (issue 12): one chat server cut
+//! off from Redis, or from the other chat and API servers, for longer than
+//! the dead-after interval. Its open sessions must have every message
+//! acknowledged meanwhile, in order, once, soon after the partition ends,
+//! or have been told to reconnect. Real processes and sockets; the
+//! partition is packet filtering on loopback (`e2e::partition`), so these
+//! tests need root and iptables and are skipped (with a notice) without.
+
+use std::time::Duration;
+
+use e2e::serde_json::Value;
+use e2e::{seqs, unique, Cluster, Partitions, RedisNode, WsClient, WAIT};
+
+/// How long a server is cut off from Redis: longer than the 3 s dead-after
+/// interval, so the other processes count it dead and drop deliveries to
+/// it.
+const CUT_FROM_REDIS: Duration = Duration::from_secs(8);
+/// How long a server is cut off from its peers: longer than the 15 s after
+/// which a silent internal link is replaced plus the 5 s its reconnects
+/// are tried before the queue is dropped (a shorter cut is absorbed by the
+/// link: TCP retransmits, the queue waits).
+const CUT_FROM_PEERS: Duration = Duration::from_secs(25);
+/// Messages Alice stores while Bob's server is cut off.
+const DURING: usize = 20;
+
+enum Cut {
+    FromRedis,
+    FromPeers,
+}
+
+async fn partitioned_server_catches_up(cut: Cut) {
+    let partitions = match Partitions::new() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("[partitions] skipped: {why}");
+            return;
+        }
+    };
+    let Some(cluster) = Cluster::start_partitionable(2, &[]).await else {
+        return;
+    };
+    let Some(nodes) = RedisNode::all(&cluster.redis_urls) else {
+        return;
+    };
+    let (alice_id, bob_id) = (unique("alice"), unique("bob"));
+    let alice = cluster.api(&alice_id).await;
+    let bob = cluster.api(&bob_id).await;
+    let room = alice.create_room_id("partition", &[&bob_id]).await;
+    let [cut_off, other] = [0, 1].map(|i| &cluster.chat[i]);
+    // Alice sends over REST (through the API server, which routes to the
+    // chat servers) and Bob listens on the server that will be cut off.
+    let mut bob_ws = WsClient::connect_to(&bob, &cut_off.id).await;
+    alice.send(&room, "before").await;
+    assert_eq!(seqs(&bob_ws.collect_messages(&room, 1, WAIT).await), [1]);
+
+    let uid = cut_off.uid.expect("a partitionable cluster");
+    let how_long = match cut {
+        Cut::FromRedis => {
+            let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+            partitions.cut_from_redis(uid, &ports);
+            CUT_FROM_REDIS
+        }
+        Cut::FromPeers => {
+            partitions.cut_from_peers(uid, cut_off.port, &[other.port, cluster.api.port]);
+            CUT_FROM_PEERS
+        }
+    };
+    let mut acked = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..DURING {
+        let m: Value = alice.send(&room, &format!("during {i}")).await;
+        acked.push(m["seq"].as_u64().expect("seq"));
+        tokio::time::sleep(how_long / DURING as u32).await;
+    }
+    tokio::time::sleep(how_long.saturating_sub(started.elapsed())).await;
+    partitions.heal();
+    println!("[partitions] healed after {:?}", started.elapsed());
+
+    // Nothing more is said: the catch-up alone must bring them, or the
+    // session must have been told to reconnect.
+    let got = bob_ws.collect_messages(&room, DURING, WAIT * 2).await;
+    if bob_ws.is_closed() && got.len() < DURING {
+        println!("[partitions] Bob's session was closed: the client resumes elsewhere");
+        return;
+    }
+    assert_eq!(
+        seqs(&got),
+        acked,
+        "Bob's open session after the partition ended (closed: {})",
+        bob_ws.is_closed()
+    );
+    let last = alice.send(&room, "after").await;
+    let live = bob_ws.collect_messages(&room, 1, WAIT).await;
+    assert_eq!(seqs(&live), [last["seq"].as_u64().unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_server_cut_off_from_redis_catches_its_sessions_up() {
+    partitioned_server_catches_up(Cut::FromRedis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_server_cut_off_from_its_peers_catches_its_sessions_up() {
+    partitioned_server_catches_up(Cut::FromPeers).await;
+}
