@@ -5,8 +5,8 @@ pack. No cluster and no helm binary: Helm v4 runs as a library
 (helm-python-sdk), Kubernetes' published schemas come from
 kubernetes-validate, CEL is evaluated by cel-python, PromQL is parsed by
 promql-parser, and the prometheus-operator kinds are validated by the
-@kubernetes-models/prometheus-operator schemas (a Node script in
-scripts/k8s/). Versions are pinned in scripts/requirements-k8s.txt and
+@kubernetes-models/prometheus-operator schemas and, for unknown fields, its
+TypeScript types checked by tsc (a Node script in scripts/k8s/). Versions are pinned in scripts/requirements-k8s.txt and
 scripts/k8s/package-lock.json; scripts/test.sh installs them.
 
 Checks:
@@ -899,24 +899,28 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
         r.unverified(f"{len(objects)} monitoring objects ({', '.join(kinds)}) against the prometheus-operator CRD "
                      "schemas", "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
     else:
+        # Two broken copies ride along: the validators must refuse them.
+        bad_for = copy.deepcopy(next(o for o in objects if o["kind"] == "PrometheusRule"))
+        bad_for["metadata"]["name"] = "broken-for"
+        bad_for["spec"]["groups"][0]["rules"][0]["for"] = "2 minutes"
+        bad_field = copy.deepcopy(next(o for o in objects if o["kind"] == "PodMonitor"))
+        bad_field["metadata"]["name"] = "broken-field"
+        bad_field["spec"]["podMetricsEndpoints"][0]["scrapeInterval"] = "30s"
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(objects, f)
+            json.dump(objects + [bad_for, bad_field], f)
         proc = subprocess.run([node, str(script), f.name], capture_output=True, text=True, cwd=NODE_TOOLS)
         Path(f.name).unlink()
         results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        bad = [f"{x['kind']}/{x['name']}: {'; '.join(x['errors'])}" for x in results if x["errors"]]
+        ours, broken = results[:len(objects)], results[len(objects):]
+        bad = [f"{x['kind']}/{x['name']}: {'; '.join(x['errors'])}" for x in ours if x["errors"]]
         r.check(f"{len(objects)} rendered monitoring objects ({', '.join(kinds)}) valid against the "
-                "prometheus-operator CRD schemas (@kubernetes-models/prometheus-operator)",
-                proc.returncode == 0 and len(results) == len(objects) and not bad,
+                "prometheus-operator CRD schemas (@kubernetes-models/prometheus-operator), unknown fields rejected",
+                proc.returncode == 1 and len(results) == len(objects) + 2 and not bad,
                 "; ".join(bad) or proc.stderr[-1000:])
-        # the validator is live: a broken object is refused
-        broken = copy.deepcopy(next(o for o in objects if o["kind"] == "PrometheusRule"))
-        broken["spec"]["groups"][0]["rules"][0]["for"] = "2 minutes"
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump([broken], f)
-        proc = subprocess.run([node, str(script), f.name], capture_output=True, text=True, cwd=NODE_TOOLS)
-        Path(f.name).unlink()
-        r.check("the prometheus-operator schemas reject a PrometheusRule with `for: 2 minutes`", proc.returncode == 1)
+        r.check("the prometheus-operator schemas reject a PrometheusRule with `for: 2 minutes`",
+                len(broken) == 2 and any("for" in e for e in broken[0]["errors"]), str(broken[:1]))
+        r.check("the strict pass rejects a PodMonitor endpoint with an unknown field (scrapeInterval)",
+                len(broken) == 2 and any("scrapeInterval" in e for e in broken[1]["errors"]), str(broken[1:]))
 
     # (2) every PromQL expression parses; the metric names they select
     names: set[str] = set()
