@@ -2,8 +2,8 @@
 //! its StatefulSet and pods, the chat servers' health), decide (replicas
 //! from the spec or from load, the drain-before-shrink plan), apply the
 //! owned objects with server-side apply, register the ready endpoints,
-//! write status, and requeue. Deletion goes through a finalizer that
-//! removes the cluster's registration from Redis.
+//! write status, and requeue. Deletion needs no step of its own (see
+//! [`reconcile`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,14 +17,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::autoscale;
 use crate::crd::{
     ChatCluster, ChatClusterSpec, ChatClusterStatus, Condition, EndpointStatus, FIELD_MANAGER,
-    FINALIZER,
+    LEGACY_FINALIZER,
 };
 use crate::fleet::{FleetConfig, FleetConnector, FleetError};
 use crate::resources;
@@ -39,8 +38,6 @@ pub enum Error {
     Fleet(#[from] FleetError),
     #[error("ChatCluster has no namespace")]
     MissingNamespace,
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -49,7 +46,6 @@ impl Error {
             Error::Kube(_) => "KubeError",
             Error::Fleet(_) => "FleetError",
             Error::MissingNamespace => "MissingNamespace",
-            Error::Finalizer(_) => "FinalizerError",
         }
     }
 }
@@ -150,19 +146,35 @@ impl Context {
 }
 
 /// The controller's entry point for one ChatCluster.
+///
+/// No finalizer: one would hold a deleted ChatCluster `Terminating` until
+/// the operator has cleaned up, and `helm uninstall` or deleting the
+/// namespace removes the operator (and often its Redis) first, so it would
+/// hold forever. A deleted cluster's pods go with their StatefulSet and
+/// their health records expire within seconds, after which the API places
+/// no clients on them whether or not they are still registered. Clusters
+/// created by an earlier operator still carry its finalizer
+/// ([`LEGACY_FINALIZER`]); it is removed here, after a bounded,
+/// best-effort deregistration when the cluster is being deleted.
 pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
-    let api: Api<ChatCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("{ns}/{}", cc.name_any());
-    let result = finalizer(&api, FINALIZER, cc, |event| async {
-        match event {
-            Finalizer::Apply(cc) => apply(cc, ctx.clone()).await,
-            Finalizer::Cleanup(cc) => cleanup(cc, ctx.clone()).await,
+    let result = if cc.metadata.deletion_timestamp.is_some() {
+        if cc.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+            deregister(&cc, &ctx).await;
+            remove_legacy_finalizer(&cc, &ctx)
+                .await
+                .map(|()| Action::await_change())
+        } else {
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else {
+        if cc.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+            remove_legacy_finalizer(&cc, &ctx).await?;
+        }
+        apply(cc, ctx.clone()).await
+    };
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -170,6 +182,74 @@ pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action
             .remove(&key);
     }
     result
+}
+
+/// Longest time a deleted cluster's deregistration may take before its
+/// finalizer is removed anyway.
+pub const DEREGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Best effort, bounded: removes a deleted cluster's registrations from its
+/// Redis, and says so in an event either way.
+async fn deregister(cc: &ChatCluster, ctx: &Context) {
+    let cluster = format!("{}/{}", cc.namespace().unwrap_or_default(), cc.name_any());
+    let attempt = async {
+        let fleet = ctx
+            .fleets
+            .connect(&fleet_config(cc, &ctx.client).await?)
+            .await?;
+        fleet.set_registered(&cluster, &[]).await
+    };
+    match tokio::time::timeout(DEREGISTRATION_TIMEOUT, attempt).await {
+        Ok(Ok(())) => {
+            ctx.event(
+                cc,
+                EventType::Normal,
+                "Deregistered",
+                "Cleanup",
+                "removed this cluster's chat server registrations".into(),
+            )
+            .await
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {}s", DEREGISTRATION_TIMEOUT.as_secs()),
+            };
+            ctx.event(
+                cc,
+                EventType::Warning,
+                "DeregistrationFailed",
+                "Cleanup",
+                format!("{why}; deleting anyway (the pods go with the StatefulSet, and the API stops placing clients on them once their health records expire)"),
+            )
+            .await
+        }
+    }
+}
+
+/// Drops [`LEGACY_FINALIZER`], leaving any other finalizer alone. The
+/// resourceVersion makes it fail (and retry) if the list changed meanwhile.
+async fn remove_legacy_finalizer(cc: &ChatCluster, ctx: &Context) -> Result<(), Error> {
+    let api: Api<ChatCluster> =
+        Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
+    let remaining: Vec<&String> = cc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": cc.resource_version(),
+            "finalizers": remaining,
+        }
+    });
+    api.patch(
+        &cc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Exponential back-off per object: 5 s, 10 s, 20 s ... at most 5 min.
@@ -771,26 +851,6 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     } else {
         Action::requeue(Duration::from_secs(15))
     })
-}
-
-async fn cleanup(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = cc.namespace().ok_or(Error::MissingNamespace)?;
-    let fleet = ctx
-        .fleets
-        .connect(&fleet_config(&cc, &ctx.client).await?)
-        .await?;
-    fleet
-        .set_registered(&format!("{ns}/{}", cc.name_any()), &[])
-        .await?;
-    ctx.event(
-        &cc,
-        EventType::Normal,
-        "Deleted",
-        "Cleanup",
-        "removed this cluster's chat server registration".into(),
-    )
-    .await;
-    Ok(Action::await_change())
 }
 
 /// Shared test scenarios.

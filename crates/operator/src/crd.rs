@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 pub const API_GROUP: &str = "chat.scalechat.dev";
 pub const FIELD_MANAGER: &str = "chat-operator";
-pub const FINALIZER: &str = "chat.scalechat.dev/registration";
+/// The finalizer earlier operators put on every ChatCluster; this one no
+/// longer adds it and removes it where found (see `controller::reconcile`).
+pub const LEGACY_FINALIZER: &str = "chat.scalechat.dev/registration";
 
 /// Desired state of a fleet of chat servers.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

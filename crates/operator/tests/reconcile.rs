@@ -17,7 +17,7 @@ use kube::Client;
 use operator::controller::{reconcile, Context};
 use operator::crd::{
     AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, Recommendation,
-    RedisSpec, SecretKeyRef, FINALIZER,
+    RedisSpec, SecretKeyRef, LEGACY_FINALIZER,
 };
 use operator::fleet::{Fleet, FleetConfig, FleetConnector, FleetError};
 use serde_json::{json, Value};
@@ -59,7 +59,7 @@ fn chat_cluster(replicas: i32) -> ChatCluster {
     cc.metadata.namespace = Some(NS.into());
     cc.metadata.uid = Some("7b6f1c1e-0000-4000-8000-000000000001".into());
     cc.metadata.generation = Some(4);
-    cc.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    cc.metadata.resource_version = Some("41".into());
     cc
 }
 
@@ -111,7 +111,7 @@ fn scaling_three_pods_to_two() -> Harness {
 struct FakeFleet {
     servers: Mutex<Vec<ServerHealth>>,
     /// Redis down: reading health fails with this.
-    servers_error: Mutex<Option<String>>,
+    redis_error: Mutex<Option<String>>,
     /// Chat servers answer drain requests with 403 (a rotated secret).
     refuse_drains: Mutex<bool>,
     drains: Mutex<Vec<String>>,
@@ -124,7 +124,7 @@ impl FakeFleet {
     fn new(world: Arc<Mutex<World>>) -> Arc<FakeFleet> {
         Arc::new(FakeFleet {
             servers: Mutex::default(),
-            servers_error: Mutex::default(),
+            redis_error: Mutex::default(),
             refuse_drains: Mutex::default(),
             drains: Mutex::default(),
             registered: Mutex::default(),
@@ -164,7 +164,7 @@ impl FleetConnector for FakeConnector {
 #[async_trait]
 impl Fleet for FakeFleet {
     async fn servers(&self) -> Result<Vec<ServerHealth>, FleetError> {
-        if let Some(e) = self.servers_error.lock().unwrap().clone() {
+        if let Some(e) = self.redis_error.lock().unwrap().clone() {
             return Err(FleetError(e));
         }
         Ok(self.servers.lock().unwrap().clone())
@@ -179,6 +179,9 @@ impl Fleet for FakeFleet {
         Ok(())
     }
     async fn set_registered(&self, cluster: &str, ids: &[String]) -> Result<(), FleetError> {
+        if let Some(e) = self.redis_error.lock().unwrap().clone() {
+            return Err(FleetError(e));
+        }
         self.world.lock().unwrap().calls.push(Call {
             method: "FLEET".into(),
             path: format!("set_registered {cluster}"),
@@ -382,14 +385,12 @@ impl Harness {
     }
 
     fn calls(&self, method: &str, path_part: &str) -> Vec<Call> {
-        self.world
-            .lock()
-            .unwrap()
-            .calls
-            .iter()
-            .filter(|c| c.method == method && c.path.contains(path_part))
-            .cloned()
-            .collect()
+        self.calls_matching(|c| c.method == method && c.path.contains(path_part))
+    }
+
+    fn calls_matching(&self, keep: impl Fn(&Call) -> bool) -> Vec<Call> {
+        let world = self.world.lock().unwrap();
+        world.calls.iter().filter(|c| keep(c)).cloned().collect()
     }
 
     fn applied_replicas(&self) -> Option<i64> {
@@ -441,22 +442,6 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 // ---------------------------------------------------------------- scenarios
-
-#[tokio::test]
-async fn first_reconcile_adds_the_finalizer_and_nothing_else() {
-    let mut cc = chat_cluster(3);
-    cc.metadata.finalizers = None;
-    let h = Harness::new(cc, None, vec![]);
-    h.reconcile().await;
-    let patches = h.calls("PATCH", "/chatclusters/chat");
-    assert_eq!(patches.len(), 1, "{patches:?}");
-    assert!(
-        patches[0].body.to_string().contains(FINALIZER),
-        "{:?}",
-        patches[0].body
-    );
-    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
-}
 
 #[tokio::test]
 async fn reconcile_creates_the_owned_objects_with_server_side_apply() {
@@ -640,66 +625,6 @@ async fn invalid_spec_is_reported_as_degraded_not_applied() {
     assert!(h.event_reasons().contains(&"InvalidSpec".to_owned()));
 }
 
-#[tokio::test]
-async fn deletion_removes_the_registration_then_the_finalizer() {
-    let mut cc = chat_cluster(2);
-    cc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap(),
-    ));
-    let h = Harness::new(cc, Some(2), vec![]);
-    h.fleet
-        .registered
-        .lock()
-        .unwrap()
-        .insert(format!("{NS}/{NAME}"), vec![server_id(0)]);
-    let action = h.reconcile().await;
-    assert_eq!(action, Action::await_change());
-    assert!(h.registered().is_empty());
-    let patches = h.calls("PATCH", "/chatclusters/chat");
-    assert_eq!(patches.len(), 1, "the finalizer removal");
-    // A JSON patch that removes our finalizer (checked by a `test` op on
-    // the same path first) and adds nothing.
-    let ops = patches[0]
-        .body
-        .as_array()
-        .unwrap_or_else(|| panic!("not a JSON patch: {}", patches[0].body));
-    let removed: Vec<&str> = ops
-        .iter()
-        .filter(|op| op["op"] == "remove")
-        .filter_map(|op| op["path"].as_str())
-        .collect();
-    assert!(
-        removed.len() == 1 && removed[0].starts_with("/metadata/finalizers/"),
-        "{ops:?}"
-    );
-    assert!(
-        ops.iter()
-            .any(|op| op["op"] == "test" && op["path"] == removed[0] && op["value"] == FINALIZER),
-        "the removed entry is not checked to be {FINALIZER}: {ops:?}"
-    );
-    assert!(!ops.iter().any(|op| op["op"] == "add"), "{ops:?}");
-    // In this order: the registration goes, then the finalizer (removing the
-    // finalizer first would let the object vanish with servers registered).
-    let order: Vec<String> = h
-        .world
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .filter(|c| c.method == "FLEET" || c.path.ends_with("/chatclusters/chat"))
-        .map(|c| format!("{} {}", c.method, c.path))
-        .collect();
-    assert_eq!(
-        order,
-        [
-            format!("FLEET set_registered {NS}/{NAME}"),
-            format!("PATCH /apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}"),
-        ],
-        "calls in order"
-    );
-    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
-}
-
 // ------------------------------------------- issue 15: one fleet per cluster
 
 #[tokio::test]
@@ -809,7 +734,7 @@ async fn redis_down_still_applies_the_owned_objects_and_reports_degraded() {
     });
     cc.spec.image = "scalechat/chat-server:new".into();
     let h = Harness::new(cc, Some(3), vec![pod(0, true), pod(1, true), pod(2, true)]);
-    *h.fleet.servers_error.lock().unwrap() =
+    *h.fleet.redis_error.lock().unwrap() =
         Some("reading chat server health: connection refused".into());
     h.reconcile().await;
 
@@ -852,7 +777,7 @@ async fn redis_down_still_applies_the_owned_objects_and_reports_degraded() {
 
     // Redis back: the scale-down resumes where it was.
     h.persist_status();
-    *h.fleet.servers_error.lock().unwrap() = None;
+    *h.fleet.redis_error.lock().unwrap() = None;
     *h.fleet.servers.lock().unwrap() = vec![health(2, ServerState::Draining, 0)];
     h.reconcile().await;
     assert_eq!(h.applied_replicas(), Some(2));
@@ -867,12 +792,8 @@ async fn a_refused_drain_is_recorded_first_and_its_timeout_still_runs() {
     assert_eq!(*h.fleet.drains.lock().unwrap(), vec!["10.0.0.12:9001"]);
     // The record was written before the request went out.
     let order: Vec<String> = h
-        .world
-        .lock()
-        .unwrap()
-        .calls
+        .calls_matching(|c| c.path.ends_with("/status"))
         .iter()
-        .filter(|c| c.path.ends_with("/status"))
         .map(|c| c.body["status"]["draining"].to_string())
         .collect();
     assert_eq!(
@@ -946,6 +867,107 @@ async fn invalid_spec_status_keeps_replicas_selector_recommendations_and_drains(
         status["draining"],
         json!([{"pod": "chat-2", "since": 999_995}])
     );
+}
+
+// ---------------- issue 15: no finalizer, so deletion never hangs on cleanup
+
+fn deleted(mut cc: ChatCluster) -> ChatCluster {
+    cc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_000_000).unwrap(),
+    ));
+    cc
+}
+
+/// The merge patches of the ChatCluster object itself (not its status).
+fn object_patches(h: &Harness) -> Vec<Value> {
+    h.calls("PATCH", &format!("/chatclusters/{NAME}"))
+        .into_iter()
+        .filter(|c| !c.path.ends_with("/status"))
+        .map(|c| c.body)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_no_finalizer_and_is_applied_at_once() {
+    let h = Harness::new(chat_cluster(3), None, vec![]);
+    h.reconcile().await;
+    assert!(object_patches(&h).is_empty(), "{:?}", object_patches(&h));
+    assert_eq!(h.applied_replicas(), Some(3));
+}
+
+#[tokio::test]
+async fn a_live_cluster_loses_the_legacy_finalizer_and_is_applied() {
+    let mut cc = chat_cluster(2);
+    cc.metadata.finalizers = Some(vec!["example.com/keep".into(), LEGACY_FINALIZER.into()]);
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.reconcile().await;
+    assert_eq!(
+        object_patches(&h),
+        vec![json!({"metadata": {"resourceVersion": "41", "finalizers": ["example.com/keep"]}})]
+    );
+    assert_eq!(h.applied_replicas(), Some(2));
+}
+
+#[tokio::test]
+async fn deleting_a_legacy_cluster_deregisters_then_drops_the_finalizer() {
+    let mut cc = deleted(chat_cluster(2));
+    cc.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.fleet
+        .registered
+        .lock()
+        .unwrap()
+        .insert(format!("{NS}/{NAME}"), vec![server_id(0)]);
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::await_change());
+    assert!(h.registered().is_empty());
+    let order: Vec<String> = h
+        .calls_matching(|c| {
+            c.method == "FLEET" || c.path.ends_with(&format!("/chatclusters/{NAME}"))
+        })
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            format!("FLEET set_registered {NS}/{NAME}"),
+            format!("PATCH /apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}"),
+        ],
+        "deregistered, then the finalizer removed"
+    );
+    assert_eq!(
+        object_patches(&h),
+        vec![json!({"metadata": {"resourceVersion": "41", "finalizers": []}})]
+    );
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+}
+
+#[tokio::test]
+async fn deleting_with_redis_down_or_the_secret_gone_does_not_hang() {
+    // Redis down (the bundled Redis was uninstalled first).
+    let mut cc = deleted(chat_cluster(2));
+    cc.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
+    let h = Harness::new(cc.clone(), Some(2), vec![]);
+    *h.fleet.redis_error.lock().unwrap() = Some("connection refused".into());
+    h.reconcile().await;
+    assert_eq!(
+        object_patches(&h).len(),
+        1,
+        "the finalizer is removed anyway"
+    );
+    assert!(h
+        .event_reasons()
+        .contains(&"DeregistrationFailed".to_owned()));
+
+    // The Secret deleted before the ChatCluster (helm uninstall).
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.world.lock().unwrap().secrets.clear();
+    h.reconcile().await;
+    assert_eq!(object_patches(&h).len(), 1);
+    assert!(h
+        .event_reasons()
+        .contains(&"DeregistrationFailed".to_owned()));
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
