@@ -31,7 +31,8 @@ Checks:
       calls, security settings, the bundled Redis, values that must make the
       chart fail;
   (f) the monitoring pack: every PromQL expression of the PrometheusRule and
-      the Grafana dashboard parses, and the metric names they select equal
+      the Grafana dashboard parses, the dashboard goes through Grafana's
+      dashboard model (grafana-foundation-sdk) without losing a field, and the metric names they select equal
       scripts/k8s/monitoring-metrics.txt (which crates/e2e/tests/
       metric_names.rs checks against running processes);
   (g) charts/chat/README.md's values table equals what
@@ -57,6 +58,8 @@ from pathlib import Path
 
 try:
     import celpy
+    import grafana_foundation_sdk.cog.plugins
+    import grafana_foundation_sdk.models.dashboard
     import helm_python
     import jsonschema
     import kubernetes_validate
@@ -888,6 +891,26 @@ def monitoring_metric_list(names: set[str]) -> str:
             "# by crates/e2e/tests/metric_names.rs.\n" + "".join(f"{n}\n" for n in sorted(names)))
 
 
+def fields_lost(original, again, path="") -> list[str]:
+    """Where `again` (a round trip through a typed model) lacks or changed
+    something `original` had."""
+    if isinstance(original, dict):
+        if not isinstance(again, dict):
+            return [f"{path or '/'}: became {type(again).__name__}"]
+        out = []
+        for k, v in original.items():
+            if k not in again:
+                out.append(f"{path}/{k}: unknown to the model")
+            else:
+                out += fields_lost(v, again[k], f"{path}/{k}")
+        return out
+    if isinstance(original, list):
+        if not isinstance(again, list) or len(original) != len(again):
+            return [f"{path}: list changed"]
+        return [x for i, (a, b) in enumerate(zip(original, again)) for x in fields_lost(a, b, f"{path}[{i}]")]
+    return [] if original == again else [f"{path}: {original!r} became {again!r}"]
+
+
 def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> None:
     # (1) the prometheus-operator kinds against their CRDs' schemas
     node = shutil.which("node")
@@ -974,7 +997,22 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
     r.check(f"the dashboard's {len(flat)} panels: unique ids, grid inside 24 columns, every panel queries "
             "the ${datasource} variable", not problems, "; ".join(problems))
 
-    # (4) the list the e2e test checks against running processes
+    # (4) Grafana's own dashboard schema (grafana-foundation-sdk's models,
+    # generated from it): a field the model does not know is dropped on the
+    # way through, a value it does not accept is changed or refused.
+    grafana_foundation_sdk.cog.plugins.register_default_plugins()
+    lost = []
+    try:
+        model = grafana_foundation_sdk.models.dashboard.Dashboard.from_json(copy.deepcopy(dashboard))
+        again = json.loads(json.dumps(model.to_json(),
+                                      default=lambda o: o.to_json() if hasattr(o, "to_json") else str(o)))
+        lost = fields_lost(dashboard, again)
+    except Exception as err:  # the SDK raises KeyError/TypeError on shapes it cannot read
+        lost = [f"not read by the model: {err!r}"]
+    r.check("the dashboard goes through Grafana's dashboard model (grafana-foundation-sdk) without losing or "
+            "changing a field", not lost, "; ".join(lost[:10]))
+
+    # (5) the list the e2e test checks against running processes
     expected = monitoring_metric_list(names)
     if update:
         METRICS_LIST.write_text(expected)
