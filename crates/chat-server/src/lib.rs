@@ -99,6 +99,10 @@ pub struct ChatServer {
     pub registry: Arc<ServerRegistry>,
     pub metrics: ChatMetrics,
     metrics_registry: Arc<Metrics>,
+    /// Set once the store answered and startup finished (previous
+    /// incarnation reaped, first health report): until then the server is
+    /// not ready and refuses handshakes.
+    started: AtomicBool,
     draining: AtomicBool,
     /// Set once the drain has finished and the server left the registry:
     /// health reports stop so it does not reappear.
@@ -158,6 +162,7 @@ impl ChatServer {
             router,
             registry,
             config,
+            started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             last_report_ok: std::sync::Mutex::new(std::time::Instant::now()),
@@ -457,15 +462,9 @@ impl ChatServer {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        self.reap_previous_incarnation().await;
-        self.report_health().await;
-        self.spawn_reporters();
-        self.spawn_catch_up();
-        chat_routing::spawn_presence_reaper(
-            self.router.clone(),
-            self.store.clone(),
-            Duration::from_millis(self.config.heartbeat_interval_ms.max(50)),
-        );
+        // Serve /healthz, /readyz and /metrics at once, so that a server
+        // started before Redis answers (every fresh `helm install`) stays
+        // up and reports not ready instead of crash-looping.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (app, ops) = (self.app(), self.ops());
         let limits = self.config.connections.limits();
@@ -481,6 +480,25 @@ impl ChatServer {
                 let _ = stop_rx.await;
             },
         ));
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = self.wait_for_store() => {}
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(());
+                let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
+                return Ok(());
+            }
+        }
+        self.reap_previous_incarnation().await;
+        self.report_health().await;
+        self.spawn_reporters();
+        self.spawn_catch_up();
+        chat_routing::spawn_presence_reaper(
+            self.router.clone(),
+            self.store.clone(),
+            Duration::from_millis(self.config.heartbeat_interval_ms.max(50)),
+        );
+        self.started.store(true, Ordering::Relaxed);
         tracing::info!(server_id = %self.server_id, url = %self.config.public_url(), "chat-server ready");
         shutdown.await;
         self.drain().await;
@@ -492,11 +510,32 @@ impl ChatServer {
     }
 }
 
+impl ChatServer {
+    /// Returns once the store answers a ping, trying with back-off (250 ms
+    /// up to 5 s).
+    async fn wait_for_store(&self) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.store.ping().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store not reachable; not ready yet");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
 struct ChatReadiness(Arc<ChatServer>);
 
 #[async_trait]
 impl ReadinessCheck for ChatReadiness {
     async fn ready(&self) -> Result<(), String> {
+        if !self.0.started.load(Ordering::Relaxed) {
+            return Err("starting: waiting for the store".into());
+        }
         if self.0.is_draining() {
             return Err("draining".into());
         }
@@ -578,6 +617,14 @@ async fn ws_upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             "this chat server is draining; call /v1/connect again",
+        );
+    }
+    if !server.started.load(Ordering::Relaxed) {
+        server.metrics.handshakes_refused.inc();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "this chat server is starting; call /v1/connect again",
         );
     }
     if server.hub.connections() >= server.config.max_connections {

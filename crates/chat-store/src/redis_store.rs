@@ -7,13 +7,14 @@
 //! concurrently on the multiplexed cluster connection, which pipelines them.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_protocol::rest::Room;
 use chat_protocol::Message;
 use futures_util::future::try_join_all;
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Script};
 
@@ -269,13 +270,30 @@ fn decode_online_pairs(flat: Vec<String>) -> StoreResult<Vec<OnlineSession>> {
     Ok(out)
 }
 
-pub struct RedisStore {
+/// The connections of a [`RedisStore`], once made.
+struct Connections {
     conn: ClusterConnection,
     /// Message appends and their `WAIT` only. `WAIT` blocks the connection
     /// it is sent on until replicas confirm, so it gets connections of its
     /// own rather than stalling every read queued behind it; and it must
     /// share them with the appends, since it covers that connection's writes.
     append_conn: ClusterConnection,
+}
+
+impl Connections {
+    async fn open(client: &ClusterClient) -> redis::RedisResult<Connections> {
+        Ok(Connections {
+            conn: client.get_async_connection().await?,
+            append_conn: client.get_async_connection().await?,
+        })
+    }
+}
+
+pub struct RedisStore {
+    /// Empty until Redis first answered: a process started before Redis is
+    /// reachable (every fresh `helm install`) stays up, reports not ready
+    /// and keeps trying in the background instead of exiting.
+    connections: Arc<OnceLock<Connections>>,
     config: StoreConfig,
     append: Script,
     room_view: Script,
@@ -303,11 +321,21 @@ impl RedisStore {
             .response_timeout(Duration::from_secs(2))
             .build()
             .map_err(unavailable)?;
-        let conn = client.get_async_connection().await.map_err(unavailable)?;
-        let append_conn = client.get_async_connection().await.map_err(unavailable)?;
+        let connections = Arc::new(OnceLock::new());
+        match Connections::open(&client).await {
+            Ok(c) => {
+                let _ = connections.set(c);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis Cluster not reachable yet; retrying in the background (not ready until then)");
+                tokio::spawn(connect_until_reachable(
+                    client,
+                    Arc::downgrade(&connections),
+                ));
+            }
+        }
         Ok(RedisStore {
-            conn,
-            append_conn,
+            connections,
             config,
             append: Script::new(APPEND_LUA),
             room_view: Script::new(ROOM_VIEW_LUA),
@@ -324,8 +352,18 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ClusterConnection {
-        self.conn.clone()
+    fn connections(&self) -> StoreResult<&Connections> {
+        self.connections
+            .get()
+            .ok_or_else(|| StoreError::Unavailable("not connected to the Redis Cluster yet".into()))
+    }
+
+    fn conn(&self) -> StoreResult<ClusterConnection> {
+        Ok(self.connections()?.conn.clone())
+    }
+
+    fn append_conn(&self) -> StoreResult<ClusterConnection> {
+        Ok(self.connections()?.append_conn.clone())
     }
 
     async fn room_view_for(&self, room: &str, user: &str) -> StoreResult<Option<RoomView>> {
@@ -336,7 +374,7 @@ impl RedisStore {
             .key(keys::room_seq(room))
             .key(keys::room_reads(room))
             .arg(user)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         if fields.len() != 7 {
@@ -369,9 +407,12 @@ impl RedisStore {
     /// one round trip to Redis plus the replicas' confirmation. Returns the
     /// script's reply and the replicas that confirmed (`u32::MAX` when none
     /// were asked for).
-    async fn run_append(&self, pipe: &redis::Pipeline) -> redis::RedisResult<(Vec<String>, u32)> {
+    async fn run_append(
+        mut conn: ClusterConnection,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<(Vec<String>, u32)> {
         // Routed by the script's keys (WAIT has none).
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.append_conn.clone()).await?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let mut replies = replies.into_iter();
         let script: Vec<String> = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
@@ -393,7 +434,7 @@ impl RedisStore {
             .key(keys::room_reads(room))
             .arg(op)
             .arg(user)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         if changed < 0 {
@@ -402,7 +443,7 @@ impl RedisStore {
         // The per-user index lives in another slot: it follows the member
         // set (the source of truth) and is repaired on read if this step is
         // lost to a crash.
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let index = keys::user_rooms(user);
         let _: i64 = if op == "add" {
             conn.sadd(index, room).await
@@ -435,7 +476,7 @@ impl RedisStore {
             invocation.arg(session).arg(online_value(server_id, user));
         }
         let seq: i64 = invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         Ok(u64::try_from(seq).ok())
@@ -445,7 +486,7 @@ impl RedisStore {
     /// user's slot, so concurrent reapers report each transition once.
     async fn reap(&self, server_id: &str, force: bool) -> StoreResult<Vec<PresenceChange>> {
         let users: Vec<String> = self
-            .conn()
+            .conn()?
             .smembers(keys::registry_hosted(server_id))
             .await
             .map_err(unavailable)?;
@@ -455,7 +496,7 @@ impl RedisStore {
                 .key(keys::user_sessions(user))
                 .key(keys::user_rooms(user))
                 .arg(server_id)
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut self.conn()?)
                 .await
                 .map_err(unavailable)?;
             if reply.is_empty() {
@@ -491,7 +532,7 @@ impl RedisStore {
             invocation.arg(user);
         }
         let _: i64 = invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         if !users.is_empty() {
@@ -506,7 +547,7 @@ impl RedisStore {
 
     async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
         let sessions: Vec<(String, String)> = self
-            .conn()
+            .conn()?
             .hgetall(keys::user_sessions(user))
             .await
             .map_err(unavailable)?;
@@ -560,7 +601,7 @@ fn message_json_prefix(m: &NewMessage) -> String {
 impl Store for RedisStore {
     async fn ping(&self) -> StoreResult<()> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -578,11 +619,12 @@ impl Store for RedisStore {
             invocation.arg(m);
         }
         let count: u64 = invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
+        let shared_conn = self.conn()?;
         try_join_all(room.members.iter().map(|m| {
-            let mut conn = self.conn();
+            let mut conn = shared_conn.clone();
             let key = keys::user_rooms(m);
             let id = room.id.clone();
             async move { conn.sadd::<_, _, i64>(key, id).await }
@@ -612,7 +654,7 @@ impl Store for RedisStore {
     }
 
     async fn is_member(&self, room: &str, user: &str) -> StoreResult<bool> {
-        self.conn()
+        self.conn()?
             .sismember(keys::room_members(room), user)
             .await
             .map_err(unavailable)
@@ -620,7 +662,7 @@ impl Store for RedisStore {
 
     async fn members(&self, room: &str) -> StoreResult<Vec<String>> {
         let mut members: Vec<String> = self
-            .conn()
+            .conn()?
             .smembers(keys::room_members(room))
             .await
             .map_err(unavailable)?;
@@ -630,7 +672,7 @@ impl Store for RedisStore {
 
     async fn rooms_of_user(&self, user: &str) -> StoreResult<Vec<Room>> {
         let ids: Vec<String> = self
-            .conn()
+            .conn()?
             .smembers(keys::user_rooms(user))
             .await
             .map_err(unavailable)?;
@@ -644,7 +686,9 @@ impl Store for RedisStore {
                 }) => rooms.push(room),
                 // Stale index entry (a removal interrupted halfway): repair.
                 _ => {
-                    let _: Result<i64, _> = self.conn().srem(keys::user_rooms(user), id).await;
+                    if let Ok(mut conn) = self.conn() {
+                        let _: Result<i64, _> = conn.srem(keys::user_rooms(user), id).await;
+                    }
                 }
             }
         }
@@ -686,14 +730,15 @@ impl Store for RedisStore {
                 .arg(wanted)
                 .arg(self.config.replica_ack_timeout_ms);
         }
-        let (mut reply, replicas) = match self.run_append(&pipe).await {
+        let append_conn = self.append_conn()?;
+        let (mut reply, replicas) = match Self::run_append(append_conn.clone(), &pipe).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.append
                     .prepare_invoke()
-                    .load_async(&mut self.append_conn.clone())
+                    .load_async(&mut append_conn.clone())
                     .await
                     .map_err(unavailable)?;
-                self.run_append(&pipe).await
+                Self::run_append(append_conn, &pipe).await
             }
             other => other,
         }
@@ -740,7 +785,7 @@ impl Store for RedisStore {
             .key(keys::room_online(room))
             .arg(user)
             .arg(seq)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         match reply.first().map(String::as_str) {
@@ -775,7 +820,7 @@ impl Store for RedisStore {
             .arg(keys::room_members(room))
             .cmd("HGETALL")
             .arg(keys::room_reads(room))
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         let mut reads: Vec<(String, u64)> = members
@@ -803,7 +848,7 @@ impl Store for RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         raw.iter().map(|r| decode_message(r)).collect()
@@ -824,7 +869,7 @@ impl Store for RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         let mut out = raw
@@ -836,8 +881,9 @@ impl Store for RedisStore {
     }
 
     async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {
+        let shared_conn = self.conn()?;
         let seqs = try_join_all(rooms.iter().map(|room| {
-            let mut conn = self.conn();
+            let mut conn = shared_conn.clone();
             let key = keys::room_seq(room);
             async move { conn.get::<_, Option<u64>>(key).await }
         }))
@@ -863,7 +909,7 @@ impl Store for RedisStore {
             .arg(keys::REGISTRY_SERVERS)
             .arg(&health.id)
             .ignore()
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn()?)
             .await
             .map_err(unavailable)
     }
@@ -880,13 +926,13 @@ impl Store for RedisStore {
             .arg(keys::REGISTRY_SERVERS)
             .arg(server_id)
             .ignore()
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn()?)
             .await
             .map_err(unavailable)
     }
 
     async fn servers(&self, now_ms: u64) -> StoreResult<Vec<ServerSnapshot>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let mut ids: Vec<String> = conn
             .smembers(keys::REGISTRY_SERVERS)
             .await
@@ -913,8 +959,9 @@ impl Store for RedisStore {
         if !expired.is_empty() {
             let _: Result<i64, _> = conn.srem(keys::REGISTRY_SERVERS, &expired).await;
         }
+        let shared_conn = self.conn()?;
         let counts = try_join_all(live.iter().map(|h| {
-            let mut conn = self.conn();
+            let mut conn = shared_conn.clone();
             let key = keys::registry_pending(&h.id);
             async move {
                 conn.zcount::<_, _, _, u64>(key, format!("({now_ms}"), "+inf")
@@ -955,7 +1002,7 @@ impl Store for RedisStore {
             .arg(&key)
             .arg(600_000)
             .ignore()
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn()?)
             .await
             .map_err(unavailable)
     }
@@ -974,7 +1021,7 @@ impl Store for RedisStore {
             .cmd("ZREM")
             .arg(&key)
             .arg(ticket_id)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         Ok(removed == 1 && score.is_some_and(|s| s > now_ms as f64))
@@ -987,14 +1034,14 @@ impl Store for RedisStore {
             invocation.arg(id);
         }
         let _: i64 = invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
     async fn registered(&self) -> StoreResult<std::collections::HashSet<String>> {
-        self.conn()
+        self.conn()?
             .hkeys(keys::REGISTRY_REGISTERED)
             .await
             .map_err(unavailable)
@@ -1021,8 +1068,8 @@ impl Store for RedisStore {
             .arg(keys::REGISTRY_HOSTS)
             .arg(&location.server_id)
             .ignore();
-        let mut hosted_conn = self.conn();
-        let mut user_conn = self.conn();
+        let mut hosted_conn = self.conn()?;
+        let mut user_conn = self.conn()?;
         let mut record = self.add_session.prepare_invoke();
         record
             .key(keys::user_sessions(user))
@@ -1067,7 +1114,7 @@ impl Store for RedisStore {
             .key(keys::user_sessions(user))
             .key(keys::user_rooms(user))
             .arg(session)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         let (head, ts, rooms) = split_presence_reply(reply, 3)?;
@@ -1076,7 +1123,7 @@ impl Store for RedisStore {
         try_join_all(rooms.iter().map(|room| self.forget_online(room, &forget))).await?;
         if still_hosted == "0" && !server_id.is_empty() {
             let _: i64 = self
-                .conn()
+                .conn()?
                 .srem(keys::registry_hosted(server_id), user)
                 .await
                 .map_err(unavailable)?;
@@ -1090,7 +1137,7 @@ impl Store for RedisStore {
     }
 
     async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let hosts: Vec<String> = conn
             .smembers(keys::REGISTRY_HOSTS)
             .await
@@ -1126,7 +1173,7 @@ impl Store for RedisStore {
             .key(keys::room_members(room))
             .key(keys::room_online(room))
             .arg(max_members)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         if reply.first().map(String::as_str) != Some("1") {
@@ -1137,7 +1184,7 @@ impl Store for RedisStore {
 
     async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {
         let flat: Vec<String> = self
-            .conn()
+            .conn()?
             .hgetall(keys::room_online(room))
             .await
             .map_err(unavailable)?;
@@ -1148,7 +1195,7 @@ impl Store for RedisStore {
         if sessions.is_empty() {
             return Ok(());
         }
-        self.conn()
+        self.conn()?
             .hdel::<_, _, i64>(keys::room_online(room), sessions)
             .await
             .map_err(unavailable)?;
@@ -1156,8 +1203,9 @@ impl Store for RedisStore {
     }
 
     async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()> {
+        let shared_conn = self.conn()?;
         try_join_all(users.iter().map(|user| {
-            let mut conn = self.conn();
+            let mut conn = shared_conn.clone();
             let key = keys::user_sessions(user);
             async move { conn.pexpire::<_, i64>(key, ttl_ms as i64).await }
         }))
@@ -1170,8 +1218,9 @@ impl Store for RedisStore {
         &self,
         users: &[String],
     ) -> StoreResult<HashMap<String, Vec<SessionLocation>>> {
+        let shared_conn = self.conn()?;
         let all = try_join_all(users.iter().map(|user| {
-            let mut conn = self.conn();
+            let mut conn = shared_conn.clone();
             let key = keys::user_sessions(user);
             async move { conn.hgetall::<_, HashMap<String, String>>(key).await }
         }))
@@ -1189,5 +1238,28 @@ impl Store for RedisStore {
                 (user.clone(), locations)
             })
             .collect())
+    }
+}
+
+/// Tries to reach the Redis Cluster until it answers (backing off from
+/// 250 ms to 5 s), then fills `connections`. Ends when the store is gone.
+async fn connect_until_reachable(client: ClusterClient, connections: Weak<OnceLock<Connections>>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Some(slot) = connections.upgrade() else {
+            return;
+        };
+        match Connections::open(&client).await {
+            Ok(c) => {
+                let _ = slot.set(c);
+                tracing::info!("connected to the Redis Cluster");
+                return;
+            }
+            Err(e) => {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis Cluster still not reachable");
+            }
+        }
     }
 }

@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use e2e::serde_json::Value;
-use e2e::{seqs, unique, Cluster, Partitions, RedisNode, WsClient, WAIT};
+use e2e::{
+    bin_path, free_port, process_env, redis_urls, seqs, unique, wait_http_ok, Api, Cluster,
+    Partitions, Process, RedisNode, ServerUids, WsClient, WAIT,
+};
 
 /// How long a server is cut off from Redis: longer than the 3 s dead-after
 /// interval, so the other processes count it dead and drop deliveries to
@@ -102,4 +105,105 @@ async fn a_chat_server_cut_off_from_redis_catches_its_sessions_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_server_cut_off_from_its_peers_catches_its_sessions_up() {
     partitioned_server_catches_up(Cut::FromPeers).await;
+}
+
+/// Issue 15 ("Also"): on a fresh `helm install` the servers start before
+/// Redis answers. They must stay up, report not ready, and become ready
+/// by themselves once Redis answers (they used to exit at once, so the pod
+/// crash-looped through Kubernetes' growing back-off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_started_before_redis_answers_stay_up_and_become_ready() {
+    let partitions = match Partitions::new() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("[partitions] skipped: {why}");
+            return;
+        }
+    };
+    let Some(redis_urls) = redis_urls() else {
+        return;
+    };
+    let Some(nodes) = RedisNode::all(&redis_urls) else {
+        return;
+    };
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let uids = ServerUids::new();
+    partitions.cut_from_redis(uids.api(), &ports);
+    partitions.cut_from_redis(uids.chat(0), &ports);
+
+    let env = process_env(&redis_urls);
+    let (api_port, chat_port) = (free_port(), free_port());
+    let chat_id = unique("early-chat");
+    let mut api = Process::spawn_as(
+        "api-server",
+        &bin_path("api-server"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{api_port}"),
+            "--dev-tokens".into(),
+        ],
+        &env,
+        api_port,
+        Some(uids.api()),
+    );
+    let mut chat = Process::spawn_as(
+        "chat-server",
+        &bin_path("chat-server"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{chat_port}"),
+            "--server-id".into(),
+            chat_id.clone(),
+        ],
+        &env,
+        chat_port,
+        Some(uids.chat(0)),
+    );
+    let http = reqwest::Client::new();
+    let status = |port: u16, path: &'static str| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        }
+    };
+    // Longer than a Redis connect timeout (2 s) several times over.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (name, process, port) in [("api", &mut api, api_port), ("chat", &mut chat, chat_port)] {
+        assert_eq!(
+            process.try_exit(),
+            None,
+            "the {name} server exited while Redis did not answer:\n{}",
+            process.log_tail(20)
+        );
+        assert_eq!(status(port, "/healthz").await, Some(200), "{name} /healthz");
+        assert_eq!(status(port, "/readyz").await, Some(503), "{name} /readyz");
+    }
+
+    partitions.heal();
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    wait_http_ok(&mut api, &format!("{api_url}/readyz"), WAIT * 3)
+        .await
+        .expect("the API server ready once Redis answers");
+    wait_http_ok(
+        &mut chat,
+        &format!("http://127.0.0.1:{chat_port}/readyz"),
+        WAIT * 3,
+    )
+    .await
+    .expect("the chat server ready once Redis answers");
+
+    // And it serves: a session on the late chat server gets a message.
+    let (alice_id, bob_id) = (unique("alice"), unique("bob"));
+    let alice = Api::login(&api_url, &alice_id).await;
+    let mut bob = Api::login(&api_url, &bob_id).await;
+    bob.allowed_servers = Some(vec![chat_id.clone()]);
+    let room = alice.create_room_id("early", &[&bob_id]).await;
+    let mut bob_ws = WsClient::connect_to(&bob, &chat_id).await;
+    let sent = alice.send(&room, "hello").await;
+    let got = bob_ws.collect_messages(&room, 1, WAIT).await;
+    assert_eq!(seqs(&got), [sent["seq"].as_u64().unwrap()]);
 }
