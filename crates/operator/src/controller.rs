@@ -56,12 +56,16 @@ pub struct ControllerMetrics {
     pub drains_requested: Arc<Counter>,
     pub scale_ups: Arc<Counter>,
     pub scale_downs: Arc<Counter>,
+    pub status_writes: Arc<Counter>,
 }
 
 impl ControllerMetrics {
     pub fn new(m: &Metrics) -> Self {
         ControllerMetrics {
-            reconciles: m.counter("operator_reconciles_total", "Reconciliations run."),
+            reconciles: m.counter(
+                "operator_reconciles_total",
+                "Reconciliations run (its rate shows a reconcile loop, if any).",
+            ),
             reconcile_errors: m.counter(
                 "operator_reconcile_errors_total",
                 "Reconciliations that failed.",
@@ -74,6 +78,10 @@ impl ControllerMetrics {
             scale_downs: m.counter(
                 "operator_scale_downs_total",
                 "StatefulSet replica decreases after a drain.",
+            ),
+            status_writes: m.counter(
+                "operator_status_writes_total",
+                "ChatCluster status writes (an unchanged status is not written).",
             ),
         }
     }
@@ -791,7 +799,12 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     };
     // The drain records are written before the drain requests go out, so a
     // drain that fails or never answers still has its timeout running.
-    write_status(&api, &name, &status).await?;
+    // An unchanged status is not written: each write is a watch event and
+    // an etcd write, and an idle cluster needs neither.
+    if cc.status.as_ref() != Some(&status) {
+        write_status(&api, &name, &status).await?;
+        ctx.metrics.status_writes.inc();
+    }
 
     if let Some(fleet) = &fleet {
         let before = problems.len();
@@ -831,6 +844,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
         if problems.len() > before {
             status.conditions[2] = degraded(&problems, &previous.conditions, &now_text);
             write_status(&api, &name, &status).await?;
+            ctx.metrics.status_writes.inc();
         }
     }
     for problem in &problems {

@@ -6,7 +6,8 @@
 //! - [`resources`]: the owned objects (StatefulSet, Service, PDB).
 //! - [`fleet`]: the chat servers' side (health in Redis, drain requests,
 //!   endpoint registration).
-//! - [`controller`]: reconcile, finalizer, status, events.
+//! - [`controller`]: reconcile, status, events.
+//! - [`watches`]: what triggers a reconcile (and what must not).
 
 pub mod autoscale;
 pub mod controller;
@@ -14,3 +15,4 @@ pub mod crd;
 pub mod fleet;
 pub mod resources;
 pub mod scaledown;
+pub mod watches;

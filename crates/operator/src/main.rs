@@ -9,12 +9,10 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use clap::Parser;
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
-use operator::controller::{error_policy, reconcile, Context};
-use operator::crd::ChatCluster;
+use kube::Client;
+use operator::controller::Context;
 use operator::fleet::RedisFleetConnector;
+use operator::watches;
 
 #[derive(Parser)]
 #[command(version, about = "Kubernetes operator for ChatCluster resources")]
@@ -124,17 +122,8 @@ async fn main() -> anyhow::Result<()> {
 
 /// Runs until a shutdown signal.
 async fn run_controller(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
-    let (clusters, statefulsets): (Api<ChatCluster>, Api<StatefulSet>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    Controller::new(clusters, watcher::Config::default())
-        .owns(statefulsets, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+    let controller = watches::controller(client, namespace.as_deref()).shutdown_on_signal();
+    watches::run(controller, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),

@@ -23,6 +23,9 @@ use kube::{Resource, ResourceExt};
 use crate::crd::ChatCluster;
 
 pub const CLUSTER_LABEL: &str = "chat.scalechat.dev/cluster";
+/// Every object the operator creates carries this label; its watch of
+/// StatefulSets is limited to them.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=chat-operator";
 
 pub fn selector_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
     BTreeMap::from([

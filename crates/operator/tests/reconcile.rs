@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_store::{ServerHealth, ServerState};
+use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -21,6 +22,7 @@ use operator::crd::{
 };
 use operator::fleet::{Fleet, FleetConfig, FleetConnector, FleetError};
 use serde_json::{json, Value};
+use tower_test::mock::SendResponse;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -114,6 +116,8 @@ struct FakeFleet {
     redis_error: Mutex<Option<String>>,
     /// Chat servers answer drain requests with 403 (a rotated secret).
     refuse_drains: Mutex<bool>,
+    /// Live load: every read finds one more connection on each server.
+    drifting: Mutex<bool>,
     drains: Mutex<Vec<String>>,
     registered: Mutex<HashMap<String, Vec<String>>>,
     /// Registration changes are logged with the API calls, in one order.
@@ -126,6 +130,7 @@ impl FakeFleet {
             servers: Mutex::default(),
             redis_error: Mutex::default(),
             refuse_drains: Mutex::default(),
+            drifting: Mutex::default(),
             drains: Mutex::default(),
             registered: Mutex::default(),
             world,
@@ -167,7 +172,11 @@ impl Fleet for FakeFleet {
         if let Some(e) = self.redis_error.lock().unwrap().clone() {
             return Err(FleetError(e));
         }
-        Ok(self.servers.lock().unwrap().clone())
+        let mut servers = self.servers.lock().unwrap();
+        if *self.drifting.lock().unwrap() {
+            servers.iter_mut().for_each(|s| s.connections += 1);
+        }
+        Ok(servers.clone())
     }
     async fn request_drain(&self, address: &str) -> Result<(), FleetError> {
         self.drains.lock().unwrap().push(address.to_owned());
@@ -185,6 +194,7 @@ impl Fleet for FakeFleet {
         self.world.lock().unwrap().calls.push(Call {
             method: "FLEET".into(),
             path: format!("set_registered {cluster}"),
+            query: String::new(),
             body: json!(ids),
         });
         self.registered
@@ -200,6 +210,7 @@ impl Fleet for FakeFleet {
 struct Call {
     method: String,
     path: String,
+    query: String,
     body: Value,
 }
 
@@ -211,13 +222,90 @@ struct World {
     /// Secrets by name: key -> value.
     secrets: HashMap<String, BTreeMap<String, String>>,
     calls: Vec<Call>,
+    /// Serving the controller's watches: lists answer, status writes are
+    /// kept, and a status write that changes the status is a MODIFIED
+    /// event for the ChatCluster watch (as the API server does).
+    live: bool,
+    /// Watch requests not answered yet: path and the reply handle.
+    pending_watches: Vec<(String, SendResponse<Response<Body>>)>,
+    /// ChatCluster watch events not delivered yet.
+    cluster_events: Vec<Value>,
 }
 
 impl World {
+    /// A change of the ChatCluster as the API server makes it: a new
+    /// resourceVersion and a MODIFIED event.
+    fn modified(&mut self) {
+        let rv: u64 = self
+            .cluster
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .unwrap();
+        self.cluster.metadata.resource_version = Some((rv + 1).to_string());
+        self.cluster_events
+            .push(json!({"type": "MODIFIED", "object": self.cluster}));
+    }
+
+    /// Answers a pending ChatCluster watch with the events so far (the
+    /// watcher then watches again from the last resourceVersion).
+    fn deliver_events(&mut self) {
+        if self.cluster_events.is_empty() {
+            return;
+        }
+        let Some(i) = self
+            .pending_watches
+            .iter()
+            .position(|(p, _)| p.ends_with("/chatclusters"))
+        else {
+            return;
+        };
+        let (_, send) = self.pending_watches.remove(i);
+        let lines: String = self
+            .cluster_events
+            .drain(..)
+            .map(|e| format!("{e}\n"))
+            .collect();
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::OK)
+                .body(Body::from(lines.into_bytes()))
+                .unwrap(),
+        );
+    }
+
     fn answer(&mut self, method: &str, path: &str, body: &Value) -> (StatusCode, Value) {
         let base = format!("/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}");
         let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}");
         match (method, path) {
+            ("GET", p)
+                if p == format!(
+                    "/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters"
+                ) =>
+            {
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "chat.scalechat.dev/v1alpha1", "kind": "ChatClusterList",
+                       "metadata": {"resourceVersion": self.cluster.metadata.resource_version},
+                       "items": [self.cluster]}),
+                )
+            }
+            ("GET", p) if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets") => (
+                StatusCode::OK,
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSetList",
+                       "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
+            ("PATCH", p) if self.live && p == format!("{base}/status") => {
+                let status: ChatClusterStatus =
+                    serde_json::from_value(body["status"].clone()).unwrap();
+                if self.cluster.status.as_ref() != Some(&status) {
+                    self.cluster.status = Some(status);
+                    self.modified();
+                }
+                (StatusCode::OK, serde_json::to_value(&self.cluster).unwrap())
+            }
             ("PATCH", p) if p == base || p == format!("{base}/status") => {
                 let mut object = serde_json::to_value(&self.cluster).unwrap();
                 if let Some(status) = body.get("status") {
@@ -303,6 +391,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 struct Harness {
+    client: Client,
     world: Arc<Mutex<World>>,
     /// The fleet of the default cluster's Redis (`redis://r0:6379`).
     fleet: Arc<FakeFleet>,
@@ -315,6 +404,7 @@ impl Harness {
     fn new(cluster: ChatCluster, statefulset_replicas: Option<i32>, pods: Vec<Value>) -> Harness {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NS);
+        let harness_client = client.clone();
         let world = Arc::new(Mutex::new(World {
             cluster,
             statefulset_replicas,
@@ -324,33 +414,41 @@ impl Harness {
                 BTreeMap::from([("internalSecret".to_owned(), "internal-s3cret".to_owned())]),
             )]),
             calls: Vec::new(),
+            live: false,
+            pending_watches: Vec::new(),
+            cluster_events: Vec::new(),
         }));
         let answering = world.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().to_string();
                 let path = request.uri().path().to_owned();
+                let query = request.uri().query().unwrap_or_default().to_owned();
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let body: Value = if bytes.is_empty() {
                     Value::Null
                 } else {
                     serde_json::from_slice(&bytes).unwrap_or(Value::Null)
                 };
-                let (status, answer) = {
-                    let mut w = answering.lock().unwrap();
-                    w.calls.push(Call {
-                        method: method.clone(),
-                        path: path.clone(),
-                        body: body.clone(),
-                    });
-                    w.answer(&method, &path, &body)
-                };
-                send.send_response(
-                    Response::builder()
-                        .status(status)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
+                let mut w = answering.lock().unwrap();
+                w.calls.push(Call {
+                    method: method.clone(),
+                    path: path.clone(),
+                    query: query.clone(),
+                    body: body.clone(),
+                });
+                if query.split('&').any(|q| q == "watch=true") {
+                    w.pending_watches.push((path, send));
+                } else {
+                    let (status, answer) = w.answer(&method, &path, &body);
+                    send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                            .unwrap(),
+                    );
+                }
+                w.deliver_events();
             }
         });
         let connector = Arc::new(FakeConnector {
@@ -365,6 +463,7 @@ impl Harness {
         let clock = now.clone();
         Arc::get_mut(&mut ctx).unwrap().clock = Arc::new(move || *clock.lock().unwrap());
         Harness {
+            client: harness_client,
             world,
             fleet,
             connector,
@@ -968,6 +1067,69 @@ async fn deleting_with_redis_down_or_the_secret_gone_does_not_hang() {
     assert!(h
         .event_reasons()
         .contains(&"DeregistrationFailed".to_owned()));
+}
+
+// ------------- issue 15: no self-triggered reconcile loop; owned objects only
+
+#[tokio::test]
+async fn status_writes_do_not_trigger_reconciles_but_spec_changes_do() {
+    let h = Harness::new(chat_cluster(1), Some(1), vec![pod(0, true)]);
+    h.world.lock().unwrap().live = true;
+    *h.fleet.servers.lock().unwrap() = vec![health(0, ServerState::Ready, 5)];
+    // The connection count changes on every read, so every status written
+    // differs from the one before, as on a cluster with traffic.
+    *h.fleet.drifting.lock().unwrap() = true;
+    let controller = operator::watches::controller(h.client.clone(), Some(NS));
+    let running =
+        tokio::spawn(operator::watches::run(controller, h.ctx.clone()).for_each(|_| async {}));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reconciles = h.ctx.metrics.reconciles.get();
+    let status_writes = h.calls("PATCH", "/status").len();
+    assert_eq!(
+        reconciles, 1,
+        "the status write ({status_writes} written) woke reconcile again"
+    );
+
+    // A spec change (new generation) does wake it.
+    {
+        let mut w = h.world.lock().unwrap();
+        w.cluster.spec.replicas = 2;
+        w.cluster.metadata.generation = Some(5);
+        w.modified();
+        w.deliver_events();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.abort();
+    assert_eq!(h.ctx.metrics.reconciles.get(), 2);
+    assert_eq!(h.applied_replicas(), Some(2));
+
+    // Only the operator's own StatefulSets are watched.
+    let sts_reads =
+        h.calls_matching(|c| c.path == format!("/apis/apps/v1/namespaces/{NS}/statefulsets"));
+    assert!(!sts_reads.is_empty());
+    for call in sts_reads {
+        assert!(
+            call.query
+                .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dchat-operator"),
+            "{}",
+            call.query
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let h = Harness::new(chat_cluster(2), Some(2), vec![pod(0, true), pod(1, true)]);
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 5),
+        health(1, ServerState::Ready, 7),
+    ];
+    h.reconcile().await;
+    assert_eq!(h.calls("PATCH", "/status").len(), 1);
+    h.persist_status();
+    h.reconcile().await;
+    assert!(h.calls("PATCH", "/status").is_empty());
+    assert_eq!(h.ctx.metrics.status_writes.get(), 1);
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
