@@ -844,23 +844,33 @@ def check_rendering(r: Report, chart, crd: dict, cel: CelRules) -> list[dict]:
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
 
-def promql_metric_names(expr: str) -> set[str]:
-    """Names of the series an expression selects (raises ValueError when it
-    does not parse)."""
+# Functions whose argument must be a counter (they assume it only grows).
+COUNTER_FUNCTIONS = {"rate", "irate", "increase", "resets"}
+
+
+def promql_metric_names(expr: str) -> dict[str, bool]:
+    """Names of the series an expression selects, each with whether it is
+    read as a counter (inside rate/irate/increase/resets). Raises ValueError
+    when the expression does not parse."""
     for var, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(var, value)
-    names = set()
+    names: dict[str, bool] = {}
 
-    def visit(node):
-        if isinstance(node, promql_parser.VectorSelector):
-            if node.name:
-                names.add(node.name)
-            for m in node.matchers.matchers:
-                if m.name == "__name__":
-                    names.add(m.value)
-        return True
+    def collect(as_counter: bool):
+        def visit(node):
+            if isinstance(node, promql_parser.VectorSelector):
+                found = [node.name] if node.name else []
+                found += [m.value for m in node.matchers.matchers if m.name == "__name__"]
+                for name in found:
+                    names[name] = names.get(name, False) or as_counter
+            elif isinstance(node, promql_parser.Call) and node.func.name in COUNTER_FUNCTIONS:
+                for arg in node.args:
+                    promql_parser.walk(arg, collect(True))
+                return False  # its arguments were walked just above
+            return True
+        return visit
 
-    promql_parser.walk(promql_parser.parse(expr), visit)
+    promql_parser.walk(promql_parser.parse(expr), collect(False))
     return names
 
 
@@ -884,11 +894,13 @@ def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
     return out
 
 
-def monitoring_metric_list(names: set[str]) -> str:
-    return ("# Metric names the chart's PrometheusRule and Grafana dashboard query, one a line.\n"
-            "# Written by `python3 scripts/validate-k8s.py --update` from the chart, checked\n"
-            "# for drift by scripts/validate-k8s.py, and checked against running processes\n"
-            "# by crates/e2e/tests/metric_names.rs.\n" + "".join(f"{n}\n" for n in sorted(names)))
+def monitoring_metric_list(names: dict[str, bool]) -> str:
+    return ("# Metric names the chart's PrometheusRule and Grafana dashboard query, one a\n"
+            "# line; `counter` after a name: it is read by rate/irate/increase/resets, so\n"
+            "# it must be a counter. Written by `python3 scripts/validate-k8s.py --update`\n"
+            "# from the chart, checked for drift by scripts/validate-k8s.py, and checked\n"
+            "# against running processes by crates/e2e/tests/metric_names.rs.\n"
+            + "".join(f"{n} counter\n" if c else f"{n}\n" for n, c in sorted(names.items())))
 
 
 def fields_lost(original, again, path="") -> list[str]:
@@ -946,7 +958,12 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
                 len(broken) == 2 and any("scrapeInterval" in e for e in broken[1]["errors"]), str(broken[1:]))
 
     # (2) every PromQL expression parses; the metric names they select
-    names: set[str] = set()
+    names: dict[str, bool] = {}
+
+    def add(found: dict[str, bool]) -> None:
+        for name, as_counter in found.items():
+            names[name] = names.get(name, False) or as_counter
+
     docs = {f"{d['kind']}/{d['metadata']['name']}": d
             for _, d in rendered_docs(render(chart, {"monitoring": {"enabled": True}}))}
     rule = docs["PrometheusRule/chat"]
@@ -956,7 +973,7 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
         for x in group["rules"]:
             count += 1
             try:
-                names |= promql_metric_names(x["expr"])
+                add(promql_metric_names(x["expr"]))
             except ValueError as err:
                 bad.append(f"{x.get('alert') or x.get('record')}: {err}")
     r.check(f"the PrometheusRule's {count} expressions parse as PromQL (promql-parser)", not bad and count > 0,
@@ -967,7 +984,7 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
     bad = []
     for where, expr in queries:
         try:
-            names |= promql_metric_names(expr)
+            add(promql_metric_names(expr))
         except ValueError as err:
             bad.append(f"{where}: {err}")
     r.check(f"the Grafana dashboard's {len(queries)} queries parse as PromQL (promql-parser)",
@@ -1021,6 +1038,9 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
             "query", current == expected,
             "run: python3 scripts/validate-k8s.py --update (then crates/e2e/tests/metric_names.rs checks them); "
             f"names now: {sorted(names)}")
+    gauges_as_counters = [n for n, c in names.items() if c and not n.endswith("_total")]
+    r.check("rate/irate/increase/resets read only *_total names (counters by convention; the e2e test "
+            "checks their # TYPE)", not gauges_as_counters, ", ".join(gauges_as_counters))
 
 
 def check_readme(r: Report, update: bool) -> None:

@@ -16,9 +16,11 @@
 //!   `kube_*` from kube-state-metrics) only against the short list below,
 //!   since nothing here runs those exporters.
 //!
-//! A name with any other prefix fails the test.
+//! A name with any other prefix fails the test. A name the list marks
+//! `counter` (the queries read it with rate, irate, increase or resets) must
+//! also be exposed or registered as a counter.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use e2e::*;
@@ -31,15 +33,20 @@ const EXTERNAL: &[&str] = &[
     "kube_pod_status_ready",
 ];
 
-fn monitoring_metrics() -> Vec<String> {
+/// (name, read as a counter) for every line of the list.
+fn monitoring_metrics() -> Vec<(String, bool)> {
     let path = workspace_root().join("scripts/k8s/monitoring-metrics.txt");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let names: Vec<String> = text
+    let names: Vec<(String, bool)> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next().unwrap_or_default().to_owned();
+            (name, words.next() == Some("counter"))
+        })
         .collect();
     assert!(
         names.len() >= 5,
@@ -50,25 +57,28 @@ fn monitoring_metrics() -> Vec<String> {
     names
 }
 
-/// Metric names in a Prometheus text exposition (`# TYPE` lines and
-/// samples, labels and histogram suffixes kept as exposed).
-fn exposed_names(exposition: &str) -> BTreeSet<String> {
-    exposition
-        .lines()
-        .filter_map(|line| {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                return rest.split_whitespace().next().map(str::to_owned);
+/// Metric names in a Prometheus text exposition with their `# TYPE`
+/// (`untyped` for samples without one; labels and histogram suffixes kept
+/// as exposed).
+fn exposed_names(exposition: &str) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                names.insert(name.to_owned(), kind.to_owned());
             }
-            if line.starts_with('#') || line.trim().is_empty() {
-                return None;
-            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
             let end = line.find(['{', ' ']).unwrap_or(line.len());
-            Some(line[..end].to_owned())
-        })
-        .collect()
+            names
+                .entry(line[..end].to_owned())
+                .or_insert_with(|| "untyped".to_owned());
+        }
+    }
+    names
 }
 
-async fn scrape(http_url: &str) -> BTreeSet<String> {
+async fn scrape(http_url: &str) -> BTreeMap<String, String> {
     let text = reqwest::get(format!("{http_url}/metrics"))
         .await
         .expect("GET /metrics")
@@ -78,15 +88,15 @@ async fn scrape(http_url: &str) -> BTreeSet<String> {
     exposed_names(&text)
 }
 
-/// The names the operator registers: the first string literal after each
-/// `.counter(` or `.gauge(` in its sources.
-fn operator_source_names() -> BTreeSet<String> {
+/// The names the operator registers, with their kind: the first string
+/// literal after each `.counter(`, `.gauge(` or `.histogram(` in its sources.
+fn operator_source_names() -> BTreeMap<String, String> {
     let root = workspace_root();
     let dir = [root.join("crates/operator/src"), root.join("operator/src")]
         .into_iter()
         .find(|d| d.is_dir())
         .expect("the operator's sources (crates/operator/src or operator/src)");
-    let mut names = BTreeSet::new();
+    let mut names = BTreeMap::new();
     let mut stack: Vec<PathBuf> = vec![dir];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read_dir") {
@@ -104,7 +114,9 @@ fn operator_source_names() -> BTreeSet<String> {
                             continue;
                         }
                         if let Some(len) = rest[open + 1..].find('"') {
-                            names.insert(rest[open + 1..open + 1 + len].to_owned());
+                            let kind = call.trim_matches(|c| c == '.' || c == '(');
+                            names
+                                .insert(rest[open + 1..open + 1 + len].to_owned(), kind.to_owned());
                         }
                     }
                 }
@@ -124,32 +136,38 @@ async fn every_metric_the_dashboard_and_alerts_query_exists() {
     let chat = scrape(&cluster.chat[0].http_url()).await;
     let operator = operator_source_names();
     assert!(
-        api.contains("api_http_requests_total") && chat.contains("chat_server_sessions"),
+        api.contains_key("api_http_requests_total") && chat.contains_key("chat_server_sessions"),
         "the scrapes look wrong: api {api:?}, chat {chat:?}"
     );
     assert!(
-        operator.contains("operator_reconciles_total"),
+        operator.contains_key("operator_reconciles_total"),
         "no operator metric found in its sources: {operator:?}"
     );
 
     let mut missing = Vec::new();
-    for name in &wanted {
-        let (found, source) = if name.starts_with("api_") {
-            (api.contains(name), "api-server /metrics")
+    for (name, as_counter) in &wanted {
+        let (kind, source) = if name.starts_with("api_") {
+            (api.get(name).cloned(), "api-server /metrics")
         } else if name.starts_with("chat_server_") {
-            (chat.contains(name), "chat-server /metrics")
+            (chat.get(name).cloned(), "chat-server /metrics")
         } else if name.starts_with("operator_") {
-            (operator.contains(name), "operator sources")
+            (operator.get(name).cloned(), "operator sources")
         } else {
-            (EXTERNAL.contains(&name.as_str()), "the external list")
+            let known = EXTERNAL.contains(&name.as_str());
+            // other exporters' names: presence only
+            (known.then(|| "counter".to_owned()), "the external list")
         };
-        if !found {
-            missing.push(format!("{name} (looked in {source})"));
+        match kind {
+            None => missing.push(format!("{name} (looked in {source})")),
+            Some(kind) if *as_counter && kind != "counter" => missing.push(format!(
+                "{name} is read with rate/increase but is a {kind} ({source})"
+            )),
+            Some(_) => {}
         }
     }
     assert!(
         missing.is_empty(),
-        "metrics queried by the chart's dashboard or alerts that nothing exposes: {missing:?}\n\
+        "metrics queried by the chart's dashboard or alerts that nothing exposes as queried: {missing:?}\n\
          api-server exposes {api:?}\nchat-server exposes {chat:?}\noperator registers {operator:?}"
     );
     println!(
@@ -167,6 +185,9 @@ fn exposed_names_reads_types_samples_and_labels() {
     let names = exposed_names(text);
     assert_eq!(
         names,
-        BTreeSet::from(["a_total".to_owned(), "b_bucket".to_owned()])
+        BTreeMap::from([
+            ("a_total".to_owned(), "counter".to_owned()),
+            ("b_bucket".to_owned(), "untyped".to_owned())
+        ])
     );
 }
