@@ -80,7 +80,7 @@ scripts/schemathesis.sh
 # generator): see scripts/validate-k8s.py. Pinned in
 # scripts/requirements-k8s.txt and scripts/k8s/package-lock.json.
 echo "== validating the Kubernetes artefacts (offline, real Helm and schemas)"
-python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-k8s.txt
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r scripts/requirements-k8s.txt
 (cd scripts/k8s && npm ci --no-audit --no-fund --loglevel=error)
 if ! command -v shellcheck >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
   apt-get install -y -qq shellcheck >/dev/null 2>&1 \
