@@ -462,17 +462,6 @@ def check_chatclusters(r: Report, crd: dict, cel: CelRules) -> None:
     r.check("examples/chatcluster.yaml passes every CEL rule as an update of itself", not bad, "; ".join(bad))
 
 
-def docs_of(rendered: dict[str, str]) -> list[tuple[str, dict]]:
-    out = []
-    for name, text in rendered.items():
-        if name.endswith(".txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc is not None:
-                out.append((name, doc))
-    return out
-
-
 def pod_spec(doc: dict):
     if doc.get("kind") in ("Deployment", "StatefulSet", "Job"):
         return doc["spec"]["template"]["spec"]
