@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chat_protocol::rest::ServerState;
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisAccess, RedisStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -270,6 +270,32 @@ fn decode_online_pairs(flat: Vec<String>) -> StoreResult<Vec<OnlineSession>> {
     Ok(out)
 }
 
+/// How to reach a Redis Cluster besides its node URLs: AUTH (a password,
+/// or an ACL user and its password) and TLS (`rediss://` URLs, verified
+/// against `ca_pem` or else the system's roots; a client certificate for
+/// mutual TLS).
+#[derive(Clone, Default)]
+pub struct RedisAccess {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM bundle of the CAs that sign the nodes' certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key presented to the nodes.
+    pub client_cert: Option<redis::ClientTlsConfig>,
+}
+
+impl std::fmt::Debug for RedisAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("RedisAccess")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .finish()
+    }
+}
+
 /// The connections of a [`RedisStore`], once made.
 struct Connections {
     conn: ClusterConnection,
@@ -289,11 +315,25 @@ impl Connections {
     }
 }
 
+/// The connections once made, and why the last attempt failed until then
+/// (what `/readyz` shows).
+#[derive(Default)]
+struct ConnectionSlot {
+    made: OnceLock<Connections>,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl ConnectionSlot {
+    fn failed(&self, e: &redis::RedisError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+    }
+}
+
 pub struct RedisStore {
     /// Empty until Redis first answered: a process started before Redis is
     /// reachable (every fresh `helm install`) stays up, reports not ready
     /// and keeps trying in the background instead of exiting.
-    connections: Arc<OnceLock<Connections>>,
+    connections: Arc<ConnectionSlot>,
     config: StoreConfig,
     append: Script,
     room_view: Script,
@@ -314,20 +354,50 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to a Redis Cluster given any of its nodes' URLs.
+    /// Connects to a Redis Cluster given any of its nodes' URLs
+    /// (`redis://` or, for TLS, `rediss://`; credentials may be in them).
     pub async fn connect(urls: &[String], config: StoreConfig) -> StoreResult<Self> {
-        let client = ClusterClientBuilder::new(urls.to_vec())
+        Self::connect_with(urls, config, &RedisAccess::default()).await
+    }
+
+    /// [`RedisStore::connect`] with credentials and TLS settings, as
+    /// managed Redis Cluster services (ElastiCache, Memorystore, Azure
+    /// Cache) require.
+    pub async fn connect_with(
+        urls: &[String],
+        config: StoreConfig,
+        access: &RedisAccess,
+    ) -> StoreResult<Self> {
+        let mut builder = ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2));
+        if let Some(username) = &access.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &access.password {
+            builder = builder.password(password);
+        }
+        // rustls needs a process-wide crypto provider; which one the build
+        // enables depends on the whole dependency graph, so choose it here
+        // (a no-op when one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if access.ca_pem.is_some() || access.client_cert.is_some() {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: access.client_cert.clone(),
+                root_cert: access.ca_pem.clone(),
+            });
+        }
+        let client = builder
             .build()
-            .map_err(unavailable)?;
-        let connections = Arc::new(OnceLock::new());
+            .map_err(|e| StoreError::Unavailable(format!("Redis Cluster settings: {e}")))?;
+        let connections = Arc::new(ConnectionSlot::default());
         match Connections::open(&client).await {
             Ok(c) => {
-                let _ = connections.set(c);
+                let _ = connections.made.set(c);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis Cluster not reachable yet; retrying in the background (not ready until then)");
+                connections.failed(&e);
                 tokio::spawn(connect_until_reachable(
                     client,
                     Arc::downgrade(&connections),
@@ -353,9 +423,14 @@ impl RedisStore {
     }
 
     fn connections(&self) -> StoreResult<&Connections> {
-        self.connections
-            .get()
-            .ok_or_else(|| StoreError::Unavailable("not connected to the Redis Cluster yet".into()))
+        self.connections.made.get().ok_or_else(|| {
+            let why = self
+                .connections
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            StoreError::Unavailable(format!("not connected to the Redis Cluster yet: {why}"))
+        })
     }
 
     fn conn(&self) -> StoreResult<ClusterConnection> {
@@ -1243,7 +1318,7 @@ impl Store for RedisStore {
 
 /// Tries to reach the Redis Cluster until it answers (backing off from
 /// 250 ms to 5 s), then fills `connections`. Ends when the store is gone.
-async fn connect_until_reachable(client: ClusterClient, connections: Weak<OnceLock<Connections>>) {
+async fn connect_until_reachable(client: ClusterClient, connections: Weak<ConnectionSlot>) {
     let mut backoff = Duration::from_millis(250);
     loop {
         tokio::time::sleep(backoff).await;
@@ -1252,11 +1327,12 @@ async fn connect_until_reachable(client: ClusterClient, connections: Weak<OnceLo
         };
         match Connections::open(&client).await {
             Ok(c) => {
-                let _ = slot.set(c);
+                let _ = slot.made.set(c);
                 tracing::info!("connected to the Redis Cluster");
                 return;
             }
             Err(e) => {
+                slot.failed(&e);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis Cluster still not reachable");
             }
