@@ -27,6 +27,14 @@ if ! command -v iptables >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v 
     || echo "test.sh: could not install iptables; partition faults will be skipped"
 fi
 
+# The Redis TLS test (crates/chat-store/tests/redis_tls.rs) makes its CA and
+# certificates with openssl.
+if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing openssl (apt-get), for the Redis TLS test"
+  apt-get install -y -qq openssl >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+fi
+
 echo "== starting the Redis Cluster"
 trap 'scripts/redis-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 scripts/redis-cluster.sh start
