@@ -181,7 +181,13 @@ pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action
         if cc.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
             remove_legacy_finalizer(&cc, &ctx).await?;
         }
-        apply(cc, ctx.clone()).await
+        match apply(cc.clone(), ctx.clone()).await {
+            Ok(action) => Ok(action),
+            Err(error) => {
+                report_failure(&cc, &ctx, &error).await;
+                Err(error)
+            }
+        }
     };
     if result.is_ok() {
         ctx.failures
@@ -190,6 +196,49 @@ pub async fn reconcile(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action
             .remove(&key);
     }
     result
+}
+
+/// A reconcile that failed (the API server refused an apply, say) shows on
+/// the object, not only in the operator's log: a Warning event, and
+/// `Degraded` with the error in the status, the rest of which is kept. Best
+/// effort: the API server may be what failed.
+async fn report_failure(cc: &ChatCluster, ctx: &Context, error: &Error) {
+    ctx.event(
+        cc,
+        EventType::Warning,
+        error.reason(),
+        "Reconcile",
+        error.to_string(),
+    )
+    .await;
+    let previous = cc.status.clone().unwrap_or_default();
+    let now = rfc3339(ctx.now());
+    let degraded = condition(
+        "Degraded",
+        true,
+        error.reason(),
+        error.to_string(),
+        &previous.conditions,
+        &now,
+    );
+    let status = with_conditions(&previous, vec![degraded]);
+    let api: Api<ChatCluster> =
+        Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
+    if let Err(e) = write_status(&api, &cc.name_any(), &status).await {
+        tracing::warn!(error = %e, "could not write the Degraded condition");
+    }
+}
+
+/// `previous` with these conditions replacing those of the same type.
+fn with_conditions(previous: &ChatClusterStatus, conditions: Vec<Condition>) -> ChatClusterStatus {
+    let mut status = previous.clone();
+    for new in conditions {
+        match status.conditions.iter_mut().find(|c| c.type_ == new.type_) {
+            Some(old) => *old = new,
+            None => status.conditions.push(new),
+        }
+    }
+    status
 }
 
 /// Longest time a deleted cluster's deregistration may take before its
@@ -294,6 +343,16 @@ pub fn validate(spec: &ChatClusterSpec) -> Result<(), String> {
     }
     if spec.drain_timeout_seconds < 0 {
         return Err("drainTimeoutSeconds must be >= 0".into());
+    }
+    if let Some(e) = spec
+        .env
+        .iter()
+        .find(|e| resources::OPERATOR_ENV.contains(&e.name.as_str()))
+    {
+        return Err(format!(
+            "env must not set {}: the operator sets it (two entries of one name make the StatefulSet invalid)",
+            e.name
+        ));
     }
     if spec.redis.urls.is_some() == spec.redis.secret_key_ref.is_some() {
         return Err("give exactly one of redis.urls or redis.secretKeyRef".into());
@@ -416,11 +475,39 @@ pub async fn fleet_config(cc: &ChatCluster, client: &Client) -> Result<FleetConf
     })
 }
 
+/// Ready and not terminating: a pod with a deletionTimestamp is on its
+/// way out (it may still pass its probe while it drains) and must be
+/// neither counted nor registered.
 fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Where the StatefulSet's rollout stands, from its own status: `None`
+/// once its controller has seen the latest spec and every pod runs the
+/// latest revision, else what is still going on.
+pub fn rollout_pending(sts: &StatefulSet) -> Option<String> {
+    let Some(status) = sts.status.as_ref() else {
+        return Some("the StatefulSet controller has not reported yet".into());
+    };
+    let generation = sts.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return Some("the StatefulSet controller has not seen the latest spec yet".into());
+    }
+    let want = sts.spec.replicas.unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let revision_done = match (&status.current_revision, &status.update_revision) {
+        (Some(current), Some(update)) => current == update,
+        _ => true,
+    };
+    if updated < want || !revision_done {
+        return Some(format!("{updated}/{want} pods run the latest revision"));
+    }
+    None
 }
 
 /// A failure that does not stop the reconcile (Redis down, a Secret
@@ -475,34 +562,24 @@ fn invalid_spec_status(
     message: &str,
     now: &str,
 ) -> ChatClusterStatus {
-    let mut status = previous.clone();
-    status.observed_generation = cc.metadata.generation;
-    let mut conditions = vec![
-        condition(
-            "Ready",
-            false,
-            "InvalidSpec",
-            message.into(),
-            &previous.conditions,
-            now,
-        ),
-        condition(
-            "Degraded",
-            true,
-            "InvalidSpec",
-            message.into(),
-            &previous.conditions,
-            now,
-        ),
-    ];
-    conditions.extend(
-        previous
-            .conditions
-            .iter()
-            .filter(|c| c.type_ != "Ready" && c.type_ != "Degraded")
-            .cloned(),
+    let mut status = with_conditions(
+        previous,
+        ["Ready", "Degraded"]
+            .into_iter()
+            .map(|type_| {
+                let is_degraded = type_ == "Degraded";
+                condition(
+                    type_,
+                    is_degraded,
+                    "InvalidSpec",
+                    message.into(),
+                    &previous.conditions,
+                    now,
+                )
+            })
+            .collect(),
     );
-    status.conditions = conditions;
+    status.observed_generation = cc.metadata.generation;
     status
 }
 
@@ -653,7 +730,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
             &Patch::Apply(&resources::headless_service(&cc)),
         )
         .await?;
-    statefulsets
+    let applied_statefulset = statefulsets
         .patch(
             &name,
             &ssa,
@@ -728,6 +805,10 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
                 .and_then(|s| s.pod_ip.clone())
                 .unwrap_or_default();
             let (state, connections) = match health_of(&pod) {
+                _ if p.metadata.deletion_timestamp.is_some() => (
+                    "terminating",
+                    health_of(&pod).map_or(0, |h| h.connections as i64),
+                ),
                 Some(h) if h.state == chat_store::ServerState::Draining => {
                     ("draining", h.connections as i64)
                 }
@@ -748,8 +829,18 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
         .collect();
     endpoints.sort_by(|a, b| a.pod.cmp(&b.pod));
     let ready_replicas = pods.items.iter().filter(|p| pod_ready(p)).count() as i32;
-    let existing = pods.items.len() as i32;
-    let progressing = !plan.draining.is_empty() || existing != desired || ready_replicas < desired;
+    let existing = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count() as i32;
+    // The apply's answer is the StatefulSet as it now is: a new template
+    // shows as a generation its controller has not observed yet.
+    let rollout = rollout_pending(&applied_statefulset);
+    let progressing = !plan.draining.is_empty()
+        || existing != desired
+        || ready_replicas < desired
+        || rollout.is_some();
     let ready_message = format!("{ready_replicas}/{desired} chat server pods ready");
     let mut status = ChatClusterStatus {
         observed_generation: cc.metadata.generation,
@@ -776,12 +867,16 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
                 progressing,
                 if !plan.draining.is_empty() {
                     "Draining"
-                } else if progressing {
+                } else if existing != desired || ready_replicas < desired {
                     "Scaling"
+                } else if rollout.is_some() {
+                    "RollingOut"
                 } else {
                     "Stable"
                 },
-                if plan.draining.is_empty() {
+                if let (true, Some(rollout)) = (plan.draining.is_empty(), &rollout) {
+                    format!("target {desired} pods; {rollout}")
+                } else if plan.draining.is_empty() {
                     format!("target {desired} pods")
                 } else {
                     format!(

@@ -68,8 +68,10 @@ pub struct ChatClusterSpec {
     pub public_url_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Extra environment for the chat server container.
+    /// Extra environment for the chat server container. Must not repeat a
+    /// variable the operator sets (POD_NAME, CHAT_SERVER_ID, CHAT_REDIS_URLS, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = refuse_operator_env)]
     pub env: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -101,6 +103,22 @@ pub struct ChatClusterSpec {
     /// The API servers' base URL, for reference in status and docs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_server_url: Option<String>,
+}
+
+/// Makes the API server refuse `env` entries named like a variable the
+/// operator sets: the StatefulSet would get two entries of one name, and
+/// every server-side apply of it would fail. (`not`/`enum` rather than a CEL
+/// rule: it needs no cost estimate and works on every API server version.)
+fn refuse_operator_env(schema: &mut schemars::Schema) {
+    if let Some(name) = schema
+        .pointer_mut("/items/properties/name")
+        .and_then(|n| n.as_object_mut())
+    {
+        name.insert(
+            "not".into(),
+            serde_json::json!({ "enum": crate::resources::OPERATOR_ENV }),
+        );
+    }
 }
 
 fn default_port() -> i32 {
@@ -184,7 +202,8 @@ pub struct ChatClusterStatus {
 pub struct EndpointStatus {
     pub pod: String,
     pub address: String,
-    /// `ready`, `draining` or `unknown` (no health report).
+    /// `ready`, `draining`, `terminating` (being deleted) or `unknown` (no
+    /// health report).
     pub state: String,
     pub connections: i64,
 }

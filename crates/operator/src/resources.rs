@@ -182,6 +182,23 @@ fn probe(path: &str, port: i32) -> Probe {
     }
 }
 
+/// The variables the operator sets on the chat server container; a spec's
+/// `env` may not repeat them (the CRD and `validate` refuse it).
+pub const OPERATOR_ENV: &[&str] = &[
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "POD_IP",
+    "CHAT_SERVER_ID",
+    "CHAT_SERVER_LISTEN",
+    "CHAT_PUBLIC_URL",
+    "CHAT_INTERNAL_URL",
+    "CHAT_DRAIN_TIMEOUT_MS",
+    "CHAT_LOG_FORMAT",
+    "CHAT_TICKET_SECRET",
+    "CHAT_INTERNAL_SECRET",
+    "CHAT_REDIS_URLS",
+];
+
 /// `replicas` comes from the scale plan, not directly from the spec.
 pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
     let spec = &cc.spec;
@@ -319,6 +336,10 @@ mod tests {
             Some("$(POD_NAME).$(POD_NAMESPACE)")
         );
         assert_eq!(server_id(&cc, "chat-0"), "chat-0.prod");
+        let set: Vec<&str> = env.keys().map(String::as_str).collect();
+        let mut listed = OPERATOR_ENV.to_vec();
+        listed.sort();
+        assert_eq!(set, listed, "OPERATOR_ENV lists exactly what is set");
         assert_eq!(
             env["CHAT_PUBLIC_URL"].value.as_deref(),
             Some("ws://$(POD_NAME).chat-chat.prod.svc.cluster.local:9001/ws")

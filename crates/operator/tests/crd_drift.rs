@@ -26,3 +26,18 @@ fn crd_has_the_scale_subresource_and_cel_rules() {
     assert!(yaml.contains("give exactly one of redis.urls or redis.secretKeyRef"));
     assert!(yaml.contains("shortNames:\n    - chat"));
 }
+
+#[test]
+fn crd_refuses_env_entries_that_repeat_operator_variables() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(operator::crd::ChatCluster::crd()).unwrap();
+    let name = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["env"]["items"]["properties"]["name"];
+    let refused: Vec<&str> = name["not"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no not/enum on env[].name: {name}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(refused, operator::resources::OPERATOR_ENV);
+}

@@ -219,6 +219,10 @@ struct World {
     cluster: ChatCluster,
     statefulset_replicas: Option<i32>,
     pods: Vec<Value>,
+    /// The StatefulSet's status; default: its rollout is complete.
+    statefulset_status: Option<Value>,
+    /// The API server refuses the StatefulSet apply (422) with this message.
+    refuse_statefulset_apply: Option<String>,
     /// Secrets by name: key -> value.
     secrets: HashMap<String, BTreeMap<String, String>>,
     calls: Vec<Call>,
@@ -276,6 +280,13 @@ impl World {
         );
     }
 
+    fn statefulset_status(&self, replicas: i32) -> Value {
+        self.statefulset_status.clone().unwrap_or_else(|| {
+            json!({"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                   "readyReplicas": replicas, "currentRevision": "chat-1", "updateRevision": "chat-1"})
+        })
+    }
+
     fn answer(&mut self, method: &str, path: &str, body: &Value) -> (StatusCode, Value) {
         let base = format!("/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}");
         let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}");
@@ -317,9 +328,10 @@ impl World {
                 Some(n) => (
                     StatusCode::OK,
                     json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-                           "metadata": {"name": NAME, "namespace": NS},
+                           "metadata": {"name": NAME, "namespace": NS, "generation": 1},
                            "spec": {"replicas": n, "selector": {}, "serviceName": "chat-chat",
-                                    "template": {}}}),
+                                    "template": {}},
+                           "status": self.statefulset_status(n)}),
                 ),
                 None => (
                     StatusCode::NOT_FOUND,
@@ -353,8 +365,19 @@ impl World {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": self.pods}),
             ),
             ("PATCH", p) if p == sts => {
+                if let Some(message) = &self.refuse_statefulset_apply {
+                    return (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "Invalid", "code": 422, "message": message}),
+                    );
+                }
                 self.statefulset_replicas = body["spec"]["replicas"].as_i64().map(|n| n as i32);
-                (StatusCode::OK, body.clone())
+                let n = self.statefulset_replicas.unwrap_or(0);
+                let mut answer = body.clone();
+                answer["metadata"]["generation"] = json!(1);
+                answer["status"] = self.statefulset_status(n);
+                (StatusCode::OK, answer)
             }
             ("PATCH", _) => (StatusCode::OK, body.clone()),
             ("POST", p) if p.ends_with("/events") => (StatusCode::CREATED, body.clone()),
@@ -414,6 +437,8 @@ impl Harness {
                 BTreeMap::from([("internalSecret".to_owned(), "internal-s3cret".to_owned())]),
             )]),
             calls: Vec::new(),
+            statefulset_status: None,
+            refuse_statefulset_apply: None,
             live: false,
             pending_watches: Vec::new(),
             cluster_events: Vec::new(),
@@ -473,6 +498,10 @@ impl Harness {
     }
 
     async fn reconcile(&self) -> Action {
+        self.reconcile_result().await.expect("reconcile succeeded")
+    }
+
+    async fn reconcile_result(&self) -> Result<Action, operator::controller::Error> {
         let cluster = self.world.lock().unwrap().cluster.clone();
         tokio::time::timeout(
             Duration::from_secs(10),
@@ -480,7 +509,6 @@ impl Harness {
         )
         .await
         .expect("reconcile finished")
-        .expect("reconcile succeeded")
     }
 
     fn calls(&self, method: &str, path_part: &str) -> Vec<Call> {
@@ -1130,6 +1158,113 @@ async fn an_unchanged_status_is_not_written_again() {
     h.reconcile().await;
     assert!(h.calls("PATCH", "/status").is_empty());
     assert_eq!(h.ctx.metrics.status_writes.get(), 1);
+}
+
+// ------------------------- issue 15: failures are visible on the ChatCluster
+
+#[tokio::test]
+async fn a_refused_apply_shows_as_degraded_with_a_warning_event() {
+    let mut cc = chat_cluster(2);
+    cc.status = Some(ChatClusterStatus {
+        replicas: 2,
+        ready_replicas: 2,
+        label_selector: "app.kubernetes.io/name=chat-server,chat.scalechat.dev/cluster=chat".into(),
+        ..ChatClusterStatus::default()
+    });
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    h.world.lock().unwrap().refuse_statefulset_apply =
+        Some("StatefulSet.apps \"chat\" is invalid: spec.template.spec.containers[0].env[12]: Duplicate value".into());
+    let result = h.reconcile_result().await;
+    assert!(result.is_err(), "{result:?}");
+    let warning = h
+        .calls("POST", "/events")
+        .into_iter()
+        .find(|c| c.body["type"] == "Warning")
+        .expect("a Warning event");
+    assert_eq!(warning.body["reason"], "KubeError");
+    assert!(warning.body["note"]
+        .as_str()
+        .unwrap()
+        .contains("Duplicate value"));
+    let status = h.last_status();
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("Duplicate value"));
+    assert_eq!(status["replicas"], 2, "the rest of the status is kept");
+    assert_eq!(
+        status["labelSelector"],
+        "app.kubernetes.io/name=chat-server,chat.scalechat.dev/cluster=chat"
+    );
+}
+
+#[tokio::test]
+async fn env_repeating_an_operator_variable_is_an_invalid_spec() {
+    let mut cc = chat_cluster(2);
+    cc.spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "CHAT_SERVER_ID".into(),
+        value: Some("mine".into()),
+        ..Default::default()
+    }];
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.reconcile().await;
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+    let degraded = condition(&h.last_status(), "Degraded").clone();
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("CHAT_SERVER_ID"));
+}
+
+// ------------------------ issue 15: status follows the StatefulSet's rollout
+
+#[tokio::test]
+async fn progressing_stays_true_until_every_pod_runs_the_new_revision() {
+    let h = Harness::new(chat_cluster(2), Some(2), vec![pod(0, true), pod(1, true)]);
+    // An image change: one pod updated, the old one still running.
+    h.world.lock().unwrap().statefulset_status = Some(json!({
+        "observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 1,
+        "currentRevision": "chat-1", "updateRevision": "chat-2"}));
+    h.reconcile().await;
+    let status = h.last_status();
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "True", "{status}");
+    assert_eq!(progressing["reason"], "RollingOut");
+    assert!(progressing["message"]
+        .as_str()
+        .unwrap()
+        .contains("1/2 pods run the latest revision"));
+    h.persist_status();
+
+    // Done: every pod on the new revision.
+    h.world.lock().unwrap().statefulset_status = Some(json!({
+        "observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
+        "currentRevision": "chat-2", "updateRevision": "chat-2"}));
+    h.reconcile().await;
+    assert_eq!(
+        condition(&h.last_status(), "Progressing")["status"],
+        "False"
+    );
+}
+
+#[tokio::test]
+async fn terminating_pods_are_neither_ready_nor_registered() {
+    let mut leaving = pod(1, true);
+    leaving["metadata"]["deletionTimestamp"] = json!("2026-12-02T00:00:00Z");
+    let h = Harness::new(chat_cluster(2), Some(2), vec![pod(0, true), leaving]);
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 5),
+        health(1, ServerState::Ready, 5),
+    ];
+    h.reconcile().await;
+    let status = h.last_status();
+    assert_eq!(status["readyReplicas"], 1);
+    assert_eq!(status["endpoints"][1]["state"], "terminating");
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+    assert_eq!(h.registered(), vec![server_id(0)]);
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
