@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-pub use metrics::{Counter, Gauge, Metrics};
+pub use metrics::{latency_buckets, Counter, Gauge, Histogram, Metrics};
 
 /// Log format, chosen by flag: humans read `text`, log pipelines `json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,10 +88,7 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 
 async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
 }

@@ -1,57 +1,75 @@
-//! A small Prometheus registry: counters and gauges as atomics, rendered in
-//! the text exposition format. The hot path only touches an atomic; the
-//! registry lock is taken when a metric is created and when it is scraped.
+//! The process's Prometheus metrics, on the Prometheus project's own client
+//! (`prometheus-client`), rendered in the OpenMetrics text format. This
+//! module only keeps the names short at the call sites: `counter`, `gauge`
+//! and `histogram` register and return a handle whose hot path is an
+//! atomic (a histogram: a short bucket search and two atomics).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter as ClientCounter;
+use prometheus_client::metrics::gauge::Gauge as ClientGauge;
+use prometheus_client::metrics::histogram::Histogram as ClientHistogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 #[derive(Default)]
-pub struct Counter(AtomicU64);
+pub struct Counter(ClientCounter<u64, AtomicU64>);
 
 impl Counter {
     pub fn inc(&self) {
-        self.add(1);
+        self.0.inc();
     }
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
 #[derive(Default)]
-pub struct Gauge(AtomicI64);
+pub struct Gauge(ClientGauge<i64, AtomicI64>);
 
 impl Gauge {
     pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.set(v);
     }
     pub fn add(&self, v: i64) {
-        self.0.fetch_add(v, Ordering::Relaxed);
+        self.0.inc_by(v);
     }
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
-enum Metric {
-    Counter(Arc<Counter>),
-    Gauge(Arc<Gauge>),
+/// A distribution of observations (latencies), in seconds.
+pub struct Histogram(ClientHistogram);
+
+impl Histogram {
+    pub fn observe(&self, v: f64) {
+        self.0.observe(v);
+    }
+    pub fn observe_duration(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
 }
 
-struct Entry {
-    name: String,
-    help: String,
-    metric: Metric,
+/// Buckets for latencies inside the service: 0.5 ms to about 16 s,
+/// doubling, so a p99 of a few milliseconds and a stall of seconds are both
+/// told apart.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
 }
 
-/// The process's metrics. Names should carry the process prefix and unit
+/// The process's metrics. Names carry the process prefix and unit
 /// (`chat_server_sessions`, `api_http_requests_total`).
 #[derive(Default)]
 pub struct Metrics {
-    entries: Mutex<Vec<Entry>>,
+    registry: Mutex<Registry>,
 }
 
 impl Metrics {
@@ -59,41 +77,48 @@ impl Metrics {
         Arc::new(Metrics::default())
     }
 
+    /// `name` ends in `_total`, as the exposition shows it.
     pub fn counter(&self, name: &str, help: &str) -> Arc<Counter> {
         let c = Arc::new(Counter::default());
-        self.push(name, help, Metric::Counter(c.clone()));
+        // The client adds the `_total` suffix of counters itself.
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        self.register(base, help, c.0.clone());
         c
     }
 
     pub fn gauge(&self, name: &str, help: &str) -> Arc<Gauge> {
         let g = Arc::new(Gauge::default());
-        self.push(name, help, Metric::Gauge(g.clone()));
+        self.register(name, help, g.0.clone());
         g
     }
 
-    fn push(&self, name: &str, help: &str, metric: Metric) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Entry {
-                name: name.to_owned(),
-                help: help.to_owned(),
-                metric,
-            });
+    /// A histogram of `name` (ending in `_seconds`) with `buckets`.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: impl IntoIterator<Item = f64>,
+    ) -> Arc<Histogram> {
+        let inner = ClientHistogram::new(buckets);
+        let h = Arc::new(Histogram(inner.clone()));
+        self.register(name, help, inner);
+        h
     }
 
+    fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        // The client appends a full stop itself.
+        let help = help.strip_suffix('.').unwrap_or(help);
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(name, help, metric);
+    }
+
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        for e in entries.iter() {
-            let (kind, value) = match &e.metric {
-                Metric::Counter(c) => ("counter", c.get() as i64),
-                Metric::Gauge(g) => ("gauge", g.get()),
-            };
-            let _ = writeln!(out, "# HELP {} {}", e.name, e.help);
-            let _ = writeln!(out, "# TYPE {} {}", e.name, kind);
-            let _ = writeln!(out, "{} {}", e.name, value);
-        }
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -103,14 +128,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_openmetrics_text() {
         let m = Metrics::new();
         let c = m.counter("x_total", "Things.");
         let g = m.gauge("y", "Level.");
+        let h = m.histogram("z_seconds", "Latency.", [0.001, 0.01]);
         c.add(3);
         g.set(-2);
+        h.observe(0.005);
         let text = m.render();
-        assert!(text.contains("# TYPE x_total counter\nx_total 3\n"));
-        assert!(text.contains("# HELP y Level.\n# TYPE y gauge\ny -2\n"));
+        assert!(
+            text.contains("# HELP x Things.\n# TYPE x counter\nx_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP y Level.\n# TYPE y gauge\ny -2\n"),
+            "{text}"
+        );
+        assert!(text.contains("z_seconds_bucket{le=\"0.01\"} 1\n"), "{text}");
+        assert!(text.contains("z_seconds_count 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -29,6 +29,7 @@ fn deliveries(n: usize) -> Vec<Arc<Delivery>> {
                 seq: 1000 + i as u64,
                 users: (0..10).map(|u| format!("bench-u{}", i * 10 + u)).collect(),
                 frame: Arc::from(frame),
+                ts_ms: 1_732_600_000_000,
             })
         })
         .collect()

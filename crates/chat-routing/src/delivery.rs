@@ -28,6 +28,10 @@ pub struct Delivery {
     pub users: Vec<String>,
     /// The complete server frame as JSON text.
     pub frame: Arc<str>,
+    /// When the message was stored (ms since the epoch; 0 for ephemeral
+    /// frames, and from senders that predate it): the start of the
+    /// delivery latency the target measures.
+    pub ts_ms: u64,
 }
 
 impl Delivery {
@@ -47,6 +51,12 @@ struct HeaderOut<'a> {
     room: &'a str,
     seq: u64,
     users: &'a [String],
+    #[serde(skip_serializing_if = "is_zero")]
+    ts: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The header as read.
@@ -55,6 +65,9 @@ struct Header {
     room: String,
     seq: u64,
     users: Vec<String>,
+    /// Absent from links of servers that predate it.
+    #[serde(default)]
+    ts: u64,
 }
 
 pub fn encode_batch(deliveries: &[Arc<Delivery>]) -> String {
@@ -64,6 +77,7 @@ pub fn encode_batch(deliveries: &[Arc<Delivery>]) -> String {
             room: &d.room,
             seq: d.seq,
             users: &d.users,
+            ts: d.ts_ms,
         };
         out.push_str(&serde_json::to_string(&header).expect("header serialises"));
         out.push('\n');
@@ -91,6 +105,7 @@ pub fn decode_batch(text: &str) -> Result<Vec<Delivery>, BatchError> {
             seq: header.seq,
             users: header.users,
             frame: Arc::from(frame),
+            ts_ms: header.ts,
         });
     }
     Ok(out)
@@ -107,12 +122,14 @@ mod tests {
             seq: 7,
             users: vec!["alice".into(), "bob".into()],
             frame: Arc::from(r#"{"type":"message","body":"two\nlines"}"#),
+            ts_ms: 1_700_000_000_000,
         });
         let b = Arc::new(Delivery {
             room: "r2".into(),
             seq: 0,
             users: vec![],
             frame: Arc::from(r#"{"type":"typing"}"#),
+            ts_ms: 0,
         });
         let decoded = decode_batch(&encode_batch(&[a.clone(), b.clone()])).unwrap();
         assert_eq!(decoded, vec![(*a).clone(), (*b).clone()]);

@@ -229,6 +229,7 @@ mod tests {
             seq,
             users: vec!["bob".into()],
             frame: Arc::from(format!(r#"{{"type":"message","seq":{seq}}}"#)),
+            ts_ms: 0,
         })
     }
 

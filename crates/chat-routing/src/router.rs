@@ -166,8 +166,8 @@ impl MessageRouter {
             return 0;
         }
         let frame: Arc<str> = Arc::from(chat_protocol::frame::message_frame_json(message));
-        self.route(&message.room, message.seq, frame, online, None)
-            .await
+        let stamp = (message.seq, message.ts);
+        self.route(&message.room, stamp, frame, online, None).await
     }
 
     /// Relays a typing notice to the room's other members.
@@ -198,20 +198,21 @@ impl MessageRouter {
         recipients: Recipients<'_>,
     ) -> usize {
         match recipients {
-            Recipients::All => self.route(room, 0, frame, online, None).await,
-            Recipients::AllBut(user) => self.route(room, 0, frame, online, Some(user)).await,
+            Recipients::All => self.route(room, (0, 0), frame, online, None).await,
+            Recipients::AllBut(user) => self.route(room, (0, 0), frame, online, Some(user)).await,
             Recipients::Only(user) => {
                 let own: Vec<OnlineSession> =
                     online.iter().filter(|s| s.user == user).cloned().collect();
-                self.route(room, 0, frame, &own, None).await
+                self.route(room, (0, 0), frame, &own, None).await
             }
         }
     }
 
+    /// `(seq, ts_ms)`: a stored message's, or zeros for an ephemeral frame.
     async fn route(
         &self,
         room: &str,
-        seq: u64,
+        (seq, ts_ms): (u64, u64),
         frame: Arc<str>,
         online: &[OnlineSession],
         exclude_user: Option<&str>,
@@ -224,6 +225,7 @@ impl MessageRouter {
                 seq,
                 users: users.into_iter().map(str::to_owned).collect(),
                 frame: frame.clone(),
+                ts_ms,
             });
             if let Some((own_id, hub)) = &self.local {
                 if own_id == server_id {

@@ -20,6 +20,8 @@ pub struct SessionHandle {
 
 #[derive(Default)]
 pub struct SessionHub {
+    /// From a message's storing to its hand-over here (when set).
+    delivery_latency: Option<Arc<chat_ops::Histogram>>,
     users: RwLock<HashMap<String, Vec<SessionHandle>>>,
     count: AtomicUsize,
     overflows: AtomicUsize,
@@ -29,6 +31,14 @@ pub struct SessionHub {
 }
 
 impl SessionHub {
+    /// A hub that records each message's delivery latency in `histogram`.
+    pub fn with_delivery_latency(histogram: Arc<chat_ops::Histogram>) -> Self {
+        SessionHub {
+            delivery_latency: Some(histogram),
+            ..SessionHub::default()
+        }
+    }
+
     pub fn add(&self, user: &str, handle: SessionHandle) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
         users.entry(user.to_owned()).or_default().push(handle);
@@ -118,6 +128,11 @@ impl SessionHub {
 
 impl LocalDelivery for SessionHub {
     fn deliver(&self, delivery: Arc<Delivery>) {
+        if let (Some(histogram), ts) = (&self.delivery_latency, delivery.ts_ms) {
+            if ts > 0 {
+                histogram.observe(chat_protocol::now_ms().saturating_sub(ts) as f64 / 1000.0);
+            }
+        }
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         for user in &delivery.users {
             for handle in users.get(user).into_iter().flatten() {

@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chat_ops::{Counter, Gauge, Metrics, ReadinessCheck};
+use chat_ops::{Counter, Gauge, Histogram, Metrics, ReadinessCheck};
 use chat_protocol::rest::{ErrorBody, ServerState};
 use chat_protocol::{now_ms, ErrorCode, Limits};
 use chat_routing::{
@@ -47,6 +47,10 @@ pub struct ChatMetrics {
     pub link_batches: Arc<Counter>,
     pub gap_fills: Arc<Counter>,
     pub slow_consumers: Arc<Counter>,
+    pub sends_unavailable: Arc<Counter>,
+    pub health_reports_failed: Arc<Counter>,
+    pub send_ack_latency: Arc<Histogram>,
+    pub delivery_latency: Arc<Histogram>,
 }
 
 impl ChatMetrics {
@@ -81,6 +85,24 @@ impl ChatMetrics {
             slow_consumers: m.counter(
                 "chat_server_slow_consumer_disconnects_total",
                 "Sessions closed because their queue was full.",
+            ),
+            sends_unavailable: m.counter(
+                "chat_server_sends_unavailable_total",
+                "WebSocket sends refused as unavailable (not confirmed as stored; the client retries).",
+            ),
+            health_reports_failed: m.counter(
+                "chat_server_health_reports_failed_total",
+                "Health reports that did not reach Redis (Redis unreachable from this server).",
+            ),
+            send_ack_latency: m.histogram(
+                "chat_server_send_ack_latency_seconds",
+                "From a WebSocket send's arrival to its ack being written.",
+                chat_ops::latency_buckets(),
+            ),
+            delivery_latency: m.histogram(
+                "chat_server_delivery_latency_seconds",
+                "From a message's storing (its ts) to its hand-over to this server's sessions.",
+                chat_ops::latency_buckets(),
             ),
         }
     }
@@ -120,7 +142,11 @@ pub struct ChatServer {
 impl ChatServer {
     pub fn new(config: ChatConfig, store: Arc<dyn Store>) -> Arc<Self> {
         let server_id = config.server_id();
-        let hub = Arc::new(SessionHub::default());
+        let metrics_registry = Metrics::new();
+        let metrics = ChatMetrics::new(&metrics_registry);
+        let hub = Arc::new(SessionHub::with_delivery_latency(
+            metrics.delivery_latency.clone(),
+        ));
         let registry = ServerRegistry::new(
             store.clone(),
             RegistryConfig {
@@ -143,7 +169,6 @@ impl ChatServer {
             )
             .with_fanout_limits(config.fanout),
         );
-        let metrics_registry = Metrics::new();
         let limits = Limits {
             max_frame_bytes: config.max_frame_bytes,
             max_body_bytes: config.max_body_bytes,
@@ -151,7 +176,7 @@ impl ChatServer {
         };
         Arc::new(ChatServer {
             allowed_origins: chat_auth::AllowedOrigins::new(&config.cors_origins),
-            metrics: ChatMetrics::new(&metrics_registry),
+            metrics,
             metrics_registry,
             server_id,
             limits,
@@ -227,6 +252,7 @@ impl ChatServer {
                 None
             }
             Err(e) => {
+                self.metrics.health_reports_failed.inc();
                 tracing::warn!(error = %e, "health report failed");
                 None
             }

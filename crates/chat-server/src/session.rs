@@ -515,6 +515,7 @@ impl Session {
                 ))
                 .await;
         }
+        let arrived = std::time::Instant::now();
         let result = self
             .server
             .store
@@ -538,6 +539,8 @@ impl Session {
                     id: m.id.clone(),
                 })
                 .await?;
+                let metrics = &self.server.metrics;
+                metrics.send_ack_latency.observe_duration(arrived.elapsed());
                 if !appended.duplicate {
                     self.server.metrics.messages_stored.inc();
                 }
@@ -562,6 +565,7 @@ impl Session {
                 .await
             }
             Err(e) => {
+                self.server.metrics.sends_unavailable.inc();
                 tracing::warn!(error = %e, "append failed");
                 self.write(&error(
                     ErrorCode::Unavailable,
