@@ -14,7 +14,7 @@ use chat_store::ServerHealth;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -709,16 +709,51 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
         (desired, previous.recommendations.clone(), plan)
     };
 
+    // Drain records carry the UID of the pod they are about.
+    let mut plan = plan;
+    for record in plan.draining.iter_mut().filter(|d| d.uid.is_none()) {
+        record.uid = pods
+            .items
+            .iter()
+            .find(|p| p.name_any() == record.pod)
+            .and_then(|p| p.metadata.uid.clone());
+    }
+
     for pod in &plan.recycle {
-        pods_api.delete(pod, &DeleteParams::default()).await?;
-        ctx.event(
-            &cc,
-            EventType::Normal,
-            "Recycled",
-            "ScaleUp",
-            format!("{pod} was drained for a scale-down that no longer applies; recreating it"),
-        )
-        .await;
+        // Exactly the drained pod: by the UID recorded when it was asked to
+        // drain, or (a record from before UIDs were kept) the current pod if
+        // it is still draining. A pod already replaced is left alone, so a
+        // repeated reconcile never deletes the fresh one.
+        let record = previous.draining.iter().find(|d| &d.pod == pod);
+        let current = pods.items.iter().find(|p| &p.name_any() == pod);
+        let uid = match (record.and_then(|d| d.uid.clone()), current) {
+            (Some(uid), _) => uid,
+            (None, Some(p)) if loads.get(pod).is_some_and(|l| l.draining) => {
+                p.metadata.uid.clone().unwrap_or_default()
+            }
+            _ => continue,
+        };
+        let params = DeleteParams::default().preconditions(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        });
+        match pods_api.delete(pod, &params).await {
+            Ok(_) => {
+                ctx.event(
+                    &cc,
+                    EventType::Normal,
+                    "Recycled",
+                    "ScaleUp",
+                    format!(
+                        "{pod} was drained for a scale-down that no longer applies; recreating it"
+                    ),
+                )
+                .await
+            }
+            // Gone already (404), or replaced by a pod with another UID (409).
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
@@ -916,6 +951,10 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
                 .request_drain(&format!("{address}:{}", cc.spec.port))
                 .await
             {
+                Ok(()) if previous.draining.iter().any(|d| &d.pod == pod) => {
+                    // A retry of a drain that had not taken.
+                    ctx.metrics.drains_requested.inc();
+                }
                 Ok(()) => {
                     ctx.metrics.drains_requested.inc();
                     ctx.event(

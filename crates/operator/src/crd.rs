@@ -235,6 +235,10 @@ pub struct DrainStatus {
     pub pod: String,
     /// Seconds since the epoch.
     pub since: i64,
+    /// UID of the pod asked to drain: if it is wanted again, exactly that
+    /// pod is deleted (a replacement with a new UID is left alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// The CRD as YAML, exactly as `crds/chatcluster.yaml` holds it.

@@ -24,7 +24,10 @@ pub struct PodLoad {
 pub struct ScalePlan {
     /// Replicas to write into the StatefulSet now.
     pub statefulset_replicas: i32,
-    /// Pods to ask to drain now (not asked before).
+    /// Pods to ask to drain now: leaving pods that report and are not
+    /// draining yet. A pod asked before whose drain did not take (refused,
+    /// or it had no IP yet) is asked again; the drain endpoint is
+    /// idempotent. Its timeout runs from the first attempt regardless.
     pub start_draining: Vec<String>,
     /// Drain records to keep in status.
     pub draining: Vec<DrainStatus>,
@@ -72,15 +75,11 @@ pub fn plan(
     for pod in &leaving {
         let since = draining.iter().find(|d| &d.pod == pod).map(|d| d.since);
         let load = loads.get(pod).cloned().unwrap_or_default();
-        let since = match since {
-            Some(since) => since,
-            None => {
-                if load.reporting && !load.draining {
-                    start_draining.push(pod.clone());
-                }
-                now_s
-            }
-        };
+        if load.reporting && !load.draining {
+            start_draining.push(pod.clone());
+        }
+        let recorded = draining.iter().find(|d| &d.pod == pod);
+        let since = since.unwrap_or(now_s);
         let empty = !load.reporting || (load.draining && load.connections == 0);
         let timed_out = now_s - since >= drain_timeout_s;
         if !(empty || timed_out) {
@@ -89,6 +88,7 @@ pub fn plan(
         records.push(DrainStatus {
             pod: pod.clone(),
             since,
+            uid: recorded.and_then(|d| d.uid.clone()),
         });
     }
     if all_done {
@@ -138,6 +138,7 @@ mod tests {
         DrainStatus {
             pod: pod.into(),
             since,
+            uid: None,
         }
     }
 
@@ -185,6 +186,15 @@ mod tests {
         let p = plan("chat", Some(4), 2, &l, &drains, 110, 30);
         assert_eq!(p.statefulset_replicas, 2);
         assert!(p.draining.is_empty() && !p.waiting);
+    }
+
+    #[test]
+    fn a_leaving_pod_whose_drain_did_not_take_is_asked_again() {
+        let drains = [record("chat-1", 100)];
+        let l = loads(&[("chat-1", true, false, 9)]);
+        let p = plan("chat", Some(2), 1, &l, &drains, 104, 30);
+        assert_eq!(p.start_draining, vec!["chat-1"]);
+        assert_eq!(p.draining, drains, "the timeout still runs from 100");
     }
 
     #[test]

@@ -68,7 +68,8 @@ fn chat_cluster(replicas: i32) -> ChatCluster {
 fn pod(ordinal: i32, ready: bool) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{NAME}-{ordinal}"), "namespace": NS},
+        "metadata": {"name": format!("{NAME}-{ordinal}"), "namespace": NS,
+                     "uid": format!("uid-{NAME}-{ordinal}")},
         "status": {
             "podIP": format!("10.0.0.{}", ordinal + 10),
             "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
@@ -223,6 +224,8 @@ struct World {
     statefulset_status: Option<Value>,
     /// The API server refuses the StatefulSet apply (422) with this message.
     refuse_statefulset_apply: Option<String>,
+    /// The answer to deleting a pod (200, or 404 when it is gone already).
+    pod_delete_status: StatusCode,
     /// Secrets by name: key -> value.
     secrets: HashMap<String, BTreeMap<String, String>>,
     calls: Vec<Call>,
@@ -381,6 +384,11 @@ impl World {
             }
             ("PATCH", _) => (StatusCode::OK, body.clone()),
             ("POST", p) if p.ends_with("/events") => (StatusCode::CREATED, body.clone()),
+            ("DELETE", p) if p.contains("/pods/") && self.pod_delete_status != StatusCode::OK => (
+                self.pod_delete_status,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "code": self.pod_delete_status.as_u16(), "message": "not found"}),
+            ),
             ("DELETE", p) if p.contains("/pods/") => {
                 let name = p.rsplit('/').next().unwrap();
                 (
@@ -439,6 +447,7 @@ impl Harness {
             calls: Vec::new(),
             statefulset_status: None,
             refuse_statefulset_apply: None,
+            pod_delete_status: StatusCode::OK,
             live: false,
             pending_watches: Vec::new(),
             cluster_events: Vec::new(),
@@ -661,7 +670,7 @@ async fn scale_down_drains_the_leaving_pod_before_shrinking() {
     let status = h.last_status();
     assert_eq!(
         status["draining"],
-        json!([{"pod": "chat-2", "since": 1_000_000}])
+        json!([{"pod": "chat-2", "since": 1_000_000, "uid": "uid-chat-2"}])
     );
     assert_eq!(condition(&status, "Progressing")["reason"], "Draining");
     assert!(h.event_reasons().contains(&"DrainStarted".to_owned()));
@@ -694,6 +703,7 @@ async fn drain_timeout_lets_the_scale_down_proceed() {
         draining: vec![DrainStatus {
             pod: "chat-1".into(),
             since: 1_000_000 - 31,
+            uid: None,
         }],
         ..ChatClusterStatus::default()
     });
@@ -855,6 +865,7 @@ async fn redis_down_still_applies_the_owned_objects_and_reports_degraded() {
         draining: vec![DrainStatus {
             pod: "chat-2".into(),
             since: 1_000_000 - 5,
+            uid: None,
         }],
         connections: 40,
         ..ChatClusterStatus::default()
@@ -891,7 +902,7 @@ async fn redis_down_still_applies_the_owned_objects_and_reports_degraded() {
         .contains("connection refused"));
     assert_eq!(
         status["draining"],
-        json!([{"pod": "chat-2", "since": 1_000_000 - 5}]),
+        json!([{"pod": "chat-2", "since": 1_000_000 - 5, "uid": "uid-chat-2"}]),
         "the drain record survives"
     );
     assert!(h.event_reasons().contains(&"RedisUnavailable".to_owned()));
@@ -925,7 +936,7 @@ async fn a_refused_drain_is_recorded_first_and_its_timeout_still_runs() {
         .collect();
     assert_eq!(
         order[0],
-        json!([{"pod": "chat-2", "since": 1_000_000}]).to_string()
+        json!([{"pod": "chat-2", "since": 1_000_000, "uid": "uid-chat-2"}]).to_string()
     );
     let status = h.last_status();
     assert_eq!(condition(&status, "Degraded")["reason"], "DrainFailed");
@@ -965,6 +976,7 @@ async fn invalid_spec_status_keeps_replicas_selector_recommendations_and_drains(
         draining: vec![DrainStatus {
             pod: "chat-2".into(),
             since: 999_995,
+            uid: None,
         }],
         ..ChatClusterStatus::default()
     });
@@ -1265,6 +1277,73 @@ async fn terminating_pods_are_neither_ready_nor_registered() {
     assert_eq!(status["endpoints"][1]["state"], "terminating");
     assert_eq!(condition(&status, "Ready")["status"], "False");
     assert_eq!(h.registered(), vec![server_id(0)]);
+}
+
+// -------------------------------------------- issue 15: drain edge cases
+
+#[tokio::test]
+async fn a_leaving_pod_without_an_ip_is_asked_to_drain_once_it_has_one() {
+    let h = scaling_three_pods_to_two();
+    h.world.lock().unwrap().pods[2]["status"]
+        .as_object_mut()
+        .unwrap()
+        .remove("podIP");
+    h.reconcile().await;
+    assert!(h.fleet.drains.lock().unwrap().is_empty());
+    assert_eq!(h.applied_replicas(), Some(3), "not removed undrained");
+    h.persist_status();
+
+    h.world.lock().unwrap().pods[2]["status"]["podIP"] = json!("10.0.0.12");
+    *h.now.lock().unwrap() += 2;
+    h.reconcile().await;
+    assert_eq!(*h.fleet.drains.lock().unwrap(), vec!["10.0.0.12:9001"]);
+    assert_eq!(
+        h.last_status()["draining"],
+        json!([{"pod": "chat-2", "since": 1_000_000, "uid": "uid-chat-2"}]),
+        "the timeout runs from the first attempt"
+    );
+}
+
+/// chat-2 was drained for a scale-down to 2; the count went back to 3.
+fn scaled_back_up_during_a_drain(uid: Option<&str>) -> Harness {
+    let mut cc = chat_cluster(3);
+    cc.status = Some(ChatClusterStatus {
+        draining: vec![DrainStatus {
+            pod: "chat-2".into(),
+            since: 999_990,
+            uid: uid.map(str::to_owned),
+        }],
+        ..ChatClusterStatus::default()
+    });
+    Harness::new(cc, Some(3), vec![pod(0, true), pod(1, true), pod(2, true)])
+}
+
+#[tokio::test]
+async fn recycling_deletes_exactly_the_drained_pod_and_a_gone_pod_is_done() {
+    let h = scaled_back_up_during_a_drain(Some("uid-chat-2"));
+    h.reconcile().await;
+    let deletes = h.calls("DELETE", "/pods/chat-2");
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(deletes[0].body["preconditions"]["uid"], "uid-chat-2");
+    assert!(h.event_reasons().contains(&"Recycled".to_owned()));
+
+    // The same reconcile again (say its status write was lost) after the
+    // pod was replaced: 404 or a UID mismatch is done, not an error.
+    let h = scaled_back_up_during_a_drain(Some("uid-chat-2"));
+    h.world.lock().unwrap().pod_delete_status = StatusCode::NOT_FOUND;
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(3));
+    let h = scaled_back_up_during_a_drain(Some("uid-chat-2"));
+    h.world.lock().unwrap().pod_delete_status = StatusCode::CONFLICT;
+    h.reconcile().await;
+    assert!(!h.event_reasons().contains(&"Recycled".to_owned()));
+
+    // A record without a UID (older operator) recycles only a pod that is
+    // still draining, never a fresh one.
+    let h = scaled_back_up_during_a_drain(None);
+    *h.fleet.servers.lock().unwrap() = vec![health(2, ServerState::Ready, 0)];
+    h.reconcile().await;
+    assert!(h.calls("DELETE", "/pods/").is_empty());
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
