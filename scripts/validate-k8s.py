@@ -1027,8 +1027,10 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
             "query", current == expected,
             "run: python3 scripts/validate-k8s.py --update (then crates/e2e/tests/metric_names.rs checks them); "
             f"names now: {sorted(names)}")
-    gauges_as_counters = [n for n, c in names.items() if c and not n.endswith("_total")]
-    r.check("rate/irate/increase/resets read only *_total names (counters by convention; the e2e test "
+    # Counters end in _total; a histogram's _bucket series are cumulative too.
+    gauges_as_counters = [n for n, c in names.items()
+                          if c and not n.endswith(("_total", "_bucket"))]
+    r.check("rate/irate/increase/resets read only *_total and *_bucket names (counters and histograms by convention; the e2e test "
             "checks their # TYPE)", not gauges_as_counters, ", ".join(gauges_as_counters))
 
 

@@ -35,6 +35,7 @@ pub struct ApiMetrics {
     pub messages_posted: Arc<Counter>,
     pub connects: Arc<Counter>,
     pub connect_no_server: Arc<Counter>,
+    pub sends_unavailable: Arc<Counter>,
 }
 
 impl ApiMetrics {
@@ -54,6 +55,10 @@ impl ApiMetrics {
             connect_no_server: m.counter(
                 "api_connect_no_server_total",
                 "/v1/connect calls refused because no chat server was available.",
+            ),
+            sends_unavailable: m.counter(
+                "api_sends_unavailable_total",
+                "REST sends refused as unavailable (not confirmed as stored; the client retries).",
             ),
         }
     }

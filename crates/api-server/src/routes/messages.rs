@@ -8,7 +8,7 @@ use axum::Json;
 use chat_protocol::ids::new_id;
 use chat_protocol::now_ms;
 use chat_protocol::rest::{ErrorBody, Message, MessageList, PostMessageRequest};
-use chat_store::NewMessage;
+use chat_store::{NewMessage, StoreError};
 
 use super::room_for_member;
 use crate::error::{ApiError, ApiResult};
@@ -54,7 +54,12 @@ pub async fn post_message(
             client_msg_id: req.client_msg_id,
             from_member,
         })
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if matches!(e, StoreError::Unavailable(_)) {
+                state.metrics.sends_unavailable.inc();
+            }
+        })?;
     if !appended.duplicate {
         state.metrics.messages_posted.inc();
     }
