@@ -80,6 +80,11 @@ METRICS_LIST = NODE_TOOLS / "monitoring-metrics.txt"
 KUBE_VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0"]
 
 
+# Lint with the optional templates of autoscaling, NetworkPolicy and helm test.
+LINT_EXTRAS = {"autoscaling": {"chatServers": {"keda": {"enabled": True}}}, "api": {"devTokens": True},
+               "networkPolicy": {"enabled": True, "chatServers": {"clientsFrom": [{"podSelector": {}}]}}}
+
+
 class Report:
     def __init__(self) -> None:
         self.passed = 0
@@ -312,7 +317,8 @@ def kube_errors(obj: dict, versions=KUBE_VERSIONS) -> list[str]:
 
 def check_lint(r: Report) -> None:
     for version in KUBE_VERSIONS:
-        for label, values in (("default values", {}), ("monitoring on", {"monitoring": {"enabled": True}})):
+        for label, values in (("default values", {}), ("monitoring on", {"monitoring": {"enabled": True}}),
+                              ("KEDA, NetworkPolicies and the helm test on", LINT_EXTRAS)):
             result = helm_python.lint(str(CHART), values, strict=True, kube_version=f"v{version}", namespace="chat")
             # severity 1 is info ("icon is recommended"); --strict fails on 2+.
             problems = [f"{m['path']}: {m['error']}" for m in result["messages"] if m["severity"] >= 2]
@@ -362,6 +368,15 @@ def check_values(r: Report, chart) -> dict:
                                                                             "value": "text"}]}},
         "monitoring scrape interval '30 seconds'": {"monitoring": {"podMonitors": {"interval": "30 seconds"}}},
         "a misspelt monitoring value": {"monitoring": {"enable": True}},
+        "external Redis urls and urlsSecret together": {"redis": {"mode": "external", "external": {
+            "urls": ["redis://r:6379"], "urlsSecret": {"name": "redis-urls", "key": "urls"}}}},
+        "a Redis CA from a Secret and a ConfigMap together": {"redis": {"external": {"tls": {
+            "caSecret": {"name": "a", "key": "ca.crt"}, "caConfigMap": {"name": "b", "key": "ca.crt"}}}}},
+        "a KEDA serverAddress without a scheme": {"autoscaling": {"chatServers": {"keda": {
+            "serverAddress": "prometheus:9090"}}}},
+        "an HPA metric name with a dash": {"autoscaling": {"chatServers": {"hpa": {"metricName": "chat-sessions"}}}},
+        "a NetworkPolicy peer that is empty": {"networkPolicy": {"chatServers": {"clientsFrom": [{}]}}},
+        "tests.timeoutSeconds 0": {"tests": {"timeoutSeconds": 0}},
     }
     for name, over in bad_sets.items():
         try:
@@ -465,6 +480,8 @@ def check_chatclusters(r: Report, crd: dict, cel: CelRules) -> None:
 def pod_spec(doc: dict):
     if doc.get("kind") in ("Deployment", "StatefulSet", "Job"):
         return doc["spec"]["template"]["spec"]
+    if doc.get("kind") == "Pod":
+        return doc["spec"]
     return None
 
 
@@ -490,6 +507,9 @@ def env_of(doc: dict, container: int = 0) -> dict:
 
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+# Kinds of other projects' CRDs with no Kubernetes schema: validated by the
+# Node script (scripts/k8s/validate-monitoring.mjs) against @kubernetes-models.
+OTHER_CRD_KINDS = MONITORING_KINDS | {"ScaledObject"}
 
 
 def rendered_docs(rendered: dict[str, str]) -> list[tuple[str, dict]]:
@@ -508,7 +528,7 @@ def object_problems(doc: dict, cc_validator, cel: CelRules) -> list[str]:
     built-in kinds, the CRD (schema + CEL) for ChatClusters. Monitoring
     kinds are collected and checked by the Node script afterwards."""
     kind = doc.get("kind")
-    if kind in MONITORING_KINDS:
+    if kind in OTHER_CRD_KINDS:
         return []
     if kind == "ChatCluster":
         return schema_errors(cc_validator, doc) + cel.violations(doc)
@@ -523,6 +543,7 @@ def check_default_render(r: Report, by: dict, rendered: dict) -> None:
         "Role/chat-operator-leader-election", "RoleBinding/chat-operator", "RoleBinding/chat-operator-leader-election",
         "Secret/chat-secrets", "Service/chat-api", "Service/chat-operator-metrics", "Service/chat-redis",
         "ServiceAccount/chat-operator", "StatefulSet/chat-redis",
+        "Secret/chat-redis-auth", "Role/chat-operator-redis", "RoleBinding/chat-operator-redis",
     }
     r.check("default render has exactly the expected objects", set(kinds) == expected, f"got {kinds}")
 
@@ -541,10 +562,14 @@ def check_default_render(r: Report, by: dict, rendered: dict) -> None:
         if ref != {"name": "chat-secrets", "key": key}:
             wrong.append(env)
     urls = api_env.get("CHAT_REDIS_URLS", {}).get("value", "")
-    if urls != ",".join(ci["spec"]["redis"]["urls"]):
-        wrong.append("CHAT_REDIS_URLS differs from the ChatCluster's redis.urls")
-    r.check("API server environment (listen, secrets, redis, dev tokens off, registration)", not wrong,
-            ", ".join(wrong))
+    if urls != BUNDLED_URLS:
+        wrong.append(f"CHAT_REDIS_URLS {urls!r}")
+    if api_env.get("CHAT_REDIS_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef") != \
+            {"name": "chat-redis-auth", "key": "password"}:
+        wrong.append("CHAT_REDIS_PASSWORD from Secret chat-redis-auth")
+    r.check("API server environment (listen, secrets, redis and its password, dev tokens off, registration)",
+            not wrong, ", ".join(wrong))
+    check_bundled_redis_auth(r, by)
 
     op = by["Deployment/chat-operator"]
     op_env = env_of(op)
@@ -624,10 +649,67 @@ def check_default_render(r: Report, by: dict, rendered: dict) -> None:
     r.check("NOTES.txt renders and mentions /v1/connect", "/v1/connect" in notes)
 
 
+BUNDLED_URLS = ",".join(f"redis://chat-redis-{i}.chat-redis.chat.svc.cluster.local:6379" for i in range(6))
+
+
+def check_bundled_redis_auth(r: Report, by: dict) -> None:
+    """The bundled Redis's generated password (release chat, namespace
+    chat): one Secret kept across upgrades and uninstalls, required by
+    redis.conf (through an included file, not the ConfigMap), used by the
+    probes, the cluster-init Job, the API servers and, through the URLs in
+    the ChatCluster's secretKeyRef, the operator and the chat servers; the
+    operator may get that Secret and nothing more."""
+    wrong = []
+    secret = by.get("Secret/chat-redis-auth") or {}
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    password = data.get("password", "")
+    if len(password) != 32 or not password.isalnum():
+        wrong.append("password: 32 alphanumeric characters")
+    if data.get("urls") != BUNDLED_URLS.replace("redis://", f"redis://:{password}@"):
+        wrong.append(f"urls: the bundled URLs with the password, got {data.get('urls')!r}")
+    if data.get("auth.conf") != f"requirepass {password}\nmasterauth {password}\n":
+        wrong.append("auth.conf: requirepass and masterauth")
+    if (secret.get("metadata", {}).get("annotations") or {}).get("helm.sh/resource-policy") != "keep":
+        wrong.append("helm.sh/resource-policy: keep")
+    template = (CHART / "templates" / "redis-auth-secret.yaml").read_text()
+    if 'lookup "v1" "Secret"' not in template:
+        wrong.append("no lookup of the existing Secret in the template")
+    conf = by["ConfigMap/chat-redis"]["data"]["redis.conf"]
+    if "include /auth/auth.conf" not in conf or "protected-mode no" in conf or password in conf:
+        wrong.append("redis.conf: include /auth/auth.conf, protected mode left on, no password in the ConfigMap")
+    auth_ref = {"name": "chat-redis-auth", "key": "password"}
+    sts = pod_spec(by["StatefulSet/chat-redis"])
+    mounts = {m["name"]: m["mountPath"] for m in sts["containers"][0]["volumeMounts"]}
+    vols = {v["name"]: v for v in sts["volumes"]}
+    if mounts.get("auth") != "/auth" or (vols.get("auth", {}).get("secret") or {}).get("secretName") != "chat-redis-auth":
+        wrong.append("Redis pods mount Secret chat-redis-auth at /auth")
+    if env_of(by["StatefulSet/chat-redis"]).get("REDISCLI_AUTH", {}).get("valueFrom", {}).get("secretKeyRef") != auth_ref:
+        wrong.append("REDISCLI_AUTH of the Redis container (probes)")
+    if env_of(by["Job/chat-redis-cluster-init"]).get("REDISCLI_AUTH", {}).get("valueFrom", {}).get("secretKeyRef") \
+            != auth_ref:
+        wrong.append("REDISCLI_AUTH of the cluster-init Job")
+    if by["ChatCluster/chat"]["spec"]["redis"] != {"secretKeyRef": {"name": "chat-redis-auth", "key": "urls"}}:
+        wrong.append("ChatCluster spec.redis.secretKeyRef chat-redis-auth/urls")
+    role, binding = by.get("Role/chat-operator-redis"), by.get("RoleBinding/chat-operator-redis")
+    if not role or role["rules"] != [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["chat-redis-auth"],
+                                      "verbs": ["get"]}]:
+        wrong.append("Role chat-operator-redis: get of Secret chat-redis-auth only")
+    if not binding or binding["subjects"] != [{"kind": "ServiceAccount", "name": "chat-operator", "namespace": "chat"}] \
+            or binding["roleRef"]["name"] != "chat-operator-redis":
+        wrong.append("RoleBinding chat-operator-redis to the operator's ServiceAccount")
+    r.check("bundled Redis password: Secret kept (lookup, resource-policy keep) with password, URLs and "
+            "requirepass/masterauth; used by redis.conf, probes, cluster-init Job, API servers, the ChatCluster's "
+            "secretKeyRef; the operator may get it", not wrong, "; ".join(wrong))
+
+
 def expect_external(by: dict) -> list[str]:
     problems = []
-    if any(k.endswith("-redis") or "redis-cluster-init" in k for k in by):
+    if any(k.endswith("-redis") or "redis-cluster-init" in k or "redis-auth" in k or k.endswith("-operator-redis")
+           for k in by):
         problems.append("bundled Redis objects rendered in external mode")
+    api = next(d for k, d in by.items() if k.startswith("Deployment/") and k.endswith("-api"))
+    if {"CHAT_REDIS_PASSWORD", "CHAT_REDIS_USERNAME", "CHAT_REDIS_CA_FILE"} & set(env_of(api)):
+        problems.append("Redis AUTH/TLS variables without their values")
     cc = next(d for k, d in by.items() if k.startswith("ChatCluster/"))
     api_env = env_of(next(d for k, d in by.items() if k.startswith("Deployment/") and k.endswith("-api")))
     if cc["spec"]["redis"]["urls"] != ["redis://r-0.r:6379", "redis://r-1.r:6379"] or \
@@ -682,7 +764,188 @@ def expect_minimal(by: dict) -> list[str]:
 
 
 def expect_dev_tokens(by: dict) -> list[str]:
-    return [] if env_of(by["Deployment/chat-api"])["CHAT_DEV_TOKENS"]["value"] == "true" else ["CHAT_DEV_TOKENS"]
+    problems = [] if env_of(by["Deployment/chat-api"])["CHAT_DEV_TOKENS"]["value"] == "true" else ["CHAT_DEV_TOKENS"]
+    pod = by.get("Pod/chat-test-connect")
+    if not pod:
+        return problems + ["no helm test Pod with dev tokens on"]
+    meta = pod["metadata"]
+    if (meta.get("annotations") or {}).get("helm.sh/hook") != "test":
+        problems.append("the test Pod is not a helm.sh/hook: test")
+    env = env_of(pod)
+    if env["API_URL"]["value"] != "http://chat-api.chat.svc.cluster.local:8080" or "CHAT_TOKEN" in env or \
+            env["CHAT_POD_DOMAIN"]["value"] != "chat-chat.chat.svc.cluster.local" or env["CHAT_PORT"]["value"] != "9001":
+        problems.append(f"test Pod environment {sorted(env)}")
+    if pod["spec"]["containers"][0]["image"] != "redis:7-alpine" or pod["spec"].get("restartPolicy") != "Never":
+        problems.append("test Pod image (the bundled Redis's) or restartPolicy")
+    return problems
+
+
+def test_script_problems(pod: dict) -> list[str]:
+    """The helm test's busybox script through shellcheck (sh)."""
+    script = pod["spec"]["containers"][0]["command"][-1]
+    proc = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script, text=True, capture_output=True)
+    return [] if proc.returncode == 0 else [proc.stdout[-2000:]]
+
+
+def expect_test_with_token_secret(by: dict) -> list[str]:
+    pod = by.get("Pod/chat-test-connect")
+    if not pod:
+        return ["no helm test Pod with tests.tokenSecret"]
+    ref = env_of(pod).get("CHAT_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+    return [] if ref == {"name": "chat-test-token", "key": "token"} else [f"CHAT_TOKEN from the Secret: {ref}"]
+
+
+EXTERNAL_AUTH = {"redis": {"mode": "external", "external": {
+    "urlsSecret": {"name": "redis-urls", "key": "urls"}, "username": "chat",
+    "passwordSecret": {"name": "redis-auth", "key": "password"}}}}
+
+
+def expect_external_auth(by: dict) -> list[str]:
+    """External Redis with the URLs (credentials in them) and the password
+    from Secrets: the API servers and chat servers get both, the operator
+    gets the URLs through spec.redis.secretKeyRef and may read that Secret."""
+    problems = []
+    api = env_of(by["Deployment/chat-api"])
+    if api["CHAT_REDIS_URLS"].get("valueFrom", {}).get("secretKeyRef") != {"name": "redis-urls", "key": "urls"} or \
+            api["CHAT_REDIS_USERNAME"].get("value") != "chat" or \
+            api["CHAT_REDIS_PASSWORD"].get("valueFrom", {}).get("secretKeyRef") != {"name": "redis-auth",
+                                                                                   "key": "password"}:
+        problems.append("API env CHAT_REDIS_URLS/USERNAME/PASSWORD from the values' Secrets")
+    cc = by["ChatCluster/chat"]["spec"]
+    cc_env = {e["name"]: e for e in cc.get("env", [])}
+    if cc["redis"] != {"secretKeyRef": {"name": "redis-urls", "key": "urls"}} or \
+            cc_env.get("CHAT_REDIS_USERNAME", {}).get("value") != "chat" or \
+            cc_env.get("CHAT_REDIS_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name") != "redis-auth":
+        problems.append(f"ChatCluster redis/env: {cc['redis']} {sorted(cc_env)}")
+    role = by.get("Role/chat-operator-redis")
+    if not role or role["rules"][0]["resourceNames"] != ["redis-urls"] or role["rules"][0]["verbs"] != ["get"]:
+        problems.append("the operator may not get Secret redis-urls")
+    if any("redis-auth" in k for k in by if k.startswith("Secret/")):
+        problems.append("the bundled Redis's Secret rendered in external mode")
+    return problems
+
+
+def expect_external_tls_files(by: dict) -> list[str]:
+    """A CA from a ConfigMap and a client certificate: mounted into the API
+    servers, named by CHAT_REDIS_*_FILE."""
+    spec = pod_spec(by["Deployment/chat-api"])
+    env = env_of(by["Deployment/chat-api"])
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    vols = {v["name"]: v for v in spec["volumes"]}
+    problems = []
+    ca_dir, cert_dir = mounts.get("redis-ca", ""), mounts.get("redis-client-cert", "")
+    if env.get("CHAT_REDIS_CA_FILE", {}).get("value") != f"{ca_dir}/ca.crt" or not ca_dir or \
+            vols["redis-ca"].get("configMap") != {"name": "redis-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]}:
+        problems.append("CA ConfigMap mounted and CHAT_REDIS_CA_FILE")
+    if env.get("CHAT_REDIS_CLIENT_CERT_FILE", {}).get("value") != f"{cert_dir}/tls.crt" or not cert_dir or \
+            env.get("CHAT_REDIS_CLIENT_KEY_FILE", {}).get("value") != f"{cert_dir}/tls.key" or \
+            vols["redis-client-cert"]["secret"]["secretName"] != "redis-client":
+        problems.append("client certificate Secret mounted and CHAT_REDIS_CLIENT_CERT_FILE/KEY_FILE")
+    return problems
+
+
+# The scale subresource of the chart's ChatCluster, which the HPA and KEDA drive.
+CHATCLUSTER_SCALE_TARGET = {"apiVersion": "chat.scalechat.dev/v1alpha1", "kind": "ChatCluster", "name": "chat"}
+
+
+def expect_chat_hpa(by: dict) -> list[str]:
+    hpa = by.get("HorizontalPodAutoscaler/chat-chat-servers")
+    if not hpa:
+        return ["no HorizontalPodAutoscaler for the ChatCluster"]
+    spec = hpa["spec"]
+    problems = [] if spec["scaleTargetRef"] == CHATCLUSTER_SCALE_TARGET else [f"scaleTargetRef {spec['scaleTargetRef']}"]
+    metric = spec["metrics"][0]
+    if metric["type"] != "Pods" or metric["pods"]["target"] != {"type": "AverageValue", "averageValue": "5000"}:
+        problems.append(f"metric {metric}")
+    if by["ChatCluster/chat"]["spec"]["autoscaling"]["enabled"]:
+        problems.append("the operator's autoscaling is on too")
+    return problems
+
+
+def expect_keda(by: dict) -> list[str]:
+    so = by.get("ScaledObject/chat-chat-servers")
+    if not so:
+        return ["no ScaledObject"]
+    problems = [] if so["spec"]["scaleTargetRef"] == CHATCLUSTER_SCALE_TARGET else ["scaleTargetRef"]
+    trigger = so["spec"]["triggers"][0]
+    if trigger["type"] != "prometheus" or trigger["metadata"]["threshold"] != "5000" or \
+            trigger["metadata"]["query"] != 'sum(chat_server_sessions{namespace="chat", pod=~"chat-[0-9]+"})':
+        problems.append(f"trigger {trigger}")
+    if any(k.startswith("HorizontalPodAutoscaler/") for k in by):
+        problems.append("an HPA beside KEDA's")
+    return problems
+
+
+# The labels the operator puts on chat server pods (crates/operator/src/
+# resources.rs, labels()) for the ChatCluster "chat".
+CHAT_SERVER_POD_LABELS = {"app.kubernetes.io/name": "chat-server", "chat.scalechat.dev/cluster": "chat",
+                          "app.kubernetes.io/managed-by": "chat-operator", "app.kubernetes.io/instance": "chat"}
+
+
+def pod_labels(by: dict) -> dict[str, dict]:
+    """component -> labels of the pods the chart renders (and the chat servers')."""
+    out = {"chat-server": CHAT_SERVER_POD_LABELS}
+    for key, doc in by.items():
+        if doc.get("kind") in ("Deployment", "StatefulSet", "Job"):
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+        elif doc.get("kind") == "Pod":
+            labels = doc["metadata"]["labels"]
+        else:
+            continue
+        out[labels.get("app.kubernetes.io/component", key)] = labels
+    return out
+
+
+def admitted(policy: dict, port: int, labels: dict) -> bool:
+    """Whether a pod of the release namespace with these labels may reach
+    port of the pods the policy selects (podSelector peers only)."""
+    for rule in policy["spec"]["ingress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        for peer in rule.get("from", []):
+            sel = peer.get("podSelector")
+            if sel is not None and "namespaceSelector" not in peer and \
+                    all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items()):
+                return True
+    return False
+
+
+def expect_network_policy(clients: bool):
+    def check(by: dict) -> list[str]:
+        problems = []
+        labels = pod_labels(by)
+        redis = by.get("NetworkPolicy/chat-redis")
+        if not redis:
+            return ["no NetworkPolicy for the bundled Redis"]
+        if not all(redis["spec"]["podSelector"]["matchLabels"].items() <= labels["redis"].items() for _ in [0]):
+            problems.append("the Redis policy does not select the Redis pods")
+        for who in ("chat-server", "api", "operator", "redis-cluster-init", "redis"):
+            if not admitted(redis, 6379, labels[who]):
+                problems.append(f"Redis port 6379 closed to {who}")
+        for who in ("test", "chat-server", "api", "operator"):
+            if who in labels and admitted(redis, 16379, labels[who]):
+                problems.append(f"Redis cluster bus open to {who}")
+        if not admitted(redis, 16379, labels["redis"]):
+            problems.append("Redis cluster bus closed to the Redis nodes")
+        if "test" in labels and admitted(redis, 6379, labels["test"]):
+            problems.append("Redis open to the test pod")
+        chat = by.get("NetworkPolicy/chat-chat-servers")
+        if not clients:
+            return problems + (["a chat server policy without clientsFrom"] if chat else [])
+        if not chat:
+            return problems + ["no chat server policy with clientsFrom"]
+        if not chat["spec"]["podSelector"]["matchLabels"].items() <= CHAT_SERVER_POD_LABELS.items():
+            problems.append("the chat server policy does not select the chat server pods")
+        for who in ("chat-server", "api", "operator", "test"):
+            if not admitted(chat, 9001, labels[who]):
+                problems.append(f"chat server port closed to {who}")
+        if admitted(chat, 9001, labels["redis"]):
+            problems.append("chat server port open to Redis pods")
+        peers = [p for rule in chat["spec"]["ingress"] for p in rule["from"]]
+        if {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} not in peers:
+            problems.append("clientsFrom not admitted")
+        return problems
+    return check
 
 
 def expect_hpa(by: dict) -> list[str]:
@@ -751,6 +1014,9 @@ def expect_monitoring(ns: str, dashboard_ns: str, not_ready_alert: bool):
 
 
 EXTERNAL_REDIS = {"redis": {"mode": "external", "external": {"urls": ["redis://r-0.r:6379", "redis://r-1.r:6379"]}}}
+NETWORK_POLICY = {"networkPolicy": {"enabled": True, "chatServers": {
+    "clientsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+    "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}}
 
 # name -> (values, release, namespace, variant-specific check)
 VARIANTS = {
@@ -777,6 +1043,22 @@ VARIANTS = {
                             "publicUrlTemplate": "wss://chat.example.com/{pod}/ws"},
             "monitoring": {"enabled": True},
         }), "prod", "apps", expect_combined),
+    "external Redis with URLs, user and password from Secrets": (EXTERNAL_AUTH, "chat", "chat", expect_external_auth),
+    "external Redis over TLS with a CA ConfigMap and a client certificate, no ChatCluster": (
+        {"chatCluster": {"enabled": False}, "redis": {"mode": "external", "external": {
+            "urls": ["rediss://r-0.r:6379"], "tls": {"caConfigMap": {"name": "redis-ca", "key": "ca.pem"},
+                                                     "clientCertSecret": "redis-client"}}}},
+        "chat", "chat", expect_external_tls_files),
+    "chat servers scaled by an HPA on connections": ({"autoscaling": {"chatServers": {"hpa": {"enabled": True}}}},
+                                                     "chat", "chat", expect_chat_hpa),
+    "chat servers scaled by KEDA (prometheus trigger)": ({"autoscaling": {"chatServers": {"keda": {"enabled": True}}}},
+                                                        "chat", "chat", expect_keda),
+    "NetworkPolicies with clientsFrom, dev tokens (helm test)": (deep_merge(NETWORK_POLICY, {"api": {"devTokens": True}}),
+                                                                "chat", "chat", expect_network_policy(True)),
+    "NetworkPolicies without clientsFrom": ({"networkPolicy": {"enabled": True}}, "chat", "chat",
+                                            expect_network_policy(False)),
+    "helm test with a token from a Secret (dev tokens off)": (
+        {"tests": {"tokenSecret": {"name": "chat-test-token"}}}, "chat", "chat", expect_test_with_token_secret),
     "one API replica, no ChatCluster, no leader election, bundled Redis without persistence": (
         {"api": {"replicas": 1}, "chatCluster": {"enabled": False}, "operator": {"leaderElection": False},
          "redis": {"bundled": {"persistence": {"enabled": False}}}}, "prod", "apps", expect_minimal),
@@ -801,7 +1083,9 @@ def check_rendering(r: Report, chart, crd: dict, cel: CelRules) -> list[dict]:
             problems += [f"{key}: {e}" for e in object_problems(doc, cc_validator, cel)]
             if pod_spec(doc) is not None:
                 problems += [f"{key}: {p}" for p in security_problems(doc)]
-            if doc.get("kind") in MONITORING_KINDS:
+            if doc.get("kind") == "Pod" and shutil.which("shellcheck"):
+                problems += [f"{key}: shellcheck: {p}" for p in test_script_problems(doc)]
+            if doc.get("kind") in OTHER_CRD_KINDS:
                 monitoring.append(doc)
         r.check(f"Helm renders: {name}: {len(by)} objects valid ({versions}, strict; ChatCluster by the CRD "
                 "and CEL) with the security settings", not problems, "; ".join(problems[:8]))
@@ -818,6 +1102,19 @@ def check_rendering(r: Report, chart, crd: dict, cel: CelRules) -> list[dict]:
                                                                                    "maxReplicas": 2}}},
                                                   "minReplicas"),
         "external Redis without urls": ({"redis": {"mode": "external"}}, ""),
+        "chat server HPA and KEDA together": ({"autoscaling": {"chatServers": {"hpa": {"enabled": True},
+                                                                              "keda": {"enabled": True}}}}, "not both"),
+        "a chat server HPA with the operator's autoscaling": (
+            {"autoscaling": {"chatServers": {"hpa": {"enabled": True}}},
+             "chatCluster": {"autoscaling": {"enabled": True}}}, "chatCluster.autoscaling.enabled=false"),
+        "KEDA without a ChatCluster": ({"autoscaling": {"chatServers": {"keda": {"enabled": True}}},
+                                        "chatCluster": {"enabled": False}}, "chatCluster.enabled"),
+        "an external Redis password the operator cannot use (no urlsSecret)": (
+            deep_merge(EXTERNAL_REDIS, {"redis": {"external": {"passwordSecret": {"name": "redis-auth"}}}}),
+            "urlsSecret"),
+        "a Redis CA file the chat servers cannot mount": (
+            deep_merge(EXTERNAL_REDIS, {"redis": {"external": {"tls": {"caSecret": {"name": "redis-ca"}}}}}),
+            "no volumes"),
     }
     for name, (values, word) in must_fail.items():
         try:
@@ -912,7 +1209,50 @@ def fields_lost(original, again, path="") -> list[str]:
     return [] if original == again else [f"{path}: {original!r} became {again!r}"]
 
 
+def run_crd_models(objects: list[dict]) -> tuple[list[dict], subprocess.CompletedProcess]:
+    """scripts/k8s/validate-monitoring.mjs on the objects: one result each."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(objects, f)
+    proc = subprocess.run([shutil.which("node"), str(NODE_TOOLS / "validate-monitoring.mjs"), f.name],
+                          capture_output=True, text=True, cwd=NODE_TOOLS)
+    Path(f.name).unlink()
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")], proc
+
+
+def check_autoscaling(r: Report, objects: list[dict]) -> None:
+    """The KEDA ScaledObjects against KEDA's CRD schema (@kubernetes-models/
+    keda, generated from it), strictly; the metric the HPA and KEDA read is
+    one the e2e test finds on a running chat server."""
+    scaled = [o for o in objects if o["kind"] == "ScaledObject"]
+    if not scaled:
+        r.check("some variant renders a KEDA ScaledObject", False)
+    elif not shutil.which("node") or not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "keda").is_dir():
+        r.unverified(f"{len(scaled)} KEDA ScaledObjects against KEDA's CRD schema",
+                     "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
+    else:
+        bad = copy.deepcopy(scaled[0])
+        bad["metadata"]["name"] = "broken"
+        bad["spec"]["minReplicas"] = bad["spec"].pop("minReplicaCount")
+        results, proc = run_crd_models(scaled + [bad])
+        ours, broken = results[:len(scaled)], results[len(scaled):]
+        problems = [f"{x['name']}: {'; '.join(x['errors'])}" for x in ours if x["errors"]]
+        r.check(f"{len(scaled)} rendered KEDA ScaledObjects valid against KEDA's CRD schema "
+                "(@kubernetes-models/keda), unknown fields rejected",
+                proc.returncode == 1 and len(results) == len(scaled) + 1 and not problems,
+                "; ".join(problems) or proc.stderr[-1000:])
+        r.check("the strict pass rejects a ScaledObject with minReplicas (not a KEDA field)",
+                len(broken) == 1 and any("minReplicas" in e for e in broken[0]["errors"]), str(broken))
+    listed = {line.split()[0] for line in METRICS_LIST.read_text().splitlines() if line and not line.startswith("#")}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["autoscaling"]["chatServers"]
+    names = {values["hpa"]["metricName"]}
+    for o in scaled:
+        names |= set(promql_metric_names(o["spec"]["triggers"][0]["metadata"]["query"]))
+    r.check(f"the autoscaling metric ({', '.join(sorted(names))}) is in scripts/k8s/monitoring-metrics.txt, "
+            "so the e2e test finds it on a running chat server", names <= listed, f"missing {sorted(names - listed)}")
+
+
 def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> None:
+    objects = [o for o in objects if o["kind"] in MONITORING_KINDS]
     # (1) the prometheus-operator kinds against their CRDs' schemas
     node = shutil.which("node")
     script = NODE_TOOLS / "validate-monitoring.mjs"
@@ -1081,6 +1421,7 @@ def main() -> int:
             step("chatclusters", lambda: check_chatclusters(r, crd, cel))
             step("rendering", lambda: check_rendering(r, chart, crd, cel))
     step("monitoring", lambda: check_monitoring(r, chart, results.get("rendering") or [], update))
+    step("autoscaling", lambda: check_autoscaling(r, results.get("rendering") or []))
     step("readme", lambda: check_readme(r, update))
     print(f"{r.passed} passed, {r.failed} failed, {r.not_verified} not verified")
     return 1 if r.failed else 0

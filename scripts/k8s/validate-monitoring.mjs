@@ -1,7 +1,8 @@
-// Validates prometheus-operator objects (PodMonitor, ServiceMonitor,
-// PrometheusRule) against the schemas of the operator's CRDs, as packaged by
-// @kubernetes-models/prometheus-operator (generated from those CRDs), in two
-// passes:
+// Validates the chart's objects of other projects' CRDs against those CRDs'
+// schemas, as packaged by @kubernetes-models (generated from the CRDs):
+// prometheus-operator objects (PodMonitor, ServiceMonitor, PrometheusRule;
+// @kubernetes-models/prometheus-operator) and KEDA's ScaledObject
+// (@kubernetes-models/keda), in two passes:
 //  1. the package's JSON-schema validators (types, patterns, required
 //     fields, enums); they accept unknown fields, as the CRDs let the API
 //     server prune them;
@@ -22,8 +23,16 @@ import ts from "typescript";
 import { PodMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
 import { PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
+import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject";
 
-const MODELS = { PodMonitor, ServiceMonitor, PrometheusRule };
+// "<apiVersion>/<kind>" -> [model class, module of its interface I<kind>]
+const MODELS = {
+  "monitoring.coreos.com/v1/PodMonitor": [PodMonitor, "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor"],
+  "monitoring.coreos.com/v1/ServiceMonitor": [ServiceMonitor, "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor"],
+  "monitoring.coreos.com/v1/PrometheusRule": [PrometheusRule, "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule"],
+  "keda.sh/v1alpha1/ScaledObject": [ScaledObject, "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject"],
+};
+const keyOf = (obj) => `${obj?.apiVersion}/${obj?.kind}`;
 
 if (process.argv.length !== 3) {
   console.error("usage: node validate-monitoring.mjs <objects.json>");
@@ -34,9 +43,9 @@ const errors = objects.map(() => []);
 
 // 1. JSON-schema validators
 objects.forEach((obj, i) => {
-  const Model = MODELS[obj?.kind];
-  if (obj?.apiVersion !== "monitoring.coreos.com/v1" || !Model) {
-    errors[i].push(`not a monitoring.coreos.com/v1 PodMonitor, ServiceMonitor or PrometheusRule: ${obj?.apiVersion} ${obj?.kind}`);
+  const [Model] = MODELS[keyOf(obj)] ?? [];
+  if (!Model) {
+    errors[i].push(`not a kind this script knows (${Object.keys(MODELS).join(", ")}): ${obj?.apiVersion} ${obj?.kind}`);
     return;
   }
   try {
@@ -49,13 +58,12 @@ objects.forEach((obj, i) => {
 // 2. unknown fields: one typed object literal per line, type-checked
 const here = dirname(fileURLToPath(import.meta.url));
 const file = join(here, `.strict-check-${process.pid}.ts`);
-const kinds = Object.keys(MODELS);
-const lines = kinds.map(
-  (k) => `import type { I${k} } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/${k}";`,
-);
+const keys = Object.keys(MODELS);
+const lines = keys.map((k, j) => `import type { I${k.split("/").pop()} as T${j} } from "${MODELS[k][1]}";`);
 const firstObjectLine = lines.length;
 objects.forEach((obj, i) => {
-  const type = MODELS[obj?.kind] ? `I${obj.kind}` : "unknown";
+  const j = keys.indexOf(keyOf(obj));
+  const type = j >= 0 ? `T${j}` : "unknown";
   lines.push(`export const o${i}: ${type} = ${JSON.stringify(obj)};`);
 });
 writeFileSync(file, lines.join("\n") + "\n");

@@ -152,3 +152,73 @@ seccompProfile:
       name: {{ include "chat.secretName" (index . 0) }}
       key: {{ index . 2 }}
 {{- end -}}
+
+{{/*
+Redis access (docs/kubernetes.md, "Redis access").
+The bundled Redis's Secret: keys password, urls (the seed URLs with the
+password in them, for the ChatCluster's spec.redis.secretKeyRef: the operator
+connects with spec.redis alone) and auth.conf (requirepass/masterauth,
+included by redis.conf).
+*/}}
+{{- define "chat.redisAuthSecretName" -}}
+{{- printf "%s-redis-auth" (include "chat.fullname" .) -}}
+{{- end -}}
+
+{{/* The Secret key holding the seed URLs, as (dict "name" "key"), or "" when the URLs are plain values. */}}
+{{- define "chat.redisUrlsSecretRef" -}}
+{{- if eq .Values.redis.mode "bundled" -}}
+{{- dict "name" (include "chat.redisAuthSecretName" .) "key" "urls" | toJson -}}
+{{- else if .Values.redis.external.urlsSecret.name -}}
+{{- .Values.redis.external.urlsSecret | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Redis TLS files of the API servers: CA bundle and client certificate, each
+mounted read-only under /etc/chat/redis-tls. The chat server pods cannot get
+them: the ChatCluster spec has no volumes (the chart refuses a CA or client
+certificate while it renders a ChatCluster).
+*/}}
+{{- define "chat.redisTlsMountPath" -}}/etc/chat/redis-tls{{- end -}}
+
+{{/*
+Refuses Redis settings that cannot work with what the operator supports
+today (it connects to Redis with the ChatCluster's spec.redis URLs only,
+and chat server pods get no volumes from the spec).
+*/}}
+{{- define "chat.redisAccessChecks" -}}
+{{- $x := .Values.redis.external -}}
+{{- if eq .Values.redis.mode "external" -}}
+{{- if and (or $x.passwordSecret.name $x.username) (not $x.urlsSecret.name) -}}
+{{- fail "redis.external.passwordSecret/username: the operator connects to Redis with the ChatCluster's spec.redis URLs only and cannot use them; put the credentials in the URLs (rediss://user:password@host:port) in a Secret and name it in redis.external.urlsSecret (see docs/kubernetes.md, Redis access)" -}}
+{{- end -}}
+{{- if and .Values.chatCluster.enabled (or $x.tls.caSecret.name $x.tls.caConfigMap.name $x.tls.clientCertSecret) -}}
+{{- fail "redis.external.tls (CA or client certificate files): the chat server pods cannot mount them (the ChatCluster spec has no volumes) and the operator reads no CA; use a Redis whose certificate the system roots trust, or chatCluster.enabled=false (see docs/kubernetes.md, Redis access)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Redis access environment of the API servers (and the ChatCluster's env, without the file variables). */}}
+{{- define "chat.redisAuthEnv" -}}
+{{- if eq .Values.redis.mode "bundled" -}}
+- name: CHAT_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat.redisAuthSecretName" . }}
+      key: password
+{{- else -}}
+{{- with .Values.redis.external.username }}
+- name: CHAT_REDIS_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.redis.external.passwordSecret }}
+{{- if .name }}
+- name: CHAT_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
