@@ -12,6 +12,7 @@ use std::time::Duration;
 use chat_ops::{Counter, Metrics};
 use chat_store::ServerHealth;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -427,6 +428,33 @@ async fn write_status(
     Ok(())
 }
 
+/// The HorizontalPodAutoscaler in the cluster's namespace that targets it,
+/// if any. Without permission to list them (an older chart's Role), none.
+async fn hpa_targeting(cc: &ChatCluster, client: &Client) -> Result<Option<String>, Error> {
+    let api: Api<HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), &cc.namespace().unwrap_or_default());
+    let list = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(list
+        .items
+        .into_iter()
+        .find(|h| {
+            let target = &h.spec.scale_target_ref;
+            target.kind == "ChatCluster"
+                && target.name == cc.name_any()
+                && target
+                    .api_version
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with(&format!("{}/", crate::crd::API_GROUP)))
+        })
+        .map(|h| h.name_any()))
+}
+
 /// Reads what this cluster's fleet is reached with: `spec.redis` (inline or
 /// from a Secret key, comma-separated) and `internalSecret` of
 /// `spec.secretName`. Both Secrets are in the ChatCluster's namespace.
@@ -667,7 +695,18 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
     };
 
     // Desired replicas: by hand (spec, scale subresource, HPA) or from load.
-    let autoscaling = cc.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    let mut autoscaling = cc.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    if autoscaling.is_some() {
+        if let Some(hpa) = hpa_targeting(&cc, &client).await? {
+            // Two autoscalers writing one spec.replicas would fight: the
+            // HPA's writes win and the operator's autoscaling pauses.
+            problems.push(Problem::new(
+                "ConflictingAutoscaler",
+                format!("HorizontalPodAutoscaler {hpa} scales this ChatCluster; spec.autoscaling is ignored while it exists (turn one of them off)"),
+            ));
+            autoscaling = None;
+        }
+    }
     let (desired, recommendations, plan) = if health.is_some() {
         let (desired, recommendations) = match autoscaling {
             Some(auto) => {
@@ -780,6 +819,31 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
             &Patch::Apply(&resources::disruption_budget(&cc)),
         )
         .await?;
+    // With autoscaling on, the operator owns spec.replicas: its decision
+    // is written there (the Desired column, `kubectl get`), and a value
+    // written by hand is replaced, with an event saying so.
+    if autoscaling.is_some() && health.is_some() && desired != cc.spec.replicas {
+        api.patch(
+            &name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(json!({ "spec": { "replicas": desired } })),
+        )
+        .await?;
+        ctx.event(
+            &cc,
+            EventType::Normal,
+            "Autoscaled",
+            "Scale",
+            format!(
+                "spec.replicas {} -> {desired} from {connections} connections (with spec.autoscaling on, the operator owns spec.replicas)",
+                cc.spec.replicas
+            ),
+        )
+        .await;
+    }
     if let Some(before) = current {
         if plan.statefulset_replicas > before {
             ctx.metrics.scale_ups.inc();

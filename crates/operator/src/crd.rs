@@ -48,8 +48,10 @@ pub const LEGACY_FINALIZER: &str = "chat.scalechat.dev/registration";
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !self.autoscaling.enabled || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must be <= autoscaling.maxReplicas"))]
 pub struct ChatClusterSpec {
-    /// Chat server pods. With autoscaling on, the operator sets it from load
-    /// (`kubectl scale` and an HPA write it through the scale subresource).
+    /// Chat server pods (`kubectl scale` and an HPA write it through the
+    /// scale subresource). With `autoscaling.enabled` the operator owns it
+    /// and writes its decision here, unless an HPA targets this
+    /// ChatCluster: then the HPA's value holds and autoscaling pauses.
     #[schemars(range(min = 0, max = 10000))]
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -226,6 +226,8 @@ struct World {
     refuse_statefulset_apply: Option<String>,
     /// The answer to deleting a pod (200, or 404 when it is gone already).
     pod_delete_status: StatusCode,
+    /// HorizontalPodAutoscalers in the namespace.
+    hpas: Vec<Value>,
     /// Secrets by name: key -> value.
     secrets: HashMap<String, BTreeMap<String, String>>,
     calls: Vec<Call>,
@@ -304,6 +306,17 @@ impl World {
                     json!({"apiVersion": "chat.scalechat.dev/v1alpha1", "kind": "ChatClusterList",
                        "metadata": {"resourceVersion": self.cluster.metadata.resource_version},
                        "items": [self.cluster]}),
+                )
+            }
+            ("GET", p)
+                if p == format!(
+                    "/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers"
+                ) =>
+            {
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+                           "metadata": {"resourceVersion": "1"}, "items": self.hpas}),
                 )
             }
             ("GET", p) if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets") => (
@@ -448,6 +461,7 @@ impl Harness {
             statefulset_status: None,
             refuse_statefulset_apply: None,
             pod_delete_status: StatusCode::OK,
+            hpas: Vec::new(),
             live: false,
             pending_watches: Vec::new(),
             cluster_events: Vec::new(),
@@ -1344,6 +1358,78 @@ async fn recycling_deletes_exactly_the_drained_pod_and_a_gone_pod_is_done() {
     *h.fleet.servers.lock().unwrap() = vec![health(2, ServerState::Ready, 0)];
     h.reconcile().await;
     assert!(h.calls("DELETE", "/pods/").is_empty());
+}
+
+// ------------------ issue 15: who owns spec.replicas when autoscaling is on
+
+fn autoscaled(replicas: i32) -> ChatCluster {
+    let mut cc = chat_cluster(replicas);
+    cc.spec.autoscaling = Some(AutoscalingSpec {
+        enabled: true,
+        min_replicas: 2,
+        max_replicas: 8,
+        target_connections_per_pod: 1000,
+        scale_down_stabilization_seconds: 300,
+    });
+    cc
+}
+
+fn busy(h: &Harness) {
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 2600),
+        health(1, ServerState::Ready, 2400),
+    ];
+}
+
+#[tokio::test]
+async fn autoscaling_writes_its_decision_into_spec_replicas() {
+    // spec.replicas 3 was set by hand (kubectl scale); load asks for 5.
+    let h = Harness::new(autoscaled(3), Some(3), vec![pod(0, true), pod(1, true)]);
+    busy(&h);
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(5));
+    let patch = h
+        .calls_matching(|c| {
+            c.method == "PATCH" && c.path.ends_with(&format!("/chatclusters/{NAME}"))
+        })
+        .pop()
+        .expect("spec.replicas written");
+    assert_eq!(patch.body, json!({"spec": {"replicas": 5}}));
+    assert!(
+        patch.query.contains("fieldManager=chat-operator"),
+        "{}",
+        patch.query
+    );
+    assert!(h.event_reasons().contains(&"Autoscaled".to_owned()));
+}
+
+#[tokio::test]
+async fn an_hpa_on_the_cluster_pauses_the_operators_autoscaling() {
+    let h = Harness::new(autoscaled(3), Some(3), vec![pod(0, true), pod(1, true)]);
+    busy(&h);
+    h.world.lock().unwrap().hpas = vec![json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "chat-servers", "namespace": NS},
+        "spec": {"scaleTargetRef": {"apiVersion": "chat.scalechat.dev/v1alpha1",
+                                    "kind": "ChatCluster", "name": NAME},
+                 "maxReplicas": 20}})];
+    h.reconcile().await;
+    assert_eq!(
+        h.applied_replicas(),
+        Some(3),
+        "the HPA's spec.replicas holds"
+    );
+    assert!(
+        object_patches(&h).is_empty(),
+        "spec.replicas left to the HPA"
+    );
+    let status = h.last_status();
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["reason"], "ConflictingAutoscaler");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("chat-servers"));
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
