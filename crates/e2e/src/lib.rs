@@ -516,7 +516,16 @@ impl ChatServer {
 }
 
 fn spawn_chat(redis_urls: &str, id: &str, extra: &[String], uid: Option<u32>) -> ChatServer {
-    let port = free_port();
+    spawn_chat_on(redis_urls, id, extra, uid, free_port())
+}
+
+fn spawn_chat_on(
+    redis_urls: &str,
+    id: &str,
+    extra: &[String],
+    uid: Option<u32>,
+    port: u16,
+) -> ChatServer {
     let mut args = vec![
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),
@@ -705,6 +714,26 @@ impl Cluster {
         self.chat.push(server);
         self.wait_servers_ready(&[id]).await;
         self.chat.len() - 1
+    }
+
+    /// Kills chat server `index` (SIGKILL) and starts a new process with
+    /// the same id on the same port, so that its public and internal URLs
+    /// are the old ones (a pod restarted in place); waits until it is
+    /// ready.
+    pub async fn restart_chat_in_place(&mut self, index: usize) {
+        let old = &mut self.chat[index];
+        old.process.sigkill().await;
+        let (id, args, uid, port) = (old.id.clone(), old.args.clone(), old.uid, old.port);
+        let mut server = spawn_chat_on(&self.redis_urls, &id, &args, uid, port);
+        let url = format!("{}/readyz", server.http_url());
+        if let Err(status) = wait_http_ok(&mut server.process, &url, STARTUP).await {
+            panic!(
+                "chat-server {id} did not restart on port {port} ({status}):\n{}",
+                server.process.log_tail(20)
+            );
+        }
+        self.chat[index] = server;
+        self.wait_servers_ready(&[id]).await;
     }
 
     /// Ids of this cluster's chat servers (including stopped ones).

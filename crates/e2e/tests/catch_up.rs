@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use chat_store::{NewMessage, RedisStore, Store, StoreConfig};
 use e2e::chat_client::protocol::ids::new_id;
 use e2e::serde_json::Value;
-use e2e::{eventually, now_ms, redis_urls, seqs, unique, Cluster, WsClient, WAIT};
+use std::time::Duration;
+
+use e2e::{eventually, now_ms, redis_urls, scrape_metric, seqs, unique, Cluster, WsClient, WAIT};
 
 /// Messages sent while the session's chat server is frozen.
 const WHILE_FROZEN: usize = 1_100;
@@ -185,3 +187,46 @@ async fn send_many(api: &e2e::Api, room: &str, n: usize) -> BTreeSet<u64> {
     assert_eq!(all.len(), n, "every send acknowledged once");
     all
 }
+
+/// Link loss (issue 12): a chat server killed and restarted in place (same
+/// id, same URLs, as a pod restarted by its kubelet) while an API server
+/// holds a link to it. The API server's next delivery must go over a new
+/// link, live: before links read while idle, it was written into the dead
+/// socket, counted as sent, and only the catch-up brought it (a gap fill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_server_restarted_in_place_gets_deliveries_over_a_new_link() {
+    let Some(mut cluster) = Cluster::start(2, &[]).await else {
+        return;
+    };
+    let (alice_id, bob_id) = (unique("alice"), unique("bob"));
+    let alice = cluster.api(&alice_id).await;
+    let bob = cluster.api(&bob_id).await;
+    let room = alice.create_room_id("restart", &[&bob_id]).await;
+    let target = cluster.ids()[0].clone();
+    // The API server routes Alice's REST sends to Bob's chat server over a
+    // link, opened by the first one.
+    let mut bob_ws = WsClient::connect_to(&bob, &target).await;
+    alice.send(&room, "over the first link").await;
+    assert_eq!(seqs(&bob_ws.collect_messages(&room, 1, WAIT).await), [1]);
+
+    let index = cluster.chat_index(&target);
+    cluster.restart_chat_in_place(index).await;
+    // Bob is back on the new process; nothing is missing for him yet.
+    let mut bob_ws = WsClient::connect_to(&bob, &target).await;
+    let server = cluster.chat[index].http_url();
+    let fills_before = scrape_metric(&server, GAP_FILLS).await.unwrap_or(0.0);
+
+    let sent = alice.send(&room, "after the restart").await;
+    let got = bob_ws.collect_messages(&room, 1, WAIT).await;
+    assert_eq!(seqs(&got), [sent["seq"].as_u64().unwrap()]);
+    // Longer than a catch-up interval: had the delivery been lost on the
+    // old link, the catch-up would have filled it by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fills = scrape_metric(&server, GAP_FILLS).await.unwrap_or(0.0);
+    assert_eq!(
+        fills, fills_before,
+        "the message reached Bob through a gap fill (the catch-up), not live over a new link"
+    );
+}
+
+const GAP_FILLS: &str = "chat_server_gap_fills_total";
