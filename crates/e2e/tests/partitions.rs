@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use e2e::serde_json::Value;
 use e2e::{
-    bin_path, free_port, process_env, redis_urls, seqs, unique, wait_http_ok, Api, Cluster,
-    Partitions, Process, RedisNode, ServerUids, WsClient, WAIT,
+    bin_path, free_port, process_env, redis_urls, scrape_metric, seqs, unique, wait_http_ok, Api,
+    Cluster, Partitions, Process, RedisNode, ServerUids, WsClient, WAIT,
 };
 
 /// How long a server is cut off from Redis: longer than the 3 s dead-after
@@ -207,3 +207,80 @@ async fn servers_started_before_redis_answers_stay_up_and_become_ready() {
     let got = bob_ws.collect_messages(&room, 1, WAIT).await;
     assert_eq!(seqs(&got), [sent["seq"].as_u64().unwrap()]);
 }
+
+/// Registry slot outage (issue 12): the API server cannot reach the one
+/// Redis node that holds the registry slot, for longer than the dead-after
+/// interval, while the room's own slot stays reachable and every chat
+/// server keeps reporting. Its failed registry refreshes are not evidence
+/// that servers died: it keeps routing from its last snapshot, so the
+/// messages stored meanwhile arrive live. Before, a failed refresh aged
+/// every server out by wall clock and the deliveries were dropped (only the
+/// catch-up brought them, as gap fills).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_does_not_stop_cross_server_delivery() {
+    let partitions = match Partitions::new() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("[partitions] skipped: {why}");
+            return;
+        }
+    };
+    let Some(cluster) = Cluster::start_partitionable(1, &[]).await else {
+        return;
+    };
+    let Some(nodes) = RedisNode::all(&cluster.redis_urls) else {
+        return;
+    };
+    let registry_port = nodes[0]
+        .master_port_of(chat_store::keys::REGISTRY_SERVERS)
+        .expect("the registry's master");
+    let (alice_id, bob_id) = (unique("alice"), unique("bob"));
+    let alice = cluster.api(&alice_id).await;
+    let bob = cluster.api(&bob_id).await;
+    // A room whose slot another master holds.
+    let mut room = String::new();
+    for _ in 0..20 {
+        let id = alice.create_room_id("registry-outage", &[&bob_id]).await;
+        let port = nodes[0].master_port_of(&format!("chat:{{room:{id}}}:seq"));
+        if port != Some(registry_port) {
+            room = id;
+            break;
+        }
+    }
+    assert!(!room.is_empty(), "no room outside the registry's slot");
+    let server = &cluster.chat[0];
+    let mut bob_ws = WsClient::connect_to(&bob, &server.id).await;
+    alice.send(&room, "before").await;
+    assert_eq!(seqs(&bob_ws.collect_messages(&room, 1, WAIT).await), [1]);
+    let fills_before = scrape_metric(&server.http_url(), GAP_FILLS)
+        .await
+        .unwrap_or(0.0);
+
+    let api_uid = cluster.api_uid().expect("a partitionable cluster");
+    partitions.cut_from_redis(api_uid, &[registry_port]);
+    let mut acked = Vec::new();
+    let mut got = Vec::new();
+    // Well past the 3 s dead-after interval; each message must arrive
+    // before the next is sent (so within a catch-up interval, which would
+    // count as a gap fill).
+    for i in 0..8 {
+        let m: Value = alice.send(&room, &format!("during {i}")).await;
+        acked.push(m["seq"].as_u64().expect("seq"));
+        got.extend(seqs(&bob_ws.collect_messages(&room, 1, WAIT).await));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    partitions.heal();
+    assert_eq!(
+        got, acked,
+        "every message stored during the outage, in order"
+    );
+    let fills = scrape_metric(&server.http_url(), GAP_FILLS)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(
+        fills, fills_before,
+        "deliveries during the outage came by gap fills (the catch-up), not live"
+    );
+}
+
+const GAP_FILLS: &str = "chat_server_gap_fills_total";
