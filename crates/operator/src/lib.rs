@@ -8,11 +8,13 @@
 //!   endpoint registration).
 //! - [`controller`]: reconcile, status, events.
 //! - [`watches`]: what triggers a reconcile (and what must not).
+//! - [`leader`]: stepping down when the leader Lease may have run out.
 
 pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod fleet;
+pub mod leader;
 pub mod resources;
 pub mod scaledown;
 pub mod watches;

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use kube::Client;
 use operator::controller::Context;
 use operator::fleet::RedisFleetConnector;
-use operator::watches;
+use operator::{leader, watches};
 
 #[derive(Parser)]
 #[command(version, about = "Kubernetes operator for ChatCluster resources")]
@@ -94,6 +94,8 @@ async fn main() -> anyhow::Result<()> {
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &cli.lease_name)
         .with_namespace(&lease_namespace)
         .with_identity(&identity)
+        .with_duration(leader::LEASE_DURATION_S)
+        .with_grace(leader::LEASE_GRACE_S)
         .build()
         .await
         .context("creating the leader-election lease manager")?;
@@ -107,6 +109,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         tracing::info!("became leader: running the controller");
+        let watchdog = leader::LeaseWatchdog::new(
+            client.clone(),
+            &lease_namespace,
+            &cli.lease_name,
+            &identity,
+        );
         tokio::select! {
             _ = run_controller(client.clone(), cli.namespace.clone(), ctx.clone()) => {
                 drop(leader);
@@ -115,6 +123,12 @@ async fn main() -> anyhow::Result<()> {
             }
             _ = async { while leader.changed().await.is_ok() { if !*leader.borrow() { break } } } => {
                 tracing::warn!("lost leadership: controller stopped");
+            }
+            reason = watchdog.lost() => {
+                // The lease manager may still believe it leads (it only logs
+                // failed renewals); exiting is the one sure way to stop.
+                tracing::error!(%reason, "leadership can no longer be confirmed: exiting");
+                std::process::exit(1);
             }
         }
     }

@@ -241,6 +241,23 @@ struct World {
     cluster_events: Vec<Value>,
 }
 
+const CRD_GROUP: &str = "chat.scalechat.dev/v1alpha1";
+
+/// A list answer.
+fn list(
+    api_version: &str,
+    kind: &str,
+    version: Option<String>,
+    items: Value,
+) -> (StatusCode, Value) {
+    (
+        StatusCode::OK,
+        json!({"apiVersion": api_version, "kind": kind,
+               "metadata": {"resourceVersion": version.unwrap_or_else(|| "1".into())},
+               "items": items}),
+    )
+}
+
 impl World {
     /// A change of the ChatCluster as the API server makes it: a new
     /// resourceVersion and a MODIFIED event.
@@ -296,34 +313,25 @@ impl World {
         let base = format!("/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}");
         let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}");
         match (method, path) {
-            ("GET", p)
-                if p == format!(
-                    "/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters"
-                ) =>
-            {
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "chat.scalechat.dev/v1alpha1", "kind": "ChatClusterList",
-                       "metadata": {"resourceVersion": self.cluster.metadata.resource_version},
-                       "items": [self.cluster]}),
-                )
+            ("GET", p) if p == format!("/apis/{CRD_GROUP}/namespaces/{NS}/chatclusters") => {
+                let version = self.cluster.metadata.resource_version.clone();
+                list(CRD_GROUP, "ChatClusterList", version, json!([self.cluster]))
             }
             ("GET", p)
                 if p == format!(
                     "/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers"
                 ) =>
             {
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
-                           "metadata": {"resourceVersion": "1"}, "items": self.hpas}),
+                list(
+                    "autoscaling/v2",
+                    "HorizontalPodAutoscalerList",
+                    None,
+                    json!(self.hpas),
                 )
             }
-            ("GET", p) if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets") => (
-                StatusCode::OK,
-                json!({"apiVersion": "apps/v1", "kind": "StatefulSetList",
-                       "metadata": {"resourceVersion": "1"}, "items": []}),
-            ),
+            ("GET", p) if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets") => {
+                list("apps/v1", "StatefulSetList", None, json!([]))
+            }
             ("PATCH", p) if self.live && p == format!("{base}/status") => {
                 let status: ChatClusterStatus =
                     serde_json::from_value(body["status"].clone()).unwrap();
