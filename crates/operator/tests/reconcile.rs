@@ -196,6 +196,7 @@ impl Fleet for FakeFleet {
             method: "FLEET".into(),
             path: format!("set_registered {cluster}"),
             query: String::new(),
+            content_type: String::new(),
             body: json!(ids),
         });
         self.registered
@@ -212,6 +213,7 @@ struct Call {
     method: String,
     path: String,
     query: String,
+    content_type: String,
     body: Value,
 }
 
@@ -228,6 +230,12 @@ struct World {
     pod_delete_status: StatusCode,
     /// HorizontalPodAutoscalers in the namespace.
     hpas: Vec<Value>,
+    /// The next patch of the ChatCluster object fails with 409 Conflict
+    /// (someone else changed it since it was read).
+    conflict_on_next_object_patch: bool,
+    /// Secrets the chart's Role lets the operator get: its own, plus
+    /// `operator.secretNames`.
+    role_secret_names: Vec<String>,
     /// Secrets by name: key -> value.
     secrets: HashMap<String, BTreeMap<String, String>>,
     calls: Vec<Call>,
@@ -331,6 +339,15 @@ impl World {
             }
             ("GET", p) if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets") => {
                 list("apps/v1", "StatefulSetList", None, json!([]))
+            }
+            ("PATCH", p) if p == base && self.conflict_on_next_object_patch => {
+                self.conflict_on_next_object_patch = false;
+                (
+                    StatusCode::CONFLICT,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "Conflict", "code": 409,
+                           "message": "the object has been modified; please apply your changes to the latest version"}),
+                )
             }
             ("PATCH", p) if self.live && p == format!("{base}/status") => {
                 let status: ChatClusterStatus =
@@ -470,6 +487,8 @@ impl Harness {
             refuse_statefulset_apply: None,
             pod_delete_status: StatusCode::OK,
             hpas: Vec::new(),
+            conflict_on_next_object_patch: false,
+            role_secret_names: vec!["chat-secrets".into()],
             live: false,
             pending_watches: Vec::new(),
             cluster_events: Vec::new(),
@@ -480,6 +499,12 @@ impl Harness {
                 let method = request.method().to_string();
                 let path = request.uri().path().to_owned();
                 let query = request.uri().query().unwrap_or_default().to_owned();
+                let content_type = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let body: Value = if bytes.is_empty() {
                     Value::Null
@@ -491,6 +516,7 @@ impl Harness {
                     method: method.clone(),
                     path: path.clone(),
                     query: query.clone(),
+                    content_type,
                     body: body.clone(),
                 });
                 if query.split('&').any(|q| q == "watch=true") {
@@ -588,6 +614,145 @@ impl Harness {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// Every scenario ends by checking each API call it made against the
+/// chart's Role (charts/chat/templates/operator-rbac.yaml), and that every
+/// server-side apply is forced under the operator's field manager.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let world = self.world.lock().unwrap();
+        let rules = role_rules(&world.role_secret_names);
+        for call in world.calls.iter().filter(|c| c.method != "FLEET") {
+            let (group, resource, name, verb) = access(call);
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.allows(&group, &resource, &name, &verb)),
+                "the chart's Role does not allow {verb} {group}/{resource} {name}: {} {}?{}",
+                call.method,
+                call.path,
+                call.query
+            );
+            if call.content_type == "application/apply-patch+yaml" {
+                assert!(
+                    call.query.contains("fieldManager=chat-operator")
+                        && call.query.contains("force=true"),
+                    "server-side apply without fieldManager=chat-operator&force=true: {} ?{}",
+                    call.path,
+                    call.query
+                );
+            }
+        }
+    }
+}
+
+/// One rule of the chart's operator Roles.
+#[derive(Debug)]
+struct RoleRule {
+    groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+    names: Option<Vec<String>>,
+}
+
+impl RoleRule {
+    fn allows(&self, group: &str, resource: &str, name: &str, verb: &str) -> bool {
+        let has = |list: &[String], x: &str| list.iter().any(|v| v == x);
+        has(&self.groups, group)
+            && has(&self.resources, resource)
+            && has(&self.verbs, verb)
+            && self.names.as_ref().is_none_or(|n| has(n, name))
+    }
+}
+
+/// The `rules:` of the Roles in operator-rbac.yaml, with the template's
+/// Secret and Lease names filled in and its other template lines dropped.
+fn role_rules(secret_names: &[String]) -> Vec<RoleRule> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../charts/chat/templates/operator-rbac.yaml"
+    );
+    let template = std::fs::read_to_string(path).unwrap();
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in template.lines() {
+        if line == "rules:" {
+            current = Some(String::from("rules:\n"));
+            continue;
+        }
+        if line.starts_with("---") || line.starts_with("{{- if") {
+            blocks.extend(current.take());
+            continue;
+        }
+        let Some(block) = current.as_mut() else {
+            continue;
+        };
+        if line.contains("include \"chat.secretName\"") {
+            for name in secret_names {
+                block.push_str(&format!("      - {name:?}\n"));
+            }
+        } else if line.contains("include \"chat.operatorLeaseName\"") {
+            block.push_str("    resourceNames: [\"chat-operator\"]\n");
+        } else if !line.contains("{{") {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    blocks.extend(current);
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    blocks
+        .iter()
+        .flat_map(|block| {
+            let parsed: Value = serde_saphyr::from_str(block)
+                .unwrap_or_else(|e| panic!("parsing the Role's rules: {e}\n{block}"));
+            parsed["rules"].as_array().unwrap().clone()
+        })
+        .map(|rule| RoleRule {
+            groups: strings(&rule["apiGroups"]),
+            resources: strings(&rule["resources"]),
+            verbs: strings(&rule["verbs"]),
+            names: rule.get("resourceNames").map(strings),
+        })
+        .collect()
+}
+
+/// (API group, resource[/subresource], name, verb) of a request.
+fn access(call: &Call) -> (String, String, String, String) {
+    let parts: Vec<&str> = call.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {}", call.path),
+    };
+    let rest = match rest {
+        ["namespaces", _, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, name) = match rest {
+        [resource] => (resource.to_string(), ""),
+        [resource, name] => (resource.to_string(), *name),
+        [resource, name, sub] => (format!("{resource}/{sub}"), *name),
+        _ => panic!("unexpected path {}", call.path),
+    };
+    let verb = match (call.method.as_str(), name.is_empty()) {
+        ("GET", false) => "get",
+        ("GET", true) if call.query.split('&').any(|q| q == "watch=true") => "watch",
+        ("GET", true) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group.into(), resource, name.into(), verb.into())
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -808,6 +973,9 @@ async fn each_cluster_uses_the_redis_and_secret_of_its_own_spec() {
             "team-secrets".into(),
             BTreeMap::from([("internalSecret".into(), "team-internal".into())]),
         );
+        // As the user would list them in operator.secretNames.
+        w.role_secret_names
+            .extend(["team-redis".to_owned(), "team-secrets".to_owned()]);
     }
     let team = h.connector.fleet(&["redis://t0:6379", "redis://t1:6379"]);
     *team.servers.lock().unwrap() = vec![
@@ -1438,6 +1606,55 @@ async fn an_hpa_on_the_cluster_pauses_the_operators_autoscaling() {
         .as_str()
         .unwrap()
         .contains("chat-servers"));
+}
+
+// ------------------------------- issue 15: restarts and conflicts (coverage)
+
+#[tokio::test]
+async fn an_operator_restarted_mid_drain_carries_on_from_the_recorded_status() {
+    let first = scaling_three_pods_to_two();
+    first.reconcile().await;
+    let recorded: ChatClusterStatus = serde_json::from_value(first.last_status()).unwrap();
+    drop(first);
+
+    // A new operator process: nothing in memory, only the status.
+    let mut cc = chat_cluster(2);
+    cc.status = Some(recorded);
+    let h = Harness::new(cc, Some(3), vec![pod(0, true), pod(1, true), pod(2, true)]);
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 5),
+        health(1, ServerState::Ready, 5),
+        health(2, ServerState::Draining, 2),
+    ];
+    *h.now.lock().unwrap() += 5;
+    h.reconcile().await;
+    assert!(
+        h.fleet.drains.lock().unwrap().is_empty(),
+        "already draining"
+    );
+    assert!(!h.event_reasons().contains(&"DrainStarted".to_owned()));
+    assert_eq!(h.applied_replicas(), Some(3));
+    assert_eq!(h.last_status()["draining"][0]["since"], 1_000_000);
+    h.persist_status();
+    // The timeout counts from the first operator's start.
+    *h.now.lock().unwrap() += 25;
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(2));
+}
+
+#[tokio::test]
+async fn a_conflict_removing_the_legacy_finalizer_is_retried() {
+    let mut cc = chat_cluster(2);
+    cc.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.world.lock().unwrap().conflict_on_next_object_patch = true;
+    let error = h.reconcile_result().await.unwrap_err();
+    assert!(error.to_string().contains("modified"), "{error}");
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+    // The controller retries (with back-off) and the next attempt succeeds.
+    h.reconcile().await;
+    assert_eq!(object_patches(&h).len(), 2);
+    assert_eq!(h.applied_replicas(), Some(2));
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
