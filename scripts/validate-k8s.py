@@ -1112,6 +1112,9 @@ def check_rendering(r: Report, chart, crd: dict, cel: CelRules) -> list[dict]:
         "an external Redis password the operator cannot use (no urlsSecret)": (
             deep_merge(EXTERNAL_REDIS, {"redis": {"external": {"passwordSecret": {"name": "redis-auth"}}}}),
             "urlsSecret"),
+        "chatCluster.env repeating the Redis password the chart sets": (
+            deep_merge(EXTERNAL_AUTH, {"chatCluster": {"env": [{"name": "CHAT_REDIS_PASSWORD", "value": "x"}]}}),
+            "do not repeat it"),
         "a Redis CA file the chat servers cannot mount": (
             deep_merge(EXTERNAL_REDIS, {"redis": {"external": {"tls": {"caSecret": {"name": "redis-ca"}}}}}),
             "no volumes"),
@@ -1224,6 +1227,19 @@ def check_autoscaling(r: Report, objects: list[dict]) -> None:
     keda, generated from it), strictly; the metric the HPA and KEDA read is
     one the e2e test finds on a running chat server."""
     scaled = [o for o in objects if o["kind"] == "ScaledObject"]
+    # The examples for ChatClusters applied by hand: the HPA against
+    # Kubernetes' schemas here, the ScaledObject with the rendered ones.
+    example_hpa = yaml.safe_load((ROOT / "examples" / "chatcluster-hpa.yaml").read_text())
+    example_keda = yaml.safe_load((ROOT / "examples" / "chatcluster-keda.yaml").read_text())
+    target = yaml.safe_load((ROOT / "examples" / "chatcluster.yaml").read_text())
+    target_ref = {"apiVersion": target["apiVersion"], "kind": target["kind"], "name": target["metadata"]["name"]}
+    errs = kube_errors(example_hpa)
+    r.check("examples/chatcluster-hpa.yaml is a valid autoscaling/v2 HPA (strict, "
+            f"Kubernetes {KUBE_VERSIONS[0]}-{KUBE_VERSIONS[-1]}) of the ChatCluster of examples/chatcluster.yaml",
+            not errs and example_hpa["spec"]["scaleTargetRef"] == target_ref, "; ".join(errs[:5]))
+    r.check("examples/chatcluster-keda.yaml targets the ChatCluster of examples/chatcluster.yaml",
+            example_keda["spec"]["scaleTargetRef"] == target_ref)
+    scaled = scaled + [example_keda]
     if not scaled:
         r.check("some variant renders a KEDA ScaledObject", False)
     elif not shutil.which("node") or not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "keda").is_dir():
@@ -1236,7 +1252,8 @@ def check_autoscaling(r: Report, objects: list[dict]) -> None:
         results, proc = run_crd_models(scaled + [bad])
         ours, broken = results[:len(scaled)], results[len(scaled):]
         problems = [f"{x['name']}: {'; '.join(x['errors'])}" for x in ours if x["errors"]]
-        r.check(f"{len(scaled)} rendered KEDA ScaledObjects valid against KEDA's CRD schema "
+        r.check(f"{len(scaled)} KEDA ScaledObjects (rendered, and examples/chatcluster-keda.yaml) valid against "
+                "KEDA's CRD schema "
                 "(@kubernetes-models/keda), unknown fields rejected",
                 proc.returncode == 1 and len(results) == len(scaled) + 1 and not problems,
                 "; ".join(problems) or proc.stderr[-1000:])
@@ -1244,7 +1261,7 @@ def check_autoscaling(r: Report, objects: list[dict]) -> None:
                 len(broken) == 1 and any("minReplicas" in e for e in broken[0]["errors"]), str(broken))
     listed = {line.split()[0] for line in METRICS_LIST.read_text().splitlines() if line and not line.startswith("#")}
     values = yaml.safe_load((CHART / "values.yaml").read_text())["autoscaling"]["chatServers"]
-    names = {values["hpa"]["metricName"]}
+    names = {values["hpa"]["metricName"], example_hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]}
     for o in scaled:
         names |= set(promql_metric_names(o["spec"]["triggers"][0]["metadata"]["query"]))
     r.check(f"the autoscaling metric ({', '.join(sorted(names))}) is in scripts/k8s/monitoring-metrics.txt, "
