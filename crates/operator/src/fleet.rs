@@ -80,11 +80,12 @@ impl Default for RedisFleetConnector {
 #[async_trait]
 impl FleetConnector for RedisFleetConnector {
     async fn connect(&self, config: &FleetConfig) -> Result<Arc<dyn Fleet>, FleetError> {
-        // Held across the connect: two clusters on one new Redis connect once.
-        let mut stores = self.stores.lock().await;
-        let store = match stores.get(&config.redis_urls) {
-            Some(store) => store.clone(),
+        let cached = self.stores.lock().await.get(&config.redis_urls).cloned();
+        let store = match cached {
+            Some(store) => store,
             None => {
+                // Not under the lock: an unreachable Redis (up to the
+                // timeout) must not hold up the clusters on other ones.
                 let store: Arc<dyn Store> = Arc::new(
                     tokio::time::timeout(
                         FLEET_CALL_TIMEOUT,
@@ -94,8 +95,13 @@ impl FleetConnector for RedisFleetConnector {
                     .map_err(|_| FleetError("connecting to Redis: timed out".into()))?
                     .map_err(|e| FleetError(format!("connecting to Redis: {e}")))?,
                 );
-                stores.insert(config.redis_urls.clone(), store.clone());
-                store
+                // Two reconciles may have connected at once: keep the first.
+                self.stores
+                    .lock()
+                    .await
+                    .entry(config.redis_urls.clone())
+                    .or_insert(store)
+                    .clone()
             }
         };
         Ok(Arc::new(RedisFleet {
