@@ -7,12 +7,13 @@ an empty server, and prints `used_memory` growth per message. Memory is
 counted, not timed, so the figures do not depend on how busy the machine is.
 
 Layouts:
-  zset+dedup-key   what chat-store does today: the message JSON (seq
-                   included) in a sorted set scored by seq, plus, for a send
-                   with a client_msg_id, a string key holding the same JSON
-                   with a TTL (the dedup record).
-  zset+dedup-seq   the same, but the dedup key holds only the seq (a
+  zset+dedup-key   what chat-store did until 2026-12-02: the message JSON
+                   (seq included) in a sorted set scored by seq, plus, for a
+                   send with a client_msg_id, a string key holding the same
+                   JSON with a TTL (the dedup record).
+  zset+dedup-seq-id  what it does now: the dedup key holds `<seq> <id>` (a
                    duplicate reads the message back from the sorted set).
+  zset+dedup-seq   the dedup key holding only the seq.
   zset+dedup-hash  the sorted set, and the dedup records of a room in one
                    hash (client_msg_id -> seq), trimmed by the append rather
                    than by key expiry.
@@ -98,6 +99,8 @@ def commands(layout: str) -> bytes:
         dedup_key = f"{tag}:dedup:{m['from']}:{cmid}"
         if layout == "zset+dedup-key":
             out.append(resp("SET", dedup_key, js, "PX", str(DEDUP_TTL_MS)))
+        elif layout == "zset+dedup-seq-id":
+            out.append(resp("SET", dedup_key, f"{seq} {m['id']}", "PX", str(DEDUP_TTL_MS)))
         elif layout == "zset+dedup-seq":
             out.append(resp("SET", dedup_key, str(seq), "PX", str(DEDUP_TTL_MS)))
         elif "+" in layout:
@@ -129,7 +132,7 @@ def main() -> None:
             print(f"redis {version}, {MESSAGES} messages in {ROOMS} rooms "
                   f"({MESSAGES // ROOMS} each), message JSON {len(sample)} bytes")
             print(f"{'layout':<24} {'bytes/message':>14}")
-            for layout in ["zset+dedup-key", "zset+dedup-seq", "zset+dedup-hash",
+            for layout in ["zset+dedup-key", "zset+dedup-seq-id", "zset+dedup-seq", "zset+dedup-hash",
                            "stream+dedup-hash", "stream-slim+dedup-hash",
                            "stream-fields+dedup-hash", "zset", "stream-fields"]:
                 subprocess.run(cli + ["flushall"], capture_output=True, check=True)

@@ -248,6 +248,37 @@ pub async fn history_is_trimmed_to_the_retention(store: SharedStore) {
     assert_eq!(kept, vec![4, 5, 6, 7, 8]);
 }
 
+/// A send retried after retention trimmed its original still gets the
+/// original's id and seq (what an ack needs), and stores nothing new.
+/// Needs a store made with `history_retention = 5`.
+pub async fn a_retry_of_a_trimmed_message_gets_its_id_and_seq(store: SharedStore) {
+    let alice = user("alice");
+    let id = room_with(&store, &alice, &[]).await;
+    let original = store
+        .append(msg(&id, &alice, "first", Some("c-old")))
+        .await
+        .unwrap()
+        .message;
+    for i in 2..=8 {
+        store
+            .append(msg(&id, &alice, &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    let retry = store
+        .append(msg(&id, &alice, "first", Some("c-old")))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.message.id.as_str(), retry.message.seq),
+        (original.id.as_str(), original.seq)
+    );
+    assert_eq!(retry.message.client_msg_id.as_deref(), Some("c-old"));
+    let last = store.messages_before(&id, u64::MAX, 1).await.unwrap();
+    assert_eq!(last[0].seq, 8, "the retry stored nothing");
+}
+
 pub async fn concurrent_appends_stay_gapless(store: SharedStore) {
     let senders: Vec<String> = (0..5).map(|i| user(&format!("s{i}"))).collect();
     let others: Vec<&str> = senders[1..].iter().map(String::as_str).collect();
@@ -861,6 +892,13 @@ macro_rules! store_conformance_tests {
             let config = $crate::StoreConfig { history_retention: 5, ..Default::default() };
             if let Some(store) = ($make)(config).await {
                 $crate::conformance::history_is_trimmed_to_the_retention(store).await;
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_retry_of_a_trimmed_message_gets_its_id_and_seq() {
+            let config = $crate::StoreConfig { history_retention: 5, ..Default::default() };
+            if let Some(store) = ($make)(config).await {
+                $crate::conformance::a_retry_of_a_trimmed_message_gets_its_id_and_seq(store).await;
             }
         }
     };

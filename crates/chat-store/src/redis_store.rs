@@ -27,10 +27,16 @@ use crate::{
 
 /// KEYS: meta, members, seq, msgs, dedup, online, reads. ARGV: from,
 /// has_cmid, json_prefix, retention, dedup_ttl_ms, from_member (`1`: check
-/// membership and move the sender's read marker). The message JSON is built by the
-/// caller up to `"seq":` so that the stored record is exactly the
-/// contract's JSON. Returns {status} on error, else {status, then the
+/// membership and move the sender's read marker), id. The message JSON is
+/// built by the caller up to `"seq":` so that the stored record is exactly
+/// the contract's JSON. Returns {status} on error, else {status, then the
 /// presence index as HGETALL lists it}: routing needs no further read.
+///
+/// The dedup record holds `<seq> <id>`, not a copy of the message (which
+/// took more memory than the message itself: docs/benchmarks.md, "History
+/// memory"); a duplicate is answered with the stored message, or, once
+/// retention trimmed it, with the retry's JSON carrying the original id and
+/// seq. Records written by older versions hold the JSON and still work.
 const APPEND_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'E:noroom'} end
 if ARGV[6] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember'} end
@@ -45,7 +51,14 @@ if ARGV[2] == '1' then
     -- A write, so that the WAIT after this script (which confirms this
     -- connection's writes) also confirms the original, written earlier.
     redis.call('PEXPIRE', KEYS[5], ARGV[5])
-    return with_online('D:' .. prev)
+    if string.sub(prev, 1, 1) == '{' then return with_online('D:' .. prev) end
+    local sp = string.find(prev, ' ', 1, true)
+    local pseq = string.sub(prev, 1, sp - 1)
+    local found = redis.call('ZRANGEBYSCORE', KEYS[4], pseq, pseq)
+    if found[1] then return with_online('D:' .. found[1]) end
+    local pid = string.sub(prev, sp + 1)
+    local json = (string.gsub(ARGV[3], '"id":"[^"]*"', '"id":"' .. pid .. '"', 1))
+    return with_online('D:' .. json .. pseq .. '}')
   end
 end
 local seq = redis.call('INCR', KEYS[3])
@@ -54,7 +67,7 @@ redis.call('ZADD', KEYS[4], seq, json)
 local keep = tonumber(ARGV[4])
 local n = redis.call('ZCARD', KEYS[4])
 if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - keep - 1) end
-if ARGV[2] == '1' then redis.call('SET', KEYS[5], json, 'PX', ARGV[5]) end
+if ARGV[2] == '1' then redis.call('SET', KEYS[5], seq .. ' ' .. ARGV[7], 'PX', ARGV[5]) end
 if ARGV[6] == '1' then redis.call('HSET', KEYS[7], ARGV[1], seq) end
 return with_online('N:' .. json)
 "#;
@@ -799,7 +812,8 @@ impl Store for RedisStore {
             .arg(message_json_prefix(&m))
             .arg(self.config.history_retention)
             .arg(self.config.dedup_ttl_ms)
-            .arg(if m.from_member { "1" } else { "0" });
+            .arg(if m.from_member { "1" } else { "0" })
+            .arg(&m.id);
         if wanted > 0 {
             pipe.cmd("WAIT")
                 .arg(wanted)

@@ -82,3 +82,59 @@ mod durability {
         assert_eq!(store.messages_after(&room, 0, 10).await.unwrap().len(), 1);
     }
 }
+
+/// Dedup records written before they held `<seq> <id>` (they held the
+/// message's JSON) still answer a retry during a rolling upgrade.
+mod dedup_records {
+    use chat_protocol::ids::new_id;
+    use chat_protocol::now_ms;
+    use chat_store::{keys, NewMessage, NewRoom, StoreConfig};
+    use redis::AsyncCommands;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_in_the_old_format_still_answers_a_retry() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let room = new_id("r_");
+        store
+            .create_room(NewRoom {
+                id: room.clone(),
+                name: "upgrade".into(),
+                created_by: "alice".into(),
+                created_at: now_ms(),
+                members: vec!["alice".into()],
+            })
+            .await
+            .unwrap();
+        let old_json = format!(
+            r#"{{"body":"from before","client_msg_id":"c-old","from":"alice","id":"m_old","room":"{room}","ts":1,"seq":41}}"#
+        );
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let _: () = conn
+            .set_ex(keys::room_dedup(&room, "alice", "c-old"), &old_json, 60)
+            .await
+            .unwrap();
+        let retry = store
+            .append(NewMessage {
+                room: room.clone(),
+                id: new_id("m_"),
+                from: "alice".into(),
+                body: "from before".into(),
+                ts: now_ms(),
+                client_msg_id: Some("c-old".into()),
+                from_member: true,
+            })
+            .await
+            .unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(
+            (retry.message.id.as_str(), retry.message.seq),
+            ("m_old", 41)
+        );
+    }
+}
