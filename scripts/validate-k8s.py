@@ -446,7 +446,8 @@ def check_chatclusters(r: Report, crd: dict, cel: CelRules) -> None:
         s["redis"] = {}
 
     def both_redis(s):
-        s["redis"]["secretKeyRef"] = {"name": "redis", "key": "urls"}
+        s["redis"] = {"urls": ["redis://redis-0.redis:6379"],
+                      "secretKeyRef": {"name": "redis", "key": "urls"}}
 
     def secret_only(s):
         s["redis"] = {"secretKeyRef": {"name": "redis", "key": "urls"}}
