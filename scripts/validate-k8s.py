@@ -600,7 +600,7 @@ def check_default_render(r: Report, by: dict, rendered: dict) -> None:
     r.check("operator Deployment (env, downward API, leader election, namespace, probes)", not wrong,
             ", ".join(wrong))
 
-    # RBAC covers what the operator calls (crates/operator: kube::Api on
+    # RBAC covers what the operator calls (operator: kube::Api on
     # chatclusters and their status and finalizers, server-side apply of
     # StatefulSets, Services and PDBs, pod watch and delete, events).
     role = by["Role/chat-operator"]
@@ -877,7 +877,7 @@ def expect_keda(by: dict) -> list[str]:
     return problems
 
 
-# The labels the operator puts on chat server pods (crates/operator/src/
+# The labels the operator puts on chat server pods (operator/src/
 # resources.rs, labels()) for the ChatCluster "chat".
 CHAT_SERVER_POD_LABELS = {"app.kubernetes.io/name": "chat-server", "chat.scalechat.dev/cluster": "chat",
                           "app.kubernetes.io/managed-by": "chat-operator", "app.kubernetes.io/instance": "chat"}

@@ -101,10 +101,7 @@ async fn scrape(http_url: &str) -> BTreeMap<String, String> {
 /// literal after each `.counter(`, `.gauge(` or `.histogram(` in its sources.
 fn operator_source_names() -> BTreeMap<String, String> {
     let root = workspace_root();
-    let dir = [root.join("crates/operator/src"), root.join("operator/src")]
-        .into_iter()
-        .find(|d| d.is_dir())
-        .expect("the operator's sources (crates/operator/src or operator/src)");
+    let dir = root.join("operator/src");
     let mut names = BTreeMap::new();
     let mut stack: Vec<PathBuf> = vec![dir];
     while let Some(dir) = stack.pop() {

@@ -11,7 +11,7 @@ use rust_embed::RustEmbed;
 use crate::error::ApiError;
 
 #[derive(RustEmbed)]
-#[folder = "../../console/dist"]
+#[folder = "../console/dist"]
 struct ConsoleAssets;
 
 /// No inline scripts, nothing from elsewhere: what a user types can never

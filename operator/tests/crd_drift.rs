@@ -3,7 +3,7 @@
 
 #[test]
 fn checked_in_crd_matches_the_generator() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let generated = operator::crd::crd_yaml();
     for path in ["crds/chatcluster.yaml", "charts/chat/crds/chatcluster.yaml"] {
         let file = root.join(path);

@@ -674,7 +674,7 @@ impl RoleRule {
 fn role_rules(secret_names: &[String]) -> Vec<RoleRule> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../charts/chat/templates/operator-rbac.yaml"
+        "/../charts/chat/templates/operator-rbac.yaml"
     );
     let template = std::fs::read_to_string(path).unwrap();
     let mut blocks: Vec<String> = Vec::new();
@@ -1665,7 +1665,7 @@ fn installs_scales_and_serves_on_a_real_cluster() {
     let status = std::process::Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/kind-e2e.sh"
+            "/../scripts/kind-e2e.sh"
         ))
         .status()
         .expect("running scripts/kind-e2e.sh");

@@ -17,10 +17,10 @@ struct Args {
 
 const EC_PUB: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../chat-auth/tests/keys/ec-a.pub.pem"
+    "/../crates/chat-auth/tests/keys/ec-a.pub.pem"
 );
-const EC_KEY: &[u8] = include_bytes!("../../chat-auth/tests/keys/ec-a.key.pem");
-const RSA_KEY: &[u8] = include_bytes!("../../chat-auth/tests/keys/rsa-a.key.pem");
+const EC_KEY: &[u8] = include_bytes!("../../crates/chat-auth/tests/keys/ec-a.key.pem");
+const RSA_KEY: &[u8] = include_bytes!("../../crates/chat-auth/tests/keys/rsa-a.key.pem");
 
 fn state(token_args: &[&str]) -> Result<Arc<api_server::AppState>, api_server::ConfigError> {
     let mut argv = vec!["api-server", "--ticket-secret=t", "--internal-secret=i"];
