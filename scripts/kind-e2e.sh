@@ -169,15 +169,17 @@ wait_for 120 "POST /v1/connect returns a chat server" connect
 CONNECT="$(connect)"
 echo "$CONNECT" | jq .
 SERVER_ID="$(echo "$CONNECT" | jq -er .server_id)"
+# Server ids are <pod>.<namespace>: the pod is the part before the dot.
+POD="${SERVER_ID%%.*}"
 URL="$(echo "$CONNECT" | jq -er .url)"
 TICKET="$(echo "$CONNECT" | jq -er .ticket)"
 [[ "$URL" == ws://* || "$URL" == wss://* ]] || die "connect url is not a WebSocket URL: $URL"
 
 # The default URL is the pod's in-cluster DNS name; reach the pod through a
 # port-forward and check the WebSocket upgrade (HTTP 101) with that ticket.
-if kubectl -n "$NAMESPACE" get pod "$SERVER_ID" >/dev/null 2>&1; then
-  say "WebSocket handshake with pod $SERVER_ID"
-  kubectl -n "$NAMESPACE" port-forward "pod/$SERVER_ID" "$WS_PORT:9001" >/dev/null 2>&1 &
+if kubectl -n "$NAMESPACE" get pod "$POD" >/dev/null 2>&1; then
+  say "WebSocket handshake with pod $POD ($SERVER_ID)"
+  kubectl -n "$NAMESPACE" port-forward "pod/$POD" "$WS_PORT:9001" >/dev/null 2>&1 &
   pids+=($!)
   wait_for 30 "port-forward to $SERVER_ID" curl -fsS --max-time 2 "http://127.0.0.1:$WS_PORT/healthz"
   path="/${URL#*://*/}"

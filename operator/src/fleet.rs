@@ -40,10 +40,23 @@ pub struct FleetConfig {
     pub internal_secret: String,
 }
 
+/// `urls` with any userinfo (`user:password@`) replaced.
+fn redacted_urls(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}<redacted>@{}", &url[..scheme + 3], &url[at + 1..])
+            }
+            _ => url.clone(),
+        })
+        .collect()
+}
+
 impl std::fmt::Debug for FleetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetConfig")
-            .field("redis_urls", &self.redis_urls)
+            // URLs may carry a password (redis://:<password>@host).
+            .field("redis_urls", &redacted_urls(&self.redis_urls))
             .field("internal_secret", &"<redacted>")
             .finish()
     }
@@ -164,5 +177,29 @@ impl Fleet for RedisFleet {
             self.store.set_registered(cluster, server_ids),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords_in_redis_urls() {
+        let config = FleetConfig {
+            redis_urls: vec![
+                "redis://:s3cret@chat-redis-0.chat-redis:6379".into(),
+                "rediss://user:pw@10.0.0.1:6380".into(),
+                "redis://plain:6379".into(),
+            ],
+            internal_secret: "internal".into(),
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cret") && !text.contains("pw@") && !text.contains("internal\""));
+        assert!(
+            text.contains("redis://<redacted>@chat-redis-0.chat-redis:6379"),
+            "{text}"
+        );
+        assert!(text.contains("redis://plain:6379"), "{text}");
     }
 }
