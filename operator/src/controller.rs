@@ -58,6 +58,7 @@ pub struct ControllerMetrics {
     pub scale_ups: Arc<Counter>,
     pub scale_downs: Arc<Counter>,
     pub status_writes: Arc<Counter>,
+    pub drain_timeouts: Arc<Counter>,
 }
 
 impl ControllerMetrics {
@@ -83,6 +84,10 @@ impl ControllerMetrics {
             status_writes: m.counter(
                 "operator_status_writes_total",
                 "ChatCluster status writes (an unchanged status is not written).",
+            ),
+            drain_timeouts: m.counter(
+                "operator_drain_timeouts_total",
+                "Chat server pods removed by a scale-down while still holding clients: their drain ran out of time.",
             ),
         }
     }
@@ -744,6 +749,7 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
             draining: previous.draining.clone(),
             recycle: Vec::new(),
             waiting: false,
+            cut_short: Vec::new(),
         };
         (desired, previous.recommendations.clone(), plan)
     };
@@ -857,6 +863,21 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
             .await;
         } else if plan.statefulset_replicas < before {
             ctx.metrics.scale_downs.inc();
+            if !plan.cut_short.is_empty() {
+                ctx.metrics.drain_timeouts.add(plan.cut_short.len() as u64);
+                ctx.event(
+                    &cc,
+                    EventType::Warning,
+                    "DrainTimedOut",
+                    "Scale",
+                    format!(
+                        "{} removed with clients still connected: the drain took longer than {} s",
+                        plan.cut_short.join(", "),
+                        cc.spec.drain_timeout_seconds
+                    ),
+                )
+                .await;
+            }
             ctx.event(
                 &cc,
                 EventType::Normal,

@@ -36,6 +36,9 @@ pub struct ScalePlan {
     pub recycle: Vec<String>,
     /// True while a drain is in progress (requeue soon).
     pub waiting: bool,
+    /// Leaving pods removed now although they still held clients: their
+    /// drain ran out of time (those clients are cut off and reconnect).
+    pub cut_short: Vec<String>,
 }
 
 pub fn pod_name(cluster: &str, ordinal: i32) -> String {
@@ -67,11 +70,13 @@ pub fn plan(
             draining: Vec::new(),
             recycle,
             waiting: false,
+            cut_short: Vec::new(),
         };
     }
     let mut records = Vec::new();
     let mut start_draining = Vec::new();
     let mut all_done = true;
+    let mut cut_short = Vec::new();
     for pod in &leaving {
         let since = draining.iter().find(|d| &d.pod == pod).map(|d| d.since);
         let load = loads.get(pod).cloned().unwrap_or_default();
@@ -84,6 +89,9 @@ pub fn plan(
         let timed_out = now_s - since >= drain_timeout_s;
         if !(empty || timed_out) {
             all_done = false;
+        }
+        if timed_out && !empty {
+            cut_short.push(pod.clone());
         }
         records.push(DrainStatus {
             pod: pod.clone(),
@@ -98,6 +106,7 @@ pub fn plan(
             draining: Vec::new(),
             recycle,
             waiting: false,
+            cut_short,
         }
     } else {
         ScalePlan {
@@ -106,6 +115,7 @@ pub fn plan(
             draining: records,
             recycle,
             waiting: true,
+            cut_short: Vec::new(),
         }
     }
 }
@@ -205,10 +215,13 @@ mod tests {
             plan("chat", Some(2), 1, &l, &drains, 129, 30).statefulset_replicas,
             2
         );
-        assert_eq!(
-            plan("chat", Some(2), 1, &l, &drains, 130, 30).statefulset_replicas,
-            1
-        );
+        let cut = plan("chat", Some(2), 1, &l, &drains, 130, 30);
+        assert_eq!(cut.statefulset_replicas, 1);
+        assert_eq!(cut.cut_short, vec!["chat-1"], "50 clients were still on it");
+        // An empty pod is not cut short, timed out or not.
+        let empty = loads(&[("chat-1", true, true, 0)]);
+        let done = plan("chat", Some(2), 1, &empty, &drains, 130, 30);
+        assert!(done.cut_short.is_empty());
     }
 
     #[test]
