@@ -826,6 +826,21 @@ def expect_external_auth(by: dict) -> list[str]:
     return problems
 
 
+def expect_external_tls_secrets(by: dict) -> list[str]:
+    """The CA and client certificate from Secrets: the ChatCluster names
+    them in spec.redis.tls (the operator mounts them into the chat servers
+    and reads them), and the operator may get them."""
+    problems = []
+    tls = by["ChatCluster/chat"]["spec"]["redis"].get("tls")
+    if tls != {"caSecretKeyRef": {"name": "redis-ca", "key": "ca.pem"}, "clientCertSecretName": "redis-client"}:
+        problems.append(f"ChatCluster spec.redis.tls: {tls}")
+    role = by.get("Role/chat-operator-redis")
+    names = role["rules"][0]["resourceNames"] if role else []
+    if sorted(names) != ["redis-ca", "redis-client", "redis-urls"]:
+        problems.append(f"the operator may get Secrets {names}, wanted the URLs, CA and client certificate")
+    return problems
+
+
 def expect_external_tls_files(by: dict) -> list[str]:
     """A CA from a ConfigMap and a client certificate: mounted into the API
     servers, named by CHAT_REDIS_*_FILE."""
@@ -1045,6 +1060,10 @@ VARIANTS = {
             "monitoring": {"enabled": True},
         }), "prod", "apps", expect_combined),
     "external Redis with URLs, user and password from Secrets": (EXTERNAL_AUTH, "chat", "chat", expect_external_auth),
+    "external Redis over TLS with the CA and a client certificate from Secrets, with the ChatCluster": (
+        deep_merge(EXTERNAL_AUTH, {"redis": {"external": {"tls": {
+            "caSecret": {"name": "redis-ca", "key": "ca.pem"}, "clientCertSecret": "redis-client"}}}}),
+        "chat", "chat", expect_external_tls_secrets),
     "external Redis over TLS with a CA ConfigMap and a client certificate, no ChatCluster": (
         {"chatCluster": {"enabled": False}, "redis": {"mode": "external", "external": {
             "urls": ["rediss://r-0.r:6379"], "tls": {"caConfigMap": {"name": "redis-ca", "key": "ca.pem"},
@@ -1116,9 +1135,9 @@ def check_rendering(r: Report, chart, crd: dict, cel: CelRules) -> list[dict]:
         "chatCluster.env repeating the Redis password the chart sets": (
             deep_merge(EXTERNAL_AUTH, {"chatCluster": {"env": [{"name": "CHAT_REDIS_PASSWORD", "value": "x"}]}}),
             "do not repeat it"),
-        "a Redis CA file the chat servers cannot mount": (
-            deep_merge(EXTERNAL_REDIS, {"redis": {"external": {"tls": {"caSecret": {"name": "redis-ca"}}}}}),
-            "no volumes"),
+        "a Redis CA from a ConfigMap, which the ChatCluster cannot take": (
+            deep_merge(EXTERNAL_REDIS, {"redis": {"external": {"tls": {"caConfigMap": {"name": "redis-ca"}}}}}),
+            "Secret only"),
     }
     for name, (values, word) in must_fail.items():
         try:

@@ -502,9 +502,23 @@ pub async fn fleet_config(cc: &ChatCluster, client: &Client) -> Result<FleetConf
         (None, None) => Vec::new(),
     };
     let internal_secret = read(cc.spec.secret_name.clone(), "internalSecret".into()).await?;
+    let tls = cc.spec.redis.tls.as_ref();
+    let redis_ca_pem = match tls.and_then(|t| t.ca_secret_key_ref.as_ref()) {
+        Some(r) => Some(read(r.name.clone(), r.key.clone()).await?.into_bytes()),
+        None => None,
+    };
+    let redis_client_cert = match tls.and_then(|t| t.client_cert_secret_name.as_ref()) {
+        Some(name) => Some((
+            read(name.clone(), "tls.crt".into()).await?.into_bytes(),
+            read(name.clone(), "tls.key".into()).await?.into_bytes(),
+        )),
+        None => None,
+    };
     Ok(FleetConfig {
         redis_urls,
         internal_secret,
+        redis_ca_pem,
+        redis_client_cert,
     })
 }
 
@@ -1115,6 +1129,7 @@ pub mod fixtures {
                 redis: RedisSpec {
                     urls: Some(vec!["redis://r0:6379".into(), "redis://r1:6379".into()]),
                     secret_key_ref: None,
+                    tls: None,
                 },
                 secret_name: "chat-secrets".into(),
                 api_server_url: None,

@@ -162,6 +162,24 @@ pub struct RedisSpec {
     pub urls: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
+    /// TLS to Redis (`rediss://` URLs; credentials go in the URLs, best
+    /// kept in the Secret of `secretKeyRef`): the CA that signs the nodes'
+    /// certificates, and a client certificate for mutual TLS. Mounted into
+    /// the chat server pods and used by the operator's own connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTls {
+    /// A Secret key holding the PEM CA bundle (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_key_ref: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) presented to
+    /// Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_store::{RedisStore, ServerHealth, Store, StoreConfig};
+use chat_store::{RedisAccess, RedisStore, ServerHealth, Store, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -38,6 +38,10 @@ pub struct FleetConfig {
     pub redis_urls: Vec<String>,
     /// Authenticates drain requests (`x-chat-internal-secret`).
     pub internal_secret: String,
+    /// PEM CAs of the Redis nodes' certificates (`spec.redis.tls`).
+    pub redis_ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key for mutual TLS with Redis.
+    pub redis_client_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// `urls` with any userinfo (`user:password@`) replaced.
@@ -58,6 +62,8 @@ impl std::fmt::Debug for FleetConfig {
             // URLs may carry a password (redis://:<password>@host).
             .field("redis_urls", &redacted_urls(&self.redis_urls))
             .field("internal_secret", &"<redacted>")
+            .field("redis_ca_pem", &self.redis_ca_pem.is_some())
+            .field("redis_client_cert", &self.redis_client_cert.is_some())
             .finish()
     }
 }
@@ -102,7 +108,20 @@ impl FleetConnector for RedisFleetConnector {
                 let store: Arc<dyn Store> = Arc::new(
                     tokio::time::timeout(
                         FLEET_CALL_TIMEOUT,
-                        RedisStore::connect(&config.redis_urls, StoreConfig::default()),
+                        RedisStore::connect_with(
+                            &config.redis_urls,
+                            StoreConfig::default(),
+                            &RedisAccess {
+                                ca_pem: config.redis_ca_pem.clone(),
+                                client_cert: config.redis_client_cert.clone().map(
+                                    |(client_cert, client_key)| chat_store::ClientTlsConfig {
+                                        client_cert,
+                                        client_key,
+                                    },
+                                ),
+                                ..RedisAccess::default()
+                            },
+                        ),
                     )
                     .await
                     .map_err(|_| FleetError("connecting to Redis: timed out".into()))?
@@ -193,6 +212,8 @@ mod tests {
                 "redis://plain:6379".into(),
             ],
             internal_secret: "internal".into(),
+            redis_ca_pem: None,
+            redis_client_cert: None,
         };
         let text = format!("{config:?}");
         assert!(!text.contains("s3cret") && !text.contains("pw@") && !text.contains("internal\""));

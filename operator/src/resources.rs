@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -170,6 +171,38 @@ fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+/// A volume of the `items` of Secret `secret` (key, file name).
+fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(
+                items
+                    .iter()
+                    .map(|(key, path)| KeyToPath {
+                        key: (*key).into(),
+                        path: (*path).into(),
+                        ..KeyToPath::default()
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
 fn probe(path: &str, port: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -197,7 +230,14 @@ pub const OPERATOR_ENV: &[&str] = &[
     "CHAT_TICKET_SECRET",
     "CHAT_INTERNAL_SECRET",
     "CHAT_REDIS_URLS",
+    "CHAT_REDIS_CA_FILE",
+    "CHAT_REDIS_CLIENT_CERT_FILE",
+    "CHAT_REDIS_CLIENT_KEY_FILE",
 ];
+
+/// Where the Redis TLS files are mounted in chat server pods.
+const REDIS_CA_DIR: &str = "/etc/chat/redis-tls/ca";
+const REDIS_CLIENT_CERT_DIR: &str = "/etc/chat/redis-tls/client";
 
 /// `replicas` comes from the scale plan, not directly from the spec.
 pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
@@ -231,6 +271,29 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
         }
         (None, None) => {}
     }
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    if let Some(tls) = &spec.redis.tls {
+        if let Some(ca) = &tls.ca_secret_key_ref {
+            env_vars.push(env("CHAT_REDIS_CA_FILE", format!("{REDIS_CA_DIR}/ca.crt")));
+            volumes.push(secret_volume(
+                "redis-tls-ca",
+                &ca.name,
+                &[(&ca.key, "ca.crt")],
+            ));
+            mounts.push(read_only_mount("redis-tls-ca", REDIS_CA_DIR));
+        }
+        if let Some(secret) = &tls.client_cert_secret_name {
+            let dir = REDIS_CLIENT_CERT_DIR;
+            env_vars.push(env("CHAT_REDIS_CLIENT_CERT_FILE", format!("{dir}/tls.crt")));
+            env_vars.push(env("CHAT_REDIS_CLIENT_KEY_FILE", format!("{dir}/tls.key")));
+            volumes.push(secret_volume(
+                "redis-tls-client",
+                secret,
+                &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")],
+            ));
+            mounts.push(read_only_mount("redis-tls-client", dir));
+        }
+    }
     env_vars.extend(spec.env.iter().cloned());
     let container = Container {
         name: "chat-server".into(),
@@ -242,6 +305,7 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
             container_port: port,
             ..ContainerPort::default()
         }]),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         readiness_probe: Some(probe("/readyz", port)),
         liveness_probe: Some(probe("/healthz", port)),
         resources: spec.resources.clone(),
@@ -278,6 +342,7 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     termination_grace_period_seconds: Some(
                         i64::from(spec.drain_timeout_seconds) + 10,
                     ),
@@ -337,7 +402,13 @@ mod tests {
         );
         assert_eq!(server_id(&cc, "chat-0"), "chat-0.prod");
         let set: Vec<&str> = env.keys().map(String::as_str).collect();
-        let mut listed = OPERATOR_ENV.to_vec();
+        // The Redis TLS file paths are set only with spec.redis.tls (see
+        // the reconcile scenario redis_tls_files_reach_the_pods_...).
+        let mut listed: Vec<&str> = OPERATOR_ENV
+            .iter()
+            .copied()
+            .filter(|name| !name.ends_with("_FILE"))
+            .collect();
         listed.sort();
         assert_eq!(set, listed, "OPERATOR_ENV lists exactly what is set");
         assert_eq!(

@@ -18,7 +18,7 @@ use kube::Client;
 use operator::controller::{reconcile, Context};
 use operator::crd::{
     AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, Recommendation,
-    RedisSpec, SecretKeyRef, LEGACY_FINALIZER,
+    RedisSpec, RedisTls, SecretKeyRef, LEGACY_FINALIZER,
 };
 use operator::fleet::{Fleet, FleetConfig, FleetConnector, FleetError};
 use serde_json::{json, Value};
@@ -53,6 +53,7 @@ fn chat_cluster(replicas: i32) -> ChatCluster {
             redis: RedisSpec {
                 urls: Some(vec!["redis://r0:6379".into()]),
                 secret_key_ref: None,
+                tls: None,
             },
             secret_name: "chat-secrets".into(),
             api_server_url: None,
@@ -960,6 +961,7 @@ async fn each_cluster_uses_the_redis_and_secret_of_its_own_spec() {
             name: "team-redis".into(),
             key: "urls".into(),
         }),
+        tls: None,
     };
     cc.spec.secret_name = "team-secrets".into();
     let h = Harness::new(cc, Some(3), vec![pod(0, true), pod(1, true), pod(2, true)]);
@@ -992,6 +994,8 @@ async fn each_cluster_uses_the_redis_and_secret_of_its_own_spec() {
         Some(&FleetConfig {
             redis_urls: vec!["redis://t0:6379".into(), "redis://t1:6379".into()],
             internal_secret: "team-internal".into(),
+            redis_ca_pem: None,
+            redis_client_cert: None,
         })
     );
     let status = h.last_status();
@@ -1012,6 +1016,84 @@ async fn each_cluster_uses_the_redis_and_secret_of_its_own_spec() {
         "registered in the cluster's Redis"
     );
     assert!(h.registered().is_empty(), "nothing in another Redis");
+}
+
+/// Redis with TLS from a private CA and a client certificate (managed
+/// Redis Cluster services): the chat server pods get the files mounted and
+/// their paths in the environment, and the operator's own connection uses
+/// the same CA and certificate.
+#[tokio::test]
+async fn redis_tls_files_reach_the_pods_and_the_operators_connection() {
+    let mut cc = chat_cluster(2);
+    cc.spec.redis = RedisSpec {
+        urls: Some(vec!["rediss://r0:6380".into()]),
+        secret_key_ref: None,
+        tls: Some(RedisTls {
+            ca_secret_key_ref: Some(SecretKeyRef {
+                name: "redis-ca".into(),
+                key: "ca.pem".into(),
+            }),
+            client_cert_secret_name: Some("redis-client".into()),
+        }),
+    };
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    {
+        let mut w = h.world.lock().unwrap();
+        w.secrets.insert(
+            "redis-ca".into(),
+            BTreeMap::from([("ca.pem".into(), "CA PEM".into())]),
+        );
+        w.secrets.insert(
+            "redis-client".into(),
+            BTreeMap::from([
+                ("tls.crt".into(), "CERT PEM".into()),
+                ("tls.key".into(), "KEY PEM".into()),
+            ]),
+        );
+        w.role_secret_names
+            .extend(["redis-ca".to_owned(), "redis-client".to_owned()]);
+    }
+    h.reconcile().await;
+
+    let configs = h.connector.configs.lock().unwrap().clone();
+    let config = configs.last().expect("a fleet connection");
+    assert_eq!(config.redis_ca_pem.as_deref(), Some(&b"CA PEM"[..]));
+    assert_eq!(
+        config.redis_client_cert,
+        Some((b"CERT PEM".to_vec(), b"KEY PEM".to_vec()))
+    );
+
+    let sts = h
+        .calls("PATCH", "/statefulsets/")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: BTreeMap<String, Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+        .collect();
+    assert_eq!(env["CHAT_REDIS_CA_FILE"], "/etc/chat/redis-tls/ca/ca.crt");
+    assert_eq!(
+        env["CHAT_REDIS_CLIENT_CERT_FILE"],
+        "/etc/chat/redis-tls/client/tls.crt"
+    );
+    assert_eq!(
+        env["CHAT_REDIS_CLIENT_KEY_FILE"],
+        "/etc/chat/redis-tls/client/tls.key"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["secret"]["secretName"], "redis-ca");
+    assert_eq!(volumes[0]["secret"]["items"][0]["key"], "ca.pem");
+    assert_eq!(volumes[0]["secret"]["items"][0]["path"], "ca.crt");
+    assert_eq!(volumes[1]["secret"]["secretName"], "redis-client");
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().all(|m| m["readOnly"] == true), "{mounts:?}");
+    assert_eq!(mounts[0]["mountPath"], "/etc/chat/redis-tls/ca");
 }
 
 #[tokio::test]

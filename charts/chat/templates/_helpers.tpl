@@ -175,9 +175,9 @@ included by redis.conf).
 
 {{/*
 Redis TLS files of the API servers: CA bundle and client certificate, each
-mounted read-only under /etc/chat/redis-tls. The chat server pods cannot get
-them: the ChatCluster spec has no volumes (the chart refuses a CA or client
-certificate while it renders a ChatCluster).
+mounted read-only under /etc/chat/redis-tls. The chat server pods get the
+same Secrets through the ChatCluster's spec.redis.tls (the operator mounts
+them); a CA from a ConfigMap reaches the API servers only.
 */}}
 {{- define "chat.redisTlsMountPath" -}}/etc/chat/redis-tls{{- end -}}
 
@@ -192,8 +192,8 @@ and chat server pods get no volumes from the spec).
 {{- if and (or $x.passwordSecret.name $x.username) (not $x.urlsSecret.name) -}}
 {{- fail "redis.external.passwordSecret/username: the operator connects to Redis with the ChatCluster's spec.redis URLs only and cannot use them; put the credentials in the URLs (rediss://user:password@host:port) in a Secret and name it in redis.external.urlsSecret (see docs/kubernetes.md, Redis access)" -}}
 {{- end -}}
-{{- if and .Values.chatCluster.enabled (or $x.tls.caSecret.name $x.tls.caConfigMap.name $x.tls.clientCertSecret) -}}
-{{- fail "redis.external.tls (CA or client certificate files): the chat server pods cannot mount them (the ChatCluster spec has no volumes) and the operator reads no CA; use a Redis whose certificate the system roots trust, or chatCluster.enabled=false (see docs/kubernetes.md, Redis access)" -}}
+{{- if and .Values.chatCluster.enabled $x.tls.caConfigMap.name -}}
+{{- fail "redis.external.tls.caConfigMap: the ChatCluster takes the Redis CA from a Secret only (spec.redis.tls.caSecretKeyRef); use redis.external.tls.caSecret, or chatCluster.enabled=false (see docs/kubernetes.md, Redis access)" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

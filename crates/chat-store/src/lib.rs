@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chat_protocol::rest::ServerState;
 pub use memory::MemoryStore;
+pub use redis::ClientTlsConfig;
 pub use redis_store::{RedisAccess, RedisStore};
 
 #[derive(Debug, thiserror::Error)]
