@@ -387,7 +387,12 @@ pub async fn close_all(sinks: Vec<Arc<tokio::sync::Mutex<WsSink>>>) {
 /// CPU time (user + system) this process has used, in µs, from
 /// /proc/self/stat (clock ticks, normally 10 ms each). `None` off Linux.
 pub fn own_cpu_us() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_us_of("self")
+}
+
+/// CPU time (user + system) of `/proc/<pid>` in µs.
+fn cpu_us_of(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is field 3, utime 14 and stime 15.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -396,6 +401,56 @@ pub fn own_cpu_us() -> Option<u64> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     // USER_HZ is 100 on every Linux ABI we run on.
     Some((utime + stime) * 10_000)
+}
+
+/// The processes whose CPU a step accounts for, by what they are: our
+/// servers (`api-server`, `chat-server`, `chat-local`), Redis
+/// (`redis-server`) and the peer (`node`).
+pub const CPU_GROUPS: &[(&str, &[&str])] = &[
+    ("app", &["api-server", "chat-server", "chat-local"]),
+    ("redis", &["redis-server"]),
+    ("peer", &["node"]),
+];
+
+/// CPU µs of every process on this machine in one of [`CPU_GROUPS`],
+/// keyed by pid, with its group. Processes that start or end during a step
+/// count for the part they were alive (a pid seen only at the end counts
+/// from 0, so start servers before the step).
+pub fn group_cpu_us() -> std::collections::BTreeMap<u32, (&'static str, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim();
+        let Some((group, _)) = CPU_GROUPS.iter().find(|(_, names)| names.contains(&comm)) else {
+            continue;
+        };
+        if let Some(us) = cpu_us_of(&pid.to_string()) {
+            out.insert(pid, (*group, us));
+        }
+    }
+    out
+}
+
+/// CPU µs per group between two [`group_cpu_us`] readings.
+pub fn group_cpu_delta(
+    before: &std::collections::BTreeMap<u32, (&'static str, u64)>,
+    after: &std::collections::BTreeMap<u32, (&'static str, u64)>,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (pid, (group, us)) in after {
+        let was = before.get(pid).map_or(0, |(_, us)| *us);
+        *out.entry(*group).or_insert(0) += us.saturating_sub(was);
+    }
+    out
 }
 
 /// Resident set size in KiB of each pid, summed, from /proc/PID/status.

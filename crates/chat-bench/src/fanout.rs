@@ -320,6 +320,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     for (step_no, rate) in rates.iter().enumerate() {
         let step = &shared.steps[step_no];
         let cpu_before = client::own_cpu_us();
+        let groups_before = client::group_cpu_us();
         let start = Instant::now() + Duration::from_millis(100);
         let measure_from = start + Duration::from_secs_f64(args.warmup_s);
         let end = measure_from + Duration::from_secs_f64(args.duration_s);
@@ -397,6 +398,14 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
             let delivered = step.delivered.load(Relaxed).max(1);
             result["bench_cpu_ms"] = ((b - a) / 1000).into();
             result["bench_cpu_us_per_delivery"] = round1((b - a) as f64 / delivered as f64).into();
+        }
+        // The servers' CPU over the same step, from /proc, by group (ours,
+        // Redis, the peer), per delivery: what issue 13 compares.
+        let delivered = step.delivered.load(Relaxed).max(1) as f64;
+        let groups = client::group_cpu_delta(&groups_before, &client::group_cpu_us());
+        for (group, us) in &groups {
+            result[format!("{group}_cpu_ms")] = (us / 1000).into();
+            result[format!("{group}_cpu_us_per_delivery")] = round1(*us as f64 / delivered).into();
         }
         print_step(&result);
         println!("RESULT {}", serde_json::to_string(&result)?);
@@ -899,6 +908,15 @@ fn print_step(r: &serde_json::Value) {
             "  chat-bench's own CPU {} ms, {} µs per delivery",
             r["bench_cpu_ms"], r["bench_cpu_us_per_delivery"]
         );
+    }
+    for (group, _) in client::CPU_GROUPS {
+        let ms = &r[format!("{group}_cpu_ms")];
+        if !ms.is_null() {
+            println!(
+                "  {group} CPU {ms} ms, {} µs per delivery",
+                r[format!("{group}_cpu_us_per_delivery")]
+            );
+        }
     }
     println!(
         "  sends >10 ms behind schedule {}  max lag {} ms  disconnects {}  reconnect frames {}",
