@@ -422,16 +422,29 @@ pub async fn wait_http_ok(
 
 /// Starts an api-server on a free port and waits for its `/readyz`.
 pub async fn start_api(redis_urls: &str) -> (Process, String) {
-    start_api_with(&process_env(redis_urls), &["--dev-tokens".to_owned()]).await
+    start_api_as(redis_urls, None).await
+}
+
+/// [`start_api`], as user id `uid` when given (see [`Partitions`]).
+pub async fn start_api_as(redis_urls: &str, uid: Option<u32>) -> (Process, String) {
+    start_api_retrying(&process_env(redis_urls), &dev_tokens_args(), uid).await
 }
 
 /// Starts an api-server with `env` and `args` (besides `--listen` on a
 /// free port) and waits for its `/readyz`, retrying on another port if it
 /// dies at startup.
 pub async fn start_api_with(env: &[(String, String)], args: &[String]) -> (Process, String) {
+    start_api_retrying(env, args, None).await
+}
+
+async fn start_api_retrying(
+    env: &[(String, String)],
+    args: &[String],
+    uid: Option<u32>,
+) -> (Process, String) {
     for attempt in 1..=3 {
         let port = free_port();
-        match spawn_api(env, args, port, None).await {
+        match spawn_api(env, args, port, uid).await {
             Ok(p) => return (p, format!("http://127.0.0.1:{port}")),
             Err(log) => println!(
                 "[e2e] api-server exited during startup (attempt {attempt}); log tail:\n{log}"
@@ -442,40 +455,23 @@ pub async fn start_api_with(env: &[(String, String)], args: &[String]) -> (Proce
 }
 
 /// Starts an API server on `port` (the port of one that was killed, say,
-/// so that its clients find the new one) and waits until it is ready.
-/// `Err` with its log tail if it exited first.
-pub async fn start_api_on(redis_urls: &str, port: u16) -> Result<Process, String> {
-    start_api_on_as(redis_urls, port, None).await
-}
-
-/// [`start_api_on`], as user id `uid` when given.
+/// so that its clients find the new one), as user id `uid` when given, and
+/// waits until it is ready. `Err` with its log tail if it exited first.
 pub async fn start_api_on_as(
     redis_urls: &str,
     port: u16,
     uid: Option<u32>,
 ) -> Result<Process, String> {
-    spawn_api(
-        &process_env(redis_urls),
-        &["--dev-tokens".to_owned()],
-        port,
-        uid,
-    )
-    .await
+    spawn_api(&process_env(redis_urls), &dev_tokens_args(), port, uid).await
 }
 
-/// [`start_api`], as user id `uid` when given.
-pub async fn start_api_as(redis_urls: &str, uid: Option<u32>) -> (Process, String) {
-    for attempt in 1..=3 {
-        let port = free_port();
-        match start_api_on_as(redis_urls, port, uid).await {
-            Ok(p) => return (p, format!("http://127.0.0.1:{port}")),
-            Err(log) => println!(
-                "[e2e] api-server exited during startup (attempt {attempt}); log tail:\n{log}"
-            ),
-        }
-    }
-    panic!("api-server failed to start three times");
+fn dev_tokens_args() -> Vec<String> {
+    vec!["--dev-tokens".to_owned()]
 }
+
+/// The chat server counter of gaps filled from history: a delivery that
+/// arrived by the catch-up or a gap fill instead of live.
+pub const GAP_FILLS_METRIC: &str = "chat_server_gap_fills_total";
 
 async fn spawn_api(
     env: &[(String, String)],

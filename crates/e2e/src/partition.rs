@@ -80,6 +80,18 @@ impl Partitions {
         Ok(partitions)
     }
 
+    /// [`Partitions::new`] for a test: `None` (after saying why) where
+    /// partitions cannot be made, and the test skips them.
+    pub fn for_test(test: &str) -> Option<Partitions> {
+        match Partitions::new() {
+            Ok(p) => Some(p),
+            Err(why) => {
+                println!("[{test}] no partitions: {why}");
+                None
+            }
+        }
+    }
+
     /// Cuts the process running as `uid` off from the Redis nodes on
     /// `redis_ports`: nothing it sends them arrives.
     pub fn cut_from_redis(&self, uid: u32, redis_ports: &[u16]) {

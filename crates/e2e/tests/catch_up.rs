@@ -9,7 +9,10 @@ use e2e::chat_client::protocol::ids::new_id;
 use e2e::serde_json::Value;
 use std::time::Duration;
 
-use e2e::{eventually, now_ms, redis_urls, scrape_metric, seqs, unique, Cluster, WsClient, WAIT};
+use e2e::{
+    eventually, now_ms, redis_urls, scrape_metric, seqs, unique, Cluster, WsClient,
+    GAP_FILLS_METRIC, WAIT,
+};
 
 /// Messages sent while the session's chat server is frozen.
 const WHILE_FROZEN: usize = 1_100;
@@ -214,7 +217,9 @@ async fn a_chat_server_restarted_in_place_gets_deliveries_over_a_new_link() {
     // Bob is back on the new process; nothing is missing for him yet.
     let mut bob_ws = WsClient::connect_to(&bob, &target).await;
     let server = cluster.chat[index].http_url();
-    let fills_before = scrape_metric(&server, GAP_FILLS).await.unwrap_or(0.0);
+    let fills_before = scrape_metric(&server, GAP_FILLS_METRIC)
+        .await
+        .unwrap_or(0.0);
 
     let sent = alice.send(&room, "after the restart").await;
     let got = bob_ws.collect_messages(&room, 1, WAIT).await;
@@ -222,11 +227,11 @@ async fn a_chat_server_restarted_in_place_gets_deliveries_over_a_new_link() {
     // Longer than a catch-up interval: had the delivery been lost on the
     // old link, the catch-up would have filled it by now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let fills = scrape_metric(&server, GAP_FILLS).await.unwrap_or(0.0);
+    let fills = scrape_metric(&server, GAP_FILLS_METRIC)
+        .await
+        .unwrap_or(0.0);
     assert_eq!(
         fills, fills_before,
         "the message reached Bob through a gap fill (the catch-up), not live over a new link"
     );
 }
-
-const GAP_FILLS: &str = "chat_server_gap_fills_total";

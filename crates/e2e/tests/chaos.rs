@@ -120,13 +120,7 @@ struct Received {
 async fn chaos_soak_loses_nothing() {
     let seconds = env_u64("CHAOS_SECONDS", 60);
     let seed = env_u64("CHAOS_SEED", 1).max(1);
-    let partitions = match Partitions::new() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            println!("[chaos] partitions are not injected: {why}");
-            None
-        }
-    };
+    let partitions = Partitions::for_test("chaos");
     let cluster = if partitions.is_some() {
         Cluster::start_partitionable(3, &[]).await
     } else {

@@ -11,7 +11,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use e2e::{eventually, message_fields, scrape_metric, seqs, unique, Cluster, WsClient, WAIT};
+use e2e::{
+    eventually, message_fields, scrape_metric, seqs, unique, Cluster, WsClient, GAP_FILLS_METRIC,
+    WAIT,
+};
 use serde_json::{json, Value};
 
 fn is_message_of(v: &Value, room: &str) -> bool {
@@ -402,7 +405,9 @@ async fn membership_changes_apply_without_reconnecting() {
     assert_eq!(b.collect_messages(&room, 1, WAIT).await.len(), 1);
 
     let carol_server = cluster.chat[cluster.chat_index(&c.server_id)].http_url();
-    let fills_before = scrape_metric(&carol_server, GAP_FILLS).await.unwrap_or(0.0);
+    let fills_before = scrape_metric(&carol_server, GAP_FILLS_METRIC)
+        .await
+        .unwrap_or(0.0);
     let (status, body) = alice.remove_member(&room, &carol_id).await;
     assert_eq!(status, 204, "DELETE member: {body}");
     let m2 = alice.send(&room, "carol is gone").await;
@@ -420,7 +425,7 @@ async fn membership_changes_apply_without_reconnecting() {
     // run, a pong marks the end of what she can have received.
     eventually(WAIT, "the catch-up to look at Carol's gap", || {
         let url = carol_server.clone();
-        async move { (scrape_metric(&url, GAP_FILLS).await? > fills_before).then_some(()) }
+        async move { (scrape_metric(&url, GAP_FILLS_METRIC).await? > fills_before).then_some(()) }
     })
     .await;
     let leaked = messages_of(&c.ping(json!("still-here")).await, &room);
@@ -429,8 +434,6 @@ async fn membership_changes_apply_without_reconnecting() {
         "carol still receives after removal: {leaked:?}"
     );
 }
-
-const GAP_FILLS: &str = "chat_server_gap_fills_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_sessions_of_one_user() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use e2e::serde_json::Value;
 use e2e::{
     bin_path, free_port, process_env, redis_urls, scrape_metric, seqs, unique, wait_http_ok, Api,
-    Cluster, Partitions, Process, RedisNode, ServerUids, WsClient, WAIT,
+    Cluster, Partitions, Process, RedisNode, ServerUids, WsClient, GAP_FILLS_METRIC, WAIT,
 };
 
 /// How long a server is cut off from Redis: longer than the 3 s dead-after
@@ -32,12 +32,8 @@ enum Cut {
 }
 
 async fn partitioned_server_catches_up(cut: Cut) {
-    let partitions = match Partitions::new() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("[partitions] skipped: {why}");
-            return;
-        }
+    let Some(partitions) = Partitions::for_test("partitions") else {
+        return;
     };
     let Some(cluster) = Cluster::start_partitionable(2, &[]).await else {
         return;
@@ -113,12 +109,8 @@ async fn a_chat_server_cut_off_from_its_peers_catches_its_sessions_up() {
 /// crash-looped through Kubernetes' growing back-off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_started_before_redis_answers_stay_up_and_become_ready() {
-    let partitions = match Partitions::new() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("[partitions] skipped: {why}");
-            return;
-        }
+    let Some(partitions) = Partitions::for_test("partitions") else {
+        return;
     };
     let Some(redis_urls) = redis_urls() else {
         return;
@@ -218,12 +210,8 @@ async fn servers_started_before_redis_answers_stay_up_and_become_ready() {
 /// catch-up brought them, as gap fills).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_outage_does_not_stop_cross_server_delivery() {
-    let partitions = match Partitions::new() {
-        Ok(p) => p,
-        Err(why) => {
-            println!("[partitions] skipped: {why}");
-            return;
-        }
+    let Some(partitions) = Partitions::for_test("partitions") else {
+        return;
     };
     let Some(cluster) = Cluster::start_partitionable(1, &[]).await else {
         return;
@@ -252,7 +240,7 @@ async fn a_registry_outage_does_not_stop_cross_server_delivery() {
     let mut bob_ws = WsClient::connect_to(&bob, &server.id).await;
     alice.send(&room, "before").await;
     assert_eq!(seqs(&bob_ws.collect_messages(&room, 1, WAIT).await), [1]);
-    let fills_before = scrape_metric(&server.http_url(), GAP_FILLS)
+    let fills_before = scrape_metric(&server.http_url(), GAP_FILLS_METRIC)
         .await
         .unwrap_or(0.0);
 
@@ -274,7 +262,7 @@ async fn a_registry_outage_does_not_stop_cross_server_delivery() {
         got, acked,
         "every message stored during the outage, in order"
     );
-    let fills = scrape_metric(&server.http_url(), GAP_FILLS)
+    let fills = scrape_metric(&server.http_url(), GAP_FILLS_METRIC)
         .await
         .unwrap_or(0.0);
     assert_eq!(
@@ -282,5 +270,3 @@ async fn a_registry_outage_does_not_stop_cross_server_delivery() {
         "deliveries during the outage came by gap fills (the catch-up), not live"
     );
 }
-
-const GAP_FILLS: &str = "chat_server_gap_fills_total";
