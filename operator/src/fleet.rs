@@ -78,9 +78,13 @@ pub trait FleetConnector: Send + Sync + 'static {
 /// must not hang on an unreachable Redis or pod.
 pub const FLEET_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The real connector: one Redis Cluster connection per set of seed URLs.
+/// The real connector: one Redis Cluster connection per set of seed URLs
+/// and TLS files (a rotated CA or client certificate makes a new one).
+/// What a Redis connection is made from: seed URLs, CA, client certificate.
+type StoreKey = (Vec<String>, Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>);
+
 pub struct RedisFleetConnector {
-    stores: tokio::sync::Mutex<HashMap<Vec<String>, Arc<dyn Store>>>,
+    stores: tokio::sync::Mutex<HashMap<StoreKey, Arc<dyn Store>>>,
     http: reqwest::Client,
 }
 
@@ -99,7 +103,12 @@ impl Default for RedisFleetConnector {
 #[async_trait]
 impl FleetConnector for RedisFleetConnector {
     async fn connect(&self, config: &FleetConfig) -> Result<Arc<dyn Fleet>, FleetError> {
-        let cached = self.stores.lock().await.get(&config.redis_urls).cloned();
+        let key: StoreKey = (
+            config.redis_urls.clone(),
+            config.redis_ca_pem.clone(),
+            config.redis_client_cert.clone(),
+        );
+        let cached = self.stores.lock().await.get(&key).cloned();
         let store = match cached {
             Some(store) => store,
             None => {
@@ -128,12 +137,7 @@ impl FleetConnector for RedisFleetConnector {
                     .map_err(|e| FleetError(format!("connecting to Redis: {e}")))?,
                 );
                 // Two reconciles may have connected at once: keep the first.
-                self.stores
-                    .lock()
-                    .await
-                    .entry(config.redis_urls.clone())
-                    .or_insert(store)
-                    .clone()
+                self.stores.lock().await.entry(key).or_insert(store).clone()
             }
         };
         Ok(Arc::new(RedisFleet {

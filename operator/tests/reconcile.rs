@@ -1228,6 +1228,10 @@ async fn a_refused_drain_is_recorded_first_and_its_timeout_still_runs() {
     *h.now.lock().unwrap() += 21;
     h.reconcile().await;
     assert_eq!(h.applied_replicas(), Some(2));
+    // Its clients were still on it: counted and told (ChatDrainTimedOut
+    // alerts on the counter).
+    assert!(h.event_reasons().contains(&"DrainTimedOut".to_owned()));
+    assert_eq!(h.ctx.metrics.drain_timeouts.get(), 1);
 }
 
 // -------------------------- issue 15: the invalid-spec status keeps the rest
