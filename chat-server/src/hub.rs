@@ -128,10 +128,13 @@ impl SessionHub {
 
 impl LocalDelivery for SessionHub {
     fn deliver(&self, delivery: Arc<Delivery>) {
-        if let (Some(histogram), ts) = (&self.delivery_latency, delivery.ts_ms) {
-            if ts > 0 {
-                histogram.observe(chat_protocol::now_ms().saturating_sub(ts) as f64 / 1000.0);
-            }
+        if let Some(histogram) = self
+            .delivery_latency
+            .as_ref()
+            .filter(|_| delivery.ts_ms > 0)
+        {
+            let ms = chat_protocol::now_ms().saturating_sub(delivery.ts_ms);
+            histogram.observe(ms as f64 / 1000.0);
         }
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         for user in &delivery.users {
