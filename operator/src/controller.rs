@@ -26,6 +26,7 @@ use crate::crd::{
     ChatCluster, ChatClusterSpec, ChatClusterStatus, Condition, EndpointStatus, FIELD_MANAGER,
     LEGACY_FINALIZER,
 };
+use crate::expose;
 use crate::fleet::{FleetConfig, FleetConnector, FleetError};
 use crate::resources;
 use crate::scaledown::{self, PodLoad, ScalePlan};
@@ -365,6 +366,9 @@ pub fn validate(spec: &ChatClusterSpec) -> Result<(), String> {
     }
     if spec.redis.urls.as_ref().is_some_and(|u| u.is_empty()) {
         return Err("redis.urls must not be empty".into());
+    }
+    if let Some(expose) = &spec.expose {
+        expose::validate(expose)?;
     }
     if let Some(a) = spec.autoscaling.as_ref().filter(|a| a.enabled) {
         if a.min_replicas < 0 || a.max_replicas < 1 {
@@ -839,6 +843,12 @@ async fn apply(cc: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action, Error>
             &Patch::Apply(&resources::disruption_budget(&cc)),
         )
         .await?;
+    // Routes follow the StatefulSet's count, so a draining pod keeps its
+    // route until the scale-down removes it. A failure here leaves the chat
+    // servers running; it shows as Degraded until the next attempt works.
+    if let Err(e) = expose::reconcile(&client, &cc, plan.statefulset_replicas).await {
+        problems.push(Problem::new("ExposeFailed", e));
+    }
     // With autoscaling on, the operator owns spec.replicas: its decision
     // is written there (the Desired column, `kubectl get`), and a value
     // written by hand is replaced, with an event saying so.
@@ -1115,6 +1125,7 @@ pub mod fixtures {
                 image_pull_policy: None,
                 port: 9001,
                 public_url_template: None,
+                expose: None,
                 resources: None,
                 env: Vec::new(),
                 node_selector: Default::default(),

@@ -65,9 +65,15 @@ pub struct ChatClusterSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Clients' URL of a pod; `{pod}`, `{service}`, `{namespace}` and
-    /// `{port}` are substituted. Default: the pod's in-cluster DNS name.
+    /// `{port}` are substituted. Default: derived from `expose` when set,
+    /// else the pod's in-cluster DNS name. When set, it wins over `expose`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url_template: Option<String>,
+    /// Routing for clients outside the cluster: a Service per chat server
+    /// pod and a Gateway API HTTPRoute (a path per pod) or an Ingress rule
+    /// (a host per pod), created and removed with the pods. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ExposeSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra environment for the chat server container. Must not repeat a
@@ -180,6 +186,73 @@ pub struct RedisTls {
     /// Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert_secret_name: Option<String>,
+}
+
+/// How clients outside the cluster reach each chat server pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'GatewayAPI' || (has(self.gateway) && size(self.gateway.parentRefs) > 0)").message("expose.mode GatewayAPI needs expose.gateway.parentRefs"))]
+#[x_kube(validation = Rule::new("!has(self.ingress) || !has(self.ingress.tlsSecretName) || self.tls").message("expose.ingress.tlsSecretName needs expose.tls: true"))]
+pub struct ExposeSpec {
+    /// `GatewayAPI` (preferred): an HTTPRoute per pod, clients at
+    /// `<host>/<pod>/ws`, rewritten to `/ws`. `Ingress`: one Ingress with a
+    /// rule per pod, clients at `<pod>.<host>/ws` (path rewrites are not
+    /// portable between Ingress controllers; hosts are).
+    pub mode: ExposeMode,
+    /// The public DNS name. For `Ingress`, a wildcard record (and
+    /// certificate) for `*.<host>` is needed.
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// TLS is terminated in front of the pods (by the Gateway's listener,
+    /// or by the Ingress), so clients are handed `wss://` URLs.
+    #[serde(default)]
+    pub tls: bool,
+    /// Where the HTTPRoutes attach (mode `GatewayAPI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayExpose>,
+    /// The Ingress's class and certificate (mode `Ingress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressExpose>,
+    /// Annotations on the HTTPRoutes or the Ingress (an Ingress
+    /// controller's timeouts, a cert-manager issuer, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Annotations on the per-pod Services (e.g. `cloud.google.com/neg`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ExposeMode {
+    #[serde(rename = "GatewayAPI")]
+    GatewayApi,
+    Ingress,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayExpose {
+    /// The Gateways (a listener of one with `sectionName`) the routes attach
+    /// to, as in an HTTPRoute's `spec.parentRefs`. A Gateway in another
+    /// namespace must allow routes from this one (`allowedRoutes`).
+    pub parent_refs: Vec<gateway_api::httproutes::HttpRouteParentRefs>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressExpose {
+    /// `spec.ingressClassName` of the Ingress; default: the cluster's
+    /// default IngressClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret whose certificate covers `*.<host>`
+    /// (needs `tls: true`); without it, the controller's default
+    /// certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

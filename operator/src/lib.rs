@@ -4,6 +4,8 @@
 //! - [`crd`]: the custom resource and its generated CRD.
 //! - [`autoscale`], [`scaledown`]: the decisions, as pure functions.
 //! - [`resources`]: the owned objects (StatefulSet, Service, PDB).
+//! - [`expose`]: per-pod Services and HTTPRoutes or an Ingress, for
+//!   clients outside the cluster.
 //! - [`fleet`]: the chat servers' side (health in Redis, drain requests,
 //!   endpoint registration).
 //! - [`controller`]: reconcile, status, events.
@@ -13,6 +15,7 @@
 pub mod autoscale;
 pub mod controller;
 pub mod crd;
+pub mod expose;
 pub mod fleet;
 pub mod leader;
 pub mod resources;

@@ -61,7 +61,9 @@ fn owner(cc: &ChatCluster) -> Vec<OwnerReference> {
     cc.controller_owner_ref(&()).into_iter().collect()
 }
 
-fn meta(cc: &ChatCluster, name: String) -> ObjectMeta {
+/// Name, namespace, the operator's labels and the ChatCluster as
+/// controlling owner: every object the operator creates starts from this.
+pub fn owned_meta(cc: &ChatCluster, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cc.namespace(),
@@ -87,13 +89,16 @@ pub fn service_name(cc: &ChatCluster) -> String {
 }
 
 /// The URL clients are handed for a pod, with `$(POD_NAME)` left for the
-/// kubelet to expand in the container's environment.
+/// kubelet to expand in the container's environment. In order of
+/// precedence: `spec.publicUrlTemplate`, the URL `spec.expose` routes
+/// (see [`crate::expose::url_template`]), the pod's in-cluster DNS name.
 pub fn public_url_template(cc: &ChatCluster) -> String {
     let namespace = cc.namespace().unwrap_or_else(|| "default".into());
-    let template =
-        cc.spec.public_url_template.clone().unwrap_or_else(|| {
-            "ws://{pod}.{service}.{namespace}.svc.cluster.local:{port}/ws".into()
-        });
+    let template = match (&cc.spec.public_url_template, &cc.spec.expose) {
+        (Some(explicit), _) => explicit.clone(),
+        (None, Some(expose)) => crate::expose::url_template(expose),
+        (None, None) => "ws://{pod}.{service}.{namespace}.svc.cluster.local:{port}/ws".into(),
+    };
     template
         .replace("{pod}", "$(POD_NAME)")
         .replace("{service}", &service_name(cc))
@@ -103,7 +108,7 @@ pub fn public_url_template(cc: &ChatCluster) -> String {
 
 pub fn headless_service(cc: &ChatCluster) -> Service {
     Service {
-        metadata: meta(cc, service_name(cc)),
+        metadata: owned_meta(cc, service_name(cc)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(cc)),
@@ -121,7 +126,7 @@ pub fn headless_service(cc: &ChatCluster) -> Service {
 
 pub fn disruption_budget(cc: &ChatCluster) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: meta(cc, cc.name_any()),
+        metadata: owned_meta(cc, cc.name_any()),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
@@ -322,7 +327,7 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32) -> StatefulSet {
         ..Container::default()
     };
     StatefulSet {
-        metadata: meta(cc, cc.name_any()),
+        metadata: owned_meta(cc, cc.name_any()),
         spec: StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some(service_name(cc)),
@@ -426,6 +431,33 @@ mod tests {
         let owner = &sts.metadata.owner_references.unwrap()[0];
         assert_eq!(owner.kind, "ChatCluster");
         assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn public_url_template_prefers_the_explicit_one_then_expose_then_cluster_dns() {
+        let mut cc = chat_cluster("chat", "prod", 1);
+        assert_eq!(
+            public_url_template(&cc),
+            "ws://$(POD_NAME).chat-chat.prod.svc.cluster.local:9001/ws"
+        );
+        cc.spec.expose = Some(crate::crd::ExposeSpec {
+            mode: crate::crd::ExposeMode::Ingress,
+            host: "chat.example.com".into(),
+            tls: true,
+            gateway: None,
+            ingress: None,
+            annotations: BTreeMap::new(),
+            service_annotations: BTreeMap::new(),
+        });
+        assert_eq!(
+            public_url_template(&cc),
+            "wss://$(POD_NAME).chat.example.com/ws"
+        );
+        cc.spec.public_url_template = Some("wss://edge.example.com/{namespace}/{pod}".into());
+        assert_eq!(
+            public_url_template(&cc),
+            "wss://edge.example.com/prod/$(POD_NAME)"
+        );
     }
 
     #[test]

@@ -11,14 +11,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chat_store::{ServerHealth, ServerState};
 use futures_util::StreamExt;
+use gateway_api::httproutes::HttpRouteParentRefs;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
 use operator::controller::{reconcile, Context};
 use operator::crd::{
-    AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, Recommendation,
-    RedisSpec, RedisTls, SecretKeyRef, LEGACY_FINALIZER,
+    AutoscalingSpec, ChatCluster, ChatClusterSpec, ChatClusterStatus, DrainStatus, ExposeMode,
+    ExposeSpec, GatewayExpose, IngressExpose, Recommendation, RedisSpec, RedisTls, SecretKeyRef,
+    LEGACY_FINALIZER,
 };
 use operator::fleet::{Fleet, FleetConfig, FleetConnector, FleetError};
 use serde_json::{json, Value};
@@ -39,6 +41,7 @@ fn chat_cluster(replicas: i32) -> ChatCluster {
             image_pull_policy: None,
             port: 9001,
             public_url_template: None,
+            expose: None,
             resources: None,
             env: Vec::new(),
             node_selector: BTreeMap::new(),
@@ -248,6 +251,11 @@ struct World {
     pending_watches: Vec<(String, SendResponse<Response<Body>>)>,
     /// ChatCluster watch events not delivered yet.
     cluster_events: Vec<Value>,
+    /// Services, HTTPRoutes and Ingresses as applied, by resource and
+    /// name; lists honour the label selector, DELETE removes.
+    stored: BTreeMap<String, BTreeMap<String, Value>>,
+    /// No Gateway API CRDs installed: HTTPRoute requests answer 404.
+    no_gateway_api: bool,
 }
 
 const CRD_GROUP: &str = "chat.scalechat.dev/v1alpha1";
@@ -318,7 +326,16 @@ impl World {
         })
     }
 
-    fn answer(&mut self, method: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+    fn answer(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        if let Some((resource, name)) = stored_object(path) {
+            return self.answer_stored(method, resource, name, query, body);
+        }
         let base = format!("/apis/chat.scalechat.dev/v1alpha1/namespaces/{NS}/chatclusters/{NAME}");
         let sts = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}");
         match (method, path) {
@@ -440,6 +457,89 @@ impl World {
     }
 }
 
+impl World {
+    /// Services, HTTPRoutes and Ingresses: kept as applied.
+    fn answer_stored(
+        &mut self,
+        method: &str,
+        resource: &str,
+        name: Option<&str>,
+        query: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        if resource == "httproutes" && self.no_gateway_api {
+            return not_found();
+        }
+        let store = self.stored.entry(resource.to_owned()).or_default();
+        match (method, name) {
+            ("PATCH", Some(name)) => {
+                store.insert(name.to_owned(), body.clone());
+                (StatusCode::OK, body.clone())
+            }
+            ("GET", None) => {
+                let selector = label_selector(query);
+                let items: Vec<&Value> = store
+                    .values()
+                    .filter(|o| selects(&selector, &o["metadata"]["labels"]))
+                    .collect();
+                let (api_version, kind) = match resource {
+                    "services" => ("v1", "ServiceList"),
+                    "httproutes" => ("gateway.networking.k8s.io/v1", "HTTPRouteList"),
+                    _ => ("networking.k8s.io/v1", "IngressList"),
+                };
+                list(api_version, kind, None, json!(items))
+            }
+            ("DELETE", Some(name)) => match store.remove(name) {
+                Some(object) => (StatusCode::OK, object),
+                None => not_found(),
+            },
+            _ => panic!("unexpected request {method} {resource} {name:?}"),
+        }
+    }
+}
+
+/// (resource, name) of a request for a Service, HTTPRoute or Ingress.
+fn stored_object(path: &str) -> Option<(&str, Option<&str>)> {
+    let (_, rest) = path.split_once(&format!("/namespaces/{NS}/"))?;
+    let mut parts = rest.split('/');
+    let resource = parts.next()?;
+    let name = parts.next();
+    ["services", "httproutes", "ingresses"]
+        .contains(&resource)
+        .then_some((resource, name))
+}
+
+/// The terms of a request's `labelSelector`: `key=value`, or `key` alone
+/// (the label exists).
+fn label_selector(query: &str) -> Vec<(String, Option<String>)> {
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "labelSelector")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|term| match term.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (term.to_owned(), None),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn selects(selector: &[(String, Option<String>)], labels: &Value) -> bool {
+    selector.iter().all(|(key, value)| match value {
+        Some(v) => labels[key] == json!(v),
+        None => labels.get(key).is_some(),
+    })
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
 /// Standard base64, for Secret data.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -493,6 +593,8 @@ impl Harness {
             live: false,
             pending_watches: Vec::new(),
             cluster_events: Vec::new(),
+            stored: BTreeMap::new(),
+            no_gateway_api: false,
         }));
         let answering = world.clone();
         tokio::spawn(async move {
@@ -523,7 +625,7 @@ impl Harness {
                 if query.split('&').any(|q| q == "watch=true") {
                     w.pending_watches.push((path, send));
                 } else {
-                    let (status, answer) = w.answer(&method, &path, &body);
+                    let (status, answer) = w.answer(&method, &path, &query, &body);
                     send.send_response(
                         Response::builder()
                             .status(status)
@@ -639,6 +741,16 @@ impl Drop for Harness {
                 call.query
             );
             if call.content_type == "application/apply-patch+yaml" {
+                // An apply that creates the object is authorized as create
+                // (a subresource's object exists already).
+                assert!(
+                    resource.contains('/')
+                        || rules
+                        .iter()
+                        .any(|r| r.allows(&group, &resource, &name, "create")),
+                    "the chart's Role does not allow create {group}/{resource}, which an apply that creates it needs: {}",
+                    call.path
+                );
                 assert!(
                     call.query.contains("fieldManager=chat-operator")
                         && call.query.contains("force=true"),
@@ -1741,6 +1853,293 @@ async fn a_conflict_removing_the_legacy_finalizer_is_retried() {
     h.reconcile().await;
     assert_eq!(object_patches(&h).len(), 2);
     assert_eq!(h.applied_replicas(), Some(2));
+}
+
+// ------------------- spec.expose: reaching the pods from outside the cluster
+
+fn gateway_expose() -> ExposeSpec {
+    ExposeSpec {
+        mode: ExposeMode::GatewayApi,
+        host: "chat.example.com".into(),
+        tls: true,
+        gateway: Some(GatewayExpose {
+            parent_refs: vec![HttpRouteParentRefs {
+                name: "public".into(),
+                namespace: Some("gateways".into()),
+                section_name: Some("https".into()),
+                ..HttpRouteParentRefs::default()
+            }],
+        }),
+        ingress: None,
+        annotations: BTreeMap::new(),
+        service_annotations: BTreeMap::new(),
+    }
+}
+
+fn ingress_expose() -> ExposeSpec {
+    ExposeSpec {
+        mode: ExposeMode::Ingress,
+        host: "chat.example.com".into(),
+        tls: true,
+        gateway: None,
+        ingress: Some(IngressExpose {
+            ingress_class_name: Some("nginx".into()),
+            tls_secret_name: Some("chat-pods-tls".into()),
+        }),
+        annotations: BTreeMap::from([(
+            "nginx.ingress.kubernetes.io/proxy-read-timeout".into(),
+            "3600".into(),
+        )]),
+        service_annotations: BTreeMap::new(),
+    }
+}
+
+impl Harness {
+    /// Names of the stored objects of a resource (`services`, ...).
+    fn stored(&self, resource: &str) -> Vec<String> {
+        let world = self.world.lock().unwrap();
+        world
+            .stored
+            .get(resource)
+            .map(|objects| objects.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn stored_object(&self, resource: &str, name: &str) -> Value {
+        self.world.lock().unwrap().stored[resource][name].clone()
+    }
+
+    fn public_url(&self) -> Value {
+        let sts = self
+            .calls("PATCH", "/statefulsets/")
+            .last()
+            .unwrap()
+            .body
+            .clone();
+        sts["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "CHAT_PUBLIC_URL")
+            .unwrap()["value"]
+            .clone()
+    }
+}
+
+#[tokio::test]
+async fn scale_up_creates_the_service_and_route_of_the_new_pod() {
+    let mut cc = chat_cluster(3);
+    cc.spec.expose = Some(gateway_expose());
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(3));
+    assert_eq!(
+        h.stored("httproutes"),
+        ["chat-0-ws", "chat-1-ws", "chat-2-ws"]
+    );
+    assert_eq!(
+        h.stored("services"),
+        ["chat-0-ws", "chat-1-ws", "chat-2-ws", "chat-chat"]
+    );
+
+    let service = h.stored_object("services", "chat-2-ws");
+    assert_eq!(
+        service["spec"]["selector"],
+        json!({"statefulset.kubernetes.io/pod-name": "chat-2"})
+    );
+    assert_eq!(service["spec"]["ports"][0]["port"], 9001);
+    assert_eq!(
+        service["metadata"]["labels"]["chat.scalechat.dev/pod"],
+        "chat-2"
+    );
+    assert_eq!(
+        service["metadata"]["ownerReferences"][0]["kind"],
+        "ChatCluster"
+    );
+
+    let route = h.stored_object("httproutes", "chat-2-ws");
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(route["kind"], "HTTPRoute");
+    assert_eq!(
+        route["spec"]["parentRefs"],
+        json!([{"name": "public", "namespace": "gateways", "sectionName": "https"}])
+    );
+    assert_eq!(route["spec"]["hostnames"], json!(["chat.example.com"]));
+    let rule = &route["spec"]["rules"][0];
+    assert_eq!(
+        rule["matches"],
+        json!([{"path": {"type": "PathPrefix", "value": "/chat-2/ws"}}])
+    );
+    assert_eq!(
+        rule["filters"],
+        json!([{"type": "URLRewrite",
+                "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/ws"}}}])
+    );
+    assert_eq!(
+        rule["backendRefs"],
+        json!([{"name": "chat-2-ws", "port": 9001}])
+    );
+    assert_eq!(
+        route["metadata"]["ownerReferences"][0]["uid"],
+        "7b6f1c1e-0000-4000-8000-000000000001"
+    );
+    for call in h.calls_matching(|c| {
+        c.method == "PATCH" && (c.path.contains("/httproutes/") || c.path.contains("-ws"))
+    }) {
+        assert_eq!(call.content_type, "application/apply-patch+yaml");
+        assert!(
+            call.query.contains("fieldManager=chat-operator") && call.query.contains("force=true"),
+            "{}",
+            call.query
+        );
+    }
+    // The URL the chat servers report is the one the routes serve.
+    assert_eq!(h.public_url(), "wss://chat.example.com/$(POD_NAME)/ws");
+    assert_eq!(condition(&h.last_status(), "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn scale_down_removes_the_leaving_pods_route_only_after_its_drain() {
+    let h = scaling_three_pods_to_two();
+    h.world.lock().unwrap().cluster.spec.expose = Some(gateway_expose());
+    // 1. chat-2 is asked to drain: its clients are still connected through
+    // its route, which stays.
+    h.reconcile().await;
+    assert_eq!(*h.fleet.drains.lock().unwrap(), vec!["10.0.0.12:9001"]);
+    assert_eq!(
+        h.stored("httproutes"),
+        ["chat-0-ws", "chat-1-ws", "chat-2-ws"]
+    );
+    assert!(h.calls("DELETE", "").is_empty());
+    h.persist_status();
+
+    // 2. Still draining.
+    h.fleet.servers.lock().unwrap()[2] = health(2, ServerState::Draining, 1);
+    *h.now.lock().unwrap() += 3;
+    h.reconcile().await;
+    assert!(h.calls("DELETE", "").is_empty());
+    h.persist_status();
+
+    // 3. Drained: the StatefulSet shrinks, and chat-2's Service and route go.
+    h.fleet.servers.lock().unwrap()[2] = health(2, ServerState::Draining, 0);
+    *h.now.lock().unwrap() += 3;
+    h.reconcile().await;
+    assert_eq!(h.applied_replicas(), Some(2));
+    let deleted: Vec<String> = h
+        .calls("DELETE", "")
+        .iter()
+        .map(|c| c.path.clone())
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            format!("/api/v1/namespaces/{NS}/services/chat-2-ws"),
+            format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/chat-2-ws"),
+        ]
+    );
+    assert_eq!(h.stored("httproutes"), ["chat-0-ws", "chat-1-ws"]);
+    assert_eq!(
+        h.stored("services"),
+        ["chat-0-ws", "chat-1-ws", "chat-chat"],
+        "the headless Service is not the operator's exposure object"
+    );
+}
+
+#[tokio::test]
+async fn switching_to_ingress_and_turning_expose_off_prune_what_is_no_longer_asked_for() {
+    let mut cc = chat_cluster(2);
+    cc.spec.expose = Some(gateway_expose());
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    h.reconcile().await;
+    assert_eq!(h.stored("httproutes"), ["chat-0-ws", "chat-1-ws"]);
+
+    // Ingress: one Ingress, a host per pod; the routes go.
+    h.world.lock().unwrap().cluster.spec.expose = Some(ingress_expose());
+    h.reconcile().await;
+    assert!(h.stored("httproutes").is_empty());
+    assert_eq!(h.stored("ingresses"), ["chat-ws"]);
+    let ingress = h.stored_object("ingresses", "chat-ws");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        ingress["spec"]["tls"],
+        json!([{"hosts": ["chat-0.chat.example.com", "chat-1.chat.example.com"],
+                "secretName": "chat-pods-tls"}])
+    );
+    assert_eq!(
+        ingress["spec"]["rules"][1],
+        json!({"host": "chat-1.chat.example.com",
+               "http": {"paths": [{"path": "/ws", "pathType": "Prefix",
+                                   "backend": {"service": {"name": "chat-1-ws", "port": {"number": 9001}}}}]}})
+    );
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"],
+        "3600"
+    );
+    assert_eq!(h.public_url(), "wss://$(POD_NAME).chat.example.com/ws");
+
+    // An explicit template still wins.
+    h.world.lock().unwrap().cluster.spec.public_url_template =
+        Some("wss://edge.example.com/{pod}".into());
+    h.reconcile().await;
+    assert_eq!(h.public_url(), "wss://edge.example.com/$(POD_NAME)");
+
+    // Off: everything the operator made for it is deleted; the clients'
+    // URL is the in-cluster one again.
+    {
+        let mut w = h.world.lock().unwrap();
+        w.cluster.spec.expose = None;
+        w.cluster.spec.public_url_template = None;
+    }
+    h.reconcile().await;
+    assert!(h.stored("ingresses").is_empty());
+    assert_eq!(h.stored("services"), ["chat-chat"]);
+    assert_eq!(
+        h.public_url(),
+        "ws://$(POD_NAME).chat-chat.prod.svc.cluster.local:9001/ws"
+    );
+
+    // Off on a cluster without the Gateway API CRDs: nothing to prune, no
+    // error (the HTTPRoute list answers 404).
+    h.world.lock().unwrap().no_gateway_api = true;
+    h.reconcile().await;
+    assert_eq!(condition(&h.last_status(), "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn missing_gateway_api_crds_show_as_degraded_and_the_pods_still_run() {
+    let mut cc = chat_cluster(2);
+    cc.spec.expose = Some(gateway_expose());
+    let h = Harness::new(cc, Some(2), vec![pod(0, true), pod(1, true)]);
+    *h.fleet.servers.lock().unwrap() = vec![
+        health(0, ServerState::Ready, 1),
+        health(1, ServerState::Ready, 1),
+    ];
+    h.world.lock().unwrap().no_gateway_api = true;
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(h.applied_replicas(), Some(2));
+    let degraded = condition(&h.last_status(), "Degraded").clone();
+    assert_eq!(degraded["reason"], "ExposeFailed");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("HTTPRoute chat-0-ws") && message.contains("Gateway API CRDs"),
+        "{message}"
+    );
+    assert!(h.event_reasons().contains(&"ExposeFailed".to_owned()));
+}
+
+#[tokio::test]
+async fn gateway_mode_without_parent_refs_is_an_invalid_spec() {
+    let mut cc = chat_cluster(2);
+    let mut expose = gateway_expose();
+    expose.gateway = None;
+    cc.spec.expose = Some(expose);
+    let h = Harness::new(cc, Some(2), vec![]);
+    h.reconcile().await;
+    assert!(h.calls("PATCH", "/statefulsets/").is_empty());
+    let degraded = condition(&h.last_status(), "Degraded").clone();
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(degraded["message"].as_str().unwrap().contains("parentRefs"));
 }
 
 /// The real-cluster path. Needs kind (or k3d), Docker and Helm, none of
