@@ -222,17 +222,15 @@ impl RoomOrder {
         let Some(cursor) = self.rooms.get_mut(room) else {
             return;
         };
-        if let Some(hold) = cursor.hold_until {
-            if now < hold {
-                // Holding: an earlier seq moves the start back.
-                if !cursor.pending.contains_key(&seq) {
-                    cursor.last = cursor.last.min(seq.saturating_sub(1));
-                    cursor.pending.insert(seq, frame);
-                }
-                return;
+        if cursor.hold_until.is_some() {
+            // Holding, until the session releases the room (after asking
+            // the store where the user joined, even if the hold is over by
+            // now): an earlier seq moves the start back.
+            if !cursor.pending.contains_key(&seq) {
+                cursor.last = cursor.last.min(seq.saturating_sub(1));
+                cursor.pending.insert(seq, frame);
             }
-            cursor.hold_until = None;
-            cursor.drain_ready(now, out);
+            return;
         }
         if seq <= cursor.last {
             return; // duplicate
@@ -250,6 +248,32 @@ impl RoomOrder {
     /// When the oldest open gap becomes due for a fill.
     pub fn next_fill_at(&self, delay: Duration) -> Option<Instant> {
         self.rooms.values().filter_map(|c| c.fill_at(delay)).min()
+    }
+
+    /// Rooms whose first-seen hold is over by `now`: before they are
+    /// released, the session asks the store where the user joined them
+    /// ([`Self::joined_at`]).
+    pub fn holds_ending(&self, now: Instant) -> Vec<String> {
+        self.rooms
+            .iter()
+            .filter(|(_, c)| c.hold_until.is_some_and(|t| now >= t))
+            .map(|(room, _)| room.clone())
+            .collect()
+    }
+
+    /// The user joined `room` when it held `joined` (from the store): every
+    /// later message is theirs. A held room starts there rather than at
+    /// the lowest seq that happened to arrive, so what is missing between
+    /// is a gap, due for a fill at once (the hold already waited as long as
+    /// a gap would), and an earlier seq still on its way over a slow link
+    /// is written, not dropped as a duplicate.
+    pub fn joined_at(&mut self, room: &str, joined: u64, due: Instant) {
+        if let Some(cursor) = self.rooms.get_mut(room) {
+            if cursor.hold_until.is_some() && joined < cursor.last {
+                cursor.last = joined;
+                cursor.gap_since = Some(due);
+            }
+        }
     }
 
     /// Ends the holds of rooms first seen at least `first_seen_hold` ago:
@@ -548,18 +572,77 @@ mod tests {
         assert_eq!(o.next_fill_at(Duration::ZERO), None);
     }
 
-    /// A delivery after the hold ended but before the release ran writes
-    /// what was held first.
+    /// A delivery after the hold ended but before the release ran is held
+    /// too: only the release (which knows where the user joined) starts
+    /// the room.
     #[test]
-    fn an_offer_after_the_hold_releases_it_first() {
+    fn an_offer_after_the_hold_waits_for_the_release() {
         let hold = Duration::from_millis(100);
         let mut o = RoomOrder::with_first_seen_hold(hold);
         let t0 = Instant::now();
         let mut out = Vec::new();
         o.offer("r", 3, f("3"), t0, &mut out);
         o.offer("r", 4, f("4"), t0 + hold * 2, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(o.holds_ending(t0 + hold * 2), vec!["r".to_string()]);
+        o.release_holds(t0 + hold * 2, &mut out);
         let written: Vec<String> = out.iter().map(|s| s.to_string()).collect();
         assert_eq!(written, vec!["3", "4"]);
+    }
+
+    /// The loss path of issue 12: a room first seen after connect, where an
+    /// earlier seq arrives only after the hold. Started at the seq the user
+    /// joined at, the missing message is a gap filled at once, and the
+    /// late copy is then a true duplicate.
+    #[test]
+    fn a_released_room_starts_where_the_user_joined() {
+        let hold = Duration::from_millis(100);
+        let delay = Duration::from_millis(100);
+        let mut o = RoomOrder::with_first_seen_hold(hold);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 8, f("8"), t0, &mut out);
+        let release = t0 + hold;
+        assert_eq!(
+            o.holds_ending(release - Duration::from_millis(1)),
+            Vec::<String>::new()
+        );
+        assert_eq!(o.holds_ending(release), vec!["r".to_string()]);
+        o.joined_at("r", 6, release - delay);
+        o.release_holds(release, &mut out);
+        assert!(out.is_empty(), "7 is missing");
+        let gaps = o.due_gaps(release, delay);
+        assert_eq!(
+            gaps,
+            vec![Gap {
+                room: "r".into(),
+                after: 6,
+                before: 8,
+                tail: false
+            }]
+        );
+        // The fill brings 7; the copy of 7 arriving late is dropped.
+        o.offer("r", 7, f("7"), release, &mut out);
+        o.offer("r", 7, f("7"), release, &mut out);
+        let written: Vec<String> = out.iter().map(|s| s.to_string()).collect();
+        assert_eq!(written, vec!["7", "8"]);
+        assert_eq!(o.next_fill_at(delay), None);
+    }
+
+    /// A join seq at or past what is held changes nothing.
+    #[test]
+    fn a_join_seq_never_moves_a_held_room_forward() {
+        let hold = Duration::from_millis(100);
+        let mut o = RoomOrder::with_first_seen_hold(hold);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 3, f("3"), t0, &mut out);
+        o.joined_at("r", 2, t0);
+        o.joined_at("r", 9, t0);
+        o.release_holds(t0 + hold, &mut out);
+        let written: Vec<String> = out.iter().map(|s| s.to_string()).collect();
+        assert_eq!(written, vec!["3"]);
+        assert_eq!(o.next_fill_at(Duration::ZERO), None);
     }
 
     /// A resume sets the start explicitly: a held room stops holding, so

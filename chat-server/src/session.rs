@@ -347,10 +347,26 @@ impl Session {
     /// user is still a member: a removed member's session forgets the room.
     async fn fill_gaps(&mut self, delay: Duration) -> Result<(), End> {
         const PAGE: u64 = 500;
-        let mut released = Vec::new();
-        self.order.release_holds(Instant::now(), &mut released);
-        self.write_frames(released).await?;
         let store = self.server.store.clone();
+        // Rooms first seen through a delivery start where the user joined
+        // them (issue 12): what arrived first need not be the first message.
+        // Without an answer they start at the lowest seq that arrived.
+        let now = Instant::now();
+        for room in self.order.holds_ending(now) {
+            match store.joined_seq(&room, &self.user).await {
+                Ok(Some(joined)) => {
+                    let due = now.checked_sub(delay).unwrap_or(now);
+                    self.order.joined_at(&room, joined, due);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "join seq unknown; the room starts at its first delivery")
+                }
+            }
+        }
+        let mut released = Vec::new();
+        self.order.release_holds(now, &mut released);
+        self.write_frames(released).await?;
         for gap in self.order.due_gaps(Instant::now(), delay) {
             self.server.metrics.gap_fills.inc();
             if gap.tail {

@@ -52,6 +52,12 @@ pub struct StoreArgs {
     /// `unavailable` (the client retries with the same client_msg_id).
     #[arg(long, env = "CHAT_REPLICA_ACK_TIMEOUT_MS", default_value_t = 500)]
     pub replica_ack_timeout_ms: u64,
+    /// Group commit: appends bound for one Redis master while another batch
+    /// is out go together in one pipeline with one WAIT. Under load only:
+    /// a lone send goes at once. `false` sends each append alone (for A/B
+    /// benchmarks).
+    #[arg(long, env = "CHAT_REDIS_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_group_commit: bool,
 }
 
 impl StoreArgs {
@@ -61,6 +67,7 @@ impl StoreArgs {
             dedup_ttl_ms: self.dedup_ttl_ms.max(1),
             min_replica_acks: self.min_replica_acks,
             replica_ack_timeout_ms: self.replica_ack_timeout_ms.max(1),
+            group_commit: self.redis_group_commit,
         }
     }
 

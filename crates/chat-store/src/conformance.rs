@@ -124,6 +124,38 @@ pub async fn membership_changes_are_idempotent_and_need_a_room(store: SharedStor
     ));
 }
 
+/// Where a member's messages start: 0 for those a room was created with,
+/// the room's seq at the time for those added later; again at a re-add.
+pub async fn members_remember_the_seq_they_joined_at(store: SharedStore) {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let id = room_with(&store, &alice, &[&bob]).await;
+    assert_eq!(store.joined_seq(&id, &alice).await.unwrap(), Some(0));
+    assert_eq!(store.joined_seq(&id, &bob).await.unwrap(), Some(0));
+    assert_eq!(store.joined_seq(&id, &carol).await.unwrap(), None);
+    for i in 0..3 {
+        store
+            .append(msg(&id, &alice, &format!("m{i}"), None))
+            .await
+            .unwrap();
+    }
+    assert!(store.add_member(&id, &carol).await.unwrap());
+    assert_eq!(store.joined_seq(&id, &carol).await.unwrap(), Some(3));
+    store.append(msg(&id, &carol, "hi", None)).await.unwrap();
+    // Adding again changes nothing: still a member since seq 3.
+    assert!(!store.add_member(&id, &carol).await.unwrap());
+    assert_eq!(store.joined_seq(&id, &carol).await.unwrap(), Some(3));
+    assert!(store.remove_member(&id, &carol).await.unwrap());
+    assert_eq!(store.joined_seq(&id, &carol).await.unwrap(), None);
+    store
+        .append(msg(&id, &alice, "while away", None))
+        .await
+        .unwrap();
+    assert!(store.add_member(&id, &carol).await.unwrap());
+    assert_eq!(store.joined_seq(&id, &carol).await.unwrap(), Some(5));
+    assert_eq!(store.joined_seq(&id, &bob).await.unwrap(), Some(0));
+    assert_eq!(store.joined_seq(&new_id("r_"), &bob).await.unwrap(), None);
+}
+
 pub async fn appends_get_gapless_seqs_per_room(store: SharedStore) {
     let alice = user("alice");
     let a = room_with(&store, &alice, &[]).await;
@@ -874,6 +906,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make;
             created_room_reads_back_with_members_and_index,
             membership_changes_are_idempotent_and_need_a_room,
+            members_remember_the_seq_they_joined_at,
             appends_get_gapless_seqs_per_room,
             non_members_and_missing_rooms_store_nothing,
             repeated_client_msg_id_returns_the_original,

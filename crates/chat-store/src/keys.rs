@@ -12,6 +12,7 @@
 //! | `chat:{room:<id>}:msgs` | sorted set | message JSON scored by seq, trimmed to the retention |
 //! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | message JSON, expires after the dedup TTL |
 //! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |
+//! | `chat:{room:<id>}:joined` | hash | user -> the room's seq when the user was added, for members added after creation (creation members joined at 0) |
 //! | `chat:{room:<id>}:online` | hash | session id -> `<len(server id)>:<server id><user>`: the presence index routing reads (members' live sessions) |
 //! | `chat:{user:<id>}:rooms` | set | room ids (index derived from the member sets) |
 //! | `chat:{user:<id>}:sessions` | hash | session id -> chat server id, expires unless refreshed |
@@ -42,6 +43,9 @@ pub fn room_dedup(room: &str, user: &str, client_msg_id: &str) -> String {
 }
 pub fn room_reads(room: &str) -> String {
     format!("chat:{{room:{room}}}:reads")
+}
+pub fn room_joined(room: &str) -> String {
+    format!("chat:{{room:{room}}}:joined")
 }
 pub fn room_online(room: &str) -> String {
     format!("chat:{{room:{room}}}:online")
@@ -88,6 +92,7 @@ mod tests {
             room_dedup(room, "alice", "c{1}"),
             room_online(room),
             room_reads(room),
+            room_joined(room),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
         }

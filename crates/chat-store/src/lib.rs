@@ -9,6 +9,8 @@
 
 mod args;
 pub mod conformance;
+mod group_commit;
+pub use group_commit::GroupCommitStats;
 pub mod keys;
 pub use args::StoreArgs;
 mod memory;
@@ -52,6 +54,9 @@ pub struct StoreConfig {
     pub min_replica_acks: u32,
     /// How long an append waits for those confirmations.
     pub replica_ack_timeout_ms: u64,
+    /// Redis only: appends bound for one master while another batch is
+    /// out go together, with one `WAIT` (see `group_commit`).
+    pub group_commit: bool,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +66,7 @@ impl Default for StoreConfig {
             dedup_ttl_ms: 24 * 60 * 60 * 1000,
             min_replica_acks: 0,
             replica_ack_timeout_ms: 500,
+            group_commit: true,
         }
     }
 }
@@ -210,6 +216,13 @@ pub trait Store: Send + Sync + 'static {
     /// The member's live sessions are announced in the room (as are those
     /// of the members of a new room).
     async fn add_member(&self, room: &str, user: &str) -> StoreResult<bool>;
+    /// The room's latest seq when `user` became a member: every later
+    /// message is theirs (0 for the members a room was created with).
+    /// `None` if `user` is not a member, or joined a room created before
+    /// joins were recorded. A session that first sees a room through a
+    /// delivery starts there, so an earlier message arriving later over
+    /// another link is not taken for a duplicate (issue 12).
+    async fn joined_seq(&self, room: &str, user: &str) -> StoreResult<Option<u64>>;
     /// Removes a member; `Ok(false)` if not a member. `NoRoom` if none.
     /// Their sessions leave the room's presence index, and their read
     /// marker is dropped, in the same step.

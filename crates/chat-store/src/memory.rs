@@ -32,6 +32,9 @@ struct RoomState {
     online: HashMap<String, OnlineSession>,
     /// Read markers of members: user -> seq (absent means 0).
     reads: HashMap<String, u64>,
+    /// Members added after creation: user -> the seq when they joined
+    /// (absent means 0: a member the room was created with).
+    joined: HashMap<String, u64>,
 }
 
 impl RoomState {
@@ -266,12 +269,24 @@ impl Store for MemoryStore {
             .get_mut(room)
             .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
         let added = r.members.insert(user.to_owned());
+        if added {
+            r.joined.insert(user.to_owned(), r.seq);
+        }
         r.announce(user, st.presence.get(user));
         st.user_rooms
             .entry(user.to_owned())
             .or_default()
             .insert(room.to_owned());
         Ok(added)
+    }
+
+    async fn joined_seq(&self, room: &str, user: &str) -> StoreResult<Option<u64>> {
+        let st = self.lock();
+        Ok(st
+            .rooms
+            .get(room)
+            .filter(|r| r.members.contains(user))
+            .map(|r| r.joined.get(user).copied().unwrap_or(0)))
     }
 
     async fn remove_member(&self, room: &str, user: &str) -> StoreResult<bool> {
@@ -283,6 +298,7 @@ impl Store for MemoryStore {
         let removed = r.members.remove(user);
         r.online.retain(|_, entry| entry.user != user);
         r.reads.remove(user);
+        r.joined.remove(user);
         if let Some(set) = st.user_rooms.get_mut(user) {
             set.remove(room);
         }

@@ -18,6 +18,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Script};
 
+use crate::group_commit::{GroupCommit, Outcome, ReplicaAcks};
 use crate::keys;
 use crate::{
     decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
@@ -218,10 +219,24 @@ return reply
 "#;
 
 /// KEYS: meta, members. ARGV: name, created_by, created_at, member...
+/// `joins` marks a room that records when members joined (see
+/// [`JOINED_SEQ_LUA`]).
 const CREATE_ROOM_LUA: &str = r#"
-redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3], 'joins', '1')
 for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return redis.call('SCARD', KEYS[2])
+"#;
+
+/// KEYS: meta, members, joined. ARGV: user. The seq at which `user`
+/// joined; -1 if not a member, or if the room predates recorded joins (no
+/// `joins` field in its meta). Members without an entry in a recording
+/// room are those it was created with: 0.
+const JOINED_SEQ_LUA: &str = r#"
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return -1 end
+local joined = redis.call('HGET', KEYS[3], ARGV[1])
+if joined then return tonumber(joined) end
+if redis.call('HEXISTS', KEYS[1], 'joins') == 1 then return 0 end
+return -1
 "#;
 
 /// KEYS: registered hash. ARGV: cluster, server ids... Replaces the
@@ -235,15 +250,23 @@ for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
 return #ARGV - 1
 "#;
 
-/// KEYS: meta, members, online, reads. ARGV: op ('add' or 'remove'), user.
-/// -1 if no room. A removed member's sessions leave the presence index, and
-/// their read marker goes, in the same step (index values are
+/// KEYS: meta, members, online, reads, joined, seq. ARGV: op ('add' or
+/// 'remove'), user. -1 if no room. An added member's join seq is recorded;
+/// a removed member's sessions leave the presence index, and their read
+/// marker and join seq go, in the same step (index values are
 /// `<len>:<server id><user>`).
 const MEMBERSHIP_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if ARGV[1] == 'add' then return redis.call('SADD', KEYS[2], ARGV[2]) end
+if ARGV[1] == 'add' then
+  local added = redis.call('SADD', KEYS[2], ARGV[2])
+  if added == 1 then
+    redis.call('HSET', KEYS[5], ARGV[2], redis.call('GET', KEYS[6]) or '0')
+  end
+  return added
+end
 local removed = redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
 local index = redis.call('HGETALL', KEYS[3])
 for i = 1, #index, 2 do
   local len, rest = string.match(index[i + 1], '^(%d+):(.*)$')
@@ -348,10 +371,13 @@ pub struct RedisStore {
     /// and keeps trying in the background instead of exiting.
     connections: Arc<ConnectionSlot>,
     config: StoreConfig,
+    /// Appends batched per master (`None`: each append alone).
+    group_commit: Option<Arc<GroupCommit>>,
     append: Script,
     room_view: Script,
     create_room: Script,
     membership: Script,
+    joined_seq: Script,
     announce: Script,
     set_registered: Script,
     mark_read: Script,
@@ -417,13 +443,28 @@ impl RedisStore {
                 ));
             }
         }
+        let group_commit =
+            match urls.first() {
+                Some(seed) if config.group_commit => {
+                    let acks = ReplicaAcks {
+                        wanted: config.min_replica_acks,
+                        timeout_ms: config.replica_ack_timeout_ms,
+                    };
+                    Some(GroupCommit::new(seed, access, acks).map_err(|e| {
+                        StoreError::Unavailable(format!("Redis Cluster settings: {e}"))
+                    })?)
+                }
+                _ => None,
+            };
         Ok(RedisStore {
             connections,
             config,
+            group_commit,
             append: Script::new(APPEND_LUA),
             room_view: Script::new(ROOM_VIEW_LUA),
             create_room: Script::new(CREATE_ROOM_LUA),
             membership: Script::new(MEMBERSHIP_LUA),
+            joined_seq: Script::new(JOINED_SEQ_LUA),
             announce: Script::new(ANNOUNCE_LUA),
             set_registered: Script::new(SET_REGISTERED_LUA),
             mark_read: Script::new(MARK_READ_LUA),
@@ -433,6 +474,11 @@ impl RedisStore {
             unhost: Script::new(UNHOST_LUA),
             presence_audience: Script::new(PRESENCE_AUDIENCE_LUA),
         })
+    }
+
+    /// What group commit did so far (`None` when it is off).
+    pub fn group_commit_stats(&self) -> Option<crate::GroupCommitStats> {
+        self.group_commit.as_ref().map(|g| g.stats())
     }
 
     fn connections(&self) -> StoreResult<&Connections> {
@@ -488,6 +534,52 @@ impl RedisStore {
         }))
     }
 
+    /// Runs an append script (an `EVALSHA` on `room`'s keys) and waits for
+    /// the replicas: in the next batch for the room's master, or alone.
+    /// Returns the script's reply and how many replicas confirmed.
+    async fn run_append_script(
+        &self,
+        script: redis::Cmd,
+        room: &str,
+    ) -> StoreResult<(Vec<String>, u32)> {
+        if let Some(group) = &self.group_commit {
+            let cluster = self.conn()?;
+            match group
+                .run(script.clone(), &keys::room_seq(room), &cluster)
+                .await
+            {
+                Outcome::Ran { script, replicas } => {
+                    let reply = redis::from_redis_value(script)
+                        .map_err(|e| StoreError::Corrupt(format!("append reply: {e}")))?;
+                    return Ok((reply, replicas));
+                }
+                Outcome::Failed(e) => return Err(unavailable(e)),
+                Outcome::RunAlone => {}
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(script);
+        let wanted = self.config.min_replica_acks;
+        if wanted > 0 {
+            pipe.cmd("WAIT")
+                .arg(wanted)
+                .arg(self.config.replica_ack_timeout_ms);
+        }
+        let append_conn = self.append_conn()?;
+        match Self::run_append(append_conn.clone(), &pipe).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.append
+                    .prepare_invoke()
+                    .load_async(&mut append_conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+                Self::run_append(append_conn, &pipe).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)
+    }
+
     /// Runs the append pipeline built by `append`: the script and, when
     /// replicas must confirm, `WAIT`. Both reach the room's master in one
     /// write on the append connection, so the `WAIT` is certain to cover
@@ -520,6 +612,8 @@ impl RedisStore {
             .key(keys::room_members(room))
             .key(keys::room_online(room))
             .key(keys::room_reads(room))
+            .key(keys::room_joined(room))
+            .key(keys::room_seq(room))
             .arg(op)
             .arg(user)
             .invoke_async(&mut self.conn()?)
@@ -792,12 +886,25 @@ impl Store for RedisStore {
         self.change_membership(room, user, "remove").await
     }
 
+    async fn joined_seq(&self, room: &str, user: &str) -> StoreResult<Option<u64>> {
+        let joined: i64 = self
+            .joined_seq
+            .key(keys::room_meta(room))
+            .key(keys::room_members(room))
+            .key(keys::room_joined(room))
+            .arg(user)
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(joined).ok())
+    }
+
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let dedup_key =
             keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
         let wanted = self.config.min_replica_acks;
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
+        let mut script = redis::cmd("EVALSHA");
+        script
             .arg(self.append.get_hash())
             .arg(7)
             .arg(keys::room_meta(&m.room))
@@ -814,24 +921,7 @@ impl Store for RedisStore {
             .arg(self.config.dedup_ttl_ms)
             .arg(if m.from_member { "1" } else { "0" })
             .arg(&m.id);
-        if wanted > 0 {
-            pipe.cmd("WAIT")
-                .arg(wanted)
-                .arg(self.config.replica_ack_timeout_ms);
-        }
-        let append_conn = self.append_conn()?;
-        let (mut reply, replicas) = match Self::run_append(append_conn.clone(), &pipe).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.append
-                    .prepare_invoke()
-                    .load_async(&mut append_conn.clone())
-                    .await
-                    .map_err(unavailable)?;
-                Self::run_append(append_conn, &pipe).await
-            }
-            other => other,
-        }
-        .map_err(unavailable)?;
+        let (mut reply, replicas) = self.run_append_script(script, &m.room).await?;
         if reply.is_empty() {
             return Err(StoreError::Corrupt("empty append reply".into()));
         }
@@ -1351,5 +1441,76 @@ async fn connect_until_reachable(client: ClusterClient, connections: Weak<Connec
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis Cluster still not reachable");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_protocol::ids::new_id;
+    use chat_protocol::now_ms;
+    use futures_util::future::join_all;
+
+    /// A stale slot map (a failover or resharding since it was read) sends
+    /// appends to a master that does not serve their slot: it runs none of
+    /// them (MOVED), and each is run alone through the cluster client, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_sent_to_the_wrong_master_run_alone_once() {
+        let Some(urls) = crate::conformance::test_redis_urls() else {
+            return;
+        };
+        let store = RedisStore::connect(&urls, StoreConfig::default())
+            .await
+            .unwrap();
+        let group = store.group_commit.clone().expect("group commit is on");
+        // Every slot "served" by the first seed node.
+        let (host, port) = match redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())
+            .unwrap()
+            .addr()
+        {
+            redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => panic!("{other:?}"),
+        };
+        let everything_on_one = redis::Value::Array(vec![redis::Value::Array(vec![
+            redis::Value::Int(0),
+            redis::Value::Int(16383),
+            redis::Value::Array(vec![
+                redis::Value::BulkString(host.into_bytes()),
+                redis::Value::Int(port.into()),
+            ]),
+        ])]);
+        group.set_owners(&everything_on_one);
+        let mut rooms = Vec::new();
+        for _ in 0..9 {
+            let room = new_id("r_");
+            store
+                .create_room(NewRoom {
+                    id: room.clone(),
+                    name: "stale".into(),
+                    created_by: "alice".into(),
+                    created_at: now_ms(),
+                    members: vec!["alice".into()],
+                })
+                .await
+                .unwrap();
+            rooms.push(room);
+        }
+        let appends = rooms.iter().map(|room| NewMessage {
+            room: room.clone(),
+            id: new_id("m_"),
+            from: "alice".into(),
+            body: "hi".into(),
+            ts: now_ms(),
+            client_msg_id: None,
+            from_member: true,
+        });
+        for result in join_all(appends.map(|m| store.append(m))).await {
+            assert_eq!(result.expect("append").message.seq, 1);
+        }
+        for room in &rooms {
+            assert_eq!(store.messages_after(room, 0, 10).await.unwrap().len(), 1);
+        }
+        let stats = group.stats();
+        assert!(stats.alone > 0, "nine rooms over three masters: {stats:?}");
     }
 }

@@ -138,3 +138,107 @@ mod dedup_records {
         );
     }
 }
+
+/// Rooms created before joins were recorded (no `joins` field in their
+/// meta) answer "unknown" for the members they had, not "from the start":
+/// a session then keeps its old behaviour instead of replaying history.
+mod join_records {
+    use chat_protocol::ids::new_id;
+    use chat_protocol::now_ms;
+    use chat_store::{keys, NewRoom, StoreConfig};
+    use redis::AsyncCommands;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_from_before_join_records_knows_only_later_joins() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let room = new_id("r_");
+        store
+            .create_room(NewRoom {
+                id: room.clone(),
+                name: "upgrade".into(),
+                created_by: "alice".into(),
+                created_at: now_ms(),
+                members: vec!["alice".into()],
+            })
+            .await
+            .unwrap();
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let _: () = conn.hdel(keys::room_meta(&room), "joins").await.unwrap();
+        assert_eq!(store.joined_seq(&room, "alice").await.unwrap(), None);
+        assert!(store.add_member(&room, "bob").await.unwrap());
+        assert_eq!(store.joined_seq(&room, "bob").await.unwrap(), Some(0));
+    }
+}
+
+/// Group commit (issue 13): appends bound for one master while a batch is
+/// out go together, with one WAIT, and still get gapless seqs, once each.
+mod group_commit {
+    use chat_protocol::ids::new_id;
+    use chat_protocol::now_ms;
+    use chat_store::{NewMessage, NewRoom, RedisStore, Store, StoreConfig};
+    use futures_util::future::join_all;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_pipelines_and_stay_gapless() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let config = StoreConfig {
+            min_replica_acks: 1,
+            ..StoreConfig::default()
+        };
+        let store = RedisStore::connect(&urls, config).await.unwrap();
+        let mut rooms = Vec::new();
+        for _ in 0..12 {
+            let room = new_id("r_");
+            store
+                .create_room(NewRoom {
+                    id: room.clone(),
+                    name: "batched".into(),
+                    created_by: "alice".into(),
+                    created_at: now_ms(),
+                    members: vec!["alice".into()],
+                })
+                .await
+                .unwrap();
+            rooms.push(room);
+        }
+        const PER_ROOM: usize = 40;
+        for wave in 0..2 {
+            let appends = rooms.iter().flat_map(|room| {
+                (0..PER_ROOM / 2).map(move |i| NewMessage {
+                    room: room.clone(),
+                    id: new_id("m_"),
+                    from: "alice".into(),
+                    body: format!("{wave}-{i}"),
+                    ts: now_ms(),
+                    client_msg_id: (i % 2 == 0).then(|| format!("c-{wave}-{i}")),
+                    from_member: true,
+                })
+            });
+            for result in join_all(appends.map(|m| store.append(m))).await {
+                let appended = result.expect("append");
+                assert!(!appended.duplicate);
+            }
+        }
+        for room in &rooms {
+            let history = store.messages_after(room, 0, 100).await.unwrap();
+            let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=PER_ROOM as u64).collect::<Vec<_>>(), "{room}");
+        }
+        let stats = store.group_commit_stats().unwrap();
+        println!("[group-commit] {stats:?}");
+        assert_eq!(stats.batched + stats.alone, (rooms.len() * PER_ROOM) as u64);
+        assert!(stats.batched > 0, "{stats:?}");
+        assert!(
+            stats.batches < stats.batched,
+            "some batch held more than one: {stats:?}"
+        );
+    }
+}

@@ -110,6 +110,12 @@ impl Partitions {
         self.drop_sent(SERVER_UIDS, &[port]);
     }
 
+    /// Cuts one direction of the links of the process running as `uid`:
+    /// nothing it sends to `ports` arrives (what they send it still does).
+    pub fn cut_sends_to(&self, uid: u32, ports: &[u16]) {
+        self.drop_sent(&uid.to_string(), ports);
+    }
+
     /// Ends every partition.
     pub fn heal(&self) {
         iptables(&["-F", &self.chain]).unwrap_or_else(|e| panic!("{e}"));
