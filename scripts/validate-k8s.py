@@ -36,7 +36,13 @@ Checks:
       scripts/k8s/monitoring-metrics.txt (which crates/e2e/tests/
       metric_names.rs checks against running processes);
   (g) charts/chat/README.md's values table equals what
-      @bitnami/readme-generator-for-helm generates from values.yaml.
+      @bitnami/readme-generator-for-helm generates from values.yaml;
+  (h) the objects the operator applies for spec.expose (operator/tests/
+      data/expose-objects.json, printed by the operator's own code for the
+      two expose examples): Services and the Ingress against Kubernetes'
+      schemas (strict), HTTPRoutes against the Gateway API's
+      (@kubernetes-models/gateway-api, unknown fields rejected), and that
+      every route reaches the Service of its own pod.
 
 The last line printed is "N passed, M failed, K not verified"; the exit
 status is non-zero when anything failed. "Not verified" counts checks that
@@ -377,6 +383,14 @@ def check_values(r: Report, chart) -> dict:
         "an HPA metric name with a dash": {"autoscaling": {"chatServers": {"hpa": {"metricName": "chat-sessions"}}}},
         "a NetworkPolicy peer that is empty": {"networkPolicy": {"chatServers": {"clientsFrom": [{}]}}},
         "tests.timeoutSeconds 0": {"tests": {"timeoutSeconds": 0}},
+        "chatCluster.expose.mode Route": {"chatCluster": {"expose": {"mode": "Route", "host": "chat.example.com"}}},
+        "chatCluster.expose on without a host": {"chatCluster": {"expose": {"mode": "Ingress"}}},
+        "chatCluster.expose.host with a port": {"chatCluster": {"expose": {"mode": "Ingress",
+                                                                           "host": "chat.example.com:443"}}},
+        "chatCluster.expose GatewayAPI without parentRefs": {"chatCluster": {"expose": {
+            "mode": "GatewayAPI", "host": "chat.example.com"}}},
+        "chatCluster.expose.ingress.tlsSecretName without tls": {"chatCluster": {"expose": {
+            "mode": "Ingress", "host": "chat.example.com", "ingress": {"tlsSecretName": "chat-pods-tls"}}}},
     }
     for name, over in bad_sets.items():
         try:
@@ -418,6 +432,11 @@ def check_chatclusters(r: Report, crd: dict, cel: CelRules) -> None:
     bad = cel.violations(example)
     r.check("examples/chatcluster.yaml passes the CRD's CEL rules", not bad, "; ".join(bad))
 
+    for path in ("examples/chatcluster-gateway.yaml", "examples/chatcluster-ingress.yaml"):
+        exposed = yaml.safe_load((ROOT / path).read_text())
+        problems = schema_errors(v, exposed) + cel.violations(exposed)
+        r.check(f"{path} validates against the CRD schema and its CEL rules", not problems, "; ".join(problems))
+
     default_cc = yaml.safe_load((CHART / "ci" / "default-chatcluster.yaml").read_text())
     errs = schema_errors(v, default_cc)
     r.check("charts/chat/ci/default-chatcluster.yaml validates against the CRD schema", not errs, "; ".join(errs))
@@ -438,6 +457,9 @@ def check_chatclusters(r: Report, crd: dict, cel: CelRules) -> None:
         "drainTimeoutSeconds 7200": lambda s: s.update(drainTimeoutSeconds=7200),
         "targetConnectionsPerPod 0": lambda s: s["autoscaling"].update(targetConnectionsPerPod=0),
         "an unknown spec field (strict field validation)": lambda s: s.update(replica=3),
+        "expose.mode Route": lambda s: s.update(expose={"mode": "Route", "host": "chat.example.com"}),
+        "expose.host with capitals": lambda s: s.update(expose={"mode": "Ingress", "host": "Chat.example.com"}),
+        "expose without a host": lambda s: s.update(expose={"mode": "Ingress"}),
     }
     for name, mutate in schema_bad.items():
         r.check(f"CRD schema rejects a ChatCluster with {name}", bool(schema_errors(v, variant(mutate))))
@@ -461,6 +483,20 @@ def check_chatclusters(r: Report, crd: dict, cel: CelRules) -> None:
         "neither redis.urls nor redis.secretKeyRef": (no_redis, True),
         "both redis.urls and redis.secretKeyRef": (both_redis, True),
         "only redis.secretKeyRef": (secret_only, False),
+        "expose GatewayAPI without gateway": (
+            lambda s: s.update(expose={"mode": "GatewayAPI", "host": "chat.example.com"}), True),
+        "expose GatewayAPI with no parentRefs": (
+            lambda s: s.update(expose={"mode": "GatewayAPI", "host": "chat.example.com",
+                                       "gateway": {"parentRefs": []}}), True),
+        "expose GatewayAPI with a parentRef": (
+            lambda s: s.update(expose={"mode": "GatewayAPI", "host": "chat.example.com",
+                                       "gateway": {"parentRefs": [{"name": "public"}]}}), False),
+        "expose.ingress.tlsSecretName without tls": (
+            lambda s: s.update(expose={"mode": "Ingress", "host": "chat.example.com",
+                                       "ingress": {"tlsSecretName": "chat-pods-tls"}}), True),
+        "expose Ingress with tls and a tlsSecretName": (
+            lambda s: s.update(expose={"mode": "Ingress", "host": "chat.example.com", "tls": True,
+                                       "ingress": {"tlsSecretName": "chat-pods-tls"}}), False),
     }
     for name, (mutate, rejected) in cel_cases.items():
         obj = variant(mutate)
@@ -549,6 +585,8 @@ def check_default_render(r: Report, by: dict, rendered: dict) -> None:
     r.check("default render has exactly the expected objects", set(kinds) == expected, f"got {kinds}")
 
     cc = by.get("ChatCluster/chat")
+    r.check("default ChatCluster has no spec.expose (routing for outside clients is off by default)",
+            cc is not None and "expose" not in cc["spec"])
     ci = yaml.safe_load((CHART / "ci" / "default-chatcluster.yaml").read_text())
     r.check("rendered ChatCluster equals charts/chat/ci/default-chatcluster.yaml", cc == ci,
             f"rendered: {json.dumps(cc, sort_keys=True)}")
@@ -602,14 +640,18 @@ def check_default_render(r: Report, by: dict, rendered: dict) -> None:
 
     # RBAC covers what the operator calls (operator: kube::Api on
     # chatclusters and their status and finalizers, server-side apply of
-    # StatefulSets, Services and PDBs, pod watch and delete, events).
+    # StatefulSets, Services and PDBs, pod watch and delete, events, and for
+    # spec.expose apply, list and delete of HTTPRoutes and Ingresses).
     role = by["Role/chat-operator"]
     grants = {(g, res, verb) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
               for verb in rule["verbs"]}
     needed = {("chat.scalechat.dev", "chatclusters", "patch"), ("chat.scalechat.dev", "chatclusters/status", "patch"),
               ("chat.scalechat.dev", "chatclusters/finalizers", "update"), ("apps", "statefulsets", "delete"),
               ("", "services", "create"), ("policy", "poddisruptionbudgets", "create"), ("", "pods", "watch"),
-              ("", "pods", "delete"), ("", "events", "create"), ("events.k8s.io", "events", "create")}
+              ("", "pods", "delete"), ("", "events", "create"), ("events.k8s.io", "events", "create"),
+              ("gateway.networking.k8s.io", "httproutes", "create"), ("gateway.networking.k8s.io", "httproutes", "list"),
+              ("gateway.networking.k8s.io", "httproutes", "delete"), ("networking.k8s.io", "ingresses", "create"),
+              ("networking.k8s.io", "ingresses", "list"), ("networking.k8s.io", "ingresses", "delete")}
     excess = [g for g in grants if g[1] == "*" or g[2] == "*" or g[0] == "*"]
     # Secrets: at most get, and only of Secrets named in resourceNames.
     excess += [rule for rule in role["rules"] if "secrets" in rule["resources"]
@@ -985,6 +1027,25 @@ def expect_ingress(by: dict) -> list[str]:
         else [f"Ingress rule {rule}"]
 
 
+def expect_expose_gateway(by: dict) -> list[str]:
+    expose = by["ChatCluster/chat"]["spec"].get("expose")
+    want = {"mode": "GatewayAPI", "host": "chat.example.com", "tls": True,
+            "gateway": {"parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}]}}
+    problems = [] if expose == want else [f"spec.expose {expose}"]
+    if "publicUrlTemplate" in by["ChatCluster/chat"]["spec"]:
+        problems.append("publicUrlTemplate rendered: it would win over the URL expose derives")
+    return problems
+
+
+def expect_expose_ingress(by: dict) -> list[str]:
+    expose = by["ChatCluster/chat"]["spec"].get("expose")
+    want = {"mode": "Ingress", "host": "chat.example.com", "tls": True,
+            "ingress": {"ingressClassName": "nginx", "tlsSecretName": "chat-pods-tls"},
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"},
+            "serviceAnnotations": {"cloud.google.com/neg": '{"ingress": true}'}}
+    return [] if expose == want else [f"spec.expose {expose}"]
+
+
 def expect_monitoring(ns: str, dashboard_ns: str, not_ready_alert: bool):
     def check(by: dict) -> list[str]:
         problems = []
@@ -1079,6 +1140,17 @@ VARIANTS = {
                                             expect_network_policy(False)),
     "helm test with a token from a Secret (dev tokens off)": (
         {"tests": {"tokenSecret": {"name": "chat-test-token"}}}, "chat", "chat", expect_test_with_token_secret),
+    "chat servers exposed through Gateway API HTTPRoutes, with TLS": (
+        {"chatCluster": {"expose": {"mode": "GatewayAPI", "host": "chat.example.com", "tls": True,
+                                    "gateway": {"parentRefs": [{"name": "public", "namespace": "gateway-system",
+                                                                "sectionName": "https"}]}}}},
+        "chat", "chat", expect_expose_gateway),
+    "chat servers exposed through an Ingress with a TLS Secret and annotations": (
+        {"chatCluster": {"expose": {"mode": "Ingress", "host": "chat.example.com", "tls": True,
+                                    "ingress": {"className": "nginx", "tlsSecretName": "chat-pods-tls"},
+                                    "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"},
+                                    "serviceAnnotations": {"cloud.google.com/neg": '{"ingress": true}'}}}},
+        "chat", "chat", expect_expose_ingress),
     "one API replica, no ChatCluster, no leader election, bundled Redis without persistence": (
         {"api": {"replicas": 1}, "chatCluster": {"enabled": False}, "operator": {"leaderElection": False},
          "redis": {"bundled": {"persistence": {"enabled": False}}}}, "prod", "apps", expect_minimal),
@@ -1411,6 +1483,84 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
             "checks their # TYPE)", not gauges_as_counters, ", ".join(gauges_as_counters))
 
 
+EXPOSE_OBJECTS = ROOT / "operator" / "tests" / "data" / "expose-objects.json"
+
+
+def check_expose_objects(r: Report) -> None:
+    """What the operator applies for spec.expose, as its own code prints it
+    (exposegen; a cargo test keeps the file current), against the schemas
+    of the API servers and the Gateway API, and routed as the docs say."""
+    objects = json.loads(EXPOSE_OBJECTS.read_text())
+    by_kind: dict[str, list[dict]] = {}
+    for o in objects:
+        by_kind.setdefault(o["kind"], []).append(o)
+    r.check("operator/tests/data/expose-objects.json has Services, HTTPRoutes and an Ingress",
+            sorted(by_kind) == ["HTTPRoute", "Ingress", "Service"], str(sorted(by_kind)))
+
+    built_in = by_kind.get("Service", []) + by_kind.get("Ingress", [])
+    problems = [f"{o['kind']}/{o['metadata']['name']}: {e}" for o in built_in for e in kube_errors(o)]
+    r.check(f"the operator's {len(built_in)} Services and Ingresses valid (Kubernetes {KUBE_VERSIONS[0]}-"
+            f"{KUBE_VERSIONS[-1]}, strict)", not problems, "; ".join(problems[:5]))
+
+    routes = by_kind.get("HTTPRoute", [])
+    if not shutil.which("node") or not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "gateway-api").is_dir():
+        r.unverified(f"{len(routes)} HTTPRoutes against the Gateway API schema",
+                     "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
+    else:
+        # Two broken copies ride along: the validators must refuse them.
+        bad_enum = copy.deepcopy(routes[0])
+        bad_enum["metadata"]["name"] = "broken-rewrite"
+        bad_enum["spec"]["rules"][0]["filters"][0]["urlRewrite"]["path"]["type"] = "ReplacePrefix"
+        bad_field = copy.deepcopy(routes[0])
+        bad_field["metadata"]["name"] = "broken-field"
+        bad_field["spec"]["rules"][0]["backendRefs"][0]["servicePort"] = 9001
+        results, proc = run_crd_models(routes + [bad_enum, bad_field])
+        ours, broken = results[:len(routes)], results[len(routes):]
+        problems = [f"{x['name']}: {'; '.join(x['errors'])}" for x in ours if x["errors"]]
+        r.check(f"the operator's {len(routes)} HTTPRoutes valid against the Gateway API schema "
+                "(@kubernetes-models/gateway-api), unknown fields rejected",
+                proc.returncode == 1 and len(results) == len(routes) + 2 and not problems,
+                "; ".join(problems) or proc.stderr[-1000:])
+        r.check("the Gateway API schema rejects a URLRewrite of type ReplacePrefix, the strict pass a "
+                "backendRef with servicePort",
+                len(broken) == 2 and any("type" in e for e in broken[0]["errors"])
+                and any("servicePort" in e for e in broken[1]["errors"]), str(broken))
+
+    # Routed as documented: each route's path and each Ingress host reach
+    # the Service of the same pod, which selects exactly that pod, and
+    # only the chat server's /ws is routed.
+    services = {o["metadata"]["name"]: o for o in by_kind.get("Service", [])}
+    problems = []
+    for svc in services.values():
+        pod = svc["metadata"]["labels"].get("chat.scalechat.dev/pod")
+        if svc["spec"]["selector"] != {"statefulset.kubernetes.io/pod-name": pod}:
+            problems.append(f"Service {svc['metadata']['name']} does not select exactly pod {pod}")
+    for route in routes:
+        pod = route["metadata"]["labels"]["chat.scalechat.dev/pod"]
+        rule = route["spec"]["rules"][0]
+        target = services.get(rule["backendRefs"][0]["name"], {})
+        if rule["matches"] != [{"path": {"type": "PathPrefix", "value": f"/{pod}/ws"}}] or \
+                rule["filters"][0]["urlRewrite"]["path"] != {"type": "ReplacePrefixMatch",
+                                                               "replacePrefixMatch": "/ws"} or \
+                target.get("spec", {}).get("selector", {}).get("statefulset.kubernetes.io/pod-name") != pod:
+            problems.append(f"HTTPRoute {route['metadata']['name']} does not route /{pod}/ws to /ws on {pod}")
+    for ingress in by_kind.get("Ingress", []):
+        for rule in ingress["spec"]["rules"]:
+            pod = rule["host"].split(".")[0]
+            path = rule["http"]["paths"][0]
+            target = services.get(path["backend"]["service"]["name"], {})
+            if path["path"] != "/ws" or \
+                    target.get("spec", {}).get("selector", {}).get("statefulset.kubernetes.io/pod-name") != pod:
+                problems.append(f"Ingress rule {rule['host']} does not route /ws to {pod}")
+        if ingress["spec"]["tls"][0]["hosts"] != [rule["host"] for rule in ingress["spec"]["rules"]]:
+            problems.append("the Ingress's TLS hosts are not its rules' hosts")
+    for o in objects:
+        if o["metadata"].get("ownerReferences", [{}])[0].get("kind") != "ChatCluster":
+            problems.append(f"{o['kind']}/{o['metadata']['name']} is not owned by the ChatCluster")
+    r.check("each HTTPRoute path and Ingress host reaches the Service of its own pod (/ws only), every object "
+            "owned by the ChatCluster", not problems, "; ".join(problems[:5]))
+
+
 def check_readme(r: Report, update: bool) -> None:
     """charts/chat/README.md's parameters section equals what the
     maintained generator makes from values.yaml's @param comments."""
@@ -1459,6 +1609,7 @@ def main() -> int:
             step("rendering", lambda: check_rendering(r, chart, crd, cel))
     step("monitoring", lambda: check_monitoring(r, chart, results.get("rendering") or [], update))
     step("autoscaling", lambda: check_autoscaling(r, results.get("rendering") or []))
+    step("expose", lambda: check_expose_objects(r))
     step("readme", lambda: check_readme(r, update))
     print(f"{r.passed} passed, {r.failed} failed, {r.not_verified} not verified")
     return 1 if r.failed else 0

@@ -1,8 +1,9 @@
 // Validates the chart's objects of other projects' CRDs against those CRDs'
 // schemas, as packaged by @kubernetes-models (generated from the CRDs):
 // prometheus-operator objects (PodMonitor, ServiceMonitor, PrometheusRule;
-// @kubernetes-models/prometheus-operator) and KEDA's ScaledObject
-// (@kubernetes-models/keda), in two passes:
+// @kubernetes-models/prometheus-operator), KEDA's ScaledObject
+// (@kubernetes-models/keda) and the operator's Gateway API HTTPRoutes
+// (@kubernetes-models/gateway-api), in two passes:
 //  1. the package's JSON-schema validators (types, patterns, required
 //     fields, enums); they accept unknown fields, as the CRDs let the API
 //     server prune them;
@@ -24,6 +25,7 @@ import { PodMonitor } from "@kubernetes-models/prometheus-operator/monitoring.co
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
 import { PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
 import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject";
+import { HTTPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute";
 
 // "<apiVersion>/<kind>" -> [model class, module of its interface I<kind>]
 const MODELS = {
@@ -31,6 +33,7 @@ const MODELS = {
   "monitoring.coreos.com/v1/ServiceMonitor": [ServiceMonitor, "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor"],
   "monitoring.coreos.com/v1/PrometheusRule": [PrometheusRule, "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule"],
   "keda.sh/v1alpha1/ScaledObject": [ScaledObject, "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject"],
+  "gateway.networking.k8s.io/v1/HTTPRoute": [HTTPRoute, "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute"],
 };
 const keyOf = (obj) => `${obj?.apiVersion}/${obj?.kind}`;
 
