@@ -219,8 +219,9 @@ impl GroupCommit {
             Outcome::Ran { .. } => self.counters.batched.fetch_add(1, Ordering::Relaxed),
             _ => self.counters.alone.fetch_add(1, Ordering::Relaxed),
         };
-        if matches!(outcome, Outcome::RunAlone) {
-            // Most often a redirect, or no owner known yet: read them again.
+        if !matches!(outcome, Outcome::Ran { .. }) {
+            // Most often a redirect, a master gone, or no owner known yet:
+            // read them again.
             self.refresh_owners(cluster);
         }
         outcome
