@@ -100,8 +100,17 @@ impl MessageRouter {
     }
 }
 
+/// How long a registered chat server may have no health record before its
+/// registration expires (see `Store::expire_registrations`): far longer
+/// than any restart or partition, since the operator registers its ready
+/// pods again within seconds anyway.
+pub const REGISTRATION_EXPIRES_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the reaper looks for such registrations.
+const REGISTRATION_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Reaps dead chat servers' sessions on a timer and announces their users
-/// offline. Every process that routes runs one; the store decides each
+/// offline; now and then it also expires the registrations of servers long
+/// gone. Every process that routes runs one; the store decides each
 /// transition once, so running it everywhere is safe and makes it prompt.
 pub fn spawn_presence_reaper(
     router: Arc<MessageRouter>,
@@ -111,9 +120,25 @@ pub fn spawn_presence_reaper(
     let weak = Arc::downgrade(&router);
     drop(router);
     tokio::spawn(async move {
+        let mut last_expiry = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(interval).await;
             let Some(router) = weak.upgrade() else { return };
+            if last_expiry.elapsed() >= REGISTRATION_EXPIRY_EVERY {
+                last_expiry = tokio::time::Instant::now();
+                let after = REGISTRATION_EXPIRES_AFTER.as_millis() as u64;
+                match store
+                    .expire_registrations(chat_protocol::now_ms(), after)
+                    .await
+                {
+                    Ok(expired) if !expired.is_empty() => tracing::info!(
+                        ?expired,
+                        "registrations of chat servers without health for an hour expired"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "expiring registrations failed"),
+                }
+            }
             match store.reap_dead_servers().await {
                 Ok(changes) => {
                     for change in &changes {

@@ -895,6 +895,48 @@ pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
     store.set_registered(&b, &[]).await.unwrap();
     let all = store.registered().await.unwrap();
     assert!(!all.contains(&a_pods[0]) && !all.contains(&b_pods[0]));
+
+    // Expiry (in this scenario: it is the only one that registers, so no
+    // other runs at the same time; entries other runs left in a shared
+    // Redis may expire too, hence `contains`). A registration expires once its server
+    // has had no health record for long enough; a live one never does.
+    let (live, gone) = (format!("{a}-live"), format!("{a}-gone"));
+    store
+        .set_registered(&a, &[live.clone(), gone.clone()])
+        .await
+        .unwrap();
+    store.put_server(&health(&live, 0), 60_000).await.unwrap();
+    let t0 = now_ms();
+    let expire = |dt: u64| {
+        let store = store.clone();
+        async move { store.expire_registrations(t0 + dt, 1_000).await.unwrap() }
+    };
+    assert!(!expire(0).await.contains(&gone), "its clock starts");
+    assert!(!expire(999).await.contains(&gone));
+    let expired = expire(1_000).await;
+    assert!(
+        expired.contains(&gone) && !expired.contains(&live),
+        "{expired:?}"
+    );
+    let all = store.registered().await.unwrap();
+    assert!(all.contains(&live) && !all.contains(&gone));
+    assert!(
+        !expire(1_000_000).await.contains(&live),
+        "a live server's never expires"
+    );
+    // A server back before the end starts from zero when it goes again.
+    store.set_registered(&a, &[gone.clone()]).await.unwrap();
+    assert!(!expire(0).await.contains(&gone));
+    store.put_server(&health(&gone, 0), 60_000).await.unwrap();
+    assert!(!expire(500).await.contains(&gone));
+    store.remove_server(&gone).await.unwrap();
+    assert!(
+        !expire(1_200).await.contains(&gone),
+        "unseen since 1,200 only"
+    );
+    assert!(expire(2_200).await.contains(&gone));
+    store.set_registered(&a, &[]).await.unwrap();
+    store.remove_server(&live).await.unwrap();
 }
 
 /// Expands to one `#[tokio::test]` per scenario. `$make` is an async

@@ -22,6 +22,7 @@
 //! | `chat:{registry}:hosts` | set | chat server ids that hold (or held) sessions: what presence reaping scans |
 //! | `chat:{registry}:hosted:<id>` | set | users with sessions on that chat server, for reaping when it dies |
 //! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
+//! | `chat:{registry}:unseen` | hash | registered server id -> ms since when it has had no health record (expiry of registrations) |
 //!
 //! The registry shares one slot on purpose: it is small, written once a
 //! second per server, and read as a whole by placement.
@@ -58,6 +59,7 @@ pub fn user_sessions(user: &str) -> String {
 }
 pub const REGISTRY_SERVERS: &str = "chat:{registry}:servers";
 pub const REGISTRY_REGISTERED: &str = "chat:{registry}:registered";
+pub const REGISTRY_UNSEEN: &str = "chat:{registry}:unseen";
 pub fn registry_server(server_id: &str) -> String {
     format!("chat:{{registry}}:server:{server_id}")
 }
@@ -110,6 +112,8 @@ mod tests {
             hash_tag(&registry_pending("s1"))
         );
         assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(REGISTRY_HOSTS));
+        assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(REGISTRY_REGISTERED));
+        assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(REGISTRY_UNSEEN));
         assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(&registry_hosted("s1")));
         assert_ne!(hash_tag(&user_rooms("bob")), hash_tag(&room_meta("bob")));
     }

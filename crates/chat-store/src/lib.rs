@@ -282,6 +282,16 @@ pub trait Store: Send + Sync + 'static {
     async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> StoreResult<()>;
     /// Every registered server id, over all clusters.
     async fn registered(&self) -> StoreResult<std::collections::HashSet<String>>;
+    /// Expires registrations whose server has had no health record for
+    /// `unseen_for_ms` (as of `now_ms`): a ChatCluster deleted while no
+    /// operator ran leaves entries behind. Never a live server's: placement
+    /// must not depend on the operator running, and the operator registers
+    /// its ready pods again on every reconcile. Returns the expired ids.
+    async fn expire_registrations(
+        &self,
+        now_ms: u64,
+        unseen_for_ms: u64,
+    ) -> StoreResult<Vec<String>>;
 
     // Presence: where each user's sessions are, per user (expiring unless
     // refreshed) and per room (the index routing reads).

@@ -80,6 +80,8 @@ struct State {
     pending: HashMap<String, HashMap<String, u64>>,
     presence: HashMap<String, UserSessions>,
     registered: HashMap<String, String>,
+    /// Registered server id -> since when it has had no health record.
+    unseen: HashMap<String, u64>,
     /// Chat server id -> users with sessions there: what reaping reads
     /// when the server dies.
     hosted: HashMap<String, HashSet<String>>,
@@ -523,6 +525,32 @@ impl Store for MemoryStore {
 
     async fn registered(&self) -> StoreResult<HashSet<String>> {
         Ok(self.lock().registered.keys().cloned().collect())
+    }
+
+    async fn expire_registrations(&self, now: u64, unseen_for_ms: u64) -> StoreResult<Vec<String>> {
+        let wall = now_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut expired = Vec::new();
+        let ids: Vec<String> = st.registered.keys().cloned().collect();
+        for id in ids {
+            let alive = st
+                .servers
+                .get(&id)
+                .is_some_and(|(_, expires)| *expires > wall);
+            if alive {
+                st.unseen.remove(&id);
+                continue;
+            }
+            let since = *st.unseen.entry(id.clone()).or_insert(now);
+            if now.saturating_sub(since) >= unseen_for_ms {
+                st.registered.remove(&id);
+                st.unseen.remove(&id);
+                expired.push(id);
+            }
+        }
+        st.unseen.retain(|id, _| st.registered.contains_key(id));
+        Ok(expired)
     }
 
     async fn add_session(

@@ -239,6 +239,34 @@ if redis.call('HEXISTS', KEYS[1], 'joins') == 1 then return 0 end
 return -1
 "#;
 
+/// KEYS: registered, unseen. ARGV: now_ms, unseen_for_ms, then pairs of
+/// registered server id and '1' if it has a health record, else '0'.
+/// Starts the clock of a server without one, stops it for one with one,
+/// expires a registration unseen for long enough, and drops the clocks of
+/// ids no longer registered. Returns the expired ids.
+const EXPIRE_REGISTRATIONS_LUA: &str = r#"
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local expired = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if ARGV[i + 1] == '1' then
+    redis.call('HDEL', KEYS[2], id)
+  else
+    local since = redis.call('HGET', KEYS[2], id)
+    if not since then
+      redis.call('HSET', KEYS[2], id, ARGV[1])
+    elseif now - tonumber(since) >= ttl then
+      if redis.call('HDEL', KEYS[1], id) == 1 then table.insert(expired, id) end
+      redis.call('HDEL', KEYS[2], id)
+    end
+  end
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if redis.call('HEXISTS', KEYS[1], id) == 0 then redis.call('HDEL', KEYS[2], id) end
+end
+return expired
+"#;
+
 /// KEYS: registered hash. ARGV: cluster, server ids... Replaces the
 /// cluster's entries in one step.
 const SET_REGISTERED_LUA: &str = r#"
@@ -380,6 +408,7 @@ pub struct RedisStore {
     joined_seq: Script,
     announce: Script,
     set_registered: Script,
+    expire_registrations: Script,
     mark_read: Script,
     add_session: Script,
     remove_session: Script,
@@ -467,6 +496,7 @@ impl RedisStore {
             joined_seq: Script::new(JOINED_SEQ_LUA),
             announce: Script::new(ANNOUNCE_LUA),
             set_registered: Script::new(SET_REGISTERED_LUA),
+            expire_registrations: Script::new(EXPIRE_REGISTRATIONS_LUA),
             mark_read: Script::new(MARK_READ_LUA),
             add_session: Script::new(&add_session_lua()),
             remove_session: Script::new(&remove_session_lua()),
@@ -1222,6 +1252,44 @@ impl Store for RedisStore {
     async fn registered(&self) -> StoreResult<std::collections::HashSet<String>> {
         self.conn()?
             .hkeys(keys::REGISTRY_REGISTERED)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn expire_registrations(
+        &self,
+        now_ms: u64,
+        unseen_for_ms: u64,
+    ) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn()?;
+        let ids: Vec<String> = conn
+            .hkeys(keys::REGISTRY_REGISTERED)
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Health records are read here rather than in the script: a script
+        // names every key it touches (they all share the registry's slot).
+        let health_keys: Vec<String> = ids.iter().map(|id| keys::registry_server(id)).collect();
+        let records: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&health_keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut invocation = self.expire_registrations.prepare_invoke();
+        invocation
+            .key(keys::REGISTRY_REGISTERED)
+            .key(keys::REGISTRY_UNSEEN)
+            .arg(now_ms)
+            .arg(unseen_for_ms);
+        for (id, record) in ids.iter().zip(&records) {
+            invocation
+                .arg(id)
+                .arg(if record.is_some() { "1" } else { "0" });
+        }
+        invocation
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)
     }
