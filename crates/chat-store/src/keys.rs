@@ -1,4 +1,4 @@
-//! The Redis key layout, in one place (mirrored in `docs/redis-keys.md`).
+//! The Redis key layout, in one place (mirrored in the README, "Redis key layout").
 //!
 //! Every key starts with `chat:` and carries a hash tag in braces. Keys that
 //! must change together share the tag, so one Lua script or MULTI touches
@@ -10,7 +10,7 @@
 //! | `chat:{room:<id>}:members` | set | user ids (authoritative membership) |
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
 //! | `chat:{room:<id>}:msgs` | sorted set | message JSON scored by seq, trimmed to the retention |
-//! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | message JSON, expires after the dedup TTL |
+//! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | `<seq> <id>` of the original (older records: its JSON), expires after the dedup TTL |
 //! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |
 //! | `chat:{room:<id>}:joined` | hash | user -> the room's seq when the user was added, for members added after creation (creation members joined at 0) |
 //! | `chat:{room:<id>}:online` | hash | session id -> `<len(server id)>:<server id><user>`: the presence index routing reads (members' live sessions) |
