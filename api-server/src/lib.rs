@@ -89,6 +89,12 @@ impl AppState {
     pub fn new(config: ApiConfig, store: Arc<dyn Store>) -> Result<Arc<Self>, ConfigError> {
         let tokens = config.token_verifier()?;
         let metrics_registry = Metrics::new();
+        let group_commit = store.clone();
+        metrics_registry.counters_fn(
+            "api",
+            move || group_commit.group_commit_stats().unwrap_or_default(),
+            &chat_store::GROUP_COMMIT_COUNTERS,
+        );
         let registry = ServerRegistry::new(
             store.clone(),
             RegistryConfig {

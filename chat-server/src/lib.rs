@@ -144,6 +144,12 @@ impl ChatServer {
         let server_id = config.server_id();
         let metrics_registry = Metrics::new();
         let metrics = ChatMetrics::new(&metrics_registry);
+        let group_commit = store.clone();
+        metrics_registry.counters_fn(
+            "chat_server",
+            move || group_commit.group_commit_stats().unwrap_or_default(),
+            &chat_store::GROUP_COMMIT_COUNTERS,
+        );
         let hub = Arc::new(SessionHub::with_delivery_latency(
             metrics.delivery_latency.clone(),
         ));

@@ -65,6 +65,34 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
 }
 
+/// A counter whose value is read when scraped.
+#[derive(Clone)]
+struct CounterFn(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for CounterFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CounterFn").field(&(self.0)()).finish()
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for CounterFn {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Counter;
+}
+
+impl prometheus_client::encoding::EncodeMetric for CounterFn {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&(self.0)(), None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
+
 /// The process's metrics. Names carry the process prefix and unit
 /// (`chat_server_sessions`, `api_http_requests_total`).
 #[derive(Default)]
@@ -90,6 +118,34 @@ impl Metrics {
         let g = Arc::new(Gauge::default());
         self.register(name, help, g.0.clone());
         g
+    }
+
+    /// A counter read from `read` at each scrape: for counts another
+    /// component keeps (the store's group commit) without a timer copying
+    /// them over.
+    pub fn counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        self.register(base, help, CounterFn(Arc::new(read)));
+    }
+
+    /// One [`Self::counter_fn`] per field of a snapshot that `read` takes
+    /// at each scrape, named `<prefix>_<name>`.
+    pub fn counters_fn<S: 'static>(
+        &self,
+        prefix: &str,
+        read: impl Fn() -> S + Send + Sync + 'static,
+        fields: &[(&str, &str, fn(&S) -> u64)],
+    ) {
+        let read = Arc::new(read);
+        for (name, help, field) in fields {
+            let (read, field) = (read.clone(), *field);
+            self.counter_fn(&format!("{prefix}_{name}"), help, move || field(&read()));
+        }
     }
 
     /// A histogram of `name` (ending in `_seconds`) with `buckets`.
@@ -133,6 +189,7 @@ mod tests {
         let c = m.counter("x_total", "Things.");
         let g = m.gauge("y", "Level.");
         let h = m.histogram("z_seconds", "Latency.", [0.001, 0.01]);
+        m.counter_fn("w_total", "Read when scraped.", || 7);
         c.add(3);
         g.set(-2);
         h.observe(0.005);
@@ -147,6 +204,7 @@ mod tests {
         );
         assert!(text.contains("z_seconds_bucket{le=\"0.01\"} 1\n"), "{text}");
         assert!(text.contains("z_seconds_count 1\n"), "{text}");
+        assert!(text.contains("# TYPE w counter\nw_total 7\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

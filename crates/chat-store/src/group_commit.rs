@@ -145,6 +145,27 @@ pub struct GroupCommitStats {
     pub alone: u64,
 }
 
+/// The counters a process exports from [`GroupCommitStats`] (name after
+/// the process's prefix, help, value).
+#[allow(clippy::type_complexity)]
+pub const GROUP_COMMIT_COUNTERS: [(&str, &str, fn(&GroupCommitStats) -> u64); 3] = [
+    (
+        "append_batches_total",
+        "Pipelines of appends sent to a Redis master, each with one WAIT.",
+        |s| s.batches,
+    ),
+    (
+        "appends_batched_total",
+        "Appends whose script ran in such a pipeline.",
+        |s| s.batched,
+    ),
+    (
+        "appends_alone_total",
+        "Appends run alone through the cluster client (a redirect, no slot owner known yet, a full queue).",
+        |s| s.alone,
+    ),
+];
+
 #[derive(Default)]
 struct Counters {
     batches: AtomicU64,

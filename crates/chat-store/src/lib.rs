@@ -10,7 +10,7 @@
 mod args;
 pub mod conformance;
 mod group_commit;
-pub use group_commit::GroupCommitStats;
+pub use group_commit::{GroupCommitStats, GROUP_COMMIT_COUNTERS};
 pub mod keys;
 pub use args::StoreArgs;
 mod memory;
@@ -197,6 +197,12 @@ pub struct SessionLocation {
 pub trait Store: Send + Sync + 'static {
     /// Round trip to the backing store, for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// What group commit of appends did so far (Redis only; `None` when
+    /// it is off or does not apply).
+    fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        None
+    }
 
     // Rooms and membership. The room's member set is authoritative; the
     // per-user room index is derived from it and repaired on read.

@@ -506,11 +506,6 @@ impl RedisStore {
         })
     }
 
-    /// What group commit did so far (`None` when it is off).
-    pub fn group_commit_stats(&self) -> Option<crate::GroupCommitStats> {
-        self.group_commit.as_ref().map(|g| g.stats())
-    }
-
     fn connections(&self) -> StoreResult<&Connections> {
         self.connections.made.get().ok_or_else(|| {
             let why = self
@@ -811,6 +806,10 @@ fn message_json_prefix(m: &NewMessage) -> String {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn group_commit_stats(&self) -> Option<crate::GroupCommitStats> {
+        self.group_commit.as_ref().map(|g| g.stats())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.conn()?)

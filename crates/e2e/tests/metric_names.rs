@@ -205,3 +205,33 @@ fn exposed_names_reads_types_samples_and_labels() {
         ])
     );
 }
+
+/// Group commit (issue 13) shows in `/metrics`: every WebSocket send's
+/// append is counted, batched or alone, on the chat server that stored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_counters_count_every_append() {
+    const SENDS: u64 = 30;
+    let Some(cluster) = Cluster::start(1, &[]).await else {
+        return;
+    };
+    let alice_id = unique("alice");
+    let alice = cluster.api(&alice_id).await;
+    let room = alice.create_room_id("batched", &[]).await;
+    let mut ws = WsClient::connect(&alice).await;
+    for i in 0..SENDS {
+        ws.send_message(&room, &format!("m{i}"), Some(&format!("c{i}")))
+            .await;
+        ws.next_of_type("ack", WAIT).await.expect("ack");
+    }
+    let chat = cluster.chat[0].http_url();
+    let read = |name: &'static str| {
+        let chat = chat.clone();
+        async move { scrape_metric(&chat, name).await.unwrap_or(0.0) as u64 }
+    };
+    let batched = read("chat_server_appends_batched_total").await;
+    let alone = read("chat_server_appends_alone_total").await;
+    let batches = read("chat_server_append_batches_total").await;
+    println!("[group-commit] batches {batches}, batched {batched}, alone {alone}");
+    assert_eq!(batched + alone, SENDS, "every append counted once");
+    assert!(batched > 0 && batches > 0, "appends went through group commit");
+}
