@@ -19,6 +19,9 @@
 #   scripts/bench.sh cluster bigroom --members 2000 --messages 20
 #   scripts/bench.sh socketio fanout --connections 2000 --room-size 10 --rates 1000,2000,4000
 #
+# Two sides alternately in one sitting, with medians and ratios:
+# scripts/bench-ab.sh (it runs this script).
+#
 # The bench output (with a header naming the commit and the arguments) goes
 # to stdout and to target/bench/<timestamp>.txt; the servers' logs to
 # target/bench/<timestamp>.servers.log. `grep '^RESULT '` gives one JSON
@@ -55,7 +58,7 @@ die() {
     exit 1
 }
 usage() {
-    sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 MODE="${1:-}"
