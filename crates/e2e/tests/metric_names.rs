@@ -233,5 +233,8 @@ async fn group_commit_counters_count_every_append() {
     let batches = read("chat_server_append_batches_total").await;
     println!("[group-commit] batches {batches}, batched {batched}, alone {alone}");
     assert_eq!(batched + alone, SENDS, "every append counted once");
-    assert!(batched > 0 && batches > 0, "appends went through group commit");
+    assert!(
+        batched > 0 && batches > 0,
+        "appends went through group commit"
+    );
 }
