@@ -59,8 +59,9 @@ pub(crate) fn key_slot(key: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
-/// A master's address as `CLUSTER SLOTS` gives it.
-type Node = (String, u16);
+/// A master's address as `CLUSTER SLOTS` gives it (shared: looked up per
+/// append, so cloning it must not allocate).
+type Node = Arc<(String, u16)>;
 
 /// Which master serves each slot range.
 #[derive(Debug, Default, PartialEq)]
@@ -97,7 +98,7 @@ impl SlotOwners {
                 };
                 let host = text(master.first()?)?;
                 let port = int(master.get(1)?)?;
-                (!host.is_empty()).then_some((start, end, (host, port)))
+                (!host.is_empty()).then(|| (start, end, Arc::new((host, port))))
             })
             .collect();
         ranges.sort_by_key(|r| r.0);
@@ -118,14 +119,25 @@ pub(crate) enum Outcome {
     Ran { script: Value, replicas: u32 },
     /// The script did not run here: run it through the cluster client.
     RunAlone,
-    /// The connection failed with the script sent: it may or may not have
-    /// run, as when a single append's connection fails.
+    /// The script was sent and no answer came (the connection failed, or
+    /// the batch's reply was lost): it may or may not have run, as when a
+    /// single append's connection fails. Never run again by us.
     Failed(redis::RedisError),
 }
 
 struct Pending {
-    script: redis::Cmd,
+    /// Taken into the batch's pipeline when it is sent (no copy).
+    script: Option<redis::Cmd>,
     reply: oneshot::Sender<Outcome>,
+}
+
+/// What an append whose answer never came is told: once the worker has
+/// it, it may have been sent, so running it again could store it twice.
+fn no_answer() -> Outcome {
+    Outcome::Failed(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "group commit: no answer for a batched append",
+    )))
 }
 
 /// The `WAIT` after each batch.
@@ -138,7 +150,9 @@ pub(crate) struct ReplicaAcks {
 /// What group commit did so far (tests and benchmarks read it).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// Pipelines sent, and the appends whose scripts ran in them.
+    /// Pipelines sent, and the appends sent in them (their scripts ran, or
+    /// the connection failed with them out: the client was told
+    /// `unavailable`).
     pub batches: u64,
     pub batched: u64,
     /// Appends handed back to run alone through the cluster client.
@@ -156,7 +170,7 @@ pub const GROUP_COMMIT_COUNTERS: [(&str, &str, fn(&GroupCommitStats) -> u64); 3]
     ),
     (
         "appends_batched_total",
-        "Appends whose script ran in such a pipeline.",
+        "Appends sent in such a pipeline.",
         |s| s.batched,
     ),
     (
@@ -218,7 +232,9 @@ impl GroupCommit {
     }
 
     /// Runs `script` (an `EVALSHA` on the keys of `slot_key`'s slot) in the
-    /// next batch for its master.
+    /// next batch for its master. On [`Outcome::RunAlone`] the caller builds
+    /// the script again: keeping a copy for that rare case would cost a
+    /// copy of every append.
     pub(crate) async fn run(
         self: &Arc<Self>,
         script: redis::Cmd,
@@ -237,8 +253,8 @@ impl GroupCommit {
             None => Outcome::RunAlone,
         };
         match outcome {
-            Outcome::Ran { .. } => self.counters.batched.fetch_add(1, Ordering::Relaxed),
-            _ => self.counters.alone.fetch_add(1, Ordering::Relaxed),
+            Outcome::RunAlone => self.counters.alone.fetch_add(1, Ordering::Relaxed),
+            _ => self.counters.batched.fetch_add(1, Ordering::Relaxed),
         };
         if !matches!(outcome, Outcome::Ran { .. }) {
             // Most often a redirect, a master gone, or no owner known yet:
@@ -257,10 +273,14 @@ impl GroupCommit {
             }
         };
         let (reply, answer) = oneshot::channel();
-        if queue.try_send(Pending { script, reply }).is_err() {
-            return Outcome::RunAlone; // full: this one goes alone
+        let pending = Pending {
+            script: Some(script),
+            reply,
+        };
+        if queue.try_send(pending).is_err() {
+            return Outcome::RunAlone; // full: this one goes alone, unsent
         }
-        answer.await.unwrap_or(Outcome::RunAlone)
+        answer.await.unwrap_or_else(|_| no_answer())
     }
 
     /// Reads the slot owners again in the background (one read at a time).
@@ -301,7 +321,8 @@ impl GroupCommit {
 
     /// A client for one node, with the seed URL's scheme, credentials and
     /// TLS settings.
-    fn client_for(&self, (host, port): &Node) -> redis::RedisResult<Client> {
+    fn client_for(&self, node: &Node) -> redis::RedisResult<Client> {
+        let (host, port) = &**node;
         let addr = match self.seed.addr() {
             ConnectionAddr::TcpTls {
                 insecure,
@@ -398,13 +419,22 @@ async fn commit(
 ) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for p in batch.iter() {
-        pipe.add_command(p.script.clone());
+    for p in batch.iter_mut() {
+        if let Some(script) = p.script.take() {
+            pipe.add_command(script);
+        }
     }
     if acks.wanted > 0 {
         pipe.cmd("WAIT").arg(acks.wanted).arg(acks.timeout_ms);
     }
     let mut replies: Vec<Value> = pipe.query_async(conn).await?;
+    let expected = batch.len() + usize::from(acks.wanted > 0);
+    if replies.len() != expected {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "group commit: a batch's replies do not match its appends",
+        )));
+    }
     let replicas = if acks.wanted > 0 {
         match replies.pop() {
             Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),

@@ -564,15 +564,12 @@ impl RedisStore {
     /// Returns the script's reply and how many replicas confirmed.
     async fn run_append_script(
         &self,
-        script: redis::Cmd,
+        script: impl Fn() -> redis::Cmd,
         room: &str,
     ) -> StoreResult<(Vec<String>, u32)> {
         if let Some(group) = &self.group_commit {
-            let cluster = self.conn()?;
-            match group
-                .run(script.clone(), &keys::room_seq(room), &cluster)
-                .await
-            {
+            let cluster = &self.connections()?.conn;
+            match group.run(script(), &keys::room_seq(room), cluster).await {
                 Outcome::Ran { script, replicas } => {
                     let reply = redis::from_redis_value(script)
                         .map_err(|e| StoreError::Corrupt(format!("append reply: {e}")))?;
@@ -583,7 +580,7 @@ impl RedisStore {
             }
         }
         let mut pipe = redis::pipe();
-        pipe.add_command(script);
+        pipe.add_command(script());
         let wanted = self.config.min_replica_acks;
         if wanted > 0 {
             pipe.cmd("WAIT")
@@ -929,27 +926,32 @@ impl Store for RedisStore {
     }
 
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
-        let dedup_key =
-            keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
         let wanted = self.config.min_replica_acks;
-        let mut script = redis::cmd("EVALSHA");
-        script
-            .arg(self.append.get_hash())
-            .arg(7)
-            .arg(keys::room_meta(&m.room))
-            .arg(keys::room_members(&m.room))
-            .arg(keys::room_seq(&m.room))
-            .arg(keys::room_messages(&m.room))
-            .arg(dedup_key)
-            .arg(keys::room_online(&m.room))
-            .arg(keys::room_reads(&m.room))
-            .arg(&m.from)
-            .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
-            .arg(message_json_prefix(&m))
-            .arg(self.config.history_retention)
-            .arg(self.config.dedup_ttl_ms)
-            .arg(if m.from_member { "1" } else { "0" })
-            .arg(&m.id);
+        let json_prefix = message_json_prefix(&m);
+        // Built again only if group commit hands the append back.
+        let script = || {
+            let dedup_key =
+                keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
+            let mut script = redis::cmd("EVALSHA");
+            script
+                .arg(self.append.get_hash())
+                .arg(7)
+                .arg(keys::room_meta(&m.room))
+                .arg(keys::room_members(&m.room))
+                .arg(keys::room_seq(&m.room))
+                .arg(keys::room_messages(&m.room))
+                .arg(dedup_key)
+                .arg(keys::room_online(&m.room))
+                .arg(keys::room_reads(&m.room))
+                .arg(&m.from)
+                .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
+                .arg(&json_prefix)
+                .arg(self.config.history_retention)
+                .arg(self.config.dedup_ttl_ms)
+                .arg(if m.from_member { "1" } else { "0" })
+                .arg(&m.id);
+            script
+        };
         let (mut reply, replicas) = self.run_append_script(script, &m.room).await?;
         if reply.is_empty() {
             return Err(StoreError::Corrupt("empty append reply".into()));
