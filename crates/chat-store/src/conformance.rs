@@ -41,7 +41,9 @@ fn user(tag: &str) -> String {
     format!("{tag}-{}", &new_id("")[..12])
 }
 
-async fn room_with(store: &SharedStore, creator: &str, others: &[&str]) -> String {
+/// Creates a room of `creator` and `others` (for scenarios here and the
+/// stores' own tests) and returns its id.
+pub async fn room_with(store: &dyn Store, creator: &str, others: &[&str]) -> String {
     let id = new_id("r_");
     let mut members = vec![creator.to_owned()];
     members.extend(others.iter().map(|s| s.to_string()));
@@ -104,7 +106,7 @@ pub async fn created_room_reads_back_with_members_and_index(store: SharedStore) 
 
 pub async fn membership_changes_are_idempotent_and_need_a_room(store: SharedStore) {
     let (alice, carol) = (user("alice"), user("carol"));
-    let id = room_with(&store, &alice, &[]).await;
+    let id = room_with(&*store, &alice, &[]).await;
     assert!(store.add_member(&id, &carol).await.unwrap());
     assert!(!store.add_member(&id, &carol).await.unwrap());
     assert_eq!(store.room(&id).await.unwrap().unwrap().member_count, 2);
@@ -128,7 +130,7 @@ pub async fn membership_changes_are_idempotent_and_need_a_room(store: SharedStor
 /// the room's seq at the time for those added later; again at a re-add.
 pub async fn members_remember_the_seq_they_joined_at(store: SharedStore) {
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
-    let id = room_with(&store, &alice, &[&bob]).await;
+    let id = room_with(&*store, &alice, &[&bob]).await;
     assert_eq!(store.joined_seq(&id, &alice).await.unwrap(), Some(0));
     assert_eq!(store.joined_seq(&id, &bob).await.unwrap(), Some(0));
     assert_eq!(store.joined_seq(&id, &carol).await.unwrap(), None);
@@ -158,8 +160,8 @@ pub async fn members_remember_the_seq_they_joined_at(store: SharedStore) {
 
 pub async fn appends_get_gapless_seqs_per_room(store: SharedStore) {
     let alice = user("alice");
-    let a = room_with(&store, &alice, &[]).await;
-    let b = room_with(&store, &alice, &[]).await;
+    let a = room_with(&*store, &alice, &[]).await;
+    let b = room_with(&*store, &alice, &[]).await;
     for i in 1..=3u64 {
         let m = store
             .append(msg(&a, &alice, &format!("a{i}"), None))
@@ -183,7 +185,7 @@ pub async fn appends_get_gapless_seqs_per_room(store: SharedStore) {
 
 pub async fn non_members_and_missing_rooms_store_nothing(store: SharedStore) {
     let (alice, mallory) = (user("alice"), user("mallory"));
-    let id = room_with(&store, &alice, &[]).await;
+    let id = room_with(&*store, &alice, &[]).await;
     assert!(matches!(
         store.append(msg(&id, &mallory, "x", Some("c1"))).await,
         Err(StoreError::NotMember { .. })
@@ -204,7 +206,7 @@ pub async fn non_members_and_missing_rooms_store_nothing(store: SharedStore) {
 
 pub async fn repeated_client_msg_id_returns_the_original(store: SharedStore) {
     let (alice, bob) = (user("alice"), user("bob"));
-    let id = room_with(&store, &alice, &[&bob]).await;
+    let id = room_with(&*store, &alice, &[&bob]).await;
     let first = store
         .append(msg(&id, &alice, "hello \"quoted\" \n", Some("c-1")))
         .await
@@ -228,7 +230,7 @@ pub async fn repeated_client_msg_id_returns_the_original(store: SharedStore) {
 
 pub async fn history_pages_after_and_before(store: SharedStore) {
     let alice = user("alice");
-    let id = room_with(&store, &alice, &[]).await;
+    let id = room_with(&*store, &alice, &[]).await;
     for i in 1..=10 {
         store
             .append(msg(&id, &alice, &format!("m{i}"), None))
@@ -263,7 +265,7 @@ pub async fn history_pages_after_and_before(store: SharedStore) {
 /// Needs a store made with `history_retention = 5`.
 pub async fn history_is_trimmed_to_the_retention(store: SharedStore) {
     let alice = user("alice");
-    let id = room_with(&store, &alice, &[]).await;
+    let id = room_with(&*store, &alice, &[]).await;
     for i in 1..=8 {
         store
             .append(msg(&id, &alice, &format!("m{i}"), None))
@@ -285,7 +287,7 @@ pub async fn history_is_trimmed_to_the_retention(store: SharedStore) {
 /// Needs a store made with `history_retention = 5`.
 pub async fn a_retry_of_a_trimmed_message_gets_its_id_and_seq(store: SharedStore) {
     let alice = user("alice");
-    let id = room_with(&store, &alice, &[]).await;
+    let id = room_with(&*store, &alice, &[]).await;
     let original = store
         .append(msg(&id, &alice, "first", Some("c-old")))
         .await
@@ -314,7 +316,7 @@ pub async fn a_retry_of_a_trimmed_message_gets_its_id_and_seq(store: SharedStore
 pub async fn concurrent_appends_stay_gapless(store: SharedStore) {
     let senders: Vec<String> = (0..5).map(|i| user(&format!("s{i}"))).collect();
     let others: Vec<&str> = senders[1..].iter().map(String::as_str).collect();
-    let id = room_with(&store, &senders[0], &others).await;
+    let id = room_with(&*store, &senders[0], &others).await;
     let mut tasks = Vec::new();
     for s in senders.clone() {
         let store = store.clone();
@@ -562,7 +564,7 @@ async fn sorted_online(store: &SharedStore, room: &str) -> Vec<OnlineSession> {
 /// the append that assigns the seq.
 pub async fn presence_index_lists_members_sessions(store: SharedStore) {
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
-    let room = room_with(&store, &alice, &[&bob]).await;
+    let room = room_with(&*store, &alice, &[&bob]).await;
     // Server ids with the separator characters of the index encoding.
     let (a, b) = ("12:srv-a", "srv:b");
     let loc = |s: &str, srv: &str| SessionLocation {
@@ -623,7 +625,7 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
         .is_err());
 
     // A new room indexes its members' existing sessions.
-    let second = room_with(&store, &bob, &[&alice]).await;
+    let second = room_with(&*store, &bob, &[&alice]).await;
     assert_eq!(
         sorted_online(&store, &second).await,
         vec![online(&alice, "s1", a)]
@@ -657,7 +659,7 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
 /// with the membership.
 pub async fn read_markers_move_forward_only(store: SharedStore) {
     let (alice, bob, mallory) = (user("alice"), user("bob"), user("mallory"));
-    let room = room_with(&store, &alice, &[&bob]).await;
+    let room = room_with(&*store, &alice, &[&bob]).await;
     let view = |who: String| {
         let store = store.clone();
         let room = room.clone();
@@ -747,7 +749,7 @@ fn sorted_pairs(mut pairs: Vec<(String, u64)>) -> Vec<(String, u64)> {
 /// chat server's sessions reports its users offline exactly once.
 pub async fn presence_transitions_are_decided_once(store: SharedStore) {
     let (alice, bob) = (user("alice"), user("bob"));
-    let room = room_with(&store, &alice, &[&bob]).await;
+    let room = room_with(&*store, &alice, &[&bob]).await;
     let (a, b) = (new_id("srv-a-"), new_id("srv-b-"));
     let loc = |s: &str, srv: &str| SessionLocation {
         session: s.into(),
@@ -835,7 +837,7 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
 /// running beside it).
 pub async fn dead_servers_are_reaped_once(store: SharedStore) {
     let (alice, bob) = (user("alice"), user("bob"));
-    let room = room_with(&store, &alice, &[&bob]).await;
+    let room = room_with(&*store, &alice, &[&bob]).await;
     let (live, dead) = (new_id("srv-live-"), new_id("srv-dead-"));
     store.put_server(&health(&live, 0), 60_000).await.unwrap();
     store.put_server(&health(&dead, 0), 60_000).await.unwrap();

@@ -1551,18 +1551,7 @@ mod tests {
         group.set_owners(&everything_on_one);
         let mut rooms = Vec::new();
         for _ in 0..9 {
-            let room = new_id("r_");
-            store
-                .create_room(NewRoom {
-                    id: room.clone(),
-                    name: "stale".into(),
-                    created_by: "alice".into(),
-                    created_at: now_ms(),
-                    members: vec!["alice".into()],
-                })
-                .await
-                .unwrap();
-            rooms.push(room);
+            rooms.push(crate::conformance::room_with(&store, "alice", &[]).await);
         }
         let appends = rooms.iter().map(|room| NewMessage {
             room: room.clone(),

@@ -17,20 +17,10 @@ chat_store::store_conformance_tests!(make);
 mod durability {
     use chat_protocol::ids::new_id;
     use chat_protocol::now_ms;
-    use chat_store::{NewMessage, NewRoom, StoreConfig, StoreError};
+    use chat_store::{NewMessage, StoreConfig, StoreError};
 
     async fn room_and_message(store: &dyn chat_store::Store) -> NewMessage {
-        let room = new_id("r_");
-        store
-            .create_room(NewRoom {
-                id: room.clone(),
-                name: "durable".into(),
-                created_by: "alice".into(),
-                created_at: now_ms(),
-                members: vec!["alice".into()],
-            })
-            .await
-            .unwrap();
+        let room = chat_store::conformance::room_with(store, "alice", &[]).await;
         NewMessage {
             room,
             id: new_id("m_"),
@@ -88,7 +78,7 @@ mod durability {
 mod dedup_records {
     use chat_protocol::ids::new_id;
     use chat_protocol::now_ms;
-    use chat_store::{keys, NewMessage, NewRoom, StoreConfig};
+    use chat_store::{keys, NewMessage, StoreConfig};
     use redis::AsyncCommands;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,17 +89,7 @@ mod dedup_records {
         let Some(store) = super::make(StoreConfig::default()).await else {
             return;
         };
-        let room = new_id("r_");
-        store
-            .create_room(NewRoom {
-                id: room.clone(),
-                name: "upgrade".into(),
-                created_by: "alice".into(),
-                created_at: now_ms(),
-                members: vec!["alice".into()],
-            })
-            .await
-            .unwrap();
+        let room = chat_store::conformance::room_with(&*store, "alice", &[]).await;
         let old_json = format!(
             r#"{{"body":"from before","client_msg_id":"c-old","from":"alice","id":"m_old","room":"{room}","ts":1,"seq":41}}"#
         );
@@ -143,9 +123,7 @@ mod dedup_records {
 /// meta) answer "unknown" for the members they had, not "from the start":
 /// a session then keeps its old behaviour instead of replaying history.
 mod join_records {
-    use chat_protocol::ids::new_id;
-    use chat_protocol::now_ms;
-    use chat_store::{keys, NewRoom, StoreConfig};
+    use chat_store::{keys, StoreConfig};
     use redis::AsyncCommands;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,17 +134,7 @@ mod join_records {
         let Some(store) = super::make(StoreConfig::default()).await else {
             return;
         };
-        let room = new_id("r_");
-        store
-            .create_room(NewRoom {
-                id: room.clone(),
-                name: "upgrade".into(),
-                created_by: "alice".into(),
-                created_at: now_ms(),
-                members: vec!["alice".into()],
-            })
-            .await
-            .unwrap();
+        let room = chat_store::conformance::room_with(&*store, "alice", &[]).await;
         let client = redis::cluster::ClusterClient::new(urls).unwrap();
         let mut conn = client.get_async_connection().await.unwrap();
         let _: () = conn.hdel(keys::room_meta(&room), "joins").await.unwrap();
@@ -181,7 +149,7 @@ mod join_records {
 mod group_commit {
     use chat_protocol::ids::new_id;
     use chat_protocol::now_ms;
-    use chat_store::{NewMessage, NewRoom, RedisStore, Store, StoreConfig};
+    use chat_store::{NewMessage, RedisStore, Store, StoreConfig};
     use futures_util::future::join_all;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,18 +164,7 @@ mod group_commit {
         let store = RedisStore::connect(&urls, config).await.unwrap();
         let mut rooms = Vec::new();
         for _ in 0..12 {
-            let room = new_id("r_");
-            store
-                .create_room(NewRoom {
-                    id: room.clone(),
-                    name: "batched".into(),
-                    created_by: "alice".into(),
-                    created_at: now_ms(),
-                    members: vec!["alice".into()],
-                })
-                .await
-                .unwrap();
-            rooms.push(room);
+            rooms.push(chat_store::conformance::room_with(&store, "alice", &[]).await);
         }
         const PER_ROOM: usize = 40;
         for wave in 0..2 {
