@@ -35,29 +35,16 @@ Needs redis-server and redis-cli (scripts/redis-cluster.sh installs them).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from scratch_redis import free_port, resp
+
 MESSAGES = int(sys.argv[1]) if len(sys.argv) > 1 else 24_000
 ROOMS = int(sys.argv[2]) if len(sys.argv) > 2 else 24
 DEDUP_TTL_MS = 86_400_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def resp(*args: str) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        b = a.encode()
-        out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
-    return b"".join(out)
 
 
 def message(room: str, seq: int, i: int) -> dict:

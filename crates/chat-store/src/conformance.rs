@@ -313,6 +313,31 @@ pub async fn a_retry_of_a_trimmed_message_gets_its_id_and_seq(store: SharedStore
     assert_eq!(last[0].seq, 8, "the retry stored nothing");
 }
 
+/// A dedup record answers retries for at least the dedup TTL and is gone
+/// some time after (the Redis store keeps records for one to two TTLs).
+/// Needs a store made with `dedup_ttl_ms = 400`.
+pub async fn a_retry_after_the_dedup_ttl_is_a_new_message(store: SharedStore) {
+    let alice = user("alice");
+    let id = room_with(&*store, &alice, &[]).await;
+    let first = store
+        .append(msg(&id, &alice, "once", Some("c-ttl")))
+        .await
+        .unwrap();
+    let retry = store
+        .append(msg(&id, &alice, "once", Some("c-ttl")))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.seq, first.message.seq);
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let late = store
+        .append(msg(&id, &alice, "once", Some("c-ttl")))
+        .await
+        .unwrap();
+    assert!(!late.duplicate, "two TTLs later the record is gone");
+    assert_eq!(late.message.seq, 2);
+}
+
 pub async fn concurrent_appends_stay_gapless(store: SharedStore) {
     let senders: Vec<String> = (0..5).map(|i| user(&format!("s{i}"))).collect();
     let others: Vec<&str> = senders[1..].iter().map(String::as_str).collect();
@@ -927,7 +952,7 @@ pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
         "a live server's never expires"
     );
     // A server back before the end starts from zero when it goes again.
-    store.set_registered(&a, &[gone.clone()]).await.unwrap();
+    store.set_registered(&a, std::slice::from_ref(&gone)).await.unwrap();
     assert!(!expire(0).await.contains(&gone));
     store.put_server(&health(&gone, 0), 60_000).await.unwrap();
     assert!(!expire(500).await.contains(&gone));
@@ -943,7 +968,8 @@ pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
 
 /// Expands to one `#[tokio::test]` per scenario. `$make` is an async
 /// expression-producing closure `|config: StoreConfig| -> SharedStore`
-/// (called with `history_retention = 5` for the retention scenario).
+/// (called with `history_retention = 5` for the retention scenarios and
+/// `dedup_ttl_ms = 400` for the dedup TTL one).
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {
@@ -969,6 +995,13 @@ macro_rules! store_conformance_tests {
             let config = $crate::StoreConfig { history_retention: 5, ..Default::default() };
             if let Some(store) = ($make)(config).await {
                 $crate::conformance::history_is_trimmed_to_the_retention(store).await;
+            }
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_retry_after_the_dedup_ttl_is_a_new_message() {
+            let config = $crate::StoreConfig { dedup_ttl_ms: 400, ..Default::default() };
+            if let Some(store) = ($make)(config).await {
+                $crate::conformance::a_retry_after_the_dedup_ttl_is_a_new_message(store).await;
             }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,13 @@
 //!
 //! | key | type | contents |
 //! |---|---|---|
-//! | `chat:{room:<id>}:meta` | hash | `name`, `created_by`, `created_at` |
+//! | `chat:{room:<id>}:meta` | hash | `name`, `created_by`, `created_at`, `joins` (joins are recorded), `log` (0: history always a Stream; else ms when it moved to one) |
 //! | `chat:{room:<id>}:members` | set | user ids (authoritative membership) |
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
-//! | `chat:{room:<id>}:msgs` | sorted set | message JSON scored by seq, trimmed to the retention |
-//! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | `<seq> <id>` of the original (older records: its JSON), expires after the dedup TTL |
+//! | `chat:{room:<id>}:log` | stream | the history: entry id `<seq>-0`, fields `i` id, `f` from, `t` ts, `b` body, `c` client_msg_id (empty for none); trimmed to the retention |
+//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, `<len(user)>:<user><client_msg_id>` -> `<seq> <id>`, one hash per dedup-TTL window of Redis time; expires at the end of the next window |
+//! | `chat:{room:<id>}:msgs` | sorted set | legacy history (before the Stream): message JSON scored by seq; read beside the Stream until the Stream holds the retention |
+//! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | legacy dedup record: `<seq> <id>` (older: the JSON), expires after the dedup TTL; consulted for one TTL after the room moved |
 //! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |
 //! | `chat:{room:<id>}:joined` | hash | user -> the room's seq when the user was added, for members added after creation (creation members joined at 0) |
 //! | `chat:{room:<id>}:online` | hash | session id -> `<len(server id)>:<server id><user>`: the presence index routing reads (members' live sessions) |
@@ -36,9 +38,24 @@ pub fn room_members(room: &str) -> String {
 pub fn room_seq(room: &str) -> String {
     format!("chat:{{room:{room}}}:seq")
 }
+/// Legacy: the history as a sorted set (before the Stream).
 pub fn room_messages(room: &str) -> String {
     format!("chat:{{room:{room}}}:msgs")
 }
+pub fn room_log(room: &str) -> String {
+    format!("chat:{{room:{room}}}:log")
+}
+/// The base name of the room's dedup windows (`<base>:<window>`, named by
+/// the append script from Redis's clock).
+pub fn room_dedup_windows(room: &str) -> String {
+    format!("chat:{{room:{room}}}:cmids")
+}
+/// A dedup record's field in a window: length-prefixed, so no user id and
+/// client_msg_id pair can spell another's.
+pub fn dedup_field(user: &str, client_msg_id: &str) -> String {
+    format!("{}:{user}{client_msg_id}", user.len())
+}
+/// Legacy: a dedup record as a key of its own (before the windows).
 pub fn room_dedup(room: &str, user: &str, client_msg_id: &str) -> String {
     format!("chat:{{room:{room}}}:dedup:{user}:{client_msg_id}")
 }
@@ -91,6 +108,8 @@ mod tests {
             room_members(room),
             room_seq(room),
             room_messages(room),
+            room_log(room),
+            format!("{}:20000", room_dedup_windows(room)),
             room_dedup(room, "alice", "c{1}"),
             room_online(room),
             room_reads(room),

@@ -26,52 +26,11 @@ use crate::{
     StoreError, StoreResult,
 };
 
-/// KEYS: meta, members, seq, msgs, dedup, online, reads. ARGV: from,
-/// has_cmid, json_prefix, retention, dedup_ttl_ms, from_member (`1`: check
-/// membership and move the sender's read marker), id. The message JSON is
-/// built by the caller up to `"seq":` so that the stored record is exactly
-/// the contract's JSON. Returns {status} on error, else {status, then the
-/// presence index as HGETALL lists it}: routing needs no further read.
-///
-/// The dedup record holds `<seq> <id>`, not a copy of the message (which
-/// took more memory than the message itself: docs/benchmarks.md, "History
-/// memory"); a duplicate is answered with the stored message, or, once
-/// retention trimmed it, with the retry's JSON carrying the original id and
-/// seq. Records written by older versions hold the JSON and still work.
-const APPEND_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'E:noroom'} end
-if ARGV[6] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember'} end
-local function with_online(status)
-  local reply = redis.call('HGETALL', KEYS[6])
-  table.insert(reply, 1, status)
-  return reply
-end
-if ARGV[2] == '1' then
-  local prev = redis.call('GET', KEYS[5])
-  if prev then
-    -- A write, so that the WAIT after this script (which confirms this
-    -- connection's writes) also confirms the original, written earlier.
-    redis.call('PEXPIRE', KEYS[5], ARGV[5])
-    if string.sub(prev, 1, 1) == '{' then return with_online('D:' .. prev) end
-    local sp = string.find(prev, ' ', 1, true)
-    local pseq = string.sub(prev, 1, sp - 1)
-    local found = redis.call('ZRANGEBYSCORE', KEYS[4], pseq, pseq)
-    if found[1] then return with_online('D:' .. found[1]) end
-    local pid = string.sub(prev, sp + 1)
-    local json = (string.gsub(ARGV[3], '"id":"[^"]*"', '"id":"' .. pid .. '"', 1))
-    return with_online('D:' .. json .. pseq .. '}')
-  end
-end
-local seq = redis.call('INCR', KEYS[3])
-local json = ARGV[3] .. seq .. '}'
-redis.call('ZADD', KEYS[4], seq, json)
-local keep = tonumber(ARGV[4])
-local n = redis.call('ZCARD', KEYS[4])
-if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - keep - 1) end
-if ARGV[2] == '1' then redis.call('SET', KEYS[5], seq .. ' ' .. ARGV[7], 'PX', ARGV[5]) end
-if ARGV[6] == '1' then redis.call('HSET', KEYS[7], ARGV[1], seq) end
-return with_online('N:' .. json)
-"#;
+/// The append script: see its header for keys, arguments and replies. The
+/// message is stored as Stream fields, not as JSON: the caller builds the
+/// stored message from what it sent and the seq, so neither side makes or
+/// parses JSON on the hot path.
+const APPEND_LUA: &str = include_str!("lua/append.lua");
 
 /// KEYS: members, online, seq. ARGV: user, then session and index value
 /// pairs. Indexes the sessions if the user is a member (the index holds
@@ -220,9 +179,10 @@ return reply
 
 /// KEYS: meta, members. ARGV: name, created_by, created_at, member...
 /// `joins` marks a room that records when members joined (see
-/// [`JOINED_SEQ_LUA`]).
+/// [`JOINED_SEQ_LUA`]); `log` = 0 one whose history was always a Stream
+/// (see `lua/append.lua`).
 const CREATE_ROOM_LUA: &str = r#"
-redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3], 'joins', '1')
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3], 'joins', '1', 'log', '0')
 for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return redis.call('SCARD', KEYS[2])
 "#;
@@ -566,7 +526,7 @@ impl RedisStore {
         &self,
         script: impl Fn() -> redis::Cmd,
         room: &str,
-    ) -> StoreResult<(Vec<String>, u32)> {
+    ) -> StoreResult<(AppendReply, u32)> {
         if let Some(group) = &self.group_commit {
             let cluster = &self.connections()?.conn;
             match group.run(script(), &keys::room_seq(room), cluster).await {
@@ -612,13 +572,13 @@ impl RedisStore {
     async fn run_append(
         mut conn: ClusterConnection,
         pipe: &redis::Pipeline,
-    ) -> redis::RedisResult<(Vec<String>, u32)> {
+    ) -> redis::RedisResult<(AppendReply, u32)> {
         // Routed by the script's keys (WAIT has none).
         let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let mut replies = replies.into_iter();
-        let script: Vec<String> = match replies.next() {
+        let script: AppendReply = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
-            None => Vec::new(),
+            None => (String::new(), Vec::new()),
         };
         let replicas = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
@@ -786,19 +746,57 @@ fn sorted(mut rooms: Vec<String>) -> Vec<String> {
 
 /// The contract's message JSON up to and including `"seq":`, for the append
 /// script to complete with the number it assigns.
-fn message_json_prefix(m: &NewMessage) -> String {
-    let mut prefix = serde_json::to_string(&serde_json::json!({
-        "room": m.room,
-        "id": m.id,
-        "from": m.from,
-        "body": m.body,
-        "ts": m.ts,
-        "client_msg_id": m.client_msg_id,
-    }))
-    .expect("json values always serialise");
-    prefix.pop(); // the closing brace
-    prefix.push_str(",\"seq\":");
-    prefix
+/// The append script's reply: its status and the room's presence index
+/// (flat, as `HGETALL` lists it).
+type AppendReply = (String, Vec<String>);
+
+/// A history entry as `XRANGE` lists it: `<seq>-0` and the fields the
+/// append script wrote (`i`, `f`, `t`, `b`, `c`, in that order).
+type LogEntry = (String, Vec<String>);
+
+fn decode_log_entry(room: &str, (entry_id, fields): LogEntry) -> StoreResult<Message> {
+    let corrupt = || StoreError::Corrupt(format!("room {room}: history entry {entry_id}"));
+    let seq = entry_id
+        .split_once('-')
+        .and_then(|(seq, _)| seq.parse().ok())
+        .ok_or_else(corrupt)?;
+    let [_, id, _, from, _, ts, _, body, _, client_msg_id]: [String; 10] =
+        fields.try_into().map_err(|_| corrupt())?;
+    Ok(Message {
+        room: room.to_owned(),
+        seq,
+        id,
+        from,
+        body,
+        ts: ts.parse().map_err(|_| corrupt())?,
+        client_msg_id: Some(client_msg_id).filter(|c| !c.is_empty()),
+    })
+}
+
+/// Joins a history read of the Stream with the same read of the legacy
+/// sorted set (rooms from before the Stream): ascending by seq, each seq
+/// once, at most `limit`: the lowest when reading forwards, the highest
+/// when reading backwards.
+fn merge_history(
+    mut messages: Vec<Message>,
+    legacy: Vec<Message>,
+    limit: u32,
+    backwards: bool,
+) -> Vec<Message> {
+    if !legacy.is_empty() {
+        messages.extend(legacy);
+        messages.sort_by_key(|m| m.seq);
+        messages.dedup_by_key(|m| m.seq);
+    }
+    let limit = limit as usize;
+    if messages.len() > limit {
+        if backwards {
+            messages.drain(..messages.len() - limit);
+        } else {
+            messages.truncate(limit);
+        }
+    }
+    messages
 }
 
 #[async_trait]
@@ -927,62 +925,100 @@ impl Store for RedisStore {
 
     async fn append(&self, m: NewMessage) -> StoreResult<Appended> {
         let wanted = self.config.min_replica_acks;
-        let json_prefix = message_json_prefix(&m);
+        let client_msg_id = m.client_msg_id.as_deref().unwrap_or("");
+        let dedup_field = keys::dedup_field(&m.from, client_msg_id);
         // Built again only if group commit hands the append back.
         let script = || {
-            let dedup_key =
-                keys::room_dedup(&m.room, &m.from, m.client_msg_id.as_deref().unwrap_or(""));
             let mut script = redis::cmd("EVALSHA");
             script
                 .arg(self.append.get_hash())
-                .arg(7)
+                .arg(1)
                 .arg(keys::room_meta(&m.room))
-                .arg(keys::room_members(&m.room))
-                .arg(keys::room_seq(&m.room))
-                .arg(keys::room_messages(&m.room))
-                .arg(dedup_key)
-                .arg(keys::room_online(&m.room))
-                .arg(keys::room_reads(&m.room))
                 .arg(&m.from)
-                .arg(if m.client_msg_id.is_some() { "1" } else { "0" })
-                .arg(&json_prefix)
+                .arg(client_msg_id)
+                .arg(&m.id)
+                .arg(m.ts)
+                .arg(&m.body)
                 .arg(self.config.history_retention)
                 .arg(self.config.dedup_ttl_ms)
                 .arg(if m.from_member { "1" } else { "0" })
-                .arg(&m.id);
+                .arg(&dedup_field);
             script
         };
-        let (mut reply, replicas) = self.run_append_script(script, &m.room).await?;
-        if reply.is_empty() {
-            return Err(StoreError::Corrupt("empty append reply".into()));
-        }
-        let online = reply.split_off(1);
-        let status = reply.pop().unwrap_or_default();
-        if (status.starts_with("N:") || status.starts_with("D:")) && replicas < wanted {
+        let ((status, online), replicas) = self.run_append_script(script, &m.room).await?;
+        let stored = ["N:", "D:", "T:", "J:"]
+            .iter()
+            .any(|p| status.starts_with(p));
+        if stored && replicas < wanted {
             return Err(StoreError::Unavailable(format!(
                 "message stored but confirmed by {replicas} of {wanted} replicas within {} ms",
                 self.config.replica_ack_timeout_ms
             )));
         }
-        let reply = status;
-        match reply.split_at_checked(2) {
-            Some(("N:", json)) => Ok(Appended {
-                message: decode_message(json)?,
-                duplicate: false,
-                online: decode_online_pairs(online)?,
-            }),
-            Some(("D:", json)) => Ok(Appended {
-                message: decode_message(json)?,
-                duplicate: true,
-                online: decode_online_pairs(online)?,
-            }),
-            _ if reply == "E:noroom" => Err(StoreError::NoRoom(m.room)),
-            _ if reply == "E:notmember" => Err(StoreError::NotMember {
-                room: m.room,
-                user: m.from,
-            }),
-            _ => Err(StoreError::Corrupt(format!("append reply {reply:?}"))),
-        }
+        let corrupt = || StoreError::Corrupt(format!("append reply {status:?}"));
+        let seq_of = |s: &str| s.parse::<u64>().map_err(|_| corrupt());
+        let (message, duplicate) = match status.split_at_checked(2) {
+            Some(("N:", seq)) => (
+                Message {
+                    seq: seq_of(seq)?,
+                    room: m.room,
+                    id: m.id,
+                    from: m.from,
+                    body: m.body,
+                    ts: m.ts,
+                    client_msg_id: m.client_msg_id,
+                },
+                false,
+            ),
+            // The original, as the Stream holds it.
+            Some(("D:", rest)) => {
+                let mut parts = rest.splitn(4, ' ');
+                let (Some(seq), Some(id), Some(ts), Some(body)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(corrupt());
+                };
+                let message = Message {
+                    seq: seq_of(seq)?,
+                    id: id.to_owned(),
+                    ts: seq_of(ts)?,
+                    body: body.to_owned(),
+                    room: m.room,
+                    from: m.from,
+                    client_msg_id: m.client_msg_id,
+                };
+                (message, true)
+            }
+            // Retention trimmed the original: the retry's content with the
+            // original's id and seq, which is all an ack needs.
+            Some(("T:", rest)) => {
+                let (seq, id) = rest.split_once(' ').ok_or_else(corrupt)?;
+                let message = Message {
+                    seq: seq_of(seq)?,
+                    id: id.to_owned(),
+                    room: m.room,
+                    from: m.from,
+                    body: m.body,
+                    ts: m.ts,
+                    client_msg_id: m.client_msg_id,
+                };
+                (message, true)
+            }
+            Some(("J:", json)) => (decode_message(json)?, true),
+            _ if status == "E:noroom" => return Err(StoreError::NoRoom(m.room)),
+            _ if status == "E:notmember" => {
+                return Err(StoreError::NotMember {
+                    room: m.room,
+                    user: m.from,
+                })
+            }
+            _ => return Err(corrupt()),
+        };
+        Ok(Appended {
+            message,
+            duplicate,
+            online: decode_online_pairs(online)?,
+        })
     }
 
     async fn mark_read(&self, room: &str, user: &str, seq: u64) -> StoreResult<MarkedRead> {
@@ -1050,7 +1086,14 @@ impl Store for RedisStore {
         after: u64,
         limit: u32,
     ) -> StoreResult<Vec<Message>> {
-        let raw: Vec<String> = redis::cmd("ZRANGE")
+        let (entries, legacy): (Vec<LogEntry>, Vec<String>) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(keys::room_log(room))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .cmd("ZRANGE")
             .arg(keys::room_messages(room))
             .arg(format!("({after}"))
             .arg("+inf")
@@ -1061,7 +1104,15 @@ impl Store for RedisStore {
             .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        raw.iter().map(|r| decode_message(r)).collect()
+        let messages = entries
+            .into_iter()
+            .map(|e| decode_log_entry(room, e))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let legacy = legacy
+            .iter()
+            .map(|r| decode_message(r))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(merge_history(messages, legacy, limit, false))
     }
 
     async fn messages_before(
@@ -1070,7 +1121,17 @@ impl Store for RedisStore {
         before: u64,
         limit: u32,
     ) -> StoreResult<Vec<Message>> {
-        let raw: Vec<String> = redis::cmd("ZRANGE")
+        if before <= 1 {
+            return Ok(Vec::new());
+        }
+        let (entries, legacy): (Vec<LogEntry>, Vec<String>) = redis::pipe()
+            .cmd("XREVRANGE")
+            .arg(keys::room_log(room))
+            .arg(format!("{}-0", before - 1))
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .cmd("ZRANGE")
             .arg(keys::room_messages(room))
             .arg(format!("({before}"))
             .arg("-inf")
@@ -1082,12 +1143,16 @@ impl Store for RedisStore {
             .query_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        let mut out = raw
+        let mut messages = entries
+            .into_iter()
+            .map(|e| decode_log_entry(room, e))
+            .collect::<StoreResult<Vec<_>>>()?;
+        messages.reverse();
+        let legacy = legacy
             .iter()
             .map(|r| decode_message(r))
             .collect::<StoreResult<Vec<_>>>()?;
-        out.reverse();
-        Ok(out)
+        Ok(merge_history(messages, legacy, limit, true))
     }
 
     async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {

@@ -73,48 +73,154 @@ mod durability {
     }
 }
 
-/// Dedup records written before they held `<seq> <id>` (they held the
-/// message's JSON) still answer a retry during a rolling upgrade.
-mod dedup_records {
+/// Rooms from before the Stream history (no `log` field in their meta):
+/// their sorted-set history and per-send dedup keys keep answering beside
+/// the Stream during and after a rolling upgrade.
+mod legacy_layout {
     use chat_protocol::ids::new_id;
     use chat_protocol::now_ms;
-    use chat_store::{keys, NewMessage, StoreConfig};
+    use chat_store::{keys, NewMessage, Store, StoreConfig};
     use redis::AsyncCommands;
 
+    fn send(room: &str, body: &str, client_msg_id: Option<&str>) -> NewMessage {
+        NewMessage {
+            room: room.to_owned(),
+            id: new_id("m_"),
+            from: "alice".into(),
+            body: body.into(),
+            ts: now_ms(),
+            client_msg_id: client_msg_id.map(str::to_owned),
+            from_member: true,
+        }
+    }
+
+    fn old_json(room: &str, seq: u64, cmid: &str) -> String {
+        format!(
+            r#"{{"body":"old {seq}","client_msg_id":"{cmid}","from":"alice","id":"m_old{seq}","room":"{room}","ts":1,"seq":{seq}}}"#
+        )
+    }
+
+    /// A room as the sorted-set version left it: seqs 1..=3 in `msgs`,
+    /// dedup keys for `c-1` (the JSON, the oldest format) and `c-2`
+    /// (`<seq> <id>`).
+    async fn legacy_room(store: &dyn Store, urls: Vec<String>) -> String {
+        let room = chat_store::conformance::room_with(store, "alice", &[]).await;
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let _: () = conn.hdel(keys::room_meta(&room), "log").await.unwrap();
+        for seq in 1..=3u64 {
+            let json = old_json(&room, seq, &format!("c-{seq}"));
+            let _: () = conn
+                .zadd(keys::room_messages(&room), json, seq)
+                .await
+                .unwrap();
+        }
+        let _: () = conn.set(keys::room_seq(&room), 3).await.unwrap();
+        let _: () = conn
+            .set_ex(
+                keys::room_dedup(&room, "alice", "c-1"),
+                old_json(&room, 1, "c-1"),
+                60,
+            )
+            .await
+            .unwrap();
+        let _: () = conn
+            .set_ex(keys::room_dedup(&room, "alice", "c-2"), "2 m_old2", 60)
+            .await
+            .unwrap();
+        room
+    }
+
+    fn seqs(messages: Vec<chat_protocol::Message>) -> Vec<u64> {
+        messages.into_iter().map(|m| m.seq).collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_record_in_the_old_format_still_answers_a_retry() {
+    async fn old_history_and_dedup_records_answer_beside_the_stream() {
         let Some(urls) = chat_store::conformance::test_redis_urls() else {
             return;
         };
         let Some(store) = super::make(StoreConfig::default()).await else {
             return;
         };
-        let room = chat_store::conformance::room_with(&*store, "alice", &[]).await;
-        let old_json = format!(
-            r#"{{"body":"from before","client_msg_id":"c-old","from":"alice","id":"m_old","room":"{room}","ts":1,"seq":41}}"#
+        let room = legacy_room(&*store, urls).await;
+        let new = store.append(send(&room, "new", Some("c-4"))).await.unwrap();
+        assert_eq!((new.message.seq, new.duplicate), (4, false));
+        assert_eq!(
+            seqs(store.messages_after(&room, 0, 50).await.unwrap()),
+            [1, 2, 3, 4]
         );
+        assert_eq!(seqs(store.messages_after(&room, 2, 1).await.unwrap()), [3]);
+        assert_eq!(
+            seqs(store.messages_before(&room, 5, 2).await.unwrap()),
+            [3, 4]
+        );
+        assert_eq!(
+            seqs(store.messages_before(&room, 4, 50).await.unwrap()),
+            [1, 2, 3]
+        );
+        let history = store.messages_after(&room, 0, 50).await.unwrap();
+        assert_eq!(history[0].body, "old 1");
+        assert_eq!(history[3].body, "new");
+
+        for (cmid, seq) in [("c-1", 1), ("c-2", 2), ("c-4", 4)] {
+            let retry = store
+                .append(send(&room, "again", Some(cmid)))
+                .await
+                .unwrap();
+            assert!(retry.duplicate, "{cmid}");
+            assert_eq!(retry.message.seq, seq, "{cmid}");
+            let id = if seq == 4 {
+                new.message.id.clone()
+            } else {
+                format!("m_old{seq}")
+            };
+            assert_eq!(retry.message.id, id, "{cmid}");
+            let body = if seq == 4 {
+                "new".to_owned()
+            } else {
+                format!("old {seq}")
+            };
+            assert_eq!(retry.message.body, body, "{cmid}: the original's body");
+        }
+        assert_eq!(
+            seqs(store.messages_before(&room, u64::MAX, 1).await.unwrap()),
+            [4]
+        );
+    }
+
+    /// Once the Stream alone holds the retention, the sorted set goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_history_goes_once_the_stream_holds_the_retention() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let config = StoreConfig {
+            history_retention: 5,
+            ..Default::default()
+        };
+        let Some(store) = super::make(config).await else {
+            return;
+        };
+        let room = legacy_room(&*store, urls.clone()).await;
+        for i in 4..=255u64 {
+            store
+                .append(send(&room, &format!("m{i}"), None))
+                .await
+                .unwrap();
+        }
         let client = redis::cluster::ClusterClient::new(urls).unwrap();
         let mut conn = client.get_async_connection().await.unwrap();
-        let _: () = conn
-            .set_ex(keys::room_dedup(&room, "alice", "c-old"), &old_json, 60)
-            .await
-            .unwrap();
-        let retry = store
-            .append(NewMessage {
-                room: room.clone(),
-                id: new_id("m_"),
-                from: "alice".into(),
-                body: "from before".into(),
-                ts: now_ms(),
-                client_msg_id: Some("c-old".into()),
-                from_member: true,
-            })
-            .await
-            .unwrap();
-        assert!(retry.duplicate);
+        let legacy = keys::room_messages(&room);
+        assert!(
+            conn.exists::<_, bool>(&legacy).await.unwrap(),
+            "kept until the check"
+        );
+        store.append(send(&room, "m256", None)).await.unwrap();
+        assert!(!conn.exists::<_, bool>(&legacy).await.unwrap());
         assert_eq!(
-            (retry.message.id.as_str(), retry.message.seq),
-            ("m_old", 41)
+            seqs(store.messages_after(&room, 0, 50).await.unwrap()),
+            [252, 253, 254, 255, 256]
         );
     }
 }
