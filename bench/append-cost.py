@@ -90,8 +90,11 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes
         ulid = f"01JE{i:022d}"
         mid, cmid, body, ts = f"m_{ulid}", f"c_{ulid}", f"hello number {i}", str(1_764_633_600_000 + i)
         if variant == "now" or variant.startswith("try"):
-            out.append(resp("EVALSHA", sha, "1", f"{tag}:meta", user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
-                            f"{len(user)}:{user}{cmid}"))
+            window = int(ts) // DEDUP_TTL_MS
+            out.append(resp("EVALSHA", sha, "9", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
+                            f"{tag}:log", f"{tag}:cmids:{window}", f"{tag}:cmids:{window - 1}",
+                            f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
+                            f"{len(user)}:{user}{cmid}", str(window)))
         else:
             prefix = ('{"body":"%s","client_msg_id":"%s","from":"%s","id":"%s","room":"%s","ts":%s,"seq":'
                       % (body, cmid, user, mid, room, ts))

@@ -952,7 +952,10 @@ pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
         "a live server's never expires"
     );
     // A server back before the end starts from zero when it goes again.
-    store.set_registered(&a, std::slice::from_ref(&gone)).await.unwrap();
+    store
+        .set_registered(&a, std::slice::from_ref(&gone))
+        .await
+        .unwrap();
     assert!(!expire(0).await.contains(&gone));
     store.put_server(&health(&gone, 0), 60_000).await.unwrap();
     assert!(!expire(500).await.contains(&gone));

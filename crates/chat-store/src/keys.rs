@@ -10,7 +10,7 @@
 //! | `chat:{room:<id>}:members` | set | user ids (authoritative membership) |
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
 //! | `chat:{room:<id>}:log` | stream | the history: entry id `<seq>-0`, fields `i` id, `f` from, `t` ts, `b` body, `c` client_msg_id (empty for none); trimmed to the retention |
-//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, `<len(user)>:<user><client_msg_id>` -> `<seq> <id>`, one hash per dedup-TTL window of Redis time; expires at the end of the next window |
+//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, `<len(user)>:<user><client_msg_id>` -> `<seq> <id>`, one hash per dedup-TTL window (ts / TTL), expiring at the end of the next window |
 //! | `chat:{room:<id>}:msgs` | sorted set | legacy history (before the Stream): message JSON scored by seq; read beside the Stream until the Stream holds the retention |
 //! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | legacy dedup record: `<seq> <id>` (older: the JSON), expires after the dedup TTL; consulted for one TTL after the room moved |
 //! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |
@@ -45,10 +45,10 @@ pub fn room_messages(room: &str) -> String {
 pub fn room_log(room: &str) -> String {
     format!("chat:{{room:{room}}}:log")
 }
-/// The base name of the room's dedup windows (`<base>:<window>`, named by
-/// the append script from Redis's clock).
-pub fn room_dedup_windows(room: &str) -> String {
-    format!("chat:{{room:{room}}}:cmids")
+/// The room's dedup records written in one window of the dedup TTL
+/// (`window` = ms since the epoch / TTL).
+pub fn room_dedup_window(room: &str, window: u64) -> String {
+    format!("chat:{{room:{room}}}:cmids:{window}")
 }
 /// A dedup record's field in a window: length-prefixed, so no user id and
 /// client_msg_id pair can spell another's.
@@ -109,7 +109,7 @@ mod tests {
             room_seq(room),
             room_messages(room),
             room_log(room),
-            format!("{}:20000", room_dedup_windows(room)),
+            room_dedup_window(room, 20_000),
             room_dedup(room, "alice", "c{1}"),
             room_online(room),
             room_reads(room),

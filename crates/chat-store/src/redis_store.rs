@@ -927,22 +927,33 @@ impl Store for RedisStore {
         let wanted = self.config.min_replica_acks;
         let client_msg_id = m.client_msg_id.as_deref().unwrap_or("");
         let dedup_field = keys::dedup_field(&m.from, client_msg_id);
+        let ttl = self.config.dedup_ttl_ms.max(1);
+        let window = m.ts / ttl;
         // Built again only if group commit hands the append back.
         let script = || {
             let mut script = redis::cmd("EVALSHA");
             script
                 .arg(self.append.get_hash())
-                .arg(1)
+                .arg(9)
                 .arg(keys::room_meta(&m.room))
+                .arg(keys::room_members(&m.room))
+                .arg(keys::room_seq(&m.room))
+                .arg(keys::room_log(&m.room))
+                .arg(keys::room_dedup_window(&m.room, window))
+                .arg(keys::room_dedup_window(&m.room, window.saturating_sub(1)))
+                .arg(keys::room_online(&m.room))
+                .arg(keys::room_reads(&m.room))
+                .arg(keys::room_messages(&m.room))
                 .arg(&m.from)
                 .arg(client_msg_id)
                 .arg(&m.id)
                 .arg(m.ts)
                 .arg(&m.body)
                 .arg(self.config.history_retention)
-                .arg(self.config.dedup_ttl_ms)
+                .arg(ttl)
                 .arg(if m.from_member { "1" } else { "0" })
-                .arg(&dedup_field);
+                .arg(&dedup_field)
+                .arg(window);
             script
         };
         let ((status, online), replicas) = self.run_append_script(script, &m.room).await?;
