@@ -97,6 +97,8 @@ pub struct SendFrame<'a> {
     pub kind: &'static str,
     pub room: &'a str,
     pub body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<&'a str>,
 }
 
 impl<'a> SendFrame<'a> {
@@ -105,6 +107,7 @@ impl<'a> SendFrame<'a> {
             kind: "send",
             room,
             body,
+            client_msg_id: None,
         }
     }
 

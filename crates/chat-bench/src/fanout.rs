@@ -101,6 +101,11 @@ pub struct FanoutArgs {
     /// 20 bytes).
     #[arg(long, default_value_t = 0)]
     pub body_bytes: usize,
+    /// Give every send a `client_msg_id`, as the SDK and the CLI always do
+    /// (so the server keeps a dedup record per message); `false` sends
+    /// none, as the runs before 2026-12-02 did.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub client_msg_ids: bool,
 }
 
 /// Counters of one step. Everything is attributed by the step number in the
@@ -194,6 +199,7 @@ struct Shared {
     disconnects: AtomicU64,
     closing: AtomicBool,
     errors: ErrorLog,
+    client_msg_ids: bool,
 }
 
 impl Shared {
@@ -283,6 +289,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         disconnects: AtomicU64::new(0),
         closing: AtomicBool::new(false),
         errors: ErrorLog::default(),
+        client_msg_ids: args.client_msg_ids,
     });
     let room_ids: Vec<Arc<str>> = room_ids.into_iter().map(Arc::from).collect();
     let mut conns = Vec::with_capacity(c);
@@ -551,11 +558,18 @@ async fn sender(
         let t_us = at.duration_since(shared.epoch).as_micros() as u64;
         body.clear();
         use std::fmt::Write;
-        let _ = write!(body, "{step_no}.{t_us}.{k}{pad}");
+        let _ = write!(body, "{step_no}.{t_us}.{k}");
+        let unique_len = body.len();
+        body.push_str(&pad);
         let frame = match proto {
             Protocol::Chat => {
                 lock(&pending).push_back((step_no as u32, t_us));
-                SendFrame::new(&room, &body).to_message()
+                let mut frame = SendFrame::new(&room, &body);
+                if shared.client_msg_ids {
+                    // Unique per sender: step, time and count.
+                    frame.client_msg_id = Some(&body[..unique_len]);
+                }
+                frame.to_message()
             }
             Protocol::Socketio => socketio::send_frame(&room, &body),
         };
@@ -828,6 +842,7 @@ fn step_result(
         "rooms": rooms,
         "room_size": room_size,
         "senders": senders,
+        "client_msg_ids": args.client_msg_ids && proto == Protocol::Chat,
         "warmup_s": args.warmup_s,
         "duration_s": args.duration_s,
         "body_bytes": args.body_bytes,
