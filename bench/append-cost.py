@@ -81,6 +81,8 @@ def setup_rooms(rooms: int) -> bytes:
 
 
 def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes:
+    # The real clock: dedup windows expire relative to Redis's.
+    now_ms = int(time.time() * 1000)
     out = []
     for i in range(n):
         r = i % rooms
@@ -88,13 +90,13 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes
         tag = f"chat:{{room:{room}}}"
         user = f"user-{i % 10:05d}"
         ulid = f"01JE{i:022d}"
-        mid, cmid, body, ts = f"m_{ulid}", f"c_{ulid}", f"hello number {i}", str(1_764_633_600_000 + i)
+        mid, cmid, body, ts = f"m_{ulid}", f"c_{ulid}", f"hello number {i}", str(now_ms + i)
         if variant == "now" or variant.startswith("try"):
             window = int(ts) // DEDUP_TTL_MS
             out.append(resp("EVALSHA", sha, "9", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
                             f"{tag}:log", f"{tag}:cmids:{window}", f"{tag}:cmids:{window - 1}",
                             f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
-                            f"{len(user)}:{user}{cmid}", str(window)))
+                            f"{len(user)}:{user}{cmid}", str(window), ts))
         else:
             prefix = ('{"body":"%s","client_msg_id":"%s","from":"%s","id":"%s","room":"%s","ts":%s,"seq":'
                       % (body, cmid, user, mid, room, ts))

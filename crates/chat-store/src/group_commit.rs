@@ -17,7 +17,8 @@
 //! not run there (a redirect after a failover or resharding, a script not
 //! loaded yet, a connection that could not be made) is answered
 //! [`Outcome::RunAlone`], and the caller runs it through the cluster
-//! client, which handles all of that. The slot owners come from
+//! client, which handles all of that. A script that ran and failed inside
+//! (its writes so far stay) is never run again: [`Outcome::Failed`]. The slot owners come from
 //! `CLUSTER SLOTS`, read again every few seconds and after a redirect.
 
 use std::collections::HashMap;
@@ -445,8 +446,11 @@ async fn commit(
     };
     for (p, reply) in batch.drain(..).zip(replies) {
         let outcome = match reply {
-            // Not run here (MOVED, ASK, NOSCRIPT, TRYAGAIN, ...).
-            Value::ServerError(_) => Outcome::RunAlone,
+            Value::ServerError(e) if refused_before_running(&e) => Outcome::RunAlone,
+            // The script ran and failed partway (an error inside it): what
+            // it wrote stays. Never run again; the client retries with its
+            // client_msg_id.
+            Value::ServerError(e) => Outcome::Failed(e.into()),
             script => Outcome::Ran { script, replicas },
         };
         let _ = p.reply.send(outcome);
@@ -454,9 +458,59 @@ async fn commit(
     Ok(())
 }
 
+/// Whether Redis refused a command before running any of it (a redirect,
+/// a script not loaded, the cluster or the node not serving), so that
+/// running it elsewhere cannot run it twice.
+fn refused_before_running(e: &redis::ServerError) -> bool {
+    use redis::ServerErrorKind::*;
+    matches!(
+        e.kind(),
+        Some(
+            Moved
+                | Ask
+                | TryAgain
+                | NoScript
+                | ClusterDown
+                | MasterDown
+                | ReadOnly
+                | BusyLoading
+                | CrossSlot
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_error(resp: &str) -> redis::ServerError {
+        match redis::parse_redis_value(resp.as_bytes()) {
+            Ok(Value::ServerError(e)) => e,
+            other => panic!("{resp:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_refusals_run_again_never_scripts_that_failed_inside() {
+        for refused in [
+            "-MOVED 3999 127.0.0.1:7001\r\n",
+            "-ASK 3999 127.0.0.1:7001\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-NOSCRIPT No matching script\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            assert!(refused_before_running(&server_error(refused)), "{refused}");
+        }
+        for failed_inside in [
+            "-ERR Error running script (call to f_0): @user_script:62: Script attempted to access a non local key\r\n",
+            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        ] {
+            assert!(!refused_before_running(&server_error(failed_inside)), "{failed_inside}");
+        }
+    }
 
     /// Values from `CLUSTER KEYSLOT` of a real Redis.
     #[test]

@@ -10,7 +10,7 @@
 //! | `chat:{room:<id>}:members` | set | user ids (authoritative membership) |
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
 //! | `chat:{room:<id>}:log` | stream | the history: entry id `<seq>-0`, fields `i` id, `f` from, `t` ts, `b` body, `c` client_msg_id (empty for none); trimmed to the retention |
-//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, `<len(user)>:<user><client_msg_id>` -> `<seq> <id>`, one hash per dedup-TTL window (ts / TTL), expiring at the end of the next window |
+//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, `<len(user)>:<user><client_msg_id>` -> `<seq> <id>`, one hash per dedup-TTL window (the server's clock / TTL), expiring at the end of the next window |
 //! | `chat:{room:<id>}:msgs` | sorted set | legacy history (before the Stream): message JSON scored by seq; read beside the Stream until the Stream holds the retention |
 //! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | legacy dedup record: `<seq> <id>` (older: the JSON), expires after the dedup TTL; consulted for one TTL after the room moved |
 //! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |

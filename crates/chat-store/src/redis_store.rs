@@ -928,7 +928,9 @@ impl Store for RedisStore {
         let client_msg_id = m.client_msg_id.as_deref().unwrap_or("");
         let dedup_field = keys::dedup_field(&m.from, client_msg_id);
         let ttl = self.config.dedup_ttl_ms.max(1);
-        let window = m.ts / ttl;
+        // The store's clock, not the message's ts (a caller may set that).
+        let now = chat_protocol::now_ms();
+        let window = now / ttl;
         // Built again only if group commit hands the append back.
         let script = || {
             let mut script = redis::cmd("EVALSHA");
@@ -953,7 +955,8 @@ impl Store for RedisStore {
                 .arg(ttl)
                 .arg(if m.from_member { "1" } else { "0" })
                 .arg(&dedup_field)
-                .arg(window);
+                .arg(window)
+                .arg(now);
             script
         };
         let ((status, online), replicas) = self.run_append_script(script, &m.room).await?;

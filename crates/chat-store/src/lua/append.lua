@@ -14,7 +14,8 @@
 -- ARGV: 1 from, 2 client_msg_id ('' for none), 3 id, 4 ts, 5 body,
 --       6 retention, 7 dedup TTL ms, 8 from_member ('1': check membership,
 --       move the sender's read marker), 9 dedup field
---       (`<len(from)>:<from><client_msg_id>`), 10 this window's number.
+--       (`<len(from)>:<from><client_msg_id>`), 10 this window's number,
+--       11 the caller's clock (ms).
 --
 -- Replies {status, the presence index as HGETALL lists it}, so routing
 -- needs no further read. Status:
@@ -25,7 +26,7 @@
 --   E:noroom, E:notmember
 --
 -- Dedup records are fields of a per-room hash per window of the dedup TTL
--- (window = ts / TTL). A record is looked up in this window and the
+-- (window = the caller's clock / TTL). A record is looked up in this window and the
 -- previous one and written to this one, whose key expires at the end of
 -- the next: every record is honoured for at least the TTL, and no key is
 -- made per message. The meta field `dw` names the window whose key
@@ -46,7 +47,7 @@ if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return
 local function with_online(status)
   return {status, redis.call('HGETALL', KEYS[7])}
 end
-local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[7])
+local now, ttl = tonumber(ARGV[11]), tonumber(ARGV[7])
 local moved = tonumber(meta[2] or '-1')
 local function remember(record)
   redis.call('HSET', KEYS[5], ARGV[9], record)
@@ -87,7 +88,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[6], seq .. '-0',
 if ARGV[2] ~= '' then remember(seq .. ' ' .. ARGV[3]) end
 if ARGV[8] == '1' then redis.call('HSET', KEYS[8], ARGV[1], seq) end
 if moved < 0 then
-  redis.call('HSET', KEYS[1], 'log', ARGV[4])
+  redis.call('HSET', KEYS[1], 'log', ARGV[11])
 elseif moved > 0 and seq % 256 == 0 and redis.call('XLEN', KEYS[4]) >= tonumber(ARGV[6]) then
   -- The Stream alone holds the retention: the legacy history adds nothing.
   redis.call('DEL', KEYS[9])
