@@ -46,7 +46,16 @@ struct Session {
     rate: SendRateLimit,
 }
 
-pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String) {
+/// A session's whole life. Set up here, outside the future, so that the
+/// future holds neither the socket as the function's argument nor the
+/// session inline: it lives as long as the connection, and its size was
+/// most of an idle session's memory (docs/benchmarks.md, "Idle session
+/// memory").
+pub(crate) fn run(
+    server: Arc<ChatServer>,
+    socket: WebSocket,
+    user: String,
+) -> impl std::future::Future<Output = ()> + Send {
     let id = new_id("s_");
     let (tx, rx) = mpsc::channel(server.config.session_queue_len.max(16));
     let kick = Arc::new(Notify::new());
@@ -60,11 +69,11 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
     );
     server.metrics.sessions_opened.inc();
     server.metrics.sessions.set(server.hub.connections() as i64);
-    let mut session = Session {
+    let session = Session {
         server: server.clone(),
         socket,
-        user: user.clone(),
-        id: id.clone(),
+        user,
+        id,
         // Rooms first seen after connect wait as long as a gap would for
         // earlier seqs on other links.
         order: RoomOrder::with_first_seen_hold(Duration::from_millis(
@@ -78,40 +87,51 @@ pub(crate) async fn run(server: Arc<ChatServer>, socket: WebSocket, user: String
             Instant::now(),
         ),
     };
-    match session.start().await {
-        Ok(()) => {
-            let end = session.serve(rx, kick).await;
-            session.close(end).await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, %user, "session setup failed");
-            let _ = session
-                .write(&ServerFrame::error(
-                    ErrorCode::Unavailable,
-                    "storage unavailable; reconnect later",
-                ))
-                .await;
-        }
-    }
-    server.hub.remove(&user, &id);
-    // Balanced: rooms first seen since the last turn are counted, then
-    // every room this session tracked is released.
-    session.track_new_rooms();
-    server.hub.untrack_rooms(session.order.rooms());
-    if !server.hub.has_user(&user) {
-        server.user_rates.forget(&user);
-    }
-    server.metrics.sessions.set(server.hub.connections() as i64);
-    match server.store.remove_session(&user, &id).await {
-        Ok(Some(went_offline)) => {
-            server.router.announce_presence(&went_offline).await;
-        }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "presence removal failed; it expires by itself"),
-    }
+    Box::new(session).live(rx, kick)
 }
 
 impl Session {
+    /// Takes the session boxed: a future keeps a by-value `self` twice
+    /// (as the argument and as the local it is moved to).
+    async fn live(mut self: Box<Self>, rx: mpsc::Receiver<Arc<Delivery>>, kick: Arc<Notify>) {
+        // Boxed: setup happens once, and inline its future would count in
+        // every session's size for the whole connection.
+        match Box::pin(self.start()).await {
+            Ok(()) => {
+                let end = self.serve(rx, kick).await;
+                Box::pin(self.close(end)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user = %self.user, "session setup failed");
+                let _ = self
+                    .write(&ServerFrame::error(
+                        ErrorCode::Unavailable,
+                        "storage unavailable; reconnect later",
+                    ))
+                    .await;
+            }
+        }
+        let server = self.server.clone();
+        let (user, id) = (self.user.clone(), self.id.clone());
+        let (user, id) = (&user, &id);
+        server.hub.remove(user, id);
+        // Balanced: rooms first seen since the last turn are counted, then
+        // every room this session tracked is released.
+        self.track_new_rooms();
+        server.hub.untrack_rooms(self.order.rooms());
+        if !server.hub.has_user(user) {
+            server.user_rates.forget(user);
+        }
+        server.metrics.sessions.set(server.hub.connections() as i64);
+        match server.store.remove_session(user, id).await {
+            Ok(Some(went_offline)) => {
+                server.router.announce_presence(&went_offline).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "presence removal failed; it expires by itself"),
+        }
+    }
+
     /// Registers presence, records where each room stands (messages after
     /// this point are live), then welcomes the client.
     async fn start(&mut self) -> Result<(), StoreError> {
@@ -176,12 +196,15 @@ impl Session {
                 incoming = self.socket.recv() => {
                     self.last_heard = Instant::now();
                     match incoming {
+                        // Client frames are boxed: inline, the largest of
+                        // these futures would be part of every idle
+                        // session's memory.
                         Some(Ok(WsMessage::Text(text))) => {
-                            if let Err(end) = self.on_text(text.as_str()).await { return end; }
+                            if let Err(end) = Box::pin(self.on_text(text.as_str())).await { return end; }
                         }
                         Some(Ok(WsMessage::Binary(_))) => {
                             let frame = ServerFrame::error(ErrorCode::InvalidFrame, "frames must be text");
-                            if self.write(&frame).await.is_err() { return End::WriteFailed; }
+                            if Box::pin(self.write(&frame)).await.is_err() { return End::WriteFailed; }
                         }
                         Some(Ok(WsMessage::Close(_))) | None => return End::ClientLeft,
                         Some(Ok(_)) => {} // ping/pong: answered by the library
@@ -194,7 +217,7 @@ impl Session {
                     if let Err(end) = self.on_deliveries(delivery, &mut rx).await { return end; }
                 }
                 _ = sleep_until(fill_at), if fill_at.is_some() => {
-                    if let Err(end) = self.fill_gaps(gap_delay).await { return end; }
+                    if let Err(end) = Box::pin(self.fill_gaps(gap_delay)).await { return end; }
                 }
                 Ok(()) = catch_up.changed() => {
                     // The server's catch-up map: rooms this session is behind
