@@ -74,10 +74,13 @@ pub struct ChatConfig {
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 65_536)]
     pub max_frame_bytes: usize,
     /// WebSocket read buffer per connection, in bytes. It is resident for
-    /// every session, so it is most of an idle session's memory; frames
-    /// larger than it still arrive whole (the buffer grows while one is
-    /// read). Chat frames are small: 2 KiB holds most in one read.
-    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 2048)]
+    /// every session, so it is a large part of an idle session's memory;
+    /// frames larger than it still arrive whole (the buffer grows while one
+    /// is read). Chat frames are small: 512 bytes hold a send of a few
+    /// hundred characters in one read (docs/benchmarks.md, "Idle session
+    /// memory": 1.4 KB less per session than 2 KiB, latency the same
+    /// within the noise of two sittings).
+    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 512)]
     pub ws_read_buffer_bytes: usize,
     /// Largest message body in bytes.
     #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
