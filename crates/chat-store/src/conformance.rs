@@ -65,7 +65,9 @@ async fn room_ids_of_user(store: &SharedStore, user: &str) -> Vec<String> {
     rooms.into_iter().map(|r| r.id).collect()
 }
 
-fn msg(room: &str, from: &str, body: &str, cmid: Option<&str>) -> NewMessage {
+/// A send from a member, as the servers make one (also for the Redis
+/// store's own tests).
+pub fn msg(room: &str, from: &str, body: &str, cmid: Option<&str>) -> NewMessage {
     NewMessage {
         room: room.into(),
         id: new_id("m_"),

@@ -77,21 +77,11 @@ mod durability {
 /// their sorted-set history and per-send dedup keys keep answering beside
 /// the Stream during and after a rolling upgrade.
 mod legacy_layout {
-    use chat_protocol::ids::new_id;
-    use chat_protocol::now_ms;
     use chat_store::{keys, NewMessage, Store, StoreConfig};
     use redis::AsyncCommands;
 
     fn send(room: &str, body: &str, client_msg_id: Option<&str>) -> NewMessage {
-        NewMessage {
-            room: room.to_owned(),
-            id: new_id("m_"),
-            from: "alice".into(),
-            body: body.into(),
-            ts: now_ms(),
-            client_msg_id: client_msg_id.map(str::to_owned),
-            from_member: true,
-        }
+        chat_store::conformance::msg(room, "alice", body, client_msg_id)
     }
 
     fn old_json(room: &str, seq: u64, cmid: &str) -> String {

@@ -15,8 +15,6 @@ mod support;
 
 use std::time::Duration;
 
-use chat_protocol::ids::new_id;
-use chat_protocol::now_ms;
 use chat_store::{keys, NewMessage, StoreConfig};
 use redis::aio::MultiplexedConnection;
 
@@ -110,15 +108,7 @@ async fn move_slot(
 }
 
 fn send(room: &str, body: &str, client_msg_id: &str) -> NewMessage {
-    NewMessage {
-        room: room.to_owned(),
-        id: new_id("m_"),
-        from: "alice".into(),
-        body: body.into(),
-        ts: now_ms(),
-        client_msg_id: Some(client_msg_id.into()),
-        from_member: true,
-    }
+    chat_store::conformance::msg(room, "alice", body, Some(client_msg_id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
