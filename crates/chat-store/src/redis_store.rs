@@ -744,8 +744,6 @@ fn sorted(mut rooms: Vec<String>) -> Vec<String> {
     rooms
 }
 
-/// The contract's message JSON up to and including `"seq":`, for the append
-/// script to complete with the number it assigns.
 /// The append script's reply: its status and the room's presence index
 /// (flat, as `HGETALL` lists it).
 type AppendReply = (String, Vec<String>);
