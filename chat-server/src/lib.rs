@@ -382,6 +382,19 @@ impl ChatServer {
                 return;
             }
         };
+        // A session on a server this one has not seen yet (it started after
+        // the last registry read) would count as on a dead server, and the
+        // user would get a whole burst here: read the registry again first,
+        // as routing does (at most every 100 ms).
+        let unknown = sessions
+            .iter()
+            .flat_map(|(_, locations)| locations)
+            .any(|l| l.server_id != self.server_id && !self.registry.is_live(&l.server_id));
+        if unknown {
+            self.registry
+                .refresh_if_older_than(Duration::from_millis(100))
+                .await;
+        }
         let shares = sessions.into_iter().map(|(user, locations)| {
             let mut servers: Vec<&str> = locations
                 .iter()
@@ -751,6 +764,45 @@ mod tests {
             .into_iter()
             .find(|s| s.health.id == server.server_id)
             .map(|s| s.health.state)
+    }
+
+    /// A user's send limit is shared with a chat server that started after
+    /// this one last read the registry: this one reads it again instead of
+    /// counting the other's session as on a dead server (which gave the
+    /// user a whole burst here; e2e `faults.rs` saw it once).
+    #[tokio::test]
+    async fn a_send_share_counts_a_server_started_since_the_last_registry_read() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let mut config = config();
+        config.user_send_rate_per_s = 1;
+        config.user_send_burst = 12;
+        let server = ChatServer::new(config, store.clone());
+        server.report_health().await;
+        server.registry.refresh().await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let other = chat_store::ServerHealth {
+            id: "s-other".into(),
+            url: "ws://127.0.0.1:1/ws".into(),
+            internal_url: "http://127.0.0.1:1".into(),
+            state: chat_store::ServerState::Ready,
+            connections: 1,
+            load: 0.0,
+            last_seen_ms: now_ms(),
+        };
+        store.put_server(&other, 60_000).await.unwrap();
+        for (session, server_id) in [("s_1", "s-test"), ("s_2", "s-other")] {
+            let location = chat_store::SessionLocation {
+                session: session.into(),
+                server_id: server_id.into(),
+            };
+            store.add_session("alice", &location, 60_000).await.unwrap();
+        }
+        server.update_send_shares(&["alice".to_owned()]).await;
+        let now = std::time::Instant::now();
+        let allowed = (0..12)
+            .filter(|_| server.user_rates.check("alice", 1, 12, now))
+            .count();
+        assert_eq!(allowed, 6, "half the burst of 12: alice is on two servers");
     }
 
     /// SIGTERM and the operator's drain: the server reports `draining` and
