@@ -111,13 +111,11 @@ impl Session {
                     .await;
             }
         }
-        let server = self.server.clone();
-        let (user, id) = (self.user.clone(), self.id.clone());
-        let (user, id) = (&user, &id);
-        server.hub.remove(user, id);
         // Balanced: rooms first seen since the last turn are counted, then
         // every room this session tracked is released.
         self.track_new_rooms();
+        let (server, user, id) = (&self.server, &self.user, &self.id);
+        server.hub.remove(user, id);
         server.hub.untrack_rooms(self.order.rooms());
         if !server.hub.has_user(user) {
             server.user_rates.forget(user);
