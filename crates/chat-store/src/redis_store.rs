@@ -744,6 +744,24 @@ fn sorted(mut rooms: Vec<String>) -> Vec<String> {
     rooms
 }
 
+/// Whether each of `server_ids` has a health record (is not silent for
+/// longer than the dead-after interval), in one `MGET`.
+async fn have_health_records(
+    conn: &mut ClusterConnection,
+    server_ids: &[String],
+) -> StoreResult<Vec<bool>> {
+    let health_keys: Vec<String> = server_ids
+        .iter()
+        .map(|id| keys::registry_server(id))
+        .collect();
+    let records: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&health_keys)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(records.iter().map(Option::is_some).collect())
+}
+
 /// The append script's reply: its status and the room's presence index
 /// (flat, as `HGETALL` lists it).
 type AppendReply = (String, Vec<String>);
@@ -958,15 +976,6 @@ impl Store for RedisStore {
             script
         };
         let ((status, online), replicas) = self.run_append_script(script, &m.room).await?;
-        let stored = ["N:", "D:", "T:", "J:"]
-            .iter()
-            .any(|p| status.starts_with(p));
-        if stored && replicas < wanted {
-            return Err(StoreError::Unavailable(format!(
-                "message stored but confirmed by {replicas} of {wanted} replicas within {} ms",
-                self.config.replica_ack_timeout_ms
-            )));
-        }
         let corrupt = || StoreError::Corrupt(format!("append reply {status:?}"));
         let seq_of = |s: &str| s.parse::<u64>().map_err(|_| corrupt());
         let (message, duplicate) = match status.split_at_checked(2) {
@@ -1026,6 +1035,14 @@ impl Store for RedisStore {
             }
             _ => return Err(corrupt()),
         };
+        // Stored (now or before): acknowledged only once enough replicas
+        // have it.
+        if replicas < wanted {
+            return Err(StoreError::Unavailable(format!(
+                "message stored but confirmed by {replicas} of {wanted} replicas within {} ms",
+                self.config.replica_ack_timeout_ms
+            )));
+        }
         Ok(Appended {
             message,
             duplicate,
@@ -1349,22 +1366,15 @@ impl Store for RedisStore {
         }
         // Health records are read here rather than in the script: a script
         // names every key it touches (they all share the registry's slot).
-        let health_keys: Vec<String> = ids.iter().map(|id| keys::registry_server(id)).collect();
-        let records: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&health_keys)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let seen = have_health_records(&mut conn, &ids).await?;
         let mut invocation = self.expire_registrations.prepare_invoke();
         invocation
             .key(keys::REGISTRY_REGISTERED)
             .key(keys::REGISTRY_UNSEEN)
             .arg(now_ms)
             .arg(unseen_for_ms);
-        for (id, record) in ids.iter().zip(&records) {
-            invocation
-                .arg(id)
-                .arg(if record.is_some() { "1" } else { "0" });
+        for (id, seen) in ids.iter().zip(seen) {
+            invocation.arg(id).arg(if seen { "1" } else { "0" });
         }
         invocation
             .invoke_async(&mut conn)
@@ -1470,16 +1480,11 @@ impl Store for RedisStore {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
-        let health_keys: Vec<String> = hosts.iter().map(|id| keys::registry_server(id)).collect();
-        let records: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&health_keys)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let seen = have_health_records(&mut conn, &hosts).await?;
         let dead = hosts
             .iter()
-            .zip(records)
-            .filter(|(_, record)| record.is_none())
+            .zip(seen)
+            .filter(|(_, seen)| !seen)
             .map(|(id, _)| self.reap(id, false));
         Ok(try_join_all(dead).await?.into_iter().flatten().collect())
     }
