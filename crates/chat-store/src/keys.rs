@@ -55,7 +55,10 @@ pub fn room_dedup_window(room: &str, window: u64) -> String {
 pub fn dedup_field(user: &str, client_msg_id: &str) -> String {
     format!("{}:{user}{client_msg_id}", user.len())
 }
-/// Legacy: a dedup record as a key of its own (before the windows).
+/// Legacy: a dedup record as a key of its own (before the windows). The
+/// append script names this key itself (`lua/append.lua`, read only,
+/// before any write, for rooms that moved less than a TTL ago) so that
+/// new rooms do not pay for building it: keep the two in step.
 pub fn room_dedup(room: &str, user: &str, client_msg_id: &str) -> String {
     format!("chat:{{room:{room}}}:dedup:{user}:{client_msg_id}")
 }
