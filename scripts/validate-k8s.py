@@ -80,6 +80,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "chat"
 CRD_PATH = ROOT / "crds" / "chatcluster.yaml"
 NODE_TOOLS = ROOT / "scripts" / "k8s"
+NODE_TOOLS_MISSING = "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)"
+
+
+def has_node_models(package: str) -> bool:
+    """Whether node and scripts/k8s's `@kubernetes-models/<package>` are there."""
+    return bool(shutil.which("node")) and (NODE_TOOLS / "node_modules" / "@kubernetes-models" / package).is_dir()
+
 METRICS_LIST = NODE_TOOLS / "monitoring-metrics.txt"
 # Kubernetes minor versions the chart must be valid for (all that
 # kubernetes-validate ships in this range).
@@ -1334,9 +1341,8 @@ def check_autoscaling(r: Report, objects: list[dict]) -> None:
     scaled = scaled + [example_keda]
     if not scaled:
         r.check("some variant renders a KEDA ScaledObject", False)
-    elif not shutil.which("node") or not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "keda").is_dir():
-        r.unverified(f"{len(scaled)} KEDA ScaledObjects against KEDA's CRD schema",
-                     "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
+    elif not has_node_models("keda"):
+        r.unverified(f"{len(scaled)} KEDA ScaledObjects against KEDA's CRD schema", NODE_TOOLS_MISSING)
     else:
         bad = copy.deepcopy(scaled[0])
         bad["metadata"]["name"] = "broken"
@@ -1368,9 +1374,9 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
     kinds = sorted({o["kind"] for o in objects})
     if not objects:
         r.check("some variant renders monitoring objects", False)
-    elif not node or not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir():
+    elif not has_node_models("prometheus-operator"):
         r.unverified(f"{len(objects)} monitoring objects ({', '.join(kinds)}) against the prometheus-operator CRD "
-                     "schemas", "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
+                     "schemas", NODE_TOOLS_MISSING)
     else:
         # Two broken copies ride along: the validators must refuse them.
         bad_for = copy.deepcopy(next(o for o in objects if o["kind"] == "PrometheusRule"))
@@ -1503,9 +1509,8 @@ def check_expose_objects(r: Report) -> None:
             f"{KUBE_VERSIONS[-1]}, strict)", not problems, "; ".join(problems[:5]))
 
     routes = by_kind.get("HTTPRoute", [])
-    if not shutil.which("node") or not (NODE_TOOLS / "node_modules" / "@kubernetes-models" / "gateway-api").is_dir():
-        r.unverified(f"{len(routes)} HTTPRoutes against the Gateway API schema",
-                     "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
+    if not has_node_models("gateway-api"):
+        r.unverified(f"{len(routes)} HTTPRoutes against the Gateway API schema", NODE_TOOLS_MISSING)
     else:
         # Two broken copies ride along: the validators must refuse them.
         bad_enum = copy.deepcopy(routes[0])
@@ -1567,8 +1572,7 @@ def check_readme(r: Report, update: bool) -> None:
     generator = NODE_TOOLS / "node_modules" / ".bin" / "readme-generator"
     readme = CHART / "README.md"
     if not shutil.which("node") or not generator.exists():
-        r.unverified("charts/chat/README.md values table matches values.yaml",
-                     "node or scripts/k8s/node_modules missing (cd scripts/k8s && npm ci)")
+        r.unverified("charts/chat/README.md values table matches values.yaml", NODE_TOOLS_MISSING)
         return
     with tempfile.TemporaryDirectory() as tmp:
         copy_path = Path(tmp) / "README.md"
