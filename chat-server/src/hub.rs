@@ -1,21 +1,21 @@
 //! [`SessionHub`]: the sessions on this chat server, by user.
 //!
-//! Delivery never blocks: each session has a bounded queue and the hub only
-//! `try_send`s. A session whose queue is full is a slow consumer; it is told
-//! to close (`kick`) instead of slowing everyone else down.
+//! Delivery never blocks: each session has a bounded [`Mailbox`] and the
+//! hub only offers to it. A session whose queue is full is a slow consumer;
+//! it is told to end instead of slowing everyone else down.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chat_routing::{Delivery, LocalDelivery};
-use tokio::sync::{mpsc, Notify};
+
+use crate::mailbox::{Ending, Mailbox};
 
 #[derive(Clone)]
 pub struct SessionHandle {
     pub session: String,
-    pub tx: mpsc::Sender<Arc<Delivery>>,
-    pub kick: Arc<Notify>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 #[derive(Default)]
@@ -25,6 +25,9 @@ pub struct SessionHub {
     users: RwLock<HashMap<String, Vec<SessionHandle>>>,
     count: AtomicUsize,
     overflows: AtomicUsize,
+    /// Set by [`SessionHub::drain_all`]: sessions added later are told at
+    /// once.
+    draining: AtomicBool,
     /// Rooms the local sessions track, with how many sessions track each:
     /// what the server's catch-up asks the store about.
     rooms: Mutex<HashMap<String, usize>>,
@@ -41,8 +44,38 @@ impl SessionHub {
 
     pub fn add(&self, user: &str, handle: SessionHandle) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock `drain_all` takes after setting it: a session
+        // is either told here or found there.
+        if self.draining.load(Ordering::SeqCst) {
+            handle.mailbox.end(Ending::Drain);
+        }
         users.entry(user.to_owned()).or_default().push(handle);
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tells every session, now and added from now on, to end because the
+    /// server drains.
+    pub fn drain_all(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.for_each_mailbox(|mailbox| mailbox.end(Ending::Drain));
+    }
+
+    /// Hands every session the server's latest catch-up map.
+    pub fn catch_up_all(&self, latest: &Arc<HashMap<String, u64>>) {
+        self.for_each_mailbox(|mailbox| mailbox.catch_up(latest.clone()));
+    }
+
+    /// Tells every session to ping its client (one server-wide timer
+    /// instead of one per session).
+    pub fn ping_all(&self) {
+        self.for_each_mailbox(Mailbox::ping_due);
+    }
+
+    fn for_each_mailbox(&self, f: impl Fn(&Mailbox)) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        for handle in users.values().flatten() {
+            f(&handle.mailbox);
+        }
     }
 
     pub fn remove(&self, user: &str, session: &str) {
@@ -139,11 +172,8 @@ impl LocalDelivery for SessionHub {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         for user in &delivery.users {
             for handle in users.get(user).into_iter().flatten() {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    handle.tx.try_send(delivery.clone())
-                {
+                if !handle.mailbox.deliver(delivery.clone()) {
                     self.overflows.fetch_add(1, Ordering::Relaxed);
-                    handle.kick.notify_one();
                 }
             }
         }

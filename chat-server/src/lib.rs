@@ -10,6 +10,7 @@
 pub mod config;
 pub mod hub;
 mod link_endpoint;
+pub mod mailbox;
 pub mod order;
 pub mod rate;
 mod session;
@@ -32,7 +33,6 @@ use chat_routing::{
     LinkConfig, LinkPool, LocalDelivery, MessageRouter, RegistryConfig, ServerRegistry,
 };
 use chat_store::{ServerHealth, SessionLocation, Store};
-use tokio::sync::watch;
 
 pub use config::ChatConfig;
 use hub::SessionHub;
@@ -129,12 +129,12 @@ pub struct ChatServer {
     /// Set once the drain has finished and the server left the registry:
     /// health reports stop so it does not reappear.
     drained: AtomicBool,
-    drain_tx: watch::Sender<bool>,
     /// When a health report last reached the store.
     last_report_ok: std::sync::Mutex<std::time::Instant>,
     /// The latest seq of every room local sessions follow, as last read by
-    /// the catch-up; sessions compare it with what they have written.
-    catch_up_tx: watch::Sender<Arc<HashMap<String, u64>>>,
+    /// the catch-up; handed to every session when a room moved, and they
+    /// compare it with what they have written.
+    catch_up_latest: std::sync::Mutex<Arc<HashMap<String, u64>>>,
     /// Runs the catch-up at once (after this server was counted dead).
     catch_up_now: Arc<tokio::sync::Notify>,
 }
@@ -197,8 +197,7 @@ impl ChatServer {
             draining: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             last_report_ok: std::sync::Mutex::new(std::time::Instant::now()),
-            drain_tx: watch::channel(false).0,
-            catch_up_tx: watch::channel(Arc::default()).0,
+            catch_up_latest: std::sync::Mutex::default(),
             catch_up_now: Arc::new(tokio::sync::Notify::new()),
         })
     }
@@ -334,15 +333,21 @@ impl ChatServer {
                 }
             }
         }
-        self.catch_up_tx.send_if_modified(|current| {
+        let latest = {
+            let mut current = self
+                .catch_up_latest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let moved = latest
                 .iter()
                 .any(|(room, seq)| current.get(room).is_none_or(|old| seq > old));
-            if moved {
-                *current = Arc::new(latest);
+            if !moved {
+                return;
             }
-            moved
-        });
+            *current = Arc::new(latest);
+            current.clone()
+        };
+        self.hub.catch_up_all(&latest);
     }
 
     fn spawn_catch_up(self: &Arc<Self>) {
@@ -413,6 +418,27 @@ impl ChatServer {
         );
     }
 
+    /// Every session pings its client each `ws_ping_interval`, told by one
+    /// server-wide timer: a timer per session was part of every idle
+    /// session's memory. A session's first ping comes within one interval
+    /// of its start, which is all the idle check needs.
+    fn spawn_pinger(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_millis(self.config.ws_ping_interval_ms.max(100));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(server) = weak.upgrade() else { return };
+                if server.drained.load(Ordering::Relaxed) {
+                    return;
+                }
+                server.hub.ping_all();
+            }
+        });
+    }
+
     /// Health every heartbeat; presence refresh every third of its TTL.
     fn spawn_reporters(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
@@ -468,7 +494,7 @@ impl ChatServer {
         self.draining.store(true, Ordering::Relaxed);
         self.report_health().await;
         tracing::info!(sessions = self.hub.connections(), "draining");
-        let _ = self.drain_tx.send(true);
+        self.hub.drain_all();
         while self.hub.connections() > 0 && started.elapsed() < timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -538,6 +564,7 @@ impl ChatServer {
         self.report_health().await;
         self.spawn_reporters();
         self.spawn_catch_up();
+        self.spawn_pinger();
         chat_routing::spawn_presence_reaper(
             self.router.clone(),
             self.store.clone(),
@@ -718,8 +745,8 @@ async fn ws_upgrade(
 mod tests {
     use super::*;
     use crate::hub::SessionHandle;
+    use crate::mailbox::Mailbox;
     use chat_store::{MemoryStore, NewRoom};
-    use tokio::sync::{mpsc, Notify};
 
     fn config() -> ChatConfig {
         #[derive(clap::Parser)]
@@ -736,23 +763,17 @@ mod tests {
         <Cli as clap::Parser>::parse_from(args).config
     }
 
-    /// A session in the hub that never reads nor leaves by itself; its
-    /// queue stays open as long as the returned receiver lives.
-    fn add_idle_session(
-        server: &ChatServer,
-        user: &str,
-        session: &str,
-    ) -> mpsc::Receiver<Arc<chat_routing::Delivery>> {
-        let (tx, rx) = mpsc::channel(4);
+    /// A session in the hub that never reads nor leaves by itself.
+    fn add_idle_session(server: &ChatServer, user: &str, session: &str) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::new(4));
         server.hub.add(
             user,
             SessionHandle {
                 session: session.into(),
-                tx,
-                kick: Arc::new(Notify::new()),
+                mailbox: mailbox.clone(),
             },
         );
-        rx
+        mailbox
     }
 
     /// The state `store` has on record for `server`, if any.

@@ -1,6 +1,7 @@
 //! One client session: a single task owns the socket, so frames to this
-//! client are written in one place, in order. It reacts to four things:
-//! client frames, deliveries from the hub, due gap fills, and the drain.
+//! client are written in one place, in order. It reacts to client frames,
+//! its [`Mailbox`] (deliveries from the hub, the catch-up map, due pings,
+//! the drain) and due gap fills.
 //!
 //! Acks are written by this task right after the store confirms the append
 //! and before the message is routed, so on the sender's connection the ack
@@ -18,9 +19,9 @@ use chat_routing::{Delivery, DeliveryKind};
 use chat_store::{NewMessage, SessionLocation, StoreError};
 use futures_util::SinkExt;
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
 
 use crate::hub::SessionHandle;
+use crate::mailbox::{Ending, Mail, Mailbox};
 use crate::order::RoomOrder;
 use crate::rate::{SendRateLimit, Verdict};
 use crate::ChatServer;
@@ -39,6 +40,7 @@ enum End {
 struct Session {
     server: Arc<ChatServer>,
     socket: WebSocket,
+    mailbox: Arc<Mailbox>,
     user: String,
     id: String,
     order: RoomOrder,
@@ -57,14 +59,12 @@ pub(crate) fn run(
     user: String,
 ) -> impl std::future::Future<Output = ()> + Send {
     let id = new_id("s_");
-    let (tx, rx) = mpsc::channel(server.config.session_queue_len.max(16));
-    let kick = Arc::new(Notify::new());
+    let mailbox = Arc::new(Mailbox::new(server.config.session_queue_len.max(16)));
     server.hub.add(
         &user,
         SessionHandle {
             session: id.clone(),
-            tx,
-            kick: kick.clone(),
+            mailbox: mailbox.clone(),
         },
     );
     server.metrics.sessions_opened.inc();
@@ -72,6 +72,7 @@ pub(crate) fn run(
     let session = Session {
         server: server.clone(),
         socket,
+        mailbox,
         user,
         id,
         // Rooms first seen after connect wait as long as a gap would for
@@ -87,18 +88,18 @@ pub(crate) fn run(
             Instant::now(),
         ),
     };
-    Box::new(session).live(rx, kick)
+    Box::new(session).live()
 }
 
 impl Session {
     /// Takes the session boxed: a future keeps a by-value `self` twice
     /// (as the argument and as the local it is moved to).
-    async fn live(mut self: Box<Self>, rx: mpsc::Receiver<Arc<Delivery>>, kick: Arc<Notify>) {
+    async fn live(mut self: Box<Self>) {
         // Boxed: setup happens once, and inline its future would count in
         // every session's size for the whole connection.
         match Box::pin(self.start()).await {
             Ok(()) => {
-                let end = self.serve(rx, kick).await;
+                let end = self.serve().await;
                 Box::pin(self.close(end)).await;
             }
             Err(e) => {
@@ -167,30 +168,21 @@ impl Session {
         Ok(())
     }
 
-    async fn serve(&mut self, mut rx: mpsc::Receiver<Arc<Delivery>>, kick: Arc<Notify>) -> End {
-        let mut drain = self.server.drain_tx.subscribe();
-        if *drain.borrow() {
-            return End::Drain;
-        }
+    async fn serve(&mut self) -> End {
+        const MAX_BATCH: usize = 128;
         let gap_delay = Duration::from_millis(self.server.config.gap_fill_delay_ms);
-        let ping_every = Duration::from_millis(self.server.config.ws_ping_interval_ms.max(100));
         let idle_timeout = Duration::from_millis(self.server.config.idle_timeout_ms.max(1000));
-        let mut ping = tokio::time::interval(ping_every);
-        ping.tick().await;
-        // Both end the session when they fire, so they are created once:
-        // re-creating them each turn would register with their Notify (a
-        // lock) on every delivery.
-        let drained = drain.changed();
-        let kicked = kick.notified();
-        tokio::pin!(drained, kicked);
-        let mut catch_up = self.server.catch_up_tx.subscribe();
         loop {
             self.track_new_rooms();
             let fill_at = self.order.next_fill_at(gap_delay);
             tokio::select! {
                 biased;
-                _ = &mut drained => return End::Drain,
-                _ = &mut kicked => return End::SlowConsumer,
+                ending = self.mailbox.ending() => {
+                    return match ending {
+                        Ending::Drain => End::Drain,
+                        Ending::SlowConsumer => End::SlowConsumer,
+                    };
+                }
                 incoming = self.socket.recv() => {
                     self.last_heard = Instant::now();
                     match incoming {
@@ -211,26 +203,27 @@ impl Session {
                         }
                     }
                 }
-                Some(delivery) = rx.recv() => {
-                    if let Err(end) = self.on_deliveries(delivery, &mut rx).await { return end; }
-                }
+                // Deliveries are taken up to a bound at a time, so that
+                // client frames are still read under a flood.
+                mail = self.mailbox.recv(MAX_BATCH) => match mail {
+                    Mail::Deliveries(batch) => {
+                        if let Err(end) = self.on_deliveries(batch).await { return end; }
+                    }
+                    // The server's catch-up map: rooms this session is
+                    // behind in open a gap, filled after `gap_fill_delay`
+                    // unless the deliveries arrive first.
+                    Mail::CatchUp(latest) => self.order.note_latest_all(&latest, Instant::now()),
+                    Mail::PingDue => {
+                        if self.last_heard.elapsed() > idle_timeout {
+                            return End::Idle;
+                        }
+                        if Box::pin(self.socket.send(WsMessage::Ping(Default::default()))).await.is_err() {
+                            return End::WriteFailed;
+                        }
+                    }
+                },
                 _ = sleep_until(fill_at), if fill_at.is_some() => {
                     if let Err(end) = Box::pin(self.fill_gaps(gap_delay)).await { return end; }
-                }
-                Ok(()) = catch_up.changed() => {
-                    // The server's catch-up map: rooms this session is behind
-                    // in open a gap, filled after `gap_fill_delay` unless the
-                    // deliveries arrive first.
-                    let latest = catch_up.borrow_and_update().clone();
-                    self.order.note_latest_all(&latest, Instant::now());
-                }
-                _ = ping.tick() => {
-                    if self.last_heard.elapsed() > idle_timeout {
-                        return End::Idle;
-                    }
-                    if self.socket.send(WsMessage::Ping(Default::default())).await.is_err() {
-                        return End::WriteFailed;
-                    }
                 }
             }
         }
@@ -320,20 +313,12 @@ impl Session {
         }
     }
 
-    /// Takes `first` and whatever else is already queued (up to a bound,
-    /// so that client frames are still read under a flood), orders them
-    /// per room, and writes the result in one flush.
-    async fn on_deliveries(
-        &mut self,
-        first: Arc<Delivery>,
-        rx: &mut mpsc::Receiver<Arc<Delivery>>,
-    ) -> Result<(), End> {
-        const MAX_BATCH: usize = 128;
-        let mut ready = Vec::new();
+    /// Orders a batch of deliveries per room and writes the result in one
+    /// flush.
+    async fn on_deliveries(&mut self, batch: Vec<Arc<Delivery>>) -> Result<(), End> {
+        let mut ready = Vec::with_capacity(batch.len());
         let now = Instant::now();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(delivery) = next.take() {
+        for delivery in batch {
             match delivery.kind() {
                 DeliveryKind::Ephemeral => ready.push(delivery.frame.clone()),
                 DeliveryKind::Message => self.order.offer(
@@ -343,10 +328,6 @@ impl Session {
                     now,
                     &mut ready,
                 ),
-            }
-            taken += 1;
-            if taken < MAX_BATCH {
-                next = rx.try_recv().ok();
             }
         }
         self.write_frames(ready).await
