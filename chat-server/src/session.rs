@@ -95,8 +95,9 @@ impl Session {
     /// Takes the session boxed: a future keeps a by-value `self` twice
     /// (as the argument and as the local it is moved to).
     async fn live(mut self: Box<Self>) {
-        // Boxed: setup happens once, and inline its future would count in
-        // every session's size for the whole connection.
+        // Boxed: setup, the error path and teardown happen once, and
+        // inline their futures would count in every session's size for the
+        // whole connection.
         match Box::pin(self.start()).await {
             Ok(()) => {
                 let end = self.serve().await;
@@ -104,12 +105,11 @@ impl Session {
             }
             Err(e) => {
                 tracing::warn!(error = %e, user = %self.user, "session setup failed");
-                let _ = self
-                    .write(&ServerFrame::error(
-                        ErrorCode::Unavailable,
-                        "storage unavailable; reconnect later",
-                    ))
-                    .await;
+                let _ = Box::pin(self.write(&ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable; reconnect later",
+                )))
+                .await;
             }
         }
         // Balanced: rooms first seen since the last turn are counted, then
@@ -124,7 +124,7 @@ impl Session {
         server.metrics.sessions.set(server.hub.connections() as i64);
         match server.store.remove_session(user, id).await {
             Ok(Some(went_offline)) => {
-                server.router.announce_presence(&went_offline).await;
+                Box::pin(server.router.announce_presence(&went_offline)).await;
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "presence removal failed; it expires by itself"),
@@ -206,8 +206,12 @@ impl Session {
                 // Deliveries are taken up to a bound at a time, so that
                 // client frames are still read under a flood.
                 mail = self.mailbox.recv(MAX_BATCH) => match mail {
+                    // Boxed like the client frames: inline, this future
+                    // (480 bytes) was the largest part of an idle session's
+                    // task; one allocation per batch is noise next to the
+                    // write it does.
                     Mail::Deliveries(batch) => {
-                        if let Err(end) = self.on_deliveries(batch).await { return end; }
+                        if let Err(end) = Box::pin(self.on_deliveries(batch)).await { return end; }
                     }
                     // The server's catch-up map: rooms this session is
                     // behind in open a gap, filled after `gap_fill_delay`
@@ -222,7 +226,7 @@ impl Session {
                         }
                     }
                 },
-                _ = sleep_until(fill_at), if fill_at.is_some() => {
+                _ = sleep_until(fill_at) => {
                     if let Err(end) = Box::pin(self.fill_gaps(gap_delay)).await { return end; }
                 }
             }
@@ -702,9 +706,14 @@ fn is_too_big(e: &axum::Error) -> bool {
         || text.contains("size")
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+/// A timer only while one is due: a tokio `Sleep` inline would be part of
+/// every idle session's task, and most sessions have no gap to fill.
+fn sleep_until(at: Option<Instant>) -> impl std::future::Future<Output = ()> {
+    let sleep = at.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+    async move {
+        match sleep {
+            Some(sleep) => sleep.await,
+            None => std::future::pending().await,
+        }
     }
 }
