@@ -392,8 +392,8 @@ impl ChatServer {
         // user would get a whole burst here: read the registry again first,
         // as routing does (at most every 100 ms).
         let unknown = sessions
-            .iter()
-            .flat_map(|(_, locations)| locations)
+            .values()
+            .flatten()
             .any(|l| l.server_id != self.server_id && !self.registry.is_live(&l.server_id));
         if unknown {
             self.registry

@@ -17,20 +17,7 @@ use tokio::net::TcpStream;
 /// Reads until the server closes the connection; panics if it is still
 /// open after [`WAIT`]. Returns what was read.
 async fn wait_closed_by_server(mut tcp: TcpStream, what: &str) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read_all = async {
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read_all)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: still open after {WAIT:?}"));
-    String::from_utf8_lossy(&got).into_owned()
+    String::from_utf8_lossy(&read_until_closed(&mut tcp, what).await).into_owned()
 }
 
 async fn connect(url: &str) -> TcpStream {
@@ -228,4 +215,77 @@ async fn handshakes_are_limited_per_client_address() {
     );
     // Another address is not affected.
     assert_eq!(upgrade_status_from("127.0.0.2", &url).await, 401);
+}
+
+/// The server pings every session (from one server-wide timer since issue
+/// 13): a client that reads, so that its library answers the pings, stays
+/// connected well past the idle timeout; one that stops reading answers
+/// nothing and is closed with 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answering_pings_stays_and_a_silent_one_is_closed() {
+    let Some(cluster) = e2e::Cluster::start(
+        1,
+        &["--ws-ping-interval-ms", "200", "--idle-timeout-ms", "2000"],
+    )
+    .await
+    else {
+        return;
+    };
+    let reader = cluster.api(&unique("reader")).await;
+    let mut reader_ws = e2e::WsClient::connect(&reader).await;
+    // The silent client is a bare socket after the handshake: a WebSocket
+    // library would answer the queued pings once it reads, and fail on the
+    // closed socket before it reached the close frame.
+    let silent = cluster.api(&unique("silent")).await;
+    // Placed on this cluster's server (the registry in the shared Redis
+    // may still list servers of tests that have ended).
+    let url = e2e::eventually(WAIT, "/v1/connect to place on this cluster", || async {
+        let (status, answer) = silent.connect().await;
+        let placed = answer["server_id"].as_str().unwrap_or_default();
+        (status == 200 && cluster.ids().iter().any(|id| id == placed)).then(|| {
+            e2e::ticket_url(
+                answer["url"].as_str().unwrap(),
+                answer["ticket"].as_str().unwrap(),
+            )
+        })
+    })
+    .await;
+    let (mut silent_ws, _) = tokio_tungstenite::client_async(&url, connect(&url).await)
+        .await
+        .expect("opening the silent client's WebSocket");
+
+    // Two and a half idle timeouts, reading all along.
+    let event = reader_ws.next_event(Duration::from_secs(5)).await;
+    assert!(
+        matches!(event, e2e::Event::Timeout),
+        "a client answering pings did not stay: {event:?} ({:?})",
+        reader_ws.close_error
+    );
+    // The silent client read nothing: its bytes end with a close frame,
+    // code 1008 and reason "idle timeout" (unmasked, 14 bytes of payload).
+    let bytes = read_until_closed(silent_ws.get_mut(), "the silent client").await;
+    let close = [0x88, 14, 0x03, 0xF0];
+    assert!(
+        bytes.windows(close.len()).any(|w| w == close),
+        "no close frame with code 1008 from the server in {bytes:?}"
+    );
+}
+
+/// Reads a raw socket until the server closes it; panics if it is still
+/// open after [`WAIT`]. Returns what was read.
+async fn read_until_closed(tcp: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {WAIT:?}"));
+    got
 }
