@@ -49,7 +49,10 @@ impl SessionHub {
         if self.draining.load(Ordering::SeqCst) {
             handle.mailbox.end(Ending::Drain);
         }
-        users.entry(user.to_owned()).or_default().push(handle);
+        // Most users have one session: a first push would reserve four.
+        let sessions = users.entry(user.to_owned()).or_default();
+        sessions.reserve_exact(1);
+        sessions.push(handle);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
