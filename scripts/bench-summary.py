@@ -25,6 +25,10 @@ FIGURES = [
     ("Redis CPU µs/delivery", lambda r: r.get("redis_cpu_us_per_delivery"), True),
     ("sessions/s", lambda r: sessions_per_s(r), False),
     ("RSS B/idle session", lambda r: r.get("rss_per_session_bytes"), True),
+    ("API CPU µs/session", lambda r: per_session(r, "api-server"), True),
+    ("chat CPU µs/session", lambda r: per_session(r, "chat-server"), True),
+    ("Redis CPU µs/session", lambda r: per_session(r, "redis-server"), True),
+    ("bench CPU µs/session", lambda r: per_session(r, "chat-bench"), True),
     ("lost", lambda r: r.get("lost"), True),
     ("duplicated", lambda r: r.get("duplicated"), True),
 ]
@@ -41,6 +45,11 @@ def server_cpu(result):
     if app is None:
         return None
     return app + (result.get("redis_cpu_us_per_delivery") or 0)
+
+
+def per_session(result, process):
+    """CPU µs per session opened (connect) of one kind of process."""
+    return (result.get("cpu_us_per_session") or {}).get(process)
 
 
 def sessions_per_s(result):

@@ -387,6 +387,16 @@ impl ChatServer {
                 return;
             }
         };
+        self.set_send_shares(sessions).await;
+    }
+
+    /// [`Self::update_send_shares`] from the users' sessions as the caller
+    /// already has them (a new session: the store's answer to adding it).
+    pub(crate) async fn set_send_shares(&self, sessions: HashMap<String, Vec<SessionLocation>>) {
+        let config = &self.config;
+        if config.user_send_rate_per_s == 0 || sessions.is_empty() {
+            return;
+        }
         // A session on a server this one has not seen yet (it started after
         // the last registry read) would count as on a dead server, and the
         // user would get a whole burst here: read the registry again first,

@@ -7,7 +7,7 @@
 //! and before the message is routed, so on the sender's connection the ack
 //! always precedes the message itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,8 +151,9 @@ impl Session {
         // This session may put the user on one more chat server: every
         // server's share of the user's send limit shrinks (here before the
         // first frame is read, elsewhere at their next presence refresh).
+        // The store answered with the user's sessions: no read needed.
         self.server
-            .update_send_shares(std::slice::from_ref(&self.user))
+            .set_send_shares(HashMap::from([(self.user.clone(), added.sessions)]))
             .await;
         if let Some(change) = added.came_online {
             // Off the session's path: the welcome does not wait for it.

@@ -416,10 +416,10 @@ pub const CPU_GROUPS: &[(&str, &[&str])] = &[
 ];
 
 /// CPU µs of every process on this machine in one of [`CPU_GROUPS`],
-/// keyed by pid, with its group. Processes that start or end during a step
-/// count for the part they were alive (a pid seen only at the end counts
-/// from 0, so start servers before the step).
-pub fn group_cpu_us() -> std::collections::BTreeMap<u32, (&'static str, u64)> {
+/// keyed by pid, with its group and its name. Processes that start or end
+/// during a step count for the part they were alive (a pid seen only at
+/// the end counts from 0, so start servers before the step).
+pub fn group_cpu_us() -> std::collections::BTreeMap<u32, ProcessCpu> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -433,25 +433,56 @@ pub fn group_cpu_us() -> std::collections::BTreeMap<u32, (&'static str, u64)> {
             continue;
         };
         let comm = comm.trim();
-        let Some((group, _)) = CPU_GROUPS.iter().find(|(_, names)| names.contains(&comm)) else {
+        let Some((group, name)) = CPU_GROUPS.iter().find_map(|(group, names)| {
+            names
+                .iter()
+                .find(|name| **name == comm)
+                .map(|name| (*group, *name))
+        }) else {
             continue;
         };
         if let Some(us) = cpu_us_of(&pid.to_string()) {
-            out.insert(pid, (*group, us));
+            out.insert(pid, ProcessCpu { group, name, us });
         }
     }
     out
 }
 
+/// One process's CPU time so far, as [`group_cpu_us`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessCpu {
+    pub group: &'static str,
+    /// Its name in [`CPU_GROUPS`] (`api-server`, `chat-server`, ...).
+    pub name: &'static str,
+    pub us: u64,
+}
+
 /// CPU µs per group between two [`group_cpu_us`] readings.
 pub fn group_cpu_delta(
-    before: &std::collections::BTreeMap<u32, (&'static str, u64)>,
-    after: &std::collections::BTreeMap<u32, (&'static str, u64)>,
+    before: &std::collections::BTreeMap<u32, ProcessCpu>,
+    after: &std::collections::BTreeMap<u32, ProcessCpu>,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    cpu_delta_by(before, after, |p| p.group)
+}
+
+/// CPU µs per process name (all chat servers together, ...) between two
+/// [`group_cpu_us`] readings.
+pub fn name_cpu_delta(
+    before: &std::collections::BTreeMap<u32, ProcessCpu>,
+    after: &std::collections::BTreeMap<u32, ProcessCpu>,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    cpu_delta_by(before, after, |p| p.name)
+}
+
+fn cpu_delta_by(
+    before: &std::collections::BTreeMap<u32, ProcessCpu>,
+    after: &std::collections::BTreeMap<u32, ProcessCpu>,
+    key: impl Fn(&ProcessCpu) -> &'static str,
 ) -> std::collections::BTreeMap<&'static str, u64> {
     let mut out = std::collections::BTreeMap::new();
-    for (pid, (group, us)) in after {
-        let was = before.get(pid).map_or(0, |(_, us)| *us);
-        *out.entry(*group).or_insert(0) += us.saturating_sub(was);
+    for (pid, process) in after {
+        let was = before.get(pid).map_or(0, |p| p.us);
+        *out.entry(key(process)).or_insert(0) += process.us.saturating_sub(was);
     }
     out
 }

@@ -58,6 +58,8 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     };
     let rss_before = rss("before");
 
+    let cpu_before = client::own_cpu_us();
+    let processes_before = client::group_cpu_us();
     let started = Instant::now();
     let outcomes = client::run_concurrent(tokens, args.concurrency, |t| {
         let api = ctx.api.clone();
@@ -69,6 +71,11 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     })
     .await;
     let elapsed = started.elapsed();
+    // CPU per session opened, by process: where a connect's cost goes.
+    let mut cpu = client::name_cpu_delta(&processes_before, &client::group_cpu_us());
+    if let (Some(a), Some(b)) = (cpu_before, client::own_cpu_us()) {
+        cpu.insert("chat-bench", b.saturating_sub(a));
+    }
 
     let errors = ErrorLog::default();
     let mut latency = new_histogram();
@@ -93,6 +100,11 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     );
     println!("  connect+handshake+welcome ms: {}", lat.line_ms());
     println!("  placement: {placement:?}");
+    let cpu_per_session: std::collections::BTreeMap<&str, f64> = cpu
+        .iter()
+        .map(|(name, us)| (*name, (*us as f64 / ok.max(1) as f64 * 10.0).round() / 10.0))
+        .collect();
+    println!("  CPU µs per session opened: {cpu_per_session:?}");
     for e in errors.first() {
         println!("  error: {e}");
     }
@@ -144,6 +156,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         "sessions_per_s": (per_s * 10.0).round() / 10.0,
         "connect_latency_us": lat,
+        "cpu_us_per_session": cpu_per_session,
         "hold_s": args.hold_s,
         "dropped_during_hold": dropped_during_hold,
         "server_pids": args.server_pid,

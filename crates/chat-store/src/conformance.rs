@@ -523,14 +523,21 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     };
     // Every record gets the short TTL: only a refresh keeps one longer.
     let ttl = SHORT_TTL.as_millis() as u64;
-    store
+    let first = store
         .add_session(&alice, &loc("s1", "A"), ttl)
         .await
         .unwrap();
-    store
+    assert_eq!(first.sessions, vec![loc("s1", "A")]);
+    assert!(first.came_online.is_some());
+    // Each add answers with the user's sessions as they now are.
+    let second = store
         .add_session(&alice, &loc("s2", "B"), ttl)
         .await
         .unwrap();
+    let mut sessions = second.sessions;
+    sessions.sort_by(|a, b| a.session.cmp(&b.session));
+    assert_eq!(sessions, vec![loc("s1", "A"), loc("s2", "B")]);
+    assert!(second.came_online.is_none());
     store.add_session(&bob, &loc("s3", "A"), ttl).await.unwrap();
     let found = store
         .sessions_of(&[alice.clone(), bob.clone(), carol.clone()])

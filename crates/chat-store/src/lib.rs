@@ -135,6 +135,10 @@ pub struct PresenceChange {
 pub struct SessionAdded {
     pub rooms: Vec<(String, u64)>,
     pub came_online: Option<PresenceChange>,
+    /// The user's live sessions with this one added, read in the same
+    /// step: what a chat server's share of the user's send limit follows,
+    /// without another read per connect.
+    pub sessions: Vec<SessionLocation>,
 }
 
 /// The result of an append: the stored message, whether it was already

@@ -599,7 +599,20 @@ impl Store for MemoryStore {
             ts: now,
             rooms: rooms.iter().map(|(room, _)| room.clone()).collect(),
         });
-        Ok(SessionAdded { rooms, came_online })
+        let mut sessions: Vec<SessionLocation> = entry
+            .sessions
+            .iter()
+            .map(|(session, server_id)| SessionLocation {
+                session: session.clone(),
+                server_id: server_id.clone(),
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.session.cmp(&b.session));
+        Ok(SessionAdded {
+            rooms,
+            came_online,
+            sessions,
+        })
     }
 
     async fn remove_session(

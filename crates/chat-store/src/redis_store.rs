@@ -85,8 +85,9 @@ local now = tostring(t[1] * 1000 + math.floor(t[2] / 1000))";
 
 /// KEYS: sessions, rooms (the user's). ARGV: session, server id, ttl_ms.
 /// Records the session and decides, in the same step, whether the user
-/// came online. Returns {'1' if first live session else '0', now_ms,
-/// the user's room ids...}.
+/// came online. Returns {'1' if first live session else '0', now_ms, the
+/// number n of the user's sessions now, n pairs of session id and server
+/// id, the user's room ids...}.
 fn add_session_lua() -> String {
     format!(
         r#"
@@ -94,12 +95,39 @@ local before = redis.call('HLEN', KEYS[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 {NOW_MS_LUA}
-local reply = redis.call('SMEMBERS', KEYS[2])
-table.insert(reply, 1, now)
-table.insert(reply, 1, before == 0 and '1' or '0')
+local sessions = redis.call('HGETALL', KEYS[1])
+local reply = {{before == 0 and '1' or '0', now, tostring(#sessions / 2)}}
+for _, v in ipairs(sessions) do table.insert(reply, v) end
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(reply, room) end
 return reply
 "#
     )
+}
+
+/// Splits [`add_session_lua`]'s reply: whether the user came online, the
+/// store's time, the user's sessions, their room ids.
+fn split_add_session_reply(
+    reply: Vec<String>,
+) -> StoreResult<(bool, u64, Vec<SessionLocation>, Vec<String>)> {
+    let corrupt = || StoreError::Corrupt(format!("add_session reply {reply:?}"));
+    let (first, ts, n) = match &reply[..] {
+        [first, ts, n, ..] => (
+            first == "1",
+            ts.parse::<u64>().map_err(|_| corrupt())?,
+            n.parse::<usize>().map_err(|_| corrupt())?,
+        ),
+        _ => return Err(corrupt()),
+    };
+    let pairs = reply.get(3..3 + 2 * n).ok_or_else(corrupt)?;
+    let sessions = pairs
+        .chunks_exact(2)
+        .map(|pair| SessionLocation {
+            session: pair[0].clone(),
+            server_id: pair[1].clone(),
+        })
+        .collect();
+    let rooms = reply[3 + 2 * n..].to_vec();
+    Ok((first, ts, sessions, rooms))
 }
 
 /// KEYS: sessions, rooms. ARGV: session. Returns {'1' if that was the
@@ -1417,7 +1445,7 @@ impl Store for RedisStore {
             record.invoke_async(&mut user_conn),
         )
         .map_err(unavailable)?;
-        let (first, ts, rooms) = split_presence_reply(reply, 1)?;
+        let (first, ts, sessions, rooms) = split_add_session_reply(reply)?;
         let session = [(location.session.clone(), location.server_id.clone())];
         let seqs =
             try_join_all(rooms.iter().map(|room| self.announce(room, user, &session))).await?;
@@ -1427,7 +1455,7 @@ impl Store for RedisStore {
             .filter_map(|(room, seq)| Some((room, seq?)))
             .collect();
         announced.sort();
-        let came_online = (first[0] == "1").then(|| PresenceChange {
+        let came_online = first.then(|| PresenceChange {
             user: user.to_owned(),
             online: true,
             ts,
@@ -1436,6 +1464,7 @@ impl Store for RedisStore {
         Ok(SessionAdded {
             rooms: announced,
             came_online,
+            sessions,
         })
     }
 
