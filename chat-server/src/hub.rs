@@ -68,10 +68,14 @@ impl SessionHub {
         self.for_each_mailbox(|mailbox| mailbox.catch_up(latest.clone()));
     }
 
-    /// Tells every session to ping its client (one server-wide timer
-    /// instead of one per session).
-    pub fn ping_all(&self) {
-        self.for_each_mailbox(Mailbox::ping_due);
+    /// Tells the sessions of one ping group to ping their clients (one
+    /// server-wide timer instead of one per session).
+    pub fn ping_group(&self, group: u8) {
+        self.for_each_mailbox(|mailbox| {
+            if mailbox.ping_group() == group {
+                mailbox.ping_due();
+            }
+        });
     }
 
     fn for_each_mailbox(&self, f: impl Fn(&Mailbox)) {
@@ -186,6 +190,33 @@ impl LocalDelivery for SessionHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Over one round of the ping groups every session is told to ping
+    /// exactly once, in its own group's turn.
+    #[tokio::test]
+    async fn each_session_is_pinged_once_per_round_of_groups() {
+        use crate::mailbox::{Mail, PING_GROUPS};
+        let hub = SessionHub::default();
+        let mailboxes: Vec<Arc<Mailbox>> = (0..50)
+            .map(|i| {
+                let mailbox = Arc::new(Mailbox::new(4));
+                let handle = SessionHandle {
+                    session: format!("s_{i}"),
+                    mailbox: mailbox.clone(),
+                };
+                hub.add(&format!("u{}", i % 7), handle);
+                mailbox
+            })
+            .collect();
+        for group in 0..PING_GROUPS {
+            hub.ping_group(group);
+            for mailbox in &mailboxes {
+                let due = mailbox.ping_group() == group;
+                let got = tokio::time::timeout(std::time::Duration::ZERO, mailbox.recv(1)).await;
+                assert_eq!(matches!(got, Ok(Mail::PingDue)), due, "group {group}");
+            }
+        }
+    }
 
     #[test]
     fn rooms_are_counted_per_tracking_session() {

@@ -430,21 +430,25 @@ impl ChatServer {
 
     /// Every session pings its client each `ws_ping_interval`, told by one
     /// server-wide timer: a timer per session was part of every idle
-    /// session's memory. A session's first ping comes within one interval
-    /// of its start, which is all the idle check needs.
+    /// session's memory. The sessions are pinged a group at a time
+    /// ([`mailbox::PING_GROUPS`]), spread over the interval; a session's
+    /// group is fixed, so its pings stay one interval apart, and its first
+    /// comes within one interval of its start, which is all the idle check
+    /// needs.
     fn spawn_pinger(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let every = Duration::from_millis(self.config.ws_ping_interval_ms.max(100));
+        let every = Duration::from_millis(self.config.ws_ping_interval_ms.max(100))
+            / u32::from(mailbox::PING_GROUPS);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for group in (0..mailbox::PING_GROUPS).cycle() {
                 ticks.tick().await;
                 let Some(server) = weak.upgrade() else { return };
                 if server.drained.load(Ordering::Relaxed) {
                     return;
                 }
-                server.hub.ping_all();
+                server.hub.ping_group(group);
             }
         });
     }

@@ -43,8 +43,15 @@ pub enum Mail {
 /// arrive and given back once a burst is over.
 pub struct Mailbox {
     capacity: usize,
+    /// Which of the server's [`PING_GROUPS`] this session is pinged with.
+    ping_group: u8,
     state: Mutex<State>,
 }
+
+/// Sessions are pinged in this many groups, one after the other over each
+/// ping interval, so that a server with many sessions does not write all
+/// its pings (and take all the pongs) at one instant.
+pub const PING_GROUPS: u8 = 16;
 
 #[derive(Default)]
 struct State {
@@ -65,8 +72,13 @@ impl Mailbox {
     pub fn new(capacity: usize) -> Mailbox {
         Mailbox {
             capacity: capacity.max(1),
+            ping_group: rand::random_range(0..PING_GROUPS),
             state: Mutex::default(),
         }
+    }
+
+    pub fn ping_group(&self) -> u8 {
+        self.ping_group
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
