@@ -132,11 +132,16 @@ impl Mailbox {
         .await
     }
 
-    /// Waits for mail: deliveries first (up to `max_batch` at once), then
-    /// a catch-up map, then a due ping.
+    /// Waits for mail: a due ping first (one small frame per interval, and
+    /// a session that is never without deliveries must still ping, or its
+    /// client, unable to answer, would count as idle), then deliveries (up
+    /// to `max_batch` at once), then a catch-up map.
     pub async fn recv(&self, max_batch: usize) -> Mail {
         poll_fn(|cx| {
             let mut state = self.lock();
+            if std::mem::take(&mut state.ping_due) {
+                return Poll::Ready(Mail::PingDue);
+            }
             if !state.deliveries.is_empty() {
                 let n = state.deliveries.len().min(max_batch.max(1));
                 let batch: Vec<_> = state.deliveries.drain(..n).collect();
@@ -147,9 +152,6 @@ impl Mailbox {
             }
             if let Some(latest) = state.catch_up.take() {
                 return Poll::Ready(Mail::CatchUp(latest));
-            }
-            if std::mem::take(&mut state.ping_due) {
-                return Poll::Ready(Mail::PingDue);
             }
             pending(&mut state, cx)
         })
@@ -196,17 +198,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deliveries_come_out_in_order_in_batches_before_other_mail() {
+    async fn a_due_ping_then_deliveries_in_order_in_batches_then_catch_up() {
         let mailbox = Mailbox::new(16);
-        mailbox.ping_due();
         mailbox.catch_up(Arc::default());
         for seq in 1..=5 {
             assert!(mailbox.deliver(delivery(seq)));
         }
+        mailbox.ping_due();
+        assert!(matches!(mailbox.recv(3).await, Mail::PingDue));
         assert_eq!(seqs(mailbox.recv(3).await), [1, 2, 3]);
         assert_eq!(seqs(mailbox.recv(3).await), [4, 5]);
         assert!(matches!(mailbox.recv(3).await, Mail::CatchUp(_)));
-        assert!(matches!(mailbox.recv(3).await, Mail::PingDue));
     }
 
     #[tokio::test]
