@@ -599,7 +599,7 @@ impl Store for MemoryStore {
             ts: now,
             rooms: rooms.iter().map(|(room, _)| room.clone()).collect(),
         });
-        let mut sessions: Vec<SessionLocation> = entry
+        let sessions = entry
             .sessions
             .iter()
             .map(|(session, server_id)| SessionLocation {
@@ -607,7 +607,6 @@ impl Store for MemoryStore {
                 server_id: server_id.clone(),
             })
             .collect();
-        sessions.sort_by(|a, b| a.session.cmp(&b.session));
         Ok(SessionAdded {
             rooms,
             came_online,
