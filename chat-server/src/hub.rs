@@ -218,6 +218,26 @@ mod tests {
         }
     }
 
+    /// A session added once the drain began is told at once, as are those
+    /// there before.
+    #[tokio::test]
+    async fn sessions_added_during_a_drain_are_told_to_end() {
+        let hub = SessionHub::default();
+        let handle = |session: &str| SessionHandle {
+            session: session.into(),
+            mailbox: Arc::new(Mailbox::new(4)),
+        };
+        let before = handle("s_before");
+        hub.add("alice", before.clone());
+        hub.drain_all();
+        let after = handle("s_after");
+        hub.add("bob", after.clone());
+        for h in [before, after] {
+            let ending = tokio::time::timeout(std::time::Duration::ZERO, h.mailbox.ending()).await;
+            assert_eq!(ending.ok(), Some(Ending::Drain), "{}", h.session);
+        }
+    }
+
     #[test]
     fn rooms_are_counted_per_tracking_session() {
         let hub = SessionHub::default();
