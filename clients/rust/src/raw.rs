@@ -48,8 +48,11 @@ pub type WebSocket =
 pub struct SocketOptions {
     /// Longest TCP connect plus WebSocket handshake (default 10 s).
     pub handshake_timeout: Duration,
-    /// Read buffer per socket (default: tungstenite's, 128 KiB). Programs
-    /// holding thousands of sessions that receive small frames set it lower.
+    /// Read buffer per socket (default 8 KiB; `None`: tungstenite's, 128
+    /// KiB). Larger frames still arrive whole: the buffer grows for them.
+    /// Kept small because tungstenite zero-fills the whole buffer before
+    /// every read, including the one that finds nothing after each frame,
+    /// and because it is held per session.
     pub read_buffer_size: Option<usize>,
 }
 
@@ -57,7 +60,7 @@ impl Default for SocketOptions {
     fn default() -> Self {
         SocketOptions {
             handshake_timeout: Duration::from_secs(10),
-            read_buffer_size: None,
+            read_buffer_size: Some(8 * 1024),
         }
     }
 }

@@ -55,7 +55,8 @@ struct Auth<'a> {
 /// namespace's connect answer.
 pub async fn open(base: &str, user: &str, rooms: &[&str]) -> Result<Ws> {
     let url = endpoint(base);
-    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024);
+    // As small as our own client's (client.rs): the same load generator cost.
+    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024);
     let handshake = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
     let (mut ws, _) = match tokio::time::timeout(STEP_TIMEOUT, handshake).await {
         Err(_) => bail!("WebSocket handshake with {url} timed out"),

@@ -612,7 +612,7 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
         .unwrap();
     assert_eq!(announced.rooms, vec![(room.clone(), 0)]);
     let appended = store.append(msg(&room, &bob, "hi", None)).await.unwrap();
-    assert_eq!(appended.online, vec![online(&alice, "s1", a)]);
+    assert_eq!(*appended.online, [online(&alice, "s1", a)]);
 
     // Not a member anywhere: announced nowhere, and not in the index.
     assert!(store
@@ -633,7 +633,8 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
         .append(msg(&room, &bob, "all", None))
         .await
         .unwrap()
-        .online;
+        .online
+        .to_vec();
     entries.sort();
     let mut expected = vec![online(&alice, "s1", a), online(&carol, "s2", b)];
     expected.sort();
@@ -686,6 +687,74 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
     store.remove_session(&bob, "s4").await.unwrap();
     store.remove_session(&carol, "s2").await.unwrap();
     store.remove_session(&carol, "s3").await.unwrap();
+}
+
+/// Every change to a room's presence index reaches the next append's
+/// list of sessions, whatever made it (a store may keep the list between
+/// appends, see `online_cache.rs`): connects, joins, removals,
+/// disconnects, forgetting, reaping.
+pub async fn appends_see_every_change_to_the_presence_index(store: SharedStore) {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let room = room_with(&*store, &alice, &[&bob]).await;
+    let (a, b) = (format!("srv-a-{}", &new_id("")[..8]), "srv-b".to_owned());
+    let loc = |s: &str, srv: &str| SessionLocation {
+        session: s.into(),
+        server_id: srv.into(),
+    };
+    let routed = || async {
+        let mut entries = store
+            .append(msg(&room, &alice, "x", None))
+            .await
+            .unwrap()
+            .online
+            .to_vec();
+        entries.sort();
+        entries
+    };
+    let sorted = |mut v: Vec<OnlineSession>| {
+        v.sort();
+        v
+    };
+
+    assert!(routed().await.is_empty());
+    store
+        .add_session(&bob, &loc("s1", &a), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(routed().await, vec![online(&bob, "s1", &a)]);
+    assert_eq!(routed().await, vec![online(&bob, "s1", &a)], "unchanged");
+    store
+        .add_session(&carol, &loc("s2", &b), 60_000)
+        .await
+        .unwrap();
+    store.add_member(&room, &carol).await.unwrap();
+    assert_eq!(
+        routed().await,
+        sorted(vec![online(&bob, "s1", &a), online(&carol, "s2", &b)])
+    );
+    store.remove_member(&room, &carol).await.unwrap();
+    assert_eq!(routed().await, vec![online(&bob, "s1", &a)]);
+    store.forget_online(&room, &["s1".into()]).await.unwrap();
+    assert!(routed().await.is_empty());
+    store
+        .add_session(&bob, &loc("s3", &b), 60_000)
+        .await
+        .unwrap();
+    store
+        .add_session(&alice, &loc("s4", &a), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        routed().await,
+        sorted(vec![online(&bob, "s3", &b), online(&alice, "s4", &a)])
+    );
+    store.reap_server(&a).await.unwrap();
+    assert_eq!(routed().await, vec![online(&bob, "s3", &b)]);
+    store.remove_session(&bob, "s3").await.unwrap();
+    assert!(routed().await.is_empty());
+    for (who, session) in [(&bob, "s1"), (&carol, "s2"), (&alice, "s4")] {
+        store.remove_session(who, session).await.unwrap();
+    }
 }
 
 /// Read markers (contract v1.1): forward only, clamped to the latest seq,
@@ -998,6 +1067,7 @@ macro_rules! store_conformance_tests {
             pending_tickets_count_until_taken_once,
             presence_tracks_sessions_until_removed_or_expired,
             presence_index_lists_members_sessions,
+            appends_see_every_change_to_the_presence_index,
             read_markers_move_forward_only,
             presence_transitions_are_decided_once,
             registration_is_replaced_per_cluster,

@@ -71,6 +71,12 @@ pub fn room_joined(room: &str) -> String {
 pub fn room_online(room: &str) -> String {
     format!("chat:{{room:{room}}}:online")
 }
+/// A random token that every change to the room's presence index
+/// rewrites, in the same step: appends return the index only to callers
+/// whose copy is of another version.
+pub fn room_online_version(room: &str) -> String {
+    format!("chat:{{room:{room}}}:online:v")
+}
 pub fn user_rooms(user: &str) -> String {
     format!("chat:{{user:{user}}}:rooms")
 }
@@ -115,6 +121,7 @@ mod tests {
             room_dedup_window(room, 20_000),
             room_dedup(room, "alice", "c{1}"),
             room_online(room),
+            room_online_version(room),
             room_reads(room),
             room_joined(room),
         ] {

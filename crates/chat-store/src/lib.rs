@@ -14,9 +14,11 @@ pub use group_commit::{GroupCommitStats, GROUP_COMMIT_COUNTERS};
 pub mod keys;
 pub use args::StoreArgs;
 mod memory;
+mod online_cache;
 mod redis_store;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chat_protocol::rest::Room;
@@ -149,7 +151,9 @@ pub struct SessionAdded {
 pub struct Appended {
     pub message: Message,
     pub duplicate: bool,
-    pub online: Vec<OnlineSession>,
+    /// Shared: a store may hand the same index to many appends while it
+    /// does not change (a big room's holds thousands of sessions).
+    pub online: Arc<[OnlineSession]>,
 }
 
 /// An entry of a room's presence index: a live session of a member.

@@ -6,7 +6,7 @@
 //! trivially atomic, which is what the Redis scripts achieve per slot.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chat_protocol::rest::Room;
@@ -29,7 +29,7 @@ struct RoomState {
     /// `(from, client_msg_id)` -> (seq-independent copy of the message, expiry).
     dedup: HashMap<(String, String), (Message, u64)>,
     /// The presence index: session id -> entry.
-    online: HashMap<String, OnlineSession>,
+    online: OnlineIndex,
     /// Read markers of members: user -> seq (absent means 0).
     reads: HashMap<String, u64>,
     /// Members added after creation: user -> the seq when they joined
@@ -37,9 +37,41 @@ struct RoomState {
     joined: HashMap<String, u64>,
 }
 
+/// A room's presence index, and the list appends hand out, made once
+/// per change rather than once per message.
+#[derive(Default)]
+struct OnlineIndex {
+    by_session: HashMap<String, OnlineSession>,
+    shared: Option<Arc<[OnlineSession]>>,
+}
+
+impl OnlineIndex {
+    fn insert(&mut self, session: String, entry: OnlineSession) {
+        self.shared = None;
+        self.by_session.insert(session, entry);
+    }
+
+    fn remove(&mut self, session: &str) {
+        if self.by_session.remove(session).is_some() {
+            self.shared = None;
+        }
+    }
+
+    fn remove_user(&mut self, user: &str) {
+        self.shared = None;
+        self.by_session.retain(|_, entry| entry.user != user);
+    }
+
+    fn shared(&mut self) -> Arc<[OnlineSession]> {
+        self.shared
+            .get_or_insert_with(|| self.by_session.values().cloned().collect())
+            .clone()
+    }
+}
+
 impl RoomState {
     fn online(&self) -> Vec<OnlineSession> {
-        self.online.values().cloned().collect()
+        self.online.by_session.values().cloned().collect()
     }
 
     /// Indexes `user`'s sessions, if `user` is a member.
@@ -298,7 +330,7 @@ impl Store for MemoryStore {
             .get_mut(room)
             .ok_or_else(|| StoreError::NoRoom(room.to_owned()))?;
         let removed = r.members.remove(user);
-        r.online.retain(|_, entry| entry.user != user);
+        r.online.remove_user(user);
         r.reads.remove(user);
         r.joined.remove(user);
         if let Some(set) = st.user_rooms.get_mut(user) {
@@ -369,7 +401,7 @@ impl Store for MemoryStore {
                     return Ok(Appended {
                         message: original.clone(),
                         duplicate: true,
-                        online: r.online(),
+                        online: r.online.shared(),
                     });
                 }
             }
@@ -398,7 +430,7 @@ impl Store for MemoryStore {
         Ok(Appended {
             message,
             duplicate: false,
-            online: r.online(),
+            online: r.online.shared(),
         })
     }
 

@@ -20,6 +20,7 @@ use redis::{AsyncCommands, Script};
 
 use crate::group_commit::{GroupCommit, Outcome, ReplicaAcks};
 use crate::keys;
+use crate::online_cache::OnlineCache;
 use crate::{
     decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
     RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
@@ -32,12 +33,15 @@ use crate::{
 /// parses JSON on the hot path.
 const APPEND_LUA: &str = include_str!("lua/append.lua");
 
-/// KEYS: members, online, seq. ARGV: user, then session and index value
-/// pairs. Indexes the sessions if the user is a member (the index holds
-/// members only) and returns the room's latest seq, else -1.
+/// KEYS: members, online, seq, online version. ARGV: user, a new version
+/// token, then session and index value pairs. Indexes the sessions if the
+/// user is a member (the index holds members only) and returns the room's
+/// latest seq, else -1. Every change to a presence index writes a new
+/// version beside it in the same step (see `lua/append.lua`).
 const ANNOUNCE_LUA: &str = r#"
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return -1 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[4], ARGV[2])
 return tonumber(redis.call('GET', KEYS[3]) or '0')
 "#;
 
@@ -266,8 +270,8 @@ for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
 return #ARGV - 1
 "#;
 
-/// KEYS: meta, members, online, reads, joined, seq. ARGV: op ('add' or
-/// 'remove'), user. -1 if no room. An added member's join seq is recorded;
+/// KEYS: meta, members, online, reads, joined, seq, online version. ARGV:
+/// op ('add' or 'remove'), user, a new version token for the index. -1 if no room. An added member's join seq is recorded;
 /// a removed member's sessions leave the presence index, and their read
 /// marker and join seq go, in the same step (index values are
 /// `<len>:<server id><user>`).
@@ -284,14 +288,34 @@ local removed = redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
 local index = redis.call('HGETALL', KEYS[3])
+local withdrawn = 0
 for i = 1, #index, 2 do
   local len, rest = string.match(index[i + 1], '^(%d+):(.*)$')
   if len and string.sub(rest, tonumber(len) + 1) == ARGV[2] then
-    redis.call('HDEL', KEYS[3], index[i])
+    withdrawn = withdrawn + redis.call('HDEL', KEYS[3], index[i])
   end
 end
+if withdrawn > 0 then redis.call('SET', KEYS[7], ARGV[3]) end
 return removed
 "#;
+
+/// KEYS: online, online version. ARGV: a new version token, then session
+/// ids. Drops the sessions from the presence index, and writes a new
+/// version if any was there.
+const FORGET_ONLINE_LUA: &str = r#"
+local removed = 0
+for i = 2, #ARGV do removed = removed + redis.call('HDEL', KEYS[1], ARGV[i]) end
+if removed > 0 then redis.call('SET', KEYS[2], ARGV[1]) end
+return removed
+"#;
+
+/// A new version token for a presence index: random, so that a version
+/// names one content of the index even across a failover that loses the
+/// latest writes (a counter would count again from an older value and
+/// name two contents).
+fn new_online_version() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// The presence index value of a session: its server and user, with the
 /// server id length-prefixed so that neither id needs a reserved character.
@@ -403,6 +427,9 @@ pub struct RedisStore {
     reap_user: Script,
     unhost: Script,
     presence_audience: Script,
+    forget_online: Script,
+    /// The presence index of rooms this process appended to, by version.
+    online_cache: OnlineCache,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -491,6 +518,8 @@ impl RedisStore {
             reap_user: Script::new(&reap_user_lua()),
             unhost: Script::new(UNHOST_LUA),
             presence_audience: Script::new(PRESENCE_AUDIENCE_LUA),
+            forget_online: Script::new(FORGET_ONLINE_LUA),
+            online_cache: OnlineCache::default(),
         })
     }
 
@@ -606,7 +635,7 @@ impl RedisStore {
         let mut replies = replies.into_iter();
         let script: AppendReply = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
-            None => (String::new(), Vec::new()),
+            None => (String::new(), Vec::new(), String::new()),
         };
         let replicas = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
@@ -624,8 +653,10 @@ impl RedisStore {
             .key(keys::room_reads(room))
             .key(keys::room_joined(room))
             .key(keys::room_seq(room))
+            .key(keys::room_online_version(room))
             .arg(op)
             .arg(user)
+            .arg(new_online_version())
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
@@ -663,7 +694,9 @@ impl RedisStore {
             .key(keys::room_members(room))
             .key(keys::room_online(room))
             .key(keys::room_seq(room))
-            .arg(user);
+            .key(keys::room_online_version(room))
+            .arg(user)
+            .arg(new_online_version());
         for (session, server_id) in sessions {
             invocation.arg(session).arg(online_value(server_id, user));
         }
@@ -790,9 +823,9 @@ async fn have_health_records(
     Ok(records.iter().map(Option::is_some).collect())
 }
 
-/// The append script's reply: its status and the room's presence index
-/// (flat, as `HGETALL` lists it).
-type AppendReply = (String, Vec<String>);
+/// The append script's reply: status, presence index (empty when the
+/// caller holds this version), the index's version.
+type AppendReply = (String, Vec<String>, String);
 
 /// A history entry as `XRANGE` lists it: `<seq>-0` and the fields the
 /// append script wrote (`i`, `f`, `t`, `b`, `c`, in that order).
@@ -975,12 +1008,13 @@ impl Store for RedisStore {
         // The store's clock, not the message's ts (a caller may set that).
         let now = chat_protocol::now_ms();
         let window = now / ttl;
+        let cached = self.online_cache.get(&m.room);
         // Built again only if group commit hands the append back.
         let script = || {
             let mut script = redis::cmd("EVALSHA");
             script
                 .arg(self.append.get_hash())
-                .arg(9)
+                .arg(10)
                 .arg(keys::room_meta(&m.room))
                 .arg(keys::room_members(&m.room))
                 .arg(keys::room_seq(&m.room))
@@ -990,6 +1024,7 @@ impl Store for RedisStore {
                 .arg(keys::room_online(&m.room))
                 .arg(keys::room_reads(&m.room))
                 .arg(keys::room_messages(&m.room))
+                .arg(keys::room_online_version(&m.room))
                 .arg(&m.from)
                 .arg(client_msg_id)
                 .arg(&m.id)
@@ -1000,10 +1035,11 @@ impl Store for RedisStore {
                 .arg(if m.from_member { "1" } else { "0" })
                 .arg(&dedup_field)
                 .arg(window)
-                .arg(now);
+                .arg(now)
+                .arg(cached.as_ref().map_or("", |(version, _)| version.as_str()));
             script
         };
-        let ((status, online), replicas) = self.run_append_script(script, &m.room).await?;
+        let ((status, online, version), replicas) = self.run_append_script(script, &m.room).await?;
         let corrupt = || StoreError::Corrupt(format!("append reply {status:?}"));
         let seq_of = |s: &str| s.parse::<u64>().map_err(|_| corrupt());
         let (message, duplicate) = match status.split_at_checked(2) {
@@ -1071,10 +1107,21 @@ impl Store for RedisStore {
                 self.config.replica_ack_timeout_ms
             )));
         }
+        let online = match cached {
+            Some((held, online)) if !version.is_empty() && version == held => online,
+            _ => {
+                let online: Arc<[OnlineSession]> = decode_online_pairs(online)?.into();
+                if !version.is_empty() {
+                    self.online_cache
+                        .put(&message.room, version, online.clone());
+                }
+                online
+            }
+        };
         Ok(Appended {
             message,
             duplicate,
-            online: decode_online_pairs(online)?,
+            online,
         })
     }
 
@@ -1554,8 +1601,16 @@ impl Store for RedisStore {
         if sessions.is_empty() {
             return Ok(());
         }
-        self.conn()?
-            .hdel::<_, _, i64>(keys::room_online(room), sessions)
+        let mut invocation = self.forget_online.prepare_invoke();
+        invocation
+            .key(keys::room_online(room))
+            .key(keys::room_online_version(room))
+            .arg(new_online_version());
+        for session in sessions {
+            invocation.arg(session);
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -1681,5 +1736,40 @@ mod tests {
         }
         let stats = group.stats();
         assert!(stats.alone > 0, "nine rooms over three masters: {stats:?}");
+    }
+
+    /// An append whose caller holds the room's presence index at its
+    /// current version is not sent it again: the list is the one kept.
+    /// Another process's change (a second store here) makes the next
+    /// append send it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unchanged_presence_index_is_not_sent_again() {
+        let Some(urls) = crate::conformance::test_redis_urls() else {
+            return;
+        };
+        let store = RedisStore::connect(&urls, StoreConfig::default())
+            .await
+            .unwrap();
+        let other = RedisStore::connect(&urls, StoreConfig::default())
+            .await
+            .unwrap();
+        let (alice, bob) = (new_id("alice-"), new_id("bob-"));
+        let room = crate::conformance::room_with(&store, &alice, &[&bob]).await;
+        let send = || crate::conformance::msg(&room, &alice, "hi", None);
+        let at = |session: &str| crate::SessionLocation {
+            session: session.into(),
+            server_id: "srv".into(),
+        };
+        other.add_session(&bob, &at("s1"), 60_000).await.unwrap();
+        let first = store.append(send()).await.unwrap().online;
+        let second = store.append(send()).await.unwrap().online;
+        assert_eq!(first.len(), 1);
+        assert!(Arc::ptr_eq(&first, &second), "the kept list, not a new one");
+
+        other.add_session(&bob, &at("s2"), 60_000).await.unwrap();
+        let third = store.append(send()).await.unwrap().online;
+        assert_eq!(third.len(), 2, "changed by another process: sent again");
+        other.remove_session(&bob, "s1").await.unwrap();
+        other.remove_session(&bob, "s2").await.unwrap();
     }
 }

@@ -5,7 +5,7 @@
 --
 -- KEYS: 1 meta, 2 members, 3 seq, 4 log (the Stream), 5 this window's
 --       dedup records, 6 the previous window's, 7 online, 8 reads,
---       9 legacy history (sorted set).
+--       9 legacy history (sorted set), 10 the presence index's version.
 --       Every key the script may write is declared: while a slot migrates
 --       between masters, Redis then refuses the whole script (ASK,
 --       TRYAGAIN) instead of failing a write halfway through it. Only
@@ -15,10 +15,15 @@
 --       6 retention, 7 dedup TTL ms, 8 from_member ('1': check membership,
 --       move the sender's read marker), 9 dedup field
 --       (`<len(from)>:<from><client_msg_id>`), 10 this window's number,
---       11 the caller's clock (ms).
+--       11 the caller's clock (ms), 12 the version of the presence index
+--       the caller holds ('' for none).
 --
--- Replies {status, the presence index as HGETALL lists it}, so routing
--- needs no further read. Status:
+-- Replies {status, the presence index as HGETALL lists it, its version},
+-- so routing needs no further read. The version is a random token every
+-- change to the index writes beside it (one slot, one step); when it is
+-- the caller's, the index is left out of the reply: the caller has it.
+-- A big room's index is thousands of entries, and most appends find it
+-- unchanged. Status:
 --   N:<seq>                  stored; the caller has every other field
 --   D:<seq> <id> <ts> <body> a retry: the original, read from the Stream
 --   T:<seq> <id>             a retry whose original retention trimmed
@@ -42,10 +47,12 @@
 -- per-send dedup keys are still consulted for one TTL. New rooms have
 -- `log` = 0.
 local meta = redis.call('HMGET', KEYS[1], 'created_at', 'log', 'dw')
-if not meta[1] then return {'E:noroom', {}} end
-if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember', {}} end
+if not meta[1] then return {'E:noroom', {}, ''} end
+if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember', {}, ''} end
 local function with_online(status)
-  return {status, redis.call('HGETALL', KEYS[7])}
+  local version = redis.call('GET', KEYS[10]) or ''
+  if version ~= '' and version == ARGV[12] then return {status, {}, version} end
+  return {status, redis.call('HGETALL', KEYS[7]), version}
 end
 local now, ttl = tonumber(ARGV[11]), tonumber(ARGV[7])
 local moved = tonumber(meta[2] or '-1')

@@ -1,0 +1,102 @@
+//! The presence indexes a process last read, by version (issue 13).
+//!
+//! Every append answers with the room's presence index, the sessions the
+//! message must reach. A room of 5,000 members online has 5,000 entries:
+//! turning them into a reply, sending and parsing them for every message
+//! cost more than the append itself. Each change to an index writes a new
+//! random version beside it in the same step, and an append is told the
+//! index only if the caller's copy has another version (`lua/append.lua`).
+//! The check and the append are one step, so a copy used is exactly the
+//! index as of that append.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::OnlineSession;
+
+/// Most index entries kept over all rooms (about 150 bytes each): past it
+/// the cache starts again empty, which costs one full index per room.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Default)]
+pub(crate) struct OnlineCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: HashMap<String, (String, Arc<[OnlineSession]>)>,
+    entries: usize,
+}
+
+impl OnlineCache {
+    /// The room's index as last seen, with its version.
+    pub(crate) fn get(&self, room: &str) -> Option<(String, Arc<[OnlineSession]>)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.rooms.get(room).cloned()
+    }
+
+    /// Keeps `online` as the room's index at `version`.
+    pub(crate) fn put(&self, room: &str, version: String, online: Arc<[OnlineSession]>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let added = online.len();
+        if added > MAX_ENTRIES {
+            inner.forget(room);
+            return;
+        }
+        if inner.entries + added > MAX_ENTRIES {
+            inner.rooms.clear();
+            inner.entries = 0;
+        }
+        inner.entries += added;
+        if let Some((_, old)) = inner.rooms.insert(room.to_owned(), (version, online)) {
+            inner.entries -= old.len();
+        }
+    }
+}
+
+impl Inner {
+    fn forget(&mut self, room: &str) {
+        if let Some((_, old)) = self.rooms.remove(room) {
+            self.entries -= old.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(n: usize) -> Arc<[OnlineSession]> {
+        (0..n)
+            .map(|i| OnlineSession {
+                user: format!("u{i}"),
+                session: format!("s{i}"),
+                server_id: "cs".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_room_keeps_its_latest_version() {
+        let cache = OnlineCache::default();
+        assert!(cache.get("r").is_none());
+        cache.put("r", "v1".into(), index(2));
+        cache.put("r", "v2".into(), index(3));
+        let (version, online) = cache.get("r").unwrap();
+        assert_eq!((version.as_str(), online.len()), ("v2", 3));
+        assert_eq!(cache.inner.lock().unwrap().entries, 3);
+    }
+
+    #[test]
+    fn past_the_bound_it_starts_again_and_never_holds_an_oversized_index() {
+        let cache = OnlineCache::default();
+        cache.put("a", "v".into(), index(MAX_ENTRIES - 10));
+        cache.put("b", "v".into(), index(20));
+        assert!(cache.get("a").is_none(), "emptied to make room");
+        assert!(cache.get("b").is_some());
+        cache.put("b", "w".into(), index(MAX_ENTRIES + 1));
+        assert!(cache.get("b").is_none(), "too large to keep");
+        assert_eq!(cache.inner.lock().unwrap().entries, 0);
+    }
+}
