@@ -207,20 +207,21 @@ impl RoomOrder {
         now: Instant,
         out: &mut Vec<Arc<str>>,
     ) {
-        // Looked up by &str first: the room is almost always known, and
+        // Looked up by &str, once: the room is almost always known, and
         // `entry` would allocate its key on every delivery.
-        if !self.rooms.contains_key(room) {
-            let hold = self.first_seen_hold;
-            let cursor = self.cursor(room);
-            cursor.last = seq.saturating_sub(1);
-            if !hold.is_zero() {
-                cursor.hold_until = Some(now + hold);
-                cursor.pending.insert(seq, frame);
-                return;
+        let cursor = match self.rooms.get_mut(room) {
+            Some(cursor) => cursor,
+            None => {
+                let hold = self.first_seen_hold;
+                let cursor = self.cursor(room);
+                cursor.last = seq.saturating_sub(1);
+                if !hold.is_zero() {
+                    cursor.hold_until = Some(now + hold);
+                    cursor.pending.insert(seq, frame);
+                    return;
+                }
+                cursor
             }
-        }
-        let Some(cursor) = self.rooms.get_mut(room) else {
-            return;
         };
         if cursor.hold_until.is_some() {
             // Holding, until the session releases the room (after asking
