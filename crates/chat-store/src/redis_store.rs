@@ -635,7 +635,7 @@ impl RedisStore {
         let mut replies = replies.into_iter();
         let script: AppendReply = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
-            None => (String::new(), Vec::new(), String::new()),
+            None => (String::new(), Vec::new(), String::new(), String::new()),
         };
         let replicas = match replies.next() {
             Some(value) => redis::from_redis_value(value)?,
@@ -824,8 +824,8 @@ async fn have_health_records(
 }
 
 /// The append script's reply: status, presence index (empty when the
-/// caller holds this version), the index's version.
-type AppendReply = (String, Vec<String>, String);
+/// caller holds it), the index's version, '1' if the caller holds it.
+type AppendReply = (String, Vec<String>, String, String);
 
 /// A history entry as `XRANGE` lists it: `<seq>-0` and the fields the
 /// append script wrote (`i`, `f`, `t`, `b`, `c`, in that order).
@@ -1036,10 +1036,12 @@ impl Store for RedisStore {
                 .arg(&dedup_field)
                 .arg(window)
                 .arg(now)
-                .arg(cached.as_ref().map_or("", |(version, _)| version.as_str()));
+                .arg(cached.as_ref().map_or("", |(version, _)| version.as_str()))
+                .arg(cached.as_ref().map_or(0, |(_, online)| online.len()));
             script
         };
-        let ((status, online, version), replicas) = self.run_append_script(script, &m.room).await?;
+        let ((status, online, version, held), replicas) =
+            self.run_append_script(script, &m.room).await?;
         let corrupt = || StoreError::Corrupt(format!("append reply {status:?}"));
         let seq_of = |s: &str| s.parse::<u64>().map_err(|_| corrupt());
         let (message, duplicate) = match status.split_at_checked(2) {
@@ -1108,7 +1110,7 @@ impl Store for RedisStore {
             )));
         }
         let online = match cached {
-            Some((held, online)) if !version.is_empty() && version == held => online,
+            Some((_, online)) if held == "1" => online,
             _ => {
                 let online: Arc<[OnlineSession]> = decode_online_pairs(online)?.into();
                 if !version.is_empty() {
@@ -1756,9 +1758,10 @@ mod tests {
         let (alice, bob) = (new_id("alice-"), new_id("bob-"));
         let room = crate::conformance::room_with(&store, &alice, &[&bob]).await;
         let send = || crate::conformance::msg(&room, &alice, "hi", None);
+        let server = new_id("srv-");
         let at = |session: &str| crate::SessionLocation {
             session: session.into(),
-            server_id: "srv".into(),
+            server_id: server.clone(),
         };
         other.add_session(&bob, &at("s1"), 60_000).await.unwrap();
         let first = store.append(send()).await.unwrap().online;
@@ -1769,7 +1772,18 @@ mod tests {
         other.add_session(&bob, &at("s2"), 60_000).await.unwrap();
         let third = store.append(send()).await.unwrap().online;
         assert_eq!(third.len(), 2, "changed by another process: sent again");
+
+        // A server of the version before writes no version: the entry
+        // count still tells.
+        let mut conn = other.conn().unwrap();
+        let _: i64 = conn
+            .hset(keys::room_online(&room), "s3", online_value(&server, &bob))
+            .await
+            .unwrap();
+        let fourth = store.append(send()).await.unwrap().online;
+        assert_eq!(fourth.len(), 3, "an index changed without a version");
         other.remove_session(&bob, "s1").await.unwrap();
         other.remove_session(&bob, "s2").await.unwrap();
+        other.forget_online(&room, &["s3".into()]).await.unwrap();
     }
 }
