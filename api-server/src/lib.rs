@@ -95,6 +95,12 @@ impl AppState {
             move || group_commit.group_commit_stats().unwrap_or_default(),
             &chat_store::GROUP_COMMIT_COUNTERS,
         );
+        let presence_index = store.clone();
+        metrics_registry.counters_fn(
+            "api",
+            move || presence_index.presence_index_stats().unwrap_or_default(),
+            &chat_store::PRESENCE_INDEX_COUNTERS,
+        );
         let registry = ServerRegistry::new(
             store.clone(),
             RegistryConfig {

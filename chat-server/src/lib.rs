@@ -150,6 +150,12 @@ impl ChatServer {
             move || group_commit.group_commit_stats().unwrap_or_default(),
             &chat_store::GROUP_COMMIT_COUNTERS,
         );
+        let presence_index = store.clone();
+        metrics_registry.counters_fn(
+            "chat_server",
+            move || presence_index.presence_index_stats().unwrap_or_default(),
+            &chat_store::PRESENCE_INDEX_COUNTERS,
+        );
         let hub = Arc::new(SessionHub::with_delivery_latency(
             metrics.delivery_latency.clone(),
         ));

@@ -11,6 +11,7 @@ mod args;
 pub mod conformance;
 mod group_commit;
 pub use group_commit::{GroupCommitStats, GROUP_COMMIT_COUNTERS};
+pub use online_cache::{PresenceIndexStats, PRESENCE_INDEX_COUNTERS};
 pub mod keys;
 pub use args::StoreArgs;
 mod memory;
@@ -209,6 +210,12 @@ pub trait Store: Send + Sync + 'static {
     /// What group commit of appends did so far (Redis only; `None` when
     /// it is off or does not apply).
     fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        None
+    }
+
+    /// How appends came by rooms' presence indexes so far (Redis only:
+    /// `None` where the index is never sent).
+    fn presence_index_stats(&self) -> Option<PresenceIndexStats> {
         None
     }
 

@@ -10,6 +10,7 @@
 //! index as of that append.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::OnlineSession;
@@ -21,7 +22,34 @@ const MAX_ENTRIES: usize = 100_000;
 #[derive(Default)]
 pub(crate) struct OnlineCache {
     inner: Mutex<Inner>,
+    sent: AtomicU64,
+    reused: AtomicU64,
 }
+
+/// How appends came by the presence index so far (`/metrics`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceIndexStats {
+    /// Appends whose reply carried the index.
+    pub sent: u64,
+    /// Appends that used the index this process held.
+    pub reused: u64,
+}
+
+/// The counters a process exports from [`PresenceIndexStats`] (name after
+/// the process's prefix, help, value).
+#[allow(clippy::type_complexity)]
+pub const PRESENCE_INDEX_COUNTERS: [(&str, &str, fn(&PresenceIndexStats) -> u64); 2] = [
+    (
+        "presence_index_sent_total",
+        "Appends whose reply carried the room's presence index (it changed, or this process held none).",
+        |s| s.sent,
+    ),
+    (
+        "presence_index_reused_total",
+        "Appends that routed with the presence index this process held (unchanged since).",
+        |s| s.reused,
+    ),
+];
 
 #[derive(Default)]
 struct Inner {
@@ -30,6 +58,19 @@ struct Inner {
 }
 
 impl OnlineCache {
+    /// Counts an append that was sent the index or used the one held.
+    pub(crate) fn count(&self, reused: bool) {
+        let counter = if reused { &self.reused } else { &self.sent };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> PresenceIndexStats {
+        PresenceIndexStats {
+            sent: self.sent.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+        }
+    }
+
     /// The room's index as last seen, with its version.
     pub(crate) fn get(&self, room: &str) -> Option<(String, Arc<[OnlineSession]>)> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -878,6 +878,10 @@ fn merge_history(
 
 #[async_trait]
 impl Store for RedisStore {
+    fn presence_index_stats(&self) -> Option<crate::PresenceIndexStats> {
+        Some(self.online_cache.stats())
+    }
+
     fn group_commit_stats(&self) -> Option<crate::GroupCommitStats> {
         self.group_commit.as_ref().map(|g| g.stats())
     }
@@ -1109,6 +1113,7 @@ impl Store for RedisStore {
                 self.config.replica_ack_timeout_ms
             )));
         }
+        self.online_cache.count(held == "1");
         let online = match cached {
             Some((_, online)) if held == "1" => online,
             _ => {
@@ -1768,6 +1773,8 @@ mod tests {
         let second = store.append(send()).await.unwrap().online;
         assert_eq!(first.len(), 1);
         assert!(Arc::ptr_eq(&first, &second), "the kept list, not a new one");
+        let stats = store.presence_index_stats().unwrap();
+        assert_eq!((stats.sent, stats.reused), (1, 1));
 
         other.add_session(&bob, &at("s2"), 60_000).await.unwrap();
         let third = store.append(send()).await.unwrap().online;

@@ -208,6 +208,8 @@ fn exposed_names_reads_types_samples_and_labels() {
 
 /// Group commit (issue 13) shows in `/metrics`: every WebSocket send's
 /// append is counted, batched or alone, on the chat server that stored it.
+/// So does how each append came by the room's presence index: sent with
+/// the first, held for the others (nobody connected or left between).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_counters_count_every_append() {
     const SENDS: u64 = 30;
@@ -237,4 +239,8 @@ async fn group_commit_counters_count_every_append() {
         batched > 0 && batches > 0,
         "appends went through group commit"
     );
+    let sent = read("chat_server_presence_index_sent_total").await;
+    let reused = read("chat_server_presence_index_reused_total").await;
+    println!("[presence-index] sent {sent}, reused {reused}");
+    assert_eq!((sent, reused), (1, SENDS - 1));
 }
