@@ -1254,7 +1254,10 @@ def promql_metric_names(expr: str) -> dict[str, bool]:
             elif isinstance(node, promql_parser.Call) and node.func.name in COUNTER_FUNCTIONS:
                 for arg in node.args:
                     promql_parser.walk(arg, collect(True))
-                return False  # its arguments were walked just above
+                # The walk goes on into the arguments too, as non-counters,
+                # which leaves them counters. (Returning False here would
+                # end the whole walk, not skip the arguments: the names
+                # after the first rate() of an expression went unchecked.)
             return True
         return visit
 
@@ -1402,6 +1405,10 @@ def check_monitoring(r: Report, chart, objects: list[dict], update: bool) -> Non
                 len(broken) == 2 and any("scrapeInterval" in e for e in broken[1]["errors"]), str(broken[1:]))
 
     # (2) every PromQL expression parses; the metric names they select
+    sample = "sum(rate(a_total[5m])) / (sum(rate(b_total[5m])) + c)"
+    r.check("the metric names of an expression are all found, counters marked (a ratio of two rates)",
+            promql_metric_names(sample) == {"a_total": True, "b_total": True, "c": False},
+            str(promql_metric_names(sample)))
     names: dict[str, bool] = {}
 
     def add(found: dict[str, bool]) -> None:
