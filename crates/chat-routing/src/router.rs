@@ -430,8 +430,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(
-            store.room_online("r_1").await.unwrap(),
-            vec![entry("alice", "s2", "live")]
+            *store.room_online("r_1").await.unwrap(),
+            [entry("alice", "s2", "live")]
         );
     }
 

@@ -588,7 +588,7 @@ fn online(user: &str, session: &str, server_id: &str) -> OnlineSession {
 }
 
 async fn sorted_online(store: &SharedStore, room: &str) -> Vec<OnlineSession> {
-    let mut entries = store.room_online(room).await.unwrap();
+    let mut entries = store.room_online(room).await.unwrap().to_vec();
     entries.sort();
     entries
 }
@@ -690,9 +690,9 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
 }
 
 /// Every change to a room's presence index reaches the next append's
-/// list of sessions, whatever made it (a store may keep the list between
-/// appends, see `online_cache.rs`): connects, joins, removals,
-/// disconnects, forgetting, reaping.
+/// list of sessions and the next read of the index, whatever made it (a
+/// store may keep the list between them, see `online_cache.rs`):
+/// connects, joins, removals, disconnects, forgetting, reaping.
 pub async fn appends_see_every_change_to_the_presence_index(store: SharedStore) {
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
     let room = room_with(&*store, &alice, &[&bob]).await;
@@ -709,6 +709,11 @@ pub async fn appends_see_every_change_to_the_presence_index(store: SharedStore) 
             .online
             .to_vec();
         entries.sort();
+        assert_eq!(
+            entries,
+            sorted_online(&store, &room).await,
+            "read as appended"
+        );
         entries
     };
     let sorted = |mut v: Vec<OnlineSession>| {

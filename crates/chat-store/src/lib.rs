@@ -356,8 +356,10 @@ pub trait Store: Send + Sync + 'static {
         room: &str,
         max_members: u64,
     ) -> StoreResult<Option<Vec<OnlineSession>>>;
-    /// The room's presence index (empty for an unknown room).
-    async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>>;
+    /// The room's presence index (empty for an unknown room). Shared, as
+    /// an append's: a store may hand out the list it holds while the index
+    /// is unchanged.
+    async fn room_online(&self, room: &str) -> StoreResult<Arc<[OnlineSession]>>;
     /// Drops index entries, e.g. those of a chat server that died.
     async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()>;
     /// Extends the lifetime of these users' presence records.

@@ -718,13 +718,13 @@ impl Store for MemoryStore {
             .map(RoomState::online))
     }
 
-    async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {
+    async fn room_online(&self, room: &str) -> StoreResult<Arc<[OnlineSession]>> {
         Ok(self
             .lock()
             .rooms
-            .get(room)
-            .map(RoomState::online)
-            .unwrap_or_default())
+            .get_mut(room)
+            .map(|r| r.online.shared())
+            .unwrap_or_else(|| Arc::new([])))
     }
 
     async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()> {

@@ -309,6 +309,18 @@ if removed > 0 then redis.call('SET', KEYS[2], ARGV[1]) end
 return removed
 "#;
 
+/// KEYS: online, online version. ARGV: the version the caller holds ('' for
+/// none), its entry count. Returns {'1' if the caller's copy is current
+/// else '0', the version, the index as HGETALL lists it (empty when
+/// current)}: see `lua/append.lua` on versions.
+const ROOM_ONLINE_LUA: &str = r#"
+local version = redis.call('GET', KEYS[2]) or ''
+if version ~= '' and version == ARGV[1] and redis.call('HLEN', KEYS[1]) == tonumber(ARGV[2]) then
+  return {'1', version, {}}
+end
+return {'0', version, redis.call('HGETALL', KEYS[1])}
+"#;
+
 /// A new version token for a presence index: random, so that a version
 /// names one content of the index even across a failover that loses the
 /// latest writes (a counter would count again from an older value and
@@ -428,6 +440,7 @@ pub struct RedisStore {
     unhost: Script,
     presence_audience: Script,
     forget_online: Script,
+    room_online: Script,
     /// The presence index of rooms this process appended to, by version.
     online_cache: OnlineCache,
 }
@@ -519,6 +532,7 @@ impl RedisStore {
             unhost: Script::new(UNHOST_LUA),
             presence_audience: Script::new(PRESENCE_AUDIENCE_LUA),
             forget_online: Script::new(FORGET_ONLINE_LUA),
+            room_online: Script::new(ROOM_ONLINE_LUA),
             online_cache: OnlineCache::default(),
         })
     }
@@ -1595,13 +1609,28 @@ impl Store for RedisStore {
         Ok(Some(decode_online_pairs(reply.split_off(1))?))
     }
 
-    async fn room_online(&self, room: &str) -> StoreResult<Vec<OnlineSession>> {
-        let flat: Vec<String> = self
-            .conn()?
-            .hgetall(keys::room_online(room))
+    async fn room_online(&self, room: &str) -> StoreResult<Arc<[OnlineSession]>> {
+        let cached = self.online_cache.get(room);
+        let (held, version, flat): (String, String, Vec<String>) = self
+            .room_online
+            .key(keys::room_online(room))
+            .key(keys::room_online_version(room))
+            .arg(cached.as_ref().map_or("", |(version, _)| version.as_str()))
+            .arg(cached.as_ref().map_or(0, |(_, online)| online.len()))
+            .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        decode_online_pairs(flat)
+        self.online_cache.count(held == "1");
+        Ok(match cached {
+            Some((_, online)) if held == "1" => online,
+            _ => {
+                let online: Arc<[OnlineSession]> = decode_online_pairs(flat)?.into();
+                if !version.is_empty() {
+                    self.online_cache.put(room, version, online.clone());
+                }
+                online
+            }
+        })
     }
 
     async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()> {
@@ -1775,6 +1804,8 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &second), "the kept list, not a new one");
         let stats = store.presence_index_stats().unwrap();
         assert_eq!((stats.sent, stats.reused), (1, 1));
+        let listed = store.room_online(&room).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &listed), "a typing notice's read too");
 
         other.add_session(&bob, &at("s2"), 60_000).await.unwrap();
         let third = store.append(send()).await.unwrap().online;
