@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::OnlineSession;
+use crate::{OnlineSession, StoreResult};
+
+/// A room's index as this process holds it, with its version.
+pub(crate) type Held = Option<(String, Arc<[OnlineSession]>)>;
 
 /// Most index entries kept over all rooms (about 150 bytes each): past it
 /// the cache starts again empty, which costs one full index per room.
@@ -58,8 +61,8 @@ struct Inner {
 }
 
 impl OnlineCache {
-    /// Counts an append that was sent the index or used the one held.
-    pub(crate) fn count(&self, reused: bool) {
+    /// Counts a read that was sent the index or used the one held.
+    fn count(&self, reused: bool) {
         let counter = if reused { &self.reused } else { &self.sent };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -72,9 +75,38 @@ impl OnlineCache {
     }
 
     /// The room's index as last seen, with its version.
-    pub(crate) fn get(&self, room: &str) -> Option<(String, Arc<[OnlineSession]>)> {
+    pub(crate) fn get(&self, room: &str) -> Held {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.rooms.get(room).cloned()
+    }
+
+    /// What a script is told of `held`: its version ('' for none) and its
+    /// number of entries.
+    pub(crate) fn script_args(held: &Held) -> (&str, usize) {
+        held.as_ref().map_or(("", 0), |(version, online)| {
+            (version.as_str(), online.len())
+        })
+    }
+
+    /// The index after a script's reply: the one held if the script said
+    /// it is current, else the one sent (`decode`), kept at `version`.
+    pub(crate) fn settle(
+        &self,
+        room: &str,
+        held: Held,
+        current: bool,
+        version: String,
+        decode: impl FnOnce() -> StoreResult<Vec<OnlineSession>>,
+    ) -> StoreResult<Arc<[OnlineSession]>> {
+        self.count(current);
+        if let (true, Some((_, online))) = (current, held) {
+            return Ok(online);
+        }
+        let online: Arc<[OnlineSession]> = decode()?.into();
+        if !version.is_empty() {
+            self.put(room, version, online.clone());
+        }
+        Ok(online)
     }
 
     /// Keeps `online` as the room's index at `version`.

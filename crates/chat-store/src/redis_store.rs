@@ -1027,6 +1027,7 @@ impl Store for RedisStore {
         let now = chat_protocol::now_ms();
         let window = now / ttl;
         let cached = self.online_cache.get(&m.room);
+        let (held_version, held_len) = OnlineCache::script_args(&cached);
         // Built again only if group commit hands the append back.
         let script = || {
             let mut script = redis::cmd("EVALSHA");
@@ -1054,8 +1055,8 @@ impl Store for RedisStore {
                 .arg(&dedup_field)
                 .arg(window)
                 .arg(now)
-                .arg(cached.as_ref().map_or("", |(version, _)| version.as_str()))
-                .arg(cached.as_ref().map_or(0, |(_, online)| online.len()));
+                .arg(held_version)
+                .arg(held_len);
             script
         };
         let ((status, online, version, held), replicas) =
@@ -1127,18 +1128,11 @@ impl Store for RedisStore {
                 self.config.replica_ack_timeout_ms
             )));
         }
-        self.online_cache.count(held == "1");
-        let online = match cached {
-            Some((_, online)) if held == "1" => online,
-            _ => {
-                let online: Arc<[OnlineSession]> = decode_online_pairs(online)?.into();
-                if !version.is_empty() {
-                    self.online_cache
-                        .put(&message.room, version, online.clone());
-                }
-                online
-            }
-        };
+        let online =
+            self.online_cache
+                .settle(&message.room, cached, held == "1", version, || {
+                    decode_online_pairs(online)
+                })?;
         Ok(Appended {
             message,
             duplicate,
@@ -1611,26 +1605,20 @@ impl Store for RedisStore {
 
     async fn room_online(&self, room: &str) -> StoreResult<Arc<[OnlineSession]>> {
         let cached = self.online_cache.get(room);
+        let (held_version, held_len) = OnlineCache::script_args(&cached);
         let (held, version, flat): (String, String, Vec<String>) = self
             .room_online
             .key(keys::room_online(room))
             .key(keys::room_online_version(room))
-            .arg(cached.as_ref().map_or("", |(version, _)| version.as_str()))
-            .arg(cached.as_ref().map_or(0, |(_, online)| online.len()))
+            .arg(held_version)
+            .arg(held_len)
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        self.online_cache.count(held == "1");
-        Ok(match cached {
-            Some((_, online)) if held == "1" => online,
-            _ => {
-                let online: Arc<[OnlineSession]> = decode_online_pairs(flat)?.into();
-                if !version.is_empty() {
-                    self.online_cache.put(room, version, online.clone());
-                }
-                online
-            }
-        })
+        self.online_cache
+            .settle(room, cached, held == "1", version, || {
+                decode_online_pairs(flat)
+            })
     }
 
     async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()> {
