@@ -13,7 +13,11 @@ and repeat, and the medians are printed.
 
 Variants:
   now       crates/chat-store/src/lua/append.lua (Stream history, dedup
-            windows), with the store's arguments
+            windows; online_index.lua prepended, as the store does), with
+            the store's arguments, the caller holding the room's presence
+            index at its current version (left out of the reply)
+  sent      the same, the caller holding no index (sent with every reply,
+            as before the index had versions)
   REV       the APPEND_LUA of crates/chat-store/src/redis_store.rs at git
             revision REV (sorted-set history, a dedup key per send)
 
@@ -77,6 +81,7 @@ def setup_rooms(rooms: int) -> bytes:
             server = f"chat-{u % 2}"
             pairs += [f"s_{r:08d}{u:018d}", f"{len(server)}:{server}user-{u:05d}"]
         out.append(resp("HSET", f"{tag}:online", *pairs))
+        out.append(resp("SET", f"{tag}:online:v", "v0"))
     return b"".join(out)
 
 
@@ -91,12 +96,14 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes
         user = f"user-{i % 10:05d}"
         ulid = f"01JE{i:022d}"
         mid, cmid, body, ts = f"m_{ulid}", f"c_{ulid}", f"hello number {i}", str(now_ms + i)
-        if variant == "now" or variant.startswith("try"):
+        if variant in ("now", "sent") or variant.startswith("try"):
             window = int(ts) // DEDUP_TTL_MS
-            out.append(resp("EVALSHA", sha, "9", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
+            held = ("", "0") if variant == "sent" else ("v0", "10")
+            out.append(resp("EVALSHA", sha, "10", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
                             f"{tag}:log", f"{tag}:cmids:{window}", f"{tag}:cmids:{window - 1}",
-                            f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
-                            f"{len(user)}:{user}{cmid}", str(window), ts))
+                            f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", f"{tag}:online:v",
+                            user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
+                            f"{len(user)}:{user}{cmid}", str(window), ts, *held))
         else:
             prefix = ('{"body":"%s","client_msg_id":"%s","from":"%s","id":"%s","room":"%s","ts":%s,"seq":'
                       % (body, cmid, user, mid, room, ts))
@@ -142,10 +149,12 @@ def main() -> None:
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="FILE",
                    help="also run this variant of append.lua (same arguments as now)")
     args = p.parse_args()
-    scripts = {"now": (ROOT / "crates/chat-store/src/lua/append.lua").read_text(),
-               args.before: old_script(args.before)}
+    lua = ROOT / "crates/chat-store/src/lua"
+    shared = (lua / "online_index.lua").read_text()
+    now = shared + (lua / "append.lua").read_text()
+    scripts = {"now": now, "sent": now, args.before: old_script(args.before)}
     for i, path in enumerate(args.tries):
-        scripts[f"try{i + 1}"] = Path(path).read_text()
+        scripts[f"try{i + 1}"] = shared + Path(path).read_text()
     master, replica = free_port(), free_port()
     with tempfile.TemporaryDirectory() as d:
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d]

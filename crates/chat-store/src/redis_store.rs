@@ -31,7 +31,10 @@ use crate::{
 /// message is stored as Stream fields, not as JSON: the caller builds the
 /// stored message from what it sent and the seq, so neither side makes or
 /// parses JSON on the hot path.
-const APPEND_LUA: &str = include_str!("lua/append.lua");
+const APPEND_LUA: &str = concat!(
+    include_str!("lua/online_index.lua"),
+    include_str!("lua/append.lua")
+);
 
 /// KEYS: members, online, seq, online version. ARGV: user, a new version
 /// token, then session and index value pairs. Indexes the sessions if the
@@ -271,9 +274,10 @@ return #ARGV - 1
 "#;
 
 /// KEYS: meta, members, online, reads, joined, seq, online version. ARGV:
-/// op ('add' or 'remove'), user, a new version token for the index. -1 if no room. An added member's join seq is recorded;
-/// a removed member's sessions leave the presence index, and their read
-/// marker and join seq go, in the same step (index values are
+/// op ('add' or 'remove'), user, a new version token for the index. -1 if
+/// no room. An added member's join seq is recorded; a removed member's
+/// sessions leave the presence index (writing a new version), and their
+/// read marker and join seq go, in the same step (index values are
 /// `<len>:<server id><user>`).
 const MEMBERSHIP_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -310,16 +314,12 @@ return removed
 "#;
 
 /// KEYS: online, online version. ARGV: the version the caller holds ('' for
-/// none), its entry count. Returns {'1' if the caller's copy is current
-/// else '0', the version, the index as HGETALL lists it (empty when
-/// current)}: see `lua/append.lua` on versions.
-const ROOM_ONLINE_LUA: &str = r#"
-local version = redis.call('GET', KEYS[2]) or ''
-if version ~= '' and version == ARGV[1] and redis.call('HLEN', KEYS[1]) == tonumber(ARGV[2]) then
-  return {'1', version, {}}
-end
-return {'0', version, redis.call('HGETALL', KEYS[1])}
-"#;
+/// none), its entry count. Returns {index, version, held}, as the append
+/// script does (`lua/online_index.lua`).
+const ROOM_ONLINE_LUA: &str = concat!(
+    include_str!("lua/online_index.lua"),
+    "return {online_index(KEYS[1], KEYS[2], ARGV[1], ARGV[2])}\n"
+);
 
 /// A new version token for a presence index: random, so that a version
 /// names one content of the index even across a failover that loses the
@@ -1606,7 +1606,7 @@ impl Store for RedisStore {
     async fn room_online(&self, room: &str) -> StoreResult<Arc<[OnlineSession]>> {
         let cached = self.online_cache.get(room);
         let (held_version, held_len) = OnlineCache::script_args(&cached);
-        let (held, version, flat): (String, String, Vec<String>) = self
+        let (flat, version, held): (Vec<String>, String, String) = self
             .room_online
             .key(keys::room_online(room))
             .key(keys::room_online_version(room))

@@ -19,14 +19,10 @@
 --       the caller holds ('' for none), 13 its number of entries.
 --
 -- Replies {status, the presence index as HGETALL lists it, its version,
--- held}, so routing needs no further read. The version is a random token
--- every change to the index writes beside it (one slot, one step); when it
--- is the caller's, the index is left out of the reply and held is '1': the
--- caller has it.
--- A big room's index is thousands of entries, and most appends find it
--- unchanged. The entry count is compared too: servers of the version
--- before this one change the index without writing a version, and a
--- session they add or remove changes the count. Status:
+-- held} (`online_index.lua`, prepended to this script), so routing needs
+-- no further read; the index is left out when the caller holds it: a big
+-- room's index is thousands of entries, and most appends find it
+-- unchanged. Status:
 --   N:<seq>                  stored; the caller has every other field
 --   D:<seq> <id> <ts> <body> a retry: the original, read from the Stream
 --   T:<seq> <id>             a retry whose original retention trimmed
@@ -53,12 +49,8 @@ local meta = redis.call('HMGET', KEYS[1], 'created_at', 'log', 'dw')
 if not meta[1] then return {'E:noroom', {}, '', '0'} end
 if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember', {}, '', '0'} end
 local function with_online(status)
-  local version = redis.call('GET', KEYS[10]) or ''
-  if version ~= '' and version == ARGV[12]
-    and redis.call('HLEN', KEYS[7]) == tonumber(ARGV[13]) then
-    return {status, {}, version, '1'}
-  end
-  return {status, redis.call('HGETALL', KEYS[7]), version, '0'}
+  local index, version, held = online_index(KEYS[7], KEYS[10], ARGV[12], ARGV[13])
+  return {status, index, version, held}
 end
 local now, ttl = tonumber(ARGV[11]), tonumber(ARGV[7])
 local moved = tonumber(meta[2] or '-1')
