@@ -21,11 +21,22 @@ Variants:
   REV       the APPEND_LUA of crates/chat-store/src/redis_store.rs at git
             revision REV (sorted-set history, a dedup key per send)
 
+  floor     no script: one `XADD <log> MAXLEN K 0-* ...` with the same
+            fields (Redis numbers the entries 0-1, 0-2, ...): the least a
+            stored, sequenced message can cost, with no membership check,
+            no dedup, no read marker and no presence index
+
 Usage: bench/append-cost.py [--before REV] [--appends N] [--rooms R]
-                            [--retention K] [--runs 3]
-Pipelining everything at once is the best case for the network side; the
-script's own cost, what differs between variants, is what this isolates.
-No WAIT is sent (group commit makes it one per batch for either variant).
+                            [--retention K] [--runs 3] [--batches 1,2,4]
+Without --batches everything is pipelined at once (`redis-cli --pipe`), no
+WAIT: the best case for the network side, isolating the script's own cost,
+which is what differs between variants. With --batches the appends go as
+the chat servers' group commit sends them: K appends and one `WAIT 1 1000`
+in one write, the next batch once the WAIT has answered (one batch in
+flight, as per master per process), so the per-batch cost (the round
+trip, `REPLCONF GETACK` to the replica and its ack) is counted too. It
+prints, per variant, a fit of "µs per append = a + F / K": a is what each
+append costs, F what each batch costs.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -85,7 +97,7 @@ def setup_rooms(rooms: int) -> bytes:
     return b"".join(out)
 
 
-def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes:
+def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> list[bytes]:
     # The real clock: dedup windows expire relative to Redis's.
     now_ms = int(time.time() * 1000)
     out = []
@@ -96,7 +108,10 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes
         user = f"user-{i % 10:05d}"
         ulid = f"01JE{i:022d}"
         mid, cmid, body, ts = f"m_{ulid}", f"c_{ulid}", f"hello number {i}", str(now_ms + i)
-        if variant in ("now", "sent") or variant.startswith("try"):
+        if variant == "floor":
+            out.append(resp("XADD", f"{tag}:log", "MAXLEN", str(retention), "0-*", "i", mid,
+                            "f", user, "t", ts, "b", body, "c", cmid))
+        elif variant in ("now", "sent") or variant.startswith("try"):
             window = int(ts) // DEDUP_TTL_MS
             held = ("", "0") if variant == "sent" else ("v0", "10")
             out.append(resp("EVALSHA", sha, "10", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
@@ -110,24 +125,61 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> bytes
             out.append(resp("EVALSHA", sha, "7", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
                             f"{tag}:msgs", f"{tag}:dedup:{user}:{cmid}", f"{tag}:online", f"{tag}:reads",
                             user, "1", prefix, str(retention), str(DEDUP_TTL_MS), "1", mid))
-    return b"".join(out)
+    return out
+
+
+def read_reply(f) -> object:
+    """One RESP reply from a buffered socket file."""
+    line = f.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [read_reply(f) for _ in range(n)]
+    raise RuntimeError(f"unexpected reply {line!r}")
+
+
+def send_in_batches(master: int, commands: list[bytes], batch: int) -> None:
+    """Each batch and its WAIT in one write; the next once the WAIT answered."""
+    wait = resp("WAIT", "1", "1000")
+    with socket.create_connection(("127.0.0.1", master)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        replies = sock.makefile("rb")
+        for start in range(0, len(commands), batch):
+            chunk = commands[start:start + batch]
+            sock.sendall(b"".join(chunk) + wait)
+            for _ in chunk:
+                read_reply(replies)
+            if read_reply(replies) != 1:
+                raise SystemExit("WAIT: the replica did not acknowledge")
 
 
 def run_once(master: int, replica: int, pids: tuple[int, int], variant: str, script: str,
-             args: argparse.Namespace) -> tuple[float, float, float]:
+             args: argparse.Namespace, batch: int | None = None) -> tuple[float, float, float]:
     cli(master, "flushall")
     time.sleep(0.3)
-    sha = cli(master, "script", "load", script).strip()
+    sha = cli(master, "script", "load", script).strip() if script else ""
     subprocess.run(["redis-cli", "-p", str(master), "--pipe"], input=setup_rooms(args.rooms),
                    capture_output=True, check=True)
     time.sleep(0.3)
     mem0 = int(info_field(master, "memory", "used_memory"))
+    commands = appends(variant, sha, args.appends, args.rooms, args.retention)
     before = (cpu_s(pids[0]), cpu_s(pids[1]))
-    out = subprocess.run(["redis-cli", "-p", str(master), "--pipe"],
-                         input=appends(variant, sha, args.appends, args.rooms, args.retention),
-                         capture_output=True, check=True).stdout.decode()
-    if "errors: 0" not in out:
-        raise SystemExit(f"{variant}: script errors: {out}")
+    if batch:
+        send_in_batches(master, commands, batch)
+    else:
+        out = subprocess.run(["redis-cli", "-p", str(master), "--pipe"], input=b"".join(commands),
+                             capture_output=True, check=True).stdout.decode()
+        if "errors: 0" not in out:
+            raise SystemExit(f"{variant}: script errors: {out}")
     offset = info_field(master, "replication", "master_repl_offset")
     for _ in range(200):
         if info_field(replica, "replication", "slave_repl_offset") == offset:
@@ -148,13 +200,23 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="FILE",
                    help="also run this variant of append.lua (same arguments as now)")
+    p.add_argument("--batches", default="",
+                   help="comma-separated batch sizes: send K appends and a WAIT at a time")
+    p.add_argument("--variants", default="",
+                   help="comma-separated variants to run (default: all; with --batches: now,floor)")
     args = p.parse_args()
     lua = ROOT / "crates/chat-store/src/lua"
     shared = (lua / "online_index.lua").read_text()
     now = shared + (lua / "append.lua").read_text()
-    scripts = {"now": now, "sent": now, args.before: old_script(args.before)}
+    batches = [int(k) for k in args.batches.split(",") if k]
+    wanted = [v for v in args.variants.split(",") if v] or (["now", "floor"] if batches else [])
+    scripts = {"now": now, "sent": now, "floor": ""}
+    if not batches or args.before in wanted:
+        scripts[args.before] = old_script(args.before)
     for i, path in enumerate(args.tries):
         scripts[f"try{i + 1}"] = shared + Path(path).read_text()
+    if wanted:
+        scripts = {v: scripts[v] for v in wanted}
     master, replica = free_port(), free_port()
     with tempfile.TemporaryDirectory() as d:
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d]
@@ -173,18 +235,33 @@ def main() -> None:
                 time.sleep(0.1)
             pids = (procs[0].pid, procs[1].pid)
             print(f"redis {info_field(master, 'server', 'redis_version')}, {args.appends} appends "
-                  f"over {args.rooms} rooms, retention {args.retention}, {args.runs} runs each, alternating")
-            results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in scripts}
+                  f"over {args.rooms} rooms, retention {args.retention}, {args.runs} runs each, alternating"
+                  + (f", batches of {args.batches} with a WAIT each" if batches else ""))
+            sizes = batches or [None]
+            results: dict[tuple[str, int | None], list[tuple[float, float, float]]] = {
+                (v, k): [] for k in sizes for v in scripts}
             for run in range(args.runs):
-                for variant, script in scripts.items():
-                    r = run_once(master, replica, pids, variant, script, args)
-                    results[variant].append(r)
-                    print(f"run {run + 1} {variant:>8}: master {r[0]:6.1f} µs  replica {r[1]:6.1f} µs  "
-                          f"memory {r[2]:6.0f} B per append", flush=True)
-            print(f"\n{'variant':>8} {'master µs':>10} {'replica µs':>11} {'total µs':>9} {'B/append':>9}  (medians)")
-            for variant, rs in results.items():
+                for k in sizes:
+                    for variant, script in scripts.items():
+                        r = run_once(master, replica, pids, variant, script, args, k)
+                        results[(variant, k)].append(r)
+                        print(f"run {run + 1} {variant:>8}{f' batch {k:3}' if k else ''}: "
+                              f"master {r[0]:6.1f} µs  replica {r[1]:6.1f} µs  "
+                              f"memory {r[2]:6.0f} B per append", flush=True)
+            print(f"\n{'variant':>8} {'batch':>5} {'master µs':>10} {'replica µs':>11} {'total µs':>9} "
+                  f"{'B/append':>9}  (medians)")
+            medians = {}
+            for (variant, k), rs in results.items():
                 m = [statistics.median(x[i] for x in rs) for i in range(3)]
-                print(f"{variant:>8} {m[0]:10.1f} {m[1]:11.1f} {m[0] + m[1]:9.1f} {m[2]:9.0f}")
+                medians[(variant, k)] = m
+                print(f"{variant:>8} {k or '-':>5} {m[0]:10.1f} {m[1]:11.1f} {m[0] + m[1]:9.1f} {m[2]:9.0f}")
+            if len(batches) > 1:
+                print("\nfit of the medians, µs of Redis CPU (master + replica) per append = a + F / batch:")
+                for variant in scripts:
+                    xs = [1 / k for k in batches]
+                    ys = [sum(medians[(variant, k)][:2]) for k in batches]
+                    fit = statistics.linear_regression(xs, ys)
+                    print(f"{variant:>8}: a = {fit.intercept:5.1f} µs per append, F = {fit.slope:5.1f} µs per batch")
         finally:
             for proc in procs:
                 proc.terminate()
