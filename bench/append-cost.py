@@ -147,7 +147,14 @@ def read_reply(f) -> object:
     raise RuntimeError(f"unexpected reply {line!r}")
 
 
-def send_in_batches(master: int, commands: list[bytes], batch: int) -> None:
+def check(variant: str, reply: object) -> None:
+    """The append script must have stored the message (status `N:<seq>`):
+    a refusal (`E:notmember`, ...) costs less and would flatter it."""
+    if variant in ("now", "sent") and not (isinstance(reply, list) and reply[0].startswith(b"N:")):
+        raise SystemExit(f"{variant}: the script did not store the message: {reply!r}")
+
+
+def send_in_batches(master: int, variant: str, commands: list[bytes], batch: int) -> None:
     """Each batch and its WAIT in one write; the next once the WAIT answered."""
     wait = resp("WAIT", "1", "1000")
     with socket.create_connection(("127.0.0.1", master)) as sock:
@@ -157,7 +164,7 @@ def send_in_batches(master: int, commands: list[bytes], batch: int) -> None:
             chunk = commands[start:start + batch]
             sock.sendall(b"".join(chunk) + wait)
             for _ in chunk:
-                read_reply(replies)
+                check(variant, read_reply(replies))
             if read_reply(replies) != 1:
                 raise SystemExit("WAIT: the replica did not acknowledge")
 
@@ -174,7 +181,7 @@ def run_once(master: int, replica: int, pids: tuple[int, int], variant: str, scr
     commands = appends(variant, sha, args.appends, args.rooms, args.retention)
     before = (cpu_s(pids[0]), cpu_s(pids[1]))
     if batch:
-        send_in_batches(master, commands, batch)
+        send_in_batches(master, variant, commands, batch)
     else:
         out = subprocess.run(["redis-cli", "-p", str(master), "--pipe"], input=b"".join(commands),
                              capture_output=True, check=True).stdout.decode()
@@ -203,13 +210,14 @@ def main() -> None:
     p.add_argument("--batches", default="",
                    help="comma-separated batch sizes: send K appends and a WAIT at a time")
     p.add_argument("--variants", default="",
-                   help="comma-separated variants to run (default: all; with --batches: now,floor)")
+                   help="comma-separated variants to run (default: all; with --batches: now, floor and the --try ones)")
     args = p.parse_args()
     lua = ROOT / "crates/chat-store/src/lua"
     shared = (lua / "online_index.lua").read_text()
     now = shared + (lua / "append.lua").read_text()
     batches = [int(k) for k in args.batches.split(",") if k]
-    wanted = [v for v in args.variants.split(",") if v] or (["now", "floor"] if batches else [])
+    tries = [f"try{i + 1}" for i in range(len(args.tries))]
+    wanted = [v for v in args.variants.split(",") if v] or (["now", "floor", *tries] if batches else [])
     scripts = {"now": now, "sent": now, "floor": ""}
     if not batches or args.before in wanted:
         scripts[args.before] = old_script(args.before)
