@@ -23,6 +23,8 @@ FIGURES = [
     ("ack p99 ms", lambda r: ms(r, "ack_latency_us", "p99"), True),
     ("server CPU µs/delivery", lambda r: server_cpu(r), True),
     ("Redis CPU µs/delivery", lambda r: r.get("redis_cpu_us_per_delivery"), True),
+    ("app kernel µs/delivery", lambda r: app_kernel_cpu(r), True),
+    ("bench CPU µs/delivery", lambda r: r.get("bench_cpu_us_per_delivery"), True),
     ("sessions/s", lambda r: sessions_per_s(r), False),
     ("RSS B/idle session", lambda r: r.get("rss_per_session_bytes"), True),
     ("API CPU µs/session", lambda r: per_session(r, "api-server"), True),
@@ -45,6 +47,13 @@ def server_cpu(result):
     if app is None:
         return None
     return app + (result.get("redis_cpu_us_per_delivery") or 0)
+
+
+def app_kernel_cpu(result):
+    """The app processes' CPU in the kernel (socket reads and writes)."""
+    return result.get("app_kernel_cpu_us_per_delivery") or result.get(
+        "peer_kernel_cpu_us_per_delivery"
+    )
 
 
 def per_session(result, process):

@@ -388,14 +388,43 @@ pub async fn close_all(sinks: Vec<Arc<tokio::sync::Mutex<WsSink>>>) {
     let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
 }
 
-/// CPU time (user + system) this process has used, in µs, from
-/// /proc/self/stat (clock ticks, normally 10 ms each). `None` off Linux.
-pub fn own_cpu_us() -> Option<u64> {
-    cpu_us_of("self")
+/// CPU time a process has used, split into user space and the kernel
+/// (system calls, and on loopback most of the TCP receive path too, which
+/// runs in the sender's system call). The split tells a cost we can cut in
+/// our code from one each socket write pays whoever does it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user_us: u64,
+    pub system_us: u64,
 }
 
-/// CPU time (user + system) of `/proc/<pid>` in µs.
-fn cpu_us_of(pid: &str) -> Option<u64> {
+impl CpuTime {
+    pub fn total_us(self) -> u64 {
+        self.user_us + self.system_us
+    }
+
+    /// The time used since `earlier` (a reading of the same process).
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            system_us: self.system_us.saturating_sub(earlier.system_us),
+        }
+    }
+
+    fn add(&mut self, other: CpuTime) {
+        self.user_us += other.user_us;
+        self.system_us += other.system_us;
+    }
+}
+
+/// CPU time this process has used, from /proc/self/stat (clock ticks,
+/// normally 10 ms each). `None` off Linux.
+pub fn own_cpu() -> Option<CpuTime> {
+    cpu_of("self")
+}
+
+/// CPU time of `/proc/<pid>`.
+fn cpu_of(pid: &str) -> Option<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is field 3, utime 14 and stime 15.
@@ -404,7 +433,10 @@ fn cpu_us_of(pid: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     // USER_HZ is 100 on every Linux ABI we run on.
-    Some((utime + stime) * 10_000)
+    Some(CpuTime {
+        user_us: utime * 10_000,
+        system_us: stime * 10_000,
+    })
 }
 
 /// The processes whose CPU a step accounts for, by what they are: our
@@ -442,8 +474,8 @@ pub fn group_cpu_us() -> std::collections::BTreeMap<u32, ProcessCpu> {
         }) else {
             continue;
         };
-        if let Some(us) = cpu_us_of(&pid.to_string()) {
-            out.insert(pid, ProcessCpu { group, name, us });
+        if let Some(cpu) = cpu_of(&pid.to_string()) {
+            out.insert(pid, ProcessCpu { group, name, cpu });
         }
     }
     out
@@ -455,23 +487,23 @@ pub struct ProcessCpu {
     pub group: &'static str,
     /// Its name in [`CPU_GROUPS`] (`api-server`, `chat-server`, ...).
     pub name: &'static str,
-    pub us: u64,
+    pub cpu: CpuTime,
 }
 
-/// CPU µs per group between two [`group_cpu_us`] readings.
+/// CPU time per group between two [`group_cpu_us`] readings.
 pub fn group_cpu_delta(
     before: &std::collections::BTreeMap<u32, ProcessCpu>,
     after: &std::collections::BTreeMap<u32, ProcessCpu>,
-) -> std::collections::BTreeMap<&'static str, u64> {
+) -> std::collections::BTreeMap<&'static str, CpuTime> {
     cpu_delta_by(before, after, |p| p.group)
 }
 
-/// CPU µs per process name (all chat servers together, ...) between two
+/// CPU time per process name (all chat servers together, ...) between two
 /// [`group_cpu_us`] readings.
 pub fn name_cpu_delta(
     before: &std::collections::BTreeMap<u32, ProcessCpu>,
     after: &std::collections::BTreeMap<u32, ProcessCpu>,
-) -> std::collections::BTreeMap<&'static str, u64> {
+) -> std::collections::BTreeMap<&'static str, CpuTime> {
     cpu_delta_by(before, after, |p| p.name)
 }
 
@@ -479,11 +511,13 @@ fn cpu_delta_by(
     before: &std::collections::BTreeMap<u32, ProcessCpu>,
     after: &std::collections::BTreeMap<u32, ProcessCpu>,
     key: impl Fn(&ProcessCpu) -> &'static str,
-) -> std::collections::BTreeMap<&'static str, u64> {
+) -> std::collections::BTreeMap<&'static str, CpuTime> {
     let mut out = std::collections::BTreeMap::new();
     for (pid, process) in after {
-        let was = before.get(pid).map_or(0, |p| p.us);
-        *out.entry(key(process)).or_insert(0) += process.us.saturating_sub(was);
+        let was = before.get(pid).map_or(CpuTime::default(), |p| p.cpu);
+        out.entry(key(process))
+            .or_insert_with(CpuTime::default)
+            .add(process.cpu.since(was));
     }
     out
 }
@@ -540,13 +574,15 @@ mod tests {
 
     #[test]
     fn own_cpu_time_is_read_and_grows() {
-        let before = own_cpu_us().expect("/proc/self/stat is readable on Linux");
+        let before = own_cpu().expect("/proc/self/stat is readable on Linux");
         let mut x = 0u64;
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(50) {
             x = x.wrapping_add(std::hint::black_box(1));
         }
         assert!(x > 0);
-        assert!(own_cpu_us().unwrap() >= before);
+        let after = own_cpu().unwrap();
+        assert!(after.user_us >= before.user_us && after.system_us >= before.system_us);
+        assert!(after.since(before).total_us() == after.total_us() - before.total_us());
     }
 }

@@ -58,7 +58,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     };
     let rss_before = rss("before");
 
-    let cpu_before = client::own_cpu_us();
+    let cpu_before = client::own_cpu();
     let processes_before = client::group_cpu_us();
     let started = Instant::now();
     let outcomes = client::run_concurrent(tokens, args.concurrency, |t| {
@@ -72,9 +72,13 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     .await;
     let elapsed = started.elapsed();
     // CPU per session opened, by process: where a connect's cost goes.
-    let mut cpu = client::name_cpu_delta(&processes_before, &client::group_cpu_us());
-    if let (Some(a), Some(b)) = (cpu_before, client::own_cpu_us()) {
-        cpu.insert("chat-bench", b.saturating_sub(a));
+    let mut cpu: std::collections::BTreeMap<&str, u64> =
+        client::name_cpu_delta(&processes_before, &client::group_cpu_us())
+            .into_iter()
+            .map(|(name, t)| (name, t.total_us()))
+            .collect();
+    if let (Some(a), Some(b)) = (cpu_before, client::own_cpu()) {
+        cpu.insert("chat-bench", b.since(a).total_us());
     }
 
     let errors = ErrorLog::default();

@@ -326,7 +326,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     let mut results = Vec::new();
     for (step_no, rate) in rates.iter().enumerate() {
         let step = &shared.steps[step_no];
-        let cpu_before = client::own_cpu_us();
+        let cpu_before = client::own_cpu();
         let groups_before = client::group_cpu_us();
         let start = Instant::now() + Duration::from_millis(100);
         let measure_from = start + Duration::from_secs_f64(args.warmup_s);
@@ -401,18 +401,26 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         result["drained"] = drained.into();
         // The load generator's own CPU over the whole step (warm-up, sends,
         // drain), per delivery: what a delivery costs the client side.
-        if let (Some(a), Some(b)) = (cpu_before, client::own_cpu_us()) {
-            let delivered = step.delivered.load(Relaxed).max(1);
-            result["bench_cpu_ms"] = ((b - a) / 1000).into();
-            result["bench_cpu_us_per_delivery"] = round1((b - a) as f64 / delivered as f64).into();
+        // `*_kernel_cpu_us_per_delivery` is the part of it spent in the
+        // kernel: each delivery is a socket write on one side and a read on
+        // the other, whoever does them.
+        let delivered = step.delivered.load(Relaxed).max(1) as f64;
+        if let (Some(a), Some(b)) = (cpu_before, client::own_cpu()) {
+            let used = b.since(a);
+            result["bench_cpu_ms"] = (used.total_us() / 1000).into();
+            result["bench_cpu_us_per_delivery"] = round1(used.total_us() as f64 / delivered).into();
+            result["bench_kernel_cpu_us_per_delivery"] =
+                round1(used.system_us as f64 / delivered).into();
         }
         // The servers' CPU over the same step, from /proc, by group (ours,
         // Redis, the peer), per delivery: what issue 13 compares.
-        let delivered = step.delivered.load(Relaxed).max(1) as f64;
         let groups = client::group_cpu_delta(&groups_before, &client::group_cpu_us());
-        for (group, us) in &groups {
-            result[format!("{group}_cpu_ms")] = (us / 1000).into();
-            result[format!("{group}_cpu_us_per_delivery")] = round1(*us as f64 / delivered).into();
+        for (group, used) in &groups {
+            result[format!("{group}_cpu_ms")] = (used.total_us() / 1000).into();
+            result[format!("{group}_cpu_us_per_delivery")] =
+                round1(used.total_us() as f64 / delivered).into();
+            result[format!("{group}_kernel_cpu_us_per_delivery")] =
+                round1(used.system_us as f64 / delivered).into();
         }
         print_step(&result);
         println!("RESULT {}", serde_json::to_string(&result)?);
@@ -920,16 +928,19 @@ fn print_step(r: &serde_json::Value) {
     );
     if !r["bench_cpu_ms"].is_null() {
         println!(
-            "  chat-bench's own CPU {} ms, {} µs per delivery",
-            r["bench_cpu_ms"], r["bench_cpu_us_per_delivery"]
+            "  chat-bench's own CPU {} ms, {} µs per delivery ({} in the kernel)",
+            r["bench_cpu_ms"],
+            r["bench_cpu_us_per_delivery"],
+            r["bench_kernel_cpu_us_per_delivery"]
         );
     }
     for (group, _) in client::CPU_GROUPS {
         let ms = &r[format!("{group}_cpu_ms")];
         if !ms.is_null() {
             println!(
-                "  {group} CPU {ms} ms, {} µs per delivery",
-                r[format!("{group}_cpu_us_per_delivery")]
+                "  {group} CPU {ms} ms, {} µs per delivery ({} in the kernel)",
+                r[format!("{group}_cpu_us_per_delivery")],
+                r[format!("{group}_kernel_cpu_us_per_delivery")]
             );
         }
     }
