@@ -102,9 +102,26 @@ pub fn bin_path(name: &str) -> PathBuf {
 
 /// A port that was free a moment ago (bind to port 0, drop the listener).
 /// Callers retry with a new port if the process then fails to bind it.
+///
+/// Never the same port twice in one test process: the kernel may hand a
+/// just-released port out again at once, and two servers spawned one after
+/// the other would then share it. The second one's bind fails, but its
+/// `/readyz` wait is answered by the first, so it passes for started
+/// (seen in CI: `kubernetes_mode`, two chat servers on one port).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// Whether `CHAT_TEST_REQUIRE_REDIS=1`: a test that would skip for want of
@@ -1528,5 +1545,17 @@ impl WsClient {
             while !matches!(self.ws.recv().await, SocketEvent::Closed(_)) {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..500 {
+            let port = super::free_port();
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
     }
 }
