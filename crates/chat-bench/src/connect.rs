@@ -72,13 +72,9 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     .await;
     let elapsed = started.elapsed();
     // CPU per session opened, by process: where a connect's cost goes.
-    let mut cpu: std::collections::BTreeMap<&str, u64> =
-        client::name_cpu_delta(&processes_before, &client::group_cpu_us())
-            .into_iter()
-            .map(|(name, t)| (name, t.total_us()))
-            .collect();
+    let mut cpu = client::name_cpu_delta(&processes_before, &client::group_cpu_us());
     if let (Some(a), Some(b)) = (cpu_before, client::own_cpu()) {
-        cpu.insert("chat-bench", b.since(a).total_us());
+        cpu.insert("chat-bench", b.since(a));
     }
 
     let errors = ErrorLog::default();
@@ -104,11 +100,19 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     );
     println!("  connect+handshake+welcome ms: {}", lat.line_ms());
     println!("  placement: {placement:?}");
+    let per_session = |us: u64| (us as f64 / ok.max(1) as f64 * 10.0).round() / 10.0;
     let cpu_per_session: std::collections::BTreeMap<&str, f64> = cpu
         .iter()
-        .map(|(name, us)| (*name, (*us as f64 / ok.max(1) as f64 * 10.0).round() / 10.0))
+        .map(|(name, t)| (*name, per_session(t.total_us())))
+        .collect();
+    // The part of it in the kernel: TCP setup and teardown, socket reads
+    // and writes, whoever runs them.
+    let kernel_cpu_per_session: std::collections::BTreeMap<&str, f64> = cpu
+        .iter()
+        .map(|(name, t)| (*name, per_session(t.system_us)))
         .collect();
     println!("  CPU µs per session opened: {cpu_per_session:?}");
+    println!("    of which in the kernel: {kernel_cpu_per_session:?}");
     for e in errors.first() {
         println!("  error: {e}");
     }
@@ -161,6 +165,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         "sessions_per_s": (per_s * 10.0).round() / 10.0,
         "connect_latency_us": lat,
         "cpu_us_per_session": cpu_per_session,
+        "kernel_cpu_us_per_session": kernel_cpu_per_session,
         "hold_s": args.hold_s,
         "dropped_during_hold": dropped_during_hold,
         "server_pids": args.server_pid,
