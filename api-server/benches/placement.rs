@@ -27,6 +27,7 @@ fn servers(n: usize) -> Vec<ServerSnapshot> {
                 connections: ((i * 7919) % 1000) as u64 + 100,
                 load: ((i * 31) % 100) as f64 / 100.0,
                 last_seen_ms: 1_732_600_000_000,
+                tickets_in_own_slot: true,
             },
             pending_tickets: (i % 5) as u64,
         })

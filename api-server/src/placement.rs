@@ -57,6 +57,7 @@ mod tests {
                 connections,
                 load,
                 last_seen_ms: 0,
+                tickets_in_own_slot: true,
             },
             pending_tickets: pending,
         }

@@ -226,6 +226,7 @@ impl ChatServer {
             connections,
             load: connections as f64 / self.config.max_connections.max(1) as f64,
             last_seen_ms: now_ms(),
+            tickets_in_own_slot: true,
         }
     }
 
@@ -829,6 +830,7 @@ mod tests {
             connections: 1,
             load: 0.0,
             last_seen_ms: now_ms(),
+            tickets_in_own_slot: true,
         };
         store.put_server(&other, 60_000).await.unwrap();
         for (session, server_id) in [("s_1", "s-test"), ("s_2", "s-other")] {

@@ -95,6 +95,7 @@ fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
         connections,
         load: 0.0,
         last_seen_ms: 0,
+        tickets_in_own_slot: true,
     }
 }
 

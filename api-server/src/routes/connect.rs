@@ -56,7 +56,7 @@ pub async fn connect(
     };
     state
         .store
-        .add_pending_ticket(&ticket.server_id, &ticket.id, ticket.expires_at_ms)
+        .add_pending_ticket(&server.health, &ticket.id, ticket.expires_at_ms)
         .await?;
     state.metrics.connects.inc();
     Ok(Json(ConnectResponse {

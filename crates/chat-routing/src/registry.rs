@@ -230,6 +230,7 @@ mod tests {
             connections: 0,
             load: 0.0,
             last_seen_ms,
+            tickets_in_own_slot: true,
         }
     }
 

@@ -359,6 +359,7 @@ mod tests {
             connections: 0,
             load: 0.0,
             last_seen_ms: chat_protocol::now_ms(),
+            tickets_in_own_slot: true,
         }
     }
 

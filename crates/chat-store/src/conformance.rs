@@ -386,6 +386,7 @@ fn health(id: &str, connections: u64) -> ServerHealth {
         connections,
         load: 0.0,
         last_seen_ms: now_ms(),
+        tickets_in_own_slot: true,
     }
 }
 
@@ -467,20 +468,33 @@ impl ServerHealth {
     }
 }
 
+/// For servers that take their tickets from their own slot and for those
+/// from before (`tickets_in_own_slot` false: the API server writes to the
+/// registry's slot, and the take finds them there).
 pub async fn pending_tickets_count_until_taken_once(store: SharedStore) {
+    for own_slot in [true, false] {
+        pending_tickets_of_one_layout(&store, own_slot).await;
+    }
+}
+
+async fn pending_tickets_of_one_layout(store: &SharedStore, own_slot: bool) {
     let srv = new_id("srv-");
-    store.put_server(&health(&srv, 0), 60_000).await.unwrap();
+    let server = ServerHealth {
+        tickets_in_own_slot: own_slot,
+        ..health(&srv, 0)
+    };
+    store.put_server(&server, 60_000).await.unwrap();
     let now = now_ms();
     store
-        .add_pending_ticket(&srv, "t1", now + 30_000)
+        .add_pending_ticket(&server, "t1", now + 30_000)
         .await
         .unwrap();
     store
-        .add_pending_ticket(&srv, "t2", now + 30_000)
+        .add_pending_ticket(&server, "t2", now + 30_000)
         .await
         .unwrap();
     store
-        .add_pending_ticket(&srv, "old", now + 100)
+        .add_pending_ticket(&server, "old", now + 100)
         .await
         .unwrap();
     let pending = |v: Vec<crate::ServerSnapshot>| {

@@ -20,14 +20,19 @@
 //! | `chat:{user:<id>}:sessions` | hash | session id -> chat server id, expires unless refreshed |
 //! | `chat:{registry}:servers` | set | chat server ids that reported health |
 //! | `chat:{registry}:server:<id>` | string | health JSON, expires after the dead-after interval |
-//! | `chat:{registry}:pending:<id>` | sorted set | unused ticket ids scored by expiry |
+//! | `chat:{server:<id>}:pending` | sorted set | unused ticket ids scored by expiry, for a chat server that takes them from its own slot (`tickets_in_own_slot` in its health) |
+//! | `chat:{registry}:pending:<id>` | sorted set | the same for servers from before that (read only for them, and by a take that missed the key above) |
 //! | `chat:{registry}:hosts` | set | chat server ids that hold (or held) sessions: what presence reaping scans |
 //! | `chat:{registry}:hosted:<id>` | set | users with sessions on that chat server, for reaping when it dies |
 //! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
 //! | `chat:{registry}:unseen` | hash | registered server id -> ms since when it has had no health record (expiry of registrations) |
 //!
 //! The registry shares one slot on purpose: it is small, written once a
-//! second per server, and read as a whole by placement.
+//! second per server, and read as a whole by placement. Pending tickets
+//! are written and taken once per connect, so each server's are in a slot
+//! of their own: in the registry's, every connect of the whole cluster
+//! cost that one master a write and a take (docs/benchmarks.md, "Connects
+//! in the sixth sitting").
 
 pub fn room_meta(room: &str) -> String {
     format!("chat:{{room:{room}}}:meta")
@@ -93,8 +98,23 @@ pub const REGISTRY_HOSTS: &str = "chat:{registry}:hosts";
 pub fn registry_hosted(server_id: &str) -> String {
     format!("chat:{{registry}}:hosted:{server_id}")
 }
+/// A chat server's pending tickets in its own slot.
+pub fn server_pending(server_id: &str) -> String {
+    format!("chat:{{server:{server_id}}}:pending")
+}
+/// Legacy: a chat server's pending tickets in the registry's slot, for
+/// servers whose health does not say `tickets_in_own_slot`.
 pub fn registry_pending(server_id: &str) -> String {
     format!("chat:{{registry}}:pending:{server_id}")
+}
+/// Where the API server writes a ticket for `server`, and where that
+/// server looks first.
+pub fn pending_of(server: &crate::ServerHealth) -> String {
+    if server.tickets_in_own_slot {
+        server_pending(&server.id)
+    } else {
+        registry_pending(&server.id)
+    }
 }
 
 #[cfg(test)]
@@ -145,5 +165,31 @@ mod tests {
         assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(REGISTRY_UNSEEN));
         assert_eq!(hash_tag(REGISTRY_SERVERS), hash_tag(&registry_hosted("s1")));
         assert_ne!(hash_tag(&user_rooms("bob")), hash_tag(&room_meta("bob")));
+    }
+
+    #[test]
+    fn health_from_before_own_slot_tickets_names_the_registry_slot() {
+        // What a chat server of the previous release writes: no
+        // `tickets_in_own_slot`. Its tickets must go where it looks.
+        let old: crate::ServerHealth = serde_json::from_str(
+            r#"{"id":"s1","url":"ws://a/ws","internal_url":"http://a","state":"ready","connections":0,"load":0.0,"last_seen_ms":1}"#,
+        )
+        .unwrap();
+        assert!(!old.tickets_in_own_slot);
+        assert_eq!(pending_of(&old), registry_pending("s1"));
+        let new = crate::ServerHealth {
+            tickets_in_own_slot: true,
+            ..old
+        };
+        assert_eq!(pending_of(&new), server_pending("s1"));
+    }
+
+    #[test]
+    fn pending_tickets_leave_the_registry_slot_for_their_servers_own() {
+        let a = crate::group_commit::key_slot(&server_pending("chat-0"));
+        let b = crate::group_commit::key_slot(&server_pending("chat-1"));
+        let registry = crate::group_commit::key_slot(REGISTRY_SERVERS);
+        assert_ne!(a, b, "two servers' tickets hash apart");
+        assert!(a != registry && b != registry);
     }
 }

@@ -185,6 +185,12 @@ pub struct ServerHealth {
     /// Load figure in 0..=1 (connections over capacity, or CPU), for placement.
     pub load: f64,
     pub last_seen_ms: u64,
+    /// Takes its tickets from its own hash slot (`keys::server_pending`),
+    /// so that connects spread over the cluster's masters. Absent (false)
+    /// in the health of servers from before that: API servers then write
+    /// their tickets where those servers look, in the registry's slot.
+    #[serde(default)]
+    pub tickets_in_own_slot: bool,
 }
 
 /// A registry entry plus the tickets handed out for it that have not been
@@ -282,13 +288,16 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_server(&self, server_id: &str) -> StoreResult<()>;
     /// Unexpired servers with their pending ticket counts at `now_ms`.
     async fn servers(&self, now_ms: u64) -> StoreResult<Vec<ServerSnapshot>>;
+    /// Records a ticket handed out for `server` (where its health says it
+    /// takes them).
     async fn add_pending_ticket(
         &self,
-        server_id: &str,
+        server: &ServerHealth,
         ticket_id: &str,
         expires_at_ms: u64,
     ) -> StoreResult<()>;
-    /// Consumes a pending ticket: `true` exactly once per unexpired ticket.
+    /// Consumes a pending ticket: `true` exactly once per unexpired ticket,
+    /// wherever an API server of this or the previous release wrote it.
     async fn take_pending_ticket(
         &self,
         server_id: &str,

@@ -520,13 +520,13 @@ impl Store for MemoryStore {
 
     async fn add_pending_ticket(
         &self,
-        server_id: &str,
+        server: &ServerHealth,
         ticket_id: &str,
         expires_at_ms: u64,
     ) -> StoreResult<()> {
         let now = now_ms();
         let mut st = self.lock();
-        let pending = st.pending.entry(server_id.to_owned()).or_default();
+        let pending = st.pending.entry(server.id.clone()).or_default();
         pending.retain(|_, exp| *exp > now);
         pending.insert(ticket_id.to_owned(), expires_at_ms);
         Ok(())

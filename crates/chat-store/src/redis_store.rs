@@ -1309,6 +1309,12 @@ impl Store for RedisStore {
     }
 
     async fn remove_server(&self, server_id: &str) -> StoreResult<()> {
+        // Its own slot: a command of its own, not in the registry's pipeline.
+        let _: () = self
+            .conn()?
+            .del(keys::server_pending(server_id))
+            .await
+            .map_err(unavailable)?;
         redis::pipe()
             .cmd("DEL")
             .arg(keys::registry_server(server_id))
@@ -1356,7 +1362,7 @@ impl Store for RedisStore {
         let shared_conn = self.conn()?;
         let counts = try_join_all(live.iter().map(|h| {
             let mut conn = shared_conn.clone();
-            let key = keys::registry_pending(&h.id);
+            let key = keys::pending_of(h);
             async move {
                 conn.zcount::<_, _, _, u64>(key, format!("({now_ms}"), "+inf")
                     .await
@@ -1375,11 +1381,11 @@ impl Store for RedisStore {
 
     async fn add_pending_ticket(
         &self,
-        server_id: &str,
+        server: &ServerHealth,
         ticket_id: &str,
         expires_at_ms: u64,
     ) -> StoreResult<()> {
-        let key = keys::registry_pending(server_id);
+        let key = keys::pending_of(server);
         let now = chat_protocol::now_ms();
         redis::pipe()
             .cmd("ZADD")
@@ -1407,18 +1413,29 @@ impl Store for RedisStore {
         ticket_id: &str,
         now_ms: u64,
     ) -> StoreResult<bool> {
-        let key = keys::registry_pending(server_id);
-        let (score, removed): (Option<f64>, i64) = redis::pipe()
-            .cmd("ZSCORE")
-            .arg(&key)
-            .arg(ticket_id)
-            .cmd("ZREM")
-            .arg(&key)
-            .arg(ticket_id)
-            .query_async(&mut self.conn()?)
-            .await
-            .map_err(unavailable)?;
-        Ok(removed == 1 && score.is_some_and(|s| s > now_ms as f64))
+        // This server's own slot first; on a miss, the registry's, where
+        // an API server from before `tickets_in_own_slot` wrote it (during
+        // a rolling upgrade). A ticket is written to one of the two, and
+        // each take is one atomic ZREM, so it is taken at most once.
+        for key in [
+            keys::server_pending(server_id),
+            keys::registry_pending(server_id),
+        ] {
+            let (score, removed): (Option<f64>, i64) = redis::pipe()
+                .cmd("ZSCORE")
+                .arg(&key)
+                .arg(ticket_id)
+                .cmd("ZREM")
+                .arg(&key)
+                .arg(ticket_id)
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            if removed == 1 {
+                return Ok(score.is_some_and(|s| s > now_ms as f64));
+            }
+        }
+        Ok(false)
     }
 
     async fn set_registered(&self, cluster: &str, server_ids: &[String]) -> StoreResult<()> {

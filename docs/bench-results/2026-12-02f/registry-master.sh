@@ -6,7 +6,7 @@
 # node's CPU from /proc over the storm. Release builds in target/release.
 cd "$(dirname "$0")/../../.."
 OUT=/tmp/registry-storm.txt
-(BENCH_SKIP_BUILD=1 BENCH_API_PORT=18080 BENCH_CHAT_PORTS=19001,19002 timeout 300 scripts/bench.sh cluster connect --api http://127.0.0.1:18080 --sessions "${SESSIONS:-5000}" --concurrency 100 --hold-s 3 > $OUT 2>&1 &)
+(BENCH_SKIP_BUILD=1 BENCH_API_PORT=18080 BENCH_CHAT_PORTS=${BENCH_CHAT_PORTS:-19001,19002} timeout 300 scripts/bench.sh cluster connect --api http://127.0.0.1:18080 --sessions "${SESSIONS:-5000}" --concurrency 100 --hold-s 3 > $OUT 2>&1 &)
 for i in $(seq 600); do grep -q "connect: run" $OUT 2>/dev/null && break; sleep 0.1; done
 cpu() { # pid -> utime+stime ticks
   awk '{print $14 + $15}' /proc/$1/stat
