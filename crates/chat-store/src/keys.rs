@@ -22,17 +22,19 @@
 //! | `chat:{registry}:server:<id>` | string | health JSON, expires after the dead-after interval |
 //! | `chat:{server:<id>}:pending` | sorted set | unused ticket ids scored by expiry, for a chat server that takes them from its own slot (`tickets_in_own_slot` in its health) |
 //! | `chat:{registry}:pending:<id>` | sorted set | the same for servers from before that (read only for them, and by a take that missed the key above) |
-//! | `chat:{registry}:hosts` | set | chat server ids that hold (or held) sessions: what presence reaping scans |
-//! | `chat:{registry}:hosted:<id>` | set | users with sessions on that chat server, for reaping when it dies |
+//! | `chat:{registry}:hosts` | set | chat server ids that reported health or hold sessions: what presence reaping scans |
+//! | `chat:{server:<id>}:hosted` | set | users with sessions on that chat server, for reaping when it dies |
+//! | `chat:{registry}:hosted:<id>` | set | the same, written by chat servers from before the set moved to their own slot; reaping reads both |
 //! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
 //! | `chat:{registry}:unseen` | hash | registered server id -> ms since when it has had no health record (expiry of registrations) |
 //!
 //! The registry shares one slot on purpose: it is small, written once a
-//! second per server, and read as a whole by placement. Pending tickets
-//! are written and taken once per connect, so each server's are in a slot
-//! of their own: in the registry's, every connect of the whole cluster
-//! cost that one master a write and a take (docs/benchmarks.md, "Connects
-//! in the sixth sitting").
+//! second per server, and read as a whole by placement. What changes once
+//! per connect (pending tickets, hosted users) is in a slot per chat
+//! server instead: in the registry's, every connect of the whole cluster
+//! cost that one master a write and a take and an `SADD`
+//! (docs/benchmarks.md, "Connects in the sixth sitting"). A server joins
+//! `hosts` with its health, not per connect.
 
 pub fn room_meta(room: &str) -> String {
     format!("chat:{{room:{room}}}:meta")
@@ -95,6 +97,12 @@ pub fn registry_server(server_id: &str) -> String {
     format!("chat:{{registry}}:server:{server_id}")
 }
 pub const REGISTRY_HOSTS: &str = "chat:{registry}:hosts";
+/// The users with sessions on a chat server, in the server's own slot.
+pub fn server_hosted(server_id: &str) -> String {
+    format!("chat:{{server:{server_id}}}:hosted")
+}
+/// Legacy: the same in the registry's slot, written by chat servers from
+/// before [`server_hosted`]; reaping reads it too.
 pub fn registry_hosted(server_id: &str) -> String {
     format!("chat:{{registry}}:hosted:{server_id}")
 }
@@ -191,5 +199,9 @@ mod tests {
         let registry = crate::group_commit::key_slot(REGISTRY_SERVERS);
         assert_ne!(a, b, "two servers' tickets hash apart");
         assert!(a != registry && b != registry);
+        assert_eq!(
+            hash_tag(&server_hosted("chat-0")),
+            hash_tag(&server_pending("chat-0"))
+        );
     }
 }

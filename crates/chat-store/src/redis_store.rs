@@ -192,15 +192,24 @@ return reply
     )
 }
 
-/// KEYS: hosts, hosted (of the server), the server's health record. ARGV:
-/// server id, force ('1': ignore the health record), users reaped...
+/// KEYS: hosts, the legacy hosted set (of the server), the server's
+/// health record. ARGV: server id, force ('1': ignore the health record),
+/// how many users the server's own hosted set still has, users reaped...
 /// Forgets the reaped users, and the server once it hosts nobody, unless
-/// the server reported health again meanwhile (it was only cut off).
+/// the server reported health again meanwhile (it was only cut off; it
+/// rejoins `hosts` with its next health anyway).
 const UNHOST_LUA: &str = r#"
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-for i = 3, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
-if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+for i = 4, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
+if ARGV[3] == '0' and redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
 return 1
+"#;
+
+/// KEYS: the server's own hosted set. ARGV: users reaped... Forgets them;
+/// replies how many users it still has.
+const UNHOST_OWN_LUA: &str = r#"
+for i = 1, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
+return redis.call('SCARD', KEYS[1])
 "#;
 
 /// KEYS: members, online. ARGV: max members. {'0'} for a larger room,
@@ -438,6 +447,7 @@ pub struct RedisStore {
     remove_session: Script,
     reap_user: Script,
     unhost: Script,
+    unhost_own: Script,
     presence_audience: Script,
     forget_online: Script,
     room_online: Script,
@@ -530,6 +540,7 @@ impl RedisStore {
             remove_session: Script::new(&remove_session_lua()),
             reap_user: Script::new(&reap_user_lua()),
             unhost: Script::new(UNHOST_LUA),
+            unhost_own: Script::new(UNHOST_OWN_LUA),
             presence_audience: Script::new(PRESENCE_AUDIENCE_LUA),
             forget_online: Script::new(FORGET_ONLINE_LUA),
             room_online: Script::new(ROOM_ONLINE_LUA),
@@ -724,11 +735,18 @@ impl RedisStore {
     /// Reaps one chat server's sessions: each user's step is atomic on the
     /// user's slot, so concurrent reapers report each transition once.
     async fn reap(&self, server_id: &str, force: bool) -> StoreResult<Vec<PresenceChange>> {
-        let users: Vec<String> = self
-            .conn()?
-            .smembers(keys::registry_hosted(server_id))
-            .await
-            .map_err(unavailable)?;
+        // The server's own set, and the registry's from before it moved
+        // (a server of the previous release, or this one's previous run).
+        let (mut conn_own, mut conn_legacy) = (self.conn()?, self.conn()?);
+        let (own, legacy): (Vec<String>, Vec<String>) = tokio::try_join!(
+            conn_own.smembers(keys::server_hosted(server_id)),
+            conn_legacy.smembers(keys::registry_hosted(server_id)),
+        )
+        .map_err(unavailable)?;
+        let mut users = own;
+        users.extend(legacy);
+        users.sort();
+        users.dedup();
         let reaped = try_join_all(users.iter().map(|user| async move {
             let reply: Vec<String> = self
                 .reap_user
@@ -760,13 +778,35 @@ impl RedisStore {
             }))
         }))
         .await?;
+        // A server that reported health again meanwhile was only cut off:
+        // its sets stay (the registry's script checks again, atomically
+        // with `hosts`; the server rejoins `hosts` with its next health).
+        if !force && have_health_records(&mut self.conn()?, &[server_id.to_owned()]).await?[0] {
+            return Ok(reaped.into_iter().flatten().collect());
+        }
+        let still_hosted: i64 = if users.is_empty() {
+            self.conn()?
+                .scard(keys::server_hosted(server_id))
+                .await
+                .map_err(unavailable)?
+        } else {
+            let mut own = self.unhost_own.prepare_invoke();
+            own.key(keys::server_hosted(server_id));
+            for user in &users {
+                own.arg(user);
+            }
+            own.invoke_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?
+        };
         let mut invocation = self.unhost.prepare_invoke();
         invocation
             .key(keys::REGISTRY_HOSTS)
             .key(keys::registry_hosted(server_id))
             .key(keys::registry_server(server_id))
             .arg(server_id)
-            .arg(if force { "1" } else { "0" });
+            .arg(if force { "1" } else { "0" })
+            .arg(still_hosted);
         for user in &users {
             invocation.arg(user);
         }
@@ -1303,6 +1343,13 @@ impl Store for RedisStore {
             .arg(keys::REGISTRY_SERVERS)
             .arg(&health.id)
             .ignore()
+            // What reaping scans: a server joins it with its health rather
+            // than with each session (that was a registry write per
+            // connect), and leaves it once reaped with nobody hosted.
+            .cmd("SADD")
+            .arg(keys::REGISTRY_HOSTS)
+            .arg(&health.id)
+            .ignore()
             .query_async::<()>(&mut self.conn()?)
             .await
             .map_err(unavailable)
@@ -1495,20 +1542,17 @@ impl Store for RedisStore {
         location: &SessionLocation,
         ttl_ms: u64,
     ) -> StoreResult<SessionAdded> {
-        // The server's list of hosted users (registry slot) and the user's
-        // record (user slot) are written concurrently: a connect costs one
-        // round trip here, not two. The order would matter only to a reaper
-        // reaping this very server while it adds a session, that is, never
-        // for a live server.
+        // The server's list of hosted users (the server's slot) and the
+        // user's record (user slot) are written concurrently: a connect
+        // costs one round trip here, not two. The order would matter only
+        // to a reaper reaping this very server while it adds a session,
+        // that is, never for a live server. The server is in `hosts`
+        // already: it joined with its health, before taking sessions.
         let mut hosted = redis::pipe();
         hosted
             .cmd("SADD")
-            .arg(keys::registry_hosted(&location.server_id))
+            .arg(keys::server_hosted(&location.server_id))
             .arg(user)
-            .ignore()
-            .cmd("SADD")
-            .arg(keys::REGISTRY_HOSTS)
-            .arg(&location.server_id)
             .ignore();
         let mut hosted_conn = self.conn()?;
         let mut user_conn = self.conn()?;
@@ -1567,7 +1611,7 @@ impl Store for RedisStore {
         if still_hosted == "0" && !server_id.is_empty() {
             let _: i64 = self
                 .conn()?
-                .srem(keys::registry_hosted(server_id), user)
+                .srem(keys::server_hosted(server_id), user)
                 .await
                 .map_err(unavailable)?;
         }

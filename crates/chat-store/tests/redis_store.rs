@@ -295,3 +295,86 @@ mod group_commit {
         );
     }
 }
+
+/// The registry as chat servers of the previous release left it: their
+/// hosted users in the registry's slot (`chat:{registry}:hosted:<id>`),
+/// their server in `hosts` with each session. Reaping a server whose
+/// process is gone finds those users too, during and after a rolling
+/// upgrade.
+mod legacy_registry {
+    use chat_store::{keys, SessionLocation, StoreConfig};
+    use redis::AsyncCommands;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn users_hosted_in_the_registry_slot_are_reaped_with_the_new_ones() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let (old_user, new_user) = (
+            chat_protocol::ids::new_id("old-"),
+            chat_protocol::ids::new_id("new-"),
+        );
+        let room = chat_store::conformance::room_with(&*store, &old_user, &[&new_user]).await;
+        let server = chat_protocol::ids::new_id("srv-");
+        let at = |session: &str| SessionLocation {
+            session: session.into(),
+            server_id: server.clone(),
+        };
+        // The old release's session: its record, and the hosted entry
+        // where that release wrote it.
+        store
+            .add_session(&old_user, &at("s-old"), 60_000)
+            .await
+            .unwrap();
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let _: () = conn
+            .srem(keys::server_hosted(&server), &old_user)
+            .await
+            .unwrap();
+        let _: () = conn
+            .sadd(keys::registry_hosted(&server), &old_user)
+            .await
+            .unwrap();
+        // This release's session on the same server id (restarted in place),
+        // which joined `hosts` with its health.
+        let health = chat_store::ServerHealth {
+            id: server.clone(),
+            url: "ws://127.0.0.1:1/ws".into(),
+            internal_url: "http://127.0.0.1:1".into(),
+            state: chat_store::ServerState::Ready,
+            connections: 1,
+            load: 0.0,
+            last_seen_ms: chat_protocol::now_ms(),
+            tickets_in_own_slot: true,
+        };
+        store.put_server(&health, 60_000).await.unwrap();
+        store
+            .add_session(&new_user, &at("s-new"), 60_000)
+            .await
+            .unwrap();
+        let hosts: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
+        assert!(hosts, "the server joined `hosts` with its health");
+
+        // It stopped (its health is gone): reaping it takes every user.
+        // (`reap_server`, not `reap_dead_servers`: that would reap the
+        // servers of the tests running beside this one.)
+        store.remove_server(&server).await.unwrap();
+        let mut reaped = store.reap_server(&server).await.unwrap();
+        reaped.sort_by(|a, b| a.user.cmp(&b.user));
+        let users: Vec<(&str, bool)> = reaped.iter().map(|c| (c.user.as_str(), c.online)).collect();
+        let mut expected = vec![(new_user.as_str(), false), (old_user.as_str(), false)];
+        expected.sort();
+        assert_eq!(users, expected, "both users reported offline");
+        assert!(reaped.iter().all(|c| c.rooms == vec![room.clone()]));
+        for key in [keys::server_hosted(&server), keys::registry_hosted(&server)] {
+            let left: u64 = conn.scard(&key).await.unwrap();
+            assert_eq!(left, 0, "{key} emptied");
+        }
+        let hosts: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
+        assert!(!hosts, "a server that hosts nobody leaves `hosts`");
+    }
+}
