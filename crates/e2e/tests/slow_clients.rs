@@ -140,6 +140,15 @@ async fn over_the_connection_cap_only_the_ops_endpoints_answer() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // Served: a slot was free after all. The first request's slot is
+        // given back a moment after its connection closes; if one of the
+        // held connections came in before that, it went to the ops
+        // reserve and the freed slot serves every probe after it (seen in
+        // CI). Hold that slot too. Bounded: the reserve (32) keeps room
+        // for the ops probes below.
+        if answer.starts_with("HTTP/1.1 200") && held.len() < CAP + 8 {
+            held.push(connect(&api_url).await);
+        }
     }
     assert!(answered, "the API kept answering over the connection cap");
     assert!(ask(&api_url, request("/healthz"))
