@@ -448,11 +448,11 @@ pub const CPU_GROUPS: &[(&str, &[&str])] = &[
     ("peer", &["node"]),
 ];
 
-/// CPU µs of every process on this machine in one of [`CPU_GROUPS`],
+/// CPU time of every process on this machine in one of [`CPU_GROUPS`],
 /// keyed by pid, with its group and its name. Processes that start or end
 /// during a step count for the part they were alive (a pid seen only at
 /// the end counts from 0, so start servers before the step).
-pub fn group_cpu_us() -> std::collections::BTreeMap<u32, ProcessCpu> {
+pub fn group_cpu() -> std::collections::BTreeMap<u32, ProcessCpu> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -481,7 +481,7 @@ pub fn group_cpu_us() -> std::collections::BTreeMap<u32, ProcessCpu> {
     out
 }
 
-/// One process's CPU time so far, as [`group_cpu_us`] reads it.
+/// One process's CPU time so far, as [`group_cpu`] reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessCpu {
     pub group: &'static str,
@@ -490,7 +490,7 @@ pub struct ProcessCpu {
     pub cpu: CpuTime,
 }
 
-/// CPU time per group between two [`group_cpu_us`] readings.
+/// CPU time per group between two [`group_cpu`] readings.
 pub fn group_cpu_delta(
     before: &std::collections::BTreeMap<u32, ProcessCpu>,
     after: &std::collections::BTreeMap<u32, ProcessCpu>,
@@ -499,7 +499,7 @@ pub fn group_cpu_delta(
 }
 
 /// CPU time per process name (all chat servers together, ...) between two
-/// [`group_cpu_us`] readings.
+/// [`group_cpu`] readings.
 pub fn name_cpu_delta(
     before: &std::collections::BTreeMap<u32, ProcessCpu>,
     after: &std::collections::BTreeMap<u32, ProcessCpu>,

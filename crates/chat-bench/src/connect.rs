@@ -59,7 +59,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let rss_before = rss("before");
 
     let cpu_before = client::own_cpu();
-    let processes_before = client::group_cpu_us();
+    let processes_before = client::group_cpu();
     let started = Instant::now();
     let outcomes = client::run_concurrent(tokens, args.concurrency, |t| {
         let api = ctx.api.clone();
@@ -72,7 +72,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     .await;
     let elapsed = started.elapsed();
     // CPU per session opened, by process: where a connect's cost goes.
-    let mut cpu = client::name_cpu_delta(&processes_before, &client::group_cpu_us());
+    let mut cpu = client::name_cpu_delta(&processes_before, &client::group_cpu());
     if let (Some(a), Some(b)) = (cpu_before, client::own_cpu()) {
         cpu.insert("chat-bench", b.since(a));
     }

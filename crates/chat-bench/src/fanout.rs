@@ -327,7 +327,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     for (step_no, rate) in rates.iter().enumerate() {
         let step = &shared.steps[step_no];
         let cpu_before = client::own_cpu();
-        let groups_before = client::group_cpu_us();
+        let groups_before = client::group_cpu();
         let start = Instant::now() + Duration::from_millis(100);
         let measure_from = start + Duration::from_secs_f64(args.warmup_s);
         let end = measure_from + Duration::from_secs_f64(args.duration_s);
@@ -414,7 +414,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
         }
         // The servers' CPU over the same step, from /proc, by group (ours,
         // Redis, the peer), per delivery: what issue 13 compares.
-        let groups = client::group_cpu_delta(&groups_before, &client::group_cpu_us());
+        let groups = client::group_cpu_delta(&groups_before, &client::group_cpu());
         for (group, used) in &groups {
             result[format!("{group}_cpu_ms")] = (used.total_us() / 1000).into();
             result[format!("{group}_cpu_us_per_delivery")] =

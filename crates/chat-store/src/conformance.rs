@@ -377,7 +377,8 @@ pub async fn concurrent_appends_stay_gapless(store: SharedStore) {
     assert_eq!(ids.len(), 100);
 }
 
-fn health(id: &str, connections: u64) -> ServerHealth {
+/// A ready server's health, as a chat server reports it (tests).
+pub fn health(id: &str, connections: u64) -> ServerHealth {
     ServerHealth {
         id: id.into(),
         url: format!("ws://127.0.0.1:1/{id}"),

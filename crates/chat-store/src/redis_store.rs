@@ -784,21 +784,15 @@ impl RedisStore {
         if !force && have_health_records(&mut self.conn()?, &[server_id.to_owned()]).await?[0] {
             return Ok(reaped.into_iter().flatten().collect());
         }
-        let still_hosted: i64 = if users.is_empty() {
-            self.conn()?
-                .scard(keys::server_hosted(server_id))
-                .await
-                .map_err(unavailable)?
-        } else {
-            let mut own = self.unhost_own.prepare_invoke();
-            own.key(keys::server_hosted(server_id));
-            for user in &users {
-                own.arg(user);
-            }
-            own.invoke_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?
-        };
+        let mut own = self.unhost_own.prepare_invoke();
+        own.key(keys::server_hosted(server_id));
+        for user in &users {
+            own.arg(user);
+        }
+        let still_hosted: i64 = own
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
         let mut invocation = self.unhost.prepare_invoke();
         invocation
             .key(keys::REGISTRY_HOSTS)
@@ -1356,13 +1350,10 @@ impl Store for RedisStore {
     }
 
     async fn remove_server(&self, server_id: &str) -> StoreResult<()> {
-        // Its own slot: a command of its own, not in the registry's pipeline.
-        let _: () = self
-            .conn()?
-            .del(keys::server_pending(server_id))
-            .await
-            .map_err(unavailable)?;
-        redis::pipe()
+        // The tickets are in the server's own slot: a command of their own,
+        // sent beside the registry's pipeline.
+        let mut registry = redis::pipe();
+        registry
             .cmd("DEL")
             .arg(keys::registry_server(server_id))
             .ignore()
@@ -1372,10 +1363,14 @@ impl Store for RedisStore {
             .cmd("SREM")
             .arg(keys::REGISTRY_SERVERS)
             .arg(server_id)
-            .ignore()
-            .query_async::<()>(&mut self.conn()?)
-            .await
-            .map_err(unavailable)
+            .ignore();
+        let (mut own_conn, mut registry_conn) = (self.conn()?, self.conn()?);
+        tokio::try_join!(
+            own_conn.del::<_, ()>(keys::server_pending(server_id)),
+            registry.query_async::<()>(&mut registry_conn),
+        )
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn servers(&self, now_ms: u64) -> StoreResult<Vec<ServerSnapshot>> {
@@ -1548,12 +1543,6 @@ impl Store for RedisStore {
         // to a reaper reaping this very server while it adds a session,
         // that is, never for a live server. The server is in `hosts`
         // already: it joined with its health, before taking sessions.
-        let mut hosted = redis::pipe();
-        hosted
-            .cmd("SADD")
-            .arg(keys::server_hosted(&location.server_id))
-            .arg(user)
-            .ignore();
         let mut hosted_conn = self.conn()?;
         let mut user_conn = self.conn()?;
         let mut record = self.add_session.prepare_invoke();
@@ -1564,7 +1553,7 @@ impl Store for RedisStore {
             .arg(&location.server_id)
             .arg(ttl_ms);
         let ((), reply): ((), Vec<String>) = tokio::try_join!(
-            hosted.query_async::<()>(&mut hosted_conn),
+            hosted_conn.sadd::<_, _, ()>(keys::server_hosted(&location.server_id), user),
             record.invoke_async(&mut user_conn),
         )
         .map_err(unavailable)?;

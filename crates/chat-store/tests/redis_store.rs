@@ -341,16 +341,7 @@ mod legacy_registry {
             .unwrap();
         // This release's session on the same server id (restarted in place),
         // which joined `hosts` with its health.
-        let health = chat_store::ServerHealth {
-            id: server.clone(),
-            url: "ws://127.0.0.1:1/ws".into(),
-            internal_url: "http://127.0.0.1:1".into(),
-            state: chat_store::ServerState::Ready,
-            connections: 1,
-            load: 0.0,
-            last_seen_ms: chat_protocol::now_ms(),
-            tickets_in_own_slot: true,
-        };
+        let health = chat_store::conformance::health(&server, 1);
         store.put_server(&health, 60_000).await.unwrap();
         store
             .add_session(&new_user, &at("s-new"), 60_000)
