@@ -28,6 +28,7 @@ fn servers(n: usize) -> Vec<ServerSnapshot> {
                 load: ((i * 31) % 100) as f64 / 100.0,
                 last_seen_ms: 1_732_600_000_000,
                 tickets_in_own_slot: true,
+                tracks_used_tickets: true,
             },
             pending_tickets: (i % 5) as u64,
         })

@@ -58,6 +58,7 @@ mod tests {
                 load,
                 last_seen_ms: 0,
                 tickets_in_own_slot: true,
+                tracks_used_tickets: true,
             },
             pending_tickets: pending,
         }

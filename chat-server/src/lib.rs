@@ -14,6 +14,7 @@ pub mod mailbox;
 pub mod order;
 pub mod rate;
 mod session;
+mod used_tickets;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,6 +138,9 @@ pub struct ChatServer {
     catch_up_latest: std::sync::Mutex<Arc<HashMap<String, u64>>>,
     /// Runs the catch-up at once (after this server was counted dead).
     catch_up_now: Arc<tokio::sync::Notify>,
+    /// Tickets used since this process started (those that say when they
+    /// were issued; older ones are taken from the store).
+    used_tickets: used_tickets::UsedTickets,
 }
 
 impl ChatServer {
@@ -205,6 +209,7 @@ impl ChatServer {
             last_report_ok: std::sync::Mutex::new(std::time::Instant::now()),
             catch_up_latest: std::sync::Mutex::default(),
             catch_up_now: Arc::new(tokio::sync::Notify::new()),
+            used_tickets: used_tickets::UsedTickets::new(now_ms()),
         })
     }
 
@@ -227,6 +232,36 @@ impl ChatServer {
             load: connections as f64 / self.config.max_connections.max(1) as f64,
             last_seen_ms: now_ms(),
             tickets_in_own_slot: true,
+            tracks_used_tickets: true,
+        }
+    }
+
+    /// Enforces the ticket's single use: in memory when it says when it was
+    /// issued (see `used_tickets`), else by taking its pending entry from
+    /// the store, where an API server from before wrote it. `Err` carries
+    /// the refusal: 401 with a reason, or 503 when the store is down.
+    async fn use_ticket(
+        &self,
+        ticket: &chat_auth::ticket::Ticket,
+        now: u64,
+    ) -> Result<(), (StatusCode, &'static str)> {
+        if let Some(issued_at) = ticket.issued_at_ms {
+            return self
+                .used_tickets
+                .claim(&ticket.id, issued_at, ticket.expires_at_ms, now)
+                .map_err(|refused| (StatusCode::UNAUTHORIZED, refused.reason()));
+        }
+        match self
+            .store
+            .take_pending_ticket(&self.server_id, &ticket.id, now)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err((StatusCode::UNAUTHORIZED, "ticket already used or unknown")),
+            Err(e) => {
+                tracing::warn!(error = %e, "ticket check failed");
+                Err((StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))
+            }
         }
     }
 
@@ -732,22 +767,10 @@ async fn ws_upgrade(
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    // Single use: the pending entry is consumed exactly once.
-    match server
-        .store
-        .take_pending_ticket(&server.server_id, &ticket.id, now)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return unauthorized(&server, "ticket already used or unknown"),
-        Err(e) => {
-            tracing::warn!(error = %e, "ticket check failed");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                "storage unavailable",
-            );
-        }
+    match server.use_ticket(&ticket, now).await {
+        Ok(()) => {}
+        Err((StatusCode::UNAUTHORIZED, reason)) => return unauthorized(&server, reason),
+        Err((status, reason)) => return refuse(status, ErrorCode::Unavailable, reason),
     }
     let max = server.config.max_frame_bytes;
     // A small read buffer instead of tungstenite's 128 KiB: that default
@@ -831,6 +854,7 @@ mod tests {
             load: 0.0,
             last_seen_ms: now_ms(),
             tickets_in_own_slot: true,
+            tracks_used_tickets: true,
         };
         store.put_server(&other, 60_000).await.unwrap();
         for (session, server_id) in [("s_1", "s-test"), ("s_2", "s-other")] {
@@ -846,6 +870,46 @@ mod tests {
             .filter(|_| server.user_rates.check("alice", 1, 12, now))
             .count();
         assert_eq!(allowed, 6, "half the burst of 12: alice is on two servers");
+    }
+
+    /// Tickets that say when they were issued are checked in memory; one
+    /// without (from an API server from before) is taken from the store's
+    /// pending entries, once.
+    #[tokio::test]
+    async fn tickets_are_used_once_in_memory_or_from_the_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let server = ChatServer::new(config(), store.clone());
+        let now = now_ms();
+        let ticket = |id: &str, issued_at_ms| chat_auth::ticket::Ticket {
+            id: id.into(),
+            user: "alice".into(),
+            server_id: "s-test".into(),
+            expires_at_ms: now + 30_000,
+            issued_at_ms,
+        };
+        let unauthorized =
+            |r: Result<(), (StatusCode, &str)>| matches!(r, Err((StatusCode::UNAUTHORIZED, _)));
+        let fresh = ticket("t-new", Some(now));
+        assert_eq!(server.use_ticket(&fresh, now).await, Ok(()));
+        assert!(unauthorized(server.use_ticket(&fresh, now).await));
+        let before_start = ticket("t-early", Some(now - 60_000));
+        assert!(unauthorized(server.use_ticket(&before_start, now).await));
+
+        let legacy = ticket("t-old", None);
+        assert!(
+            unauthorized(server.use_ticket(&legacy, now).await),
+            "no pending entry"
+        );
+        let old_health = ServerHealth {
+            tracks_used_tickets: false,
+            ..server.health()
+        };
+        store
+            .add_pending_ticket(&old_health, "t-old", now + 30_000)
+            .await
+            .unwrap();
+        assert_eq!(server.use_ticket(&legacy, now).await, Ok(()));
+        assert!(unauthorized(server.use_ticket(&legacy, now).await));
     }
 
     /// SIGTERM and the operator's drain: the server reports `draining` and

@@ -96,6 +96,7 @@ fn health(ordinal: i32, state: ServerState, connections: u64) -> ServerHealth {
         load: 0.0,
         last_seen_ms: 0,
         tickets_in_own_slot: true,
+        tracks_used_tickets: true,
     }
 }
 

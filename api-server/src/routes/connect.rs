@@ -36,7 +36,7 @@ pub async fn connect(
         let servers = state.registry.live_with_local_pending();
         let chosen = state.placement.choose(&servers).cloned();
         if let Some(s) = &chosen {
-            state.registry.note_ticket_issued(&s.health.id);
+            state.registry.note_ticket_issued(&s.health.id, now_ms());
         }
         chosen
     };
@@ -48,16 +48,24 @@ pub async fn connect(
         ));
     };
     let ttl = state.config.ticket_ttl_ms;
+    let now = now_ms();
+    // A server that tracks used tickets itself needs no pending entry (two
+    // store round trips per connect fewer); one from before takes its
+    // tickets from the store.
+    let tracked = server.health.tracks_used_tickets;
     let ticket = Ticket {
         id: new_id("t_"),
         user: caller,
         server_id: server.health.id.clone(),
-        expires_at_ms: now_ms() + ttl,
+        expires_at_ms: now + ttl,
+        issued_at_ms: tracked.then_some(now),
     };
-    state
-        .store
-        .add_pending_ticket(&server.health, &ticket.id, ticket.expires_at_ms)
-        .await?;
+    if !tracked {
+        state
+            .store
+            .add_pending_ticket(&server.health, &ticket.id, ticket.expires_at_ms)
+            .await?;
+    }
     state.metrics.connects.inc();
     Ok(Json(ConnectResponse {
         url: server.health.url,

@@ -1,6 +1,9 @@
 //! WebSocket tickets: `base64url(claims).base64url(hmac)`, bound to one
-//! user and one chat server, expiring after seconds. Single use is enforced
-//! by the chat server against the store's pending-ticket set.
+//! user and one chat server, expiring after seconds. The chat server
+//! enforces single use: in its own memory for a ticket that says when it
+//! was issued, against the store's pending-ticket set for one that does not
+//! (minted by an API server from before `issued_at_ms`, or for a chat server
+//! from before it, which needs the pending entry).
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +17,13 @@ pub struct Ticket {
     pub server_id: String,
     /// Expiry in milliseconds since the epoch.
     pub expires_at_ms: u64,
+    /// When the API server issued it (ms since the epoch), present when the
+    /// chat server's health says it tracks used tickets itself: no pending
+    /// entry was written to the store, and the chat server refuses a
+    /// ticket issued before it started (its memory of used tickets starts
+    /// empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at_ms: Option<u64>,
 }
 
 pub fn mint(secret: &[u8], ticket: &Ticket) -> String {
@@ -56,7 +66,20 @@ mod tests {
             user: "alice".into(),
             server_id: "chat-1".into(),
             expires_at_ms: 5000,
+            issued_at_ms: Some(1000),
         }
+    }
+
+    /// Tickets minted before `issued_at_ms` still verify, and a ticket
+    /// without it is minted as before (for chat servers that predate it).
+    #[test]
+    fn tickets_without_an_issue_time_verify_and_mint_as_before() {
+        let old_payload =
+            b64(br#"{"id":"t1","user":"alice","server_id":"chat-1","expires_at_ms":5000}"#);
+        let old = format!("{old_payload}.{}", b64(&sign(b"k", old_payload.as_bytes())));
+        let ticket = verify_ticket(b"k", &old, "chat-1", 1000).unwrap();
+        assert_eq!(ticket.issued_at_ms, None);
+        assert_eq!(mint(b"k", &ticket), old);
     }
 
     #[test]

@@ -6,9 +6,13 @@
 //! on a registry read. A server silent for longer than `dead_after_ms` is
 //! dead: never placed, never routed to.
 //!
-//! Tickets handed out since the last refresh are counted locally on top of
-//! the store's pending counts, so a burst of connects from one API server
-//! spreads evenly even between two refreshes.
+//! Tickets this process handed out are counted locally on top of what the
+//! snapshot says, so a burst of connects from one API server spreads evenly
+//! even between two refreshes. For a server that tracks used tickets itself
+//! (no pending entries in the store) a ticket counts until the server's
+//! health is newer than the ticket: that report counts its session, if
+//! it opened. For one from before, the store's pending count covers every
+//! unused ticket, so local tickets count until the next refresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,8 +44,9 @@ pub struct ServerRegistry {
     store: Arc<dyn Store>,
     config: RegistryConfig,
     snapshot: RwLock<Arc<Vec<ServerSnapshot>>>,
-    /// Tickets issued by this process since the snapshot was taken.
-    issued_since_refresh: Mutex<HashMap<String, u64>>,
+    /// When this process issued the tickets the snapshot does not count
+    /// yet (ms since the epoch), by server.
+    issued: Mutex<HashMap<String, Vec<u64>>>,
     healthy: std::sync::atomic::AtomicBool,
     last_refresh: Mutex<Option<std::time::Instant>>,
     /// When the snapshot was read (ms since the epoch).
@@ -54,7 +59,7 @@ impl ServerRegistry {
             store,
             config,
             snapshot: RwLock::new(Arc::new(Vec::new())),
-            issued_since_refresh: Mutex::new(HashMap::new()),
+            issued: Mutex::new(HashMap::new()),
             healthy: std::sync::atomic::AtomicBool::new(false),
             last_refresh: Mutex::new(None),
             snapshot_ms: std::sync::atomic::AtomicU64::new(0),
@@ -124,13 +129,22 @@ impl ServerRegistry {
                     })
                     .filter(|s| registered.as_ref().is_none_or(|r| r.contains(&s.health.id)))
                     .collect();
+                {
+                    let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut still_counted = HashMap::new();
+                    for s in live.iter().filter(|s| s.health.tracks_used_tickets) {
+                        if let Some(mut times) = issued.remove(&s.health.id) {
+                            times.retain(|&t| t > s.health.last_seen_ms);
+                            if !times.is_empty() {
+                                still_counted.insert(s.health.id.clone(), times);
+                            }
+                        }
+                    }
+                    *issued = still_counted;
+                }
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
                 self.snapshot_ms
                     .store(now, std::sync::atomic::Ordering::Relaxed);
-                self.issued_since_refresh
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
                 self.healthy
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -191,28 +205,26 @@ impl ServerRegistry {
     /// Live servers with this process's recently issued tickets added to
     /// their pending counts, for placement.
     pub fn live_with_local_pending(&self) -> Vec<ServerSnapshot> {
-        let issued = self
-            .issued_since_refresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         self.live()
             .iter()
             .map(|s| {
                 let mut s = s.clone();
-                s.pending_tickets += issued.get(&s.health.id).copied().unwrap_or(0);
+                s.pending_tickets += issued.get(&s.health.id).map_or(0, |t| t.len() as u64);
                 s
             })
             .collect()
     }
 
-    pub fn note_ticket_issued(&self, server_id: &str) {
-        *self
-            .issued_since_refresh
+    /// Counts a ticket issued at `now_ms` for placement (see the module
+    /// comment for how long).
+    pub fn note_ticket_issued(&self, server_id: &str, now_ms: u64) {
+        self.issued
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(server_id.to_owned())
-            .or_default() += 1;
+            .or_default()
+            .push(now_ms);
     }
 }
 
@@ -231,7 +243,61 @@ mod tests {
             load: 0.0,
             last_seen_ms,
             tickets_in_own_slot: true,
+            tracks_used_tickets: true,
         }
+    }
+
+    fn pending(registry: &ServerRegistry) -> HashMap<String, u64> {
+        registry
+            .live_with_local_pending()
+            .into_iter()
+            .map(|s| (s.health.id, s.pending_tickets))
+            .collect()
+    }
+
+    /// A server that tracks used tickets has no pending entries in the
+    /// store: a ticket counts until that server's health is newer than it.
+    /// For a server from before, the store counts them after a refresh.
+    #[tokio::test]
+    async fn local_tickets_count_until_the_snapshot_covers_them() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let now = now_ms();
+        let old = ServerHealth {
+            tracks_used_tickets: false,
+            ..health("old", now)
+        };
+        store.put_server(&health("new", now), 60_000).await.unwrap();
+        store.put_server(&old, 60_000).await.unwrap();
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        registry.note_ticket_issued("new", now - 10);
+        registry.note_ticket_issued("new", now + 10);
+        registry.note_ticket_issued("old", now + 10);
+        store
+            .add_pending_ticket(&old, "t1", now + 30_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            pending(&registry),
+            HashMap::from([("new".into(), 2), ("old".into(), 1)])
+        );
+
+        registry.refresh().await;
+        // "new" reported at `now`: the ticket issued before is in its
+        // connection count, the one after is not yet. "old": the store's.
+        assert_eq!(
+            pending(&registry),
+            HashMap::from([("new".into(), 1), ("old".into(), 1)])
+        );
+        store
+            .put_server(&health("new", now + 20), 60_000)
+            .await
+            .unwrap();
+        registry.refresh().await;
+        assert_eq!(
+            pending(&registry),
+            HashMap::from([("new".into(), 0), ("old".into(), 1)])
+        );
     }
 
     /// While refreshes succeed, a server silent past dead-after is dead even

@@ -360,6 +360,7 @@ mod tests {
             load: 0.0,
             last_seen_ms: chat_protocol::now_ms(),
             tickets_in_own_slot: true,
+            tracks_used_tickets: true,
         }
     }
 

@@ -388,6 +388,7 @@ pub fn health(id: &str, connections: u64) -> ServerHealth {
         load: 0.0,
         last_seen_ms: now_ms(),
         tickets_in_own_slot: true,
+        tracks_used_tickets: true,
     }
 }
 
@@ -482,6 +483,7 @@ async fn pending_tickets_of_one_layout(store: &SharedStore, own_slot: bool) {
     let srv = new_id("srv-");
     let server = ServerHealth {
         tickets_in_own_slot: own_slot,
+        tracks_used_tickets: false,
         ..health(&srv, 0)
     };
     store.put_server(&server, 60_000).await.unwrap();

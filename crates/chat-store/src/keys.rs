@@ -20,7 +20,7 @@
 //! | `chat:{user:<id>}:sessions` | hash | session id -> chat server id, expires unless refreshed |
 //! | `chat:{registry}:servers` | set | chat server ids that reported health |
 //! | `chat:{registry}:server:<id>` | string | health JSON, expires after the dead-after interval |
-//! | `chat:{server:<id>}:pending` | sorted set | unused ticket ids scored by expiry, for a chat server that takes them from its own slot (`tickets_in_own_slot` in its health) |
+//! | `chat:{server:<id>}:pending` | sorted set | unused ticket ids scored by expiry, for a chat server that takes them from its own slot (`tickets_in_own_slot` in its health) and does not remember used tickets itself (no `tracks_used_tickets`) |
 //! | `chat:{registry}:pending:<id>` | sorted set | the same for servers from before that (read only for them, and by a take that missed the key above) |
 //! | `chat:{registry}:hosts` | set | chat server ids that reported health or hold sessions: what presence reaping scans |
 //! | `chat:{server:<id>}:hosted` | set | users with sessions on that chat server, for reaping when it dies |

@@ -191,6 +191,13 @@ pub struct ServerHealth {
     /// their tickets where those servers look, in the registry's slot.
     #[serde(default)]
     pub tickets_in_own_slot: bool,
+    /// Enforces its tickets' single use itself, in memory, for tickets that
+    /// say when they were issued (`issued_at_ms`): API servers then mint
+    /// such tickets and write no pending entry to the store, which takes a
+    /// connect two round trips fewer. Absent (false) in the health of
+    /// servers from before that, which take every ticket from the store.
+    #[serde(default)]
+    pub tracks_used_tickets: bool,
 }
 
 /// A registry entry plus the tickets handed out for it that have not been

@@ -1402,12 +1402,19 @@ impl Store for RedisStore {
             let _: Result<i64, _> = conn.srem(keys::REGISTRY_SERVERS, &expired).await;
         }
         let shared_conn = self.conn()?;
+        // No pending entries are written for a server that tracks used
+        // tickets itself: nothing to count.
         let counts = try_join_all(live.iter().map(|h| {
             let mut conn = shared_conn.clone();
-            let key = keys::pending_of(h);
+            let key = (!h.tracks_used_tickets).then(|| keys::pending_of(h));
             async move {
-                conn.zcount::<_, _, _, u64>(key, format!("({now_ms}"), "+inf")
-                    .await
+                match key {
+                    Some(key) => {
+                        conn.zcount::<_, _, _, u64>(key, format!("({now_ms}"), "+inf")
+                            .await
+                    }
+                    None => Ok(0),
+                }
             }
         }))
         .await

@@ -202,6 +202,7 @@ async fn tickets_are_checked() {
             user: user.clone(),
             server_id: a.id.clone(),
             expires_at_ms: now_ms() - 60_000,
+            issued_at_ms: Some(now_ms() - 90_000),
         },
     );
     assert_refused(
@@ -215,11 +216,40 @@ async fn tickets_are_checked() {
             user: user.clone(),
             server_id: a.id.clone(),
             expires_at_ms: now_ms() + 60_000,
+            issued_at_ms: Some(now_ms()),
         },
     );
     assert_refused(
         ws_open(&ticket_url(&a.ws_url(), &forged)).await,
         "forged ticket",
+    );
+    let signed = |issued_at_ms: Option<u64>| {
+        chat_auth::ticket::mint(
+            TICKET_SECRET.as_bytes(),
+            &Ticket {
+                id: unique("t"),
+                user: user.clone(),
+                server_id: a.id.clone(),
+                expires_at_ms: now_ms() + 60_000,
+                issued_at_ms,
+            },
+        )
+    };
+    // Valid, but issued before the server started: the server cannot know
+    // whether its previous process took it.
+    assert_refused(
+        ws_open(&ticket_url(
+            &a.ws_url(),
+            &signed(Some(now_ms() - 3_600_000)),
+        ))
+        .await,
+        "ticket issued before the server started",
+    );
+    // Without an issue time (as API servers from before mint them), single
+    // use is the store's pending entry, and none was written.
+    assert_refused(
+        ws_open(&ticket_url(&a.ws_url(), &signed(None))).await,
+        "ticket without a pending entry",
     );
 
     // A real ticket from /v1/connect, presented to the other server.
