@@ -135,14 +135,17 @@ impl Session {
     /// this point are live), then welcomes the client.
     async fn start(&mut self) -> Result<(), StoreError> {
         let store = &self.server.store;
+        // Read with the session's joins: the rooms' presence audiences, for
+        // the "online" event if this is the user's first session.
         let added = store
-            .add_session(
+            .add_session_announced(
                 &self.user,
                 &SessionLocation {
                     session: self.id.clone(),
                     server_id: self.server.server_id.clone(),
                 },
                 self.server.config.presence_ttl_ms,
+                self.server.router.fanout_limits().presence_max_room_members,
             )
             .await?;
         for (room, seq) in added.rooms {
@@ -158,7 +161,8 @@ impl Session {
         if let Some(change) = added.came_online {
             // Off the session's path: the welcome does not wait for it.
             let router = self.server.router.clone();
-            tokio::spawn(async move { router.announce_presence(&change).await });
+            let audiences = added.presence_audiences;
+            tokio::spawn(async move { router.announce_presence_to(&change, &audiences).await });
         }
         let welcome = ServerFrame::Welcome {
             server_id: self.server.server_id.clone(),

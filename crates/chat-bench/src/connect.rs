@@ -29,6 +29,15 @@ pub struct ConnectArgs {
     /// after the hold: the chat-local process, or the chat servers.
     #[arg(long, env = "CHAT_BENCH_SERVER_PID", value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// Rooms each user belongs to (made before the run): a session's
+    /// presence is recorded in each of its user's rooms when it opens, so
+    /// a connect costs more the more rooms its user is in.
+    #[arg(long, default_value_t = 0)]
+    pub rooms_per_user: usize,
+    /// Members of those rooms: users are taken in groups of this size and
+    /// each group shares `--rooms-per-user` rooms.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
 }
 
 pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
@@ -43,6 +52,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     );
     let users: Vec<String> = (0..n).map(|i| format!("{}-c{i}", ctx.run_id)).collect();
     let tokens = client::mint_tokens(&ctx.api, &users, ctx.setup_concurrency).await?;
+    let rooms = make_rooms(ctx, &users, &tokens, args.rooms_per_user, args.room_size).await?;
 
     let rss = |label: &str| -> Option<u64> {
         if args.server_pid.is_empty() {
@@ -158,6 +168,8 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         "run_id": ctx.run_id,
         "sessions": n,
         "concurrency": args.concurrency,
+        "rooms_per_user": args.rooms_per_user,
+        "rooms": rooms,
         "opened": ok,
         "failures": failures,
         "first_errors": errors.first(),
@@ -176,6 +188,45 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     });
     println!("RESULT {}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+/// Makes `per_user` rooms for each group of `size` consecutive users,
+/// created by the group's first user with the rest as members. Returns the
+/// number of rooms made.
+async fn make_rooms(
+    ctx: &Ctx,
+    users: &[String],
+    tokens: &[String],
+    per_user: usize,
+    size: usize,
+) -> Result<usize> {
+    if per_user == 0 {
+        return Ok(0);
+    }
+    let size = size.max(1);
+    let rooms: Vec<(usize, usize)> = (0..users.len().div_ceil(size))
+        .flat_map(|g| (0..per_user).map(move |k| (g, k)))
+        .collect();
+    let n = rooms.len();
+    println!("connect: making {n} rooms ({per_user} per user, {size} members each)");
+    let results = client::run_concurrent(rooms, ctx.setup_concurrency, |(g, k)| {
+        let (first, end) = (g * size, ((g + 1) * size).min(users.len()));
+        async move {
+            client::create_room(
+                &ctx.api,
+                &tokens[first],
+                &format!("connect {g}.{k}"),
+                &users[first + 1..end],
+                1,
+            )
+            .await
+        }
+    })
+    .await;
+    for r in results {
+        r?;
+    }
+    Ok(n)
 }
 
 async fn hold(mut stream: WsStream, closing: Arc<AtomicBool>, dropped: Arc<ErrorLog>) {

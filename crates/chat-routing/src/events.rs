@@ -70,17 +70,38 @@ impl MessageRouter {
     /// pipelined round of audience reads at connect or disconnect, not one
     /// round trip per room.
     pub async fn announce_presence(&self, change: &PresenceChange) -> usize {
+        self.announce_presence_to(change, &[]).await
+    }
+
+    /// [`Self::announce_presence`], with the audiences of some rooms read
+    /// already (`Store::add_session_announced`): only the others are read.
+    pub async fn announce_presence_to(
+        &self,
+        change: &PresenceChange,
+        audiences: &[(String, Option<Vec<OnlineSession>>)],
+    ) -> usize {
         let max_members = self.fanout_limits().presence_max_room_members;
         let per_room = change.rooms.iter().map(|room| async move {
-            let online: Vec<OnlineSession> =
-                match self.store().presence_audience(room, max_members).await {
-                    Ok(Some(online)) => online,
+            let known = audiences
+                .binary_search_by(|(r, _)| r.as_str().cmp(room))
+                .ok()
+                .map(|i| &audiences[i].1);
+            let read;
+            let online: &[OnlineSession] = match known {
+                Some(Some(online)) => online,
+                Some(None) => return 0,
+                None => match self.store().presence_audience(room, max_members).await {
+                    Ok(Some(online)) => {
+                        read = online;
+                        &read
+                    }
                     Ok(None) => return 0,
                     Err(e) => {
                         tracing::warn!(error = %e, room, "presence event not sent");
                         return 0;
                     }
-                };
+                },
+            };
             let frame: Arc<str> = Arc::from(
                 ServerFrame::Presence {
                     room: room.clone(),
@@ -90,7 +111,7 @@ impl MessageRouter {
                 }
                 .to_json(),
             );
-            self.route_ephemeral(room, frame, &online, Recipients::AllBut(&change.user))
+            self.route_ephemeral(room, frame, online, Recipients::AllBut(&change.user))
                 .await
         });
         futures_util::future::join_all(per_room)

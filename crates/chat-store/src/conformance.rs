@@ -957,6 +957,63 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
     store.remove_session(&alice, "s5").await.unwrap();
 }
 
+/// `add_session_announced`: the audiences a store reads with the session
+/// are what `presence_audience` answers (a room too big gives `None`), only
+/// when the user came online, sorted by room. Returns how many of the
+/// user's two rooms came with one (a store may leave them to the caller).
+pub async fn presence_audiences_come_with_the_first_session(store: SharedStore) -> usize {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let small = room_with(&*store, &alice, &[&bob]).await;
+    let big = room_with(&*store, &alice, &[&bob, &carol]).await;
+    let (a, b) = (new_id("srv-a-"), new_id("srv-b-"));
+    let loc = |s: &str, srv: &str| SessionLocation {
+        session: s.into(),
+        server_id: srv.into(),
+    };
+    store
+        .add_session(&bob, &loc("s1", &b), 60_000)
+        .await
+        .unwrap();
+    let first = store
+        .add_session_announced(&alice, &loc("s2", &a), 60_000, 2)
+        .await
+        .unwrap();
+    assert!(first.came_online.is_some());
+    let rooms: Vec<&String> = first.presence_audiences.iter().map(|(r, _)| r).collect();
+    assert!(rooms.windows(2).all(|w| w[0] < w[1]), "sorted: {rooms:?}");
+    let sorted = |mut v: Vec<OnlineSession>| {
+        v.sort_by(|x, y| x.session.cmp(&y.session));
+        v
+    };
+    for (room, audience) in &first.presence_audiences {
+        assert!(room == &small || room == &big, "{room}");
+        let read = store.presence_audience(room, 2).await.unwrap();
+        assert_eq!(audience.clone().map(sorted), read.map(sorted), "{room}");
+    }
+    if let Some((_, audience)) = first.presence_audiences.iter().find(|(r, _)| r == &small) {
+        assert_eq!(
+            audience.clone().map(sorted),
+            Some(sorted(vec![
+                online(&bob, "s1", &b),
+                online(&alice, "s2", &a)
+            ]))
+        );
+    }
+    let second = store
+        .add_session_announced(&alice, &loc("s3", &b), 60_000, 2)
+        .await
+        .unwrap();
+    assert!(second.came_online.is_none());
+    assert!(
+        second.presence_audiences.is_empty(),
+        "no event, no audience"
+    );
+    for (user, session) in [(&alice, "s2"), (&alice, "s3"), (&bob, "s1")] {
+        store.remove_session(user, session).await.unwrap();
+    }
+    first.presence_audiences.len()
+}
+
 /// `reap_dead_servers` reaps every server without health; it runs in a
 /// test binary of its own (it would reap the fake servers of the scenarios
 /// running beside it).

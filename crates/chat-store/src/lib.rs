@@ -142,6 +142,12 @@ pub struct SessionAdded {
     /// step: what a chat server's share of the user's send limit follows,
     /// without another read per connect.
     pub sessions: Vec<SessionLocation>,
+    /// Filled by [`Store::add_session_announced`] when the user came
+    /// online, by stores that read them in the same step: each room's
+    /// presence audience, as [`Store::presence_audience`] answers it
+    /// (`None`: the room is too big for presence events). Rooms missing
+    /// here are read by whoever announces. Sorted by room.
+    pub presence_audiences: Vec<(String, Option<Vec<OnlineSession>>)>,
 }
 
 /// The result of an append: the stored message, whether it was already
@@ -350,6 +356,22 @@ pub trait Store: Send + Sync + 'static {
         location: &SessionLocation,
         ttl_ms: u64,
     ) -> StoreResult<SessionAdded>;
+    /// [`Store::add_session`], and, when the user came online, each room's
+    /// presence audience for rooms of at most `presence_max_members`
+    /// members (in `presence_audiences`), read in the same step as the
+    /// session joins the room's index: announcing the user then costs no
+    /// read per room. A store may leave them out (this default does);
+    /// the announcer reads what is missing.
+    async fn add_session_announced(
+        &self,
+        user: &str,
+        location: &SessionLocation,
+        ttl_ms: u64,
+        presence_max_members: u64,
+    ) -> StoreResult<SessionAdded> {
+        let _ = presence_max_members;
+        self.add_session(user, location, ttl_ms).await
+    }
     /// Removes the session and withdraws it from its rooms' indexes.
     /// Returns the "offline" transition when it was the user's last.
     async fn remove_session(

@@ -643,6 +643,7 @@ impl Store for MemoryStore {
             rooms,
             came_online,
             sessions,
+            presence_audiences: Vec::new(),
         })
     }
 

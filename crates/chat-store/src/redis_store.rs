@@ -36,16 +36,32 @@ const APPEND_LUA: &str = concat!(
     include_str!("lua/append.lua")
 );
 
+/// A room's presence audience: its index, or `None` when the room is too
+/// big for presence events (see [`Store::presence_audience`]).
+type Audience = Option<Vec<OnlineSession>>;
+
 /// KEYS: members, online, seq, online version. ARGV: user, a new version
-/// token, then session and index value pairs. Indexes the sessions if the
-/// user is a member (the index holds members only) and returns the room's
-/// latest seq, else -1. Every change to a presence index writes a new
-/// version beside it in the same step (see `lua/append.lua`).
+/// token, the presence audience's member cap ('' for no audience), then
+/// session and index value pairs. Indexes the sessions if the user is a
+/// member (the index holds members only) and returns {the room's latest
+/// seq}, else {'-1'}. With a cap, the presence audience follows the seq as
+/// [`PRESENCE_AUDIENCE_LUA`] answers it ('0', or '1' and the index), read
+/// in the same step: announcing the user needs no second script per room.
+/// Every change to a presence index writes a new version beside it in the
+/// same step (see `lua/append.lua`).
 const ANNOUNCE_LUA: &str = r#"
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return -1 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return {'-1'} end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('SET', KEYS[4], ARGV[2])
-return tonumber(redis.call('GET', KEYS[3]) or '0')
+local reply = {redis.call('GET', KEYS[3]) or '0'}
+if ARGV[3] == '' then return reply end
+if redis.call('SCARD', KEYS[1]) > tonumber(ARGV[3]) then
+  table.insert(reply, '0')
+  return reply
+end
+table.insert(reply, '1')
+for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(reply, v) end
+return reply
 "#;
 
 /// KEYS: meta, members, seq, reads. ARGV: user (may be empty). Returns {}
@@ -707,13 +723,16 @@ impl RedisStore {
     }
 
     /// Indexes `user`'s current sessions in `room`. Returns the room's
-    /// latest seq, or `None` if `user` is not a member.
+    /// latest seq, or `None` if `user` is not a member; with
+    /// `audience_max`, also the room's presence audience (see
+    /// [`Store::presence_audience`]), read in the same step.
     async fn announce(
         &self,
         room: &str,
         user: &str,
         sessions: &[(String, String)],
-    ) -> StoreResult<Option<u64>> {
+        audience_max: Option<u64>,
+    ) -> StoreResult<Option<(u64, Option<Audience>)>> {
         let mut invocation = self.announce.prepare_invoke();
         invocation
             .key(keys::room_members(room))
@@ -721,15 +740,30 @@ impl RedisStore {
             .key(keys::room_seq(room))
             .key(keys::room_online_version(room))
             .arg(user)
-            .arg(new_online_version());
+            .arg(new_online_version())
+            .arg(audience_max.map(|m| m.to_string()).unwrap_or_default());
         for (session, server_id) in sessions {
             invocation.arg(session).arg(online_value(server_id, user));
         }
-        let seq: i64 = invocation
+        let mut reply: Vec<String> = invocation
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        Ok(u64::try_from(seq).ok())
+        let corrupt = |reply: &[String]| StoreError::Corrupt(format!("announce reply {reply:?}"));
+        let Some(seq) = reply.first() else {
+            return Err(corrupt(&reply));
+        };
+        if seq == "-1" {
+            return Ok(None);
+        }
+        let seq: u64 = seq.parse().map_err(|_| corrupt(&reply))?;
+        let audience = match reply.get(1).map(String::as_str) {
+            None => None,
+            Some("0") => Some(None),
+            Some("1") => Some(Some(decode_online_pairs(reply.split_off(2))?)),
+            Some(_) => return Err(corrupt(&reply)),
+        };
+        Ok(Some((seq, audience)))
     }
 
     /// Reaps one chat server's sessions: each user's step is atomic on the
@@ -818,6 +852,72 @@ impl RedisStore {
         Ok(reaped.into_iter().flatten().collect())
     }
 
+    /// `add_session`; with `audience_max`, the rooms' presence audiences
+    /// too when the user came online (see `Store::add_session_announced`).
+    async fn add_session_with(
+        &self,
+        user: &str,
+        location: &SessionLocation,
+        ttl_ms: u64,
+        audience_max: Option<u64>,
+    ) -> StoreResult<SessionAdded> {
+        // The server's list of hosted users (the server's slot) and the
+        // user's record (user slot) are written concurrently: a connect
+        // costs one round trip here, not two. The order would matter only
+        // to a reaper reaping this very server while it adds a session,
+        // that is, never for a live server. The server is in `hosts`
+        // already: it joined with its health, before taking sessions.
+        let mut hosted_conn = self.conn()?;
+        let mut user_conn = self.conn()?;
+        let mut record = self.add_session.prepare_invoke();
+        record
+            .key(keys::user_sessions(user))
+            .key(keys::user_rooms(user))
+            .arg(&location.session)
+            .arg(&location.server_id)
+            .arg(ttl_ms);
+        let ((), reply): ((), Vec<String>) = tokio::try_join!(
+            hosted_conn.sadd::<_, _, ()>(keys::server_hosted(&location.server_id), user),
+            record.invoke_async(&mut user_conn),
+        )
+        .map_err(unavailable)?;
+        let (first, ts, sessions, rooms) = split_add_session_reply(reply)?;
+        let session = [(location.session.clone(), location.server_id.clone())];
+        // Audiences only for a presence event: when the user came online.
+        let audience_max = audience_max.filter(|_| first);
+        let announced = try_join_all(
+            rooms
+                .iter()
+                .map(|room| self.announce(room, user, &session, audience_max)),
+        )
+        .await?;
+        let mut seqs = Vec::with_capacity(rooms.len());
+        let mut presence_audiences = Vec::new();
+        for (room, announced) in rooms.into_iter().zip(announced) {
+            let Some((seq, audience)) = announced else {
+                continue;
+            };
+            if let Some(audience) = audience {
+                presence_audiences.push((room.clone(), audience));
+            }
+            seqs.push((room, seq));
+        }
+        seqs.sort();
+        presence_audiences.sort_by(|a, b| a.0.cmp(&b.0));
+        let came_online = first.then(|| PresenceChange {
+            user: user.to_owned(),
+            online: true,
+            ts,
+            rooms: seqs.iter().map(|(room, _)| room.clone()).collect(),
+        });
+        Ok(SessionAdded {
+            rooms: seqs,
+            came_online,
+            sessions,
+            presence_audiences,
+        })
+    }
+
     async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
         let sessions: Vec<(String, String)> = self
             .conn()?
@@ -825,7 +925,7 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         if !sessions.is_empty() {
-            self.announce(room, user, &sessions).await?;
+            self.announce(room, user, &sessions, None).await?;
         }
         Ok(())
     }
@@ -1544,47 +1644,18 @@ impl Store for RedisStore {
         location: &SessionLocation,
         ttl_ms: u64,
     ) -> StoreResult<SessionAdded> {
-        // The server's list of hosted users (the server's slot) and the
-        // user's record (user slot) are written concurrently: a connect
-        // costs one round trip here, not two. The order would matter only
-        // to a reaper reaping this very server while it adds a session,
-        // that is, never for a live server. The server is in `hosts`
-        // already: it joined with its health, before taking sessions.
-        let mut hosted_conn = self.conn()?;
-        let mut user_conn = self.conn()?;
-        let mut record = self.add_session.prepare_invoke();
-        record
-            .key(keys::user_sessions(user))
-            .key(keys::user_rooms(user))
-            .arg(&location.session)
-            .arg(&location.server_id)
-            .arg(ttl_ms);
-        let ((), reply): ((), Vec<String>) = tokio::try_join!(
-            hosted_conn.sadd::<_, _, ()>(keys::server_hosted(&location.server_id), user),
-            record.invoke_async(&mut user_conn),
-        )
-        .map_err(unavailable)?;
-        let (first, ts, sessions, rooms) = split_add_session_reply(reply)?;
-        let session = [(location.session.clone(), location.server_id.clone())];
-        let seqs =
-            try_join_all(rooms.iter().map(|room| self.announce(room, user, &session))).await?;
-        let mut announced: Vec<(String, u64)> = rooms
-            .into_iter()
-            .zip(seqs)
-            .filter_map(|(room, seq)| Some((room, seq?)))
-            .collect();
-        announced.sort();
-        let came_online = first.then(|| PresenceChange {
-            user: user.to_owned(),
-            online: true,
-            ts,
-            rooms: announced.iter().map(|(room, _)| room.clone()).collect(),
-        });
-        Ok(SessionAdded {
-            rooms: announced,
-            came_online,
-            sessions,
-        })
+        self.add_session_with(user, location, ttl_ms, None).await
+    }
+
+    async fn add_session_announced(
+        &self,
+        user: &str,
+        location: &SessionLocation,
+        ttl_ms: u64,
+        presence_max_members: u64,
+    ) -> StoreResult<SessionAdded> {
+        self.add_session_with(user, location, ttl_ms, Some(presence_max_members))
+            .await
     }
 
     async fn remove_session(
