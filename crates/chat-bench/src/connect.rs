@@ -142,10 +142,21 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let rss_after = rss("after");
     let dropped_during_hold = dropped.count();
     closing.store(true, Relaxed);
+    // Closing costs too: each session leaves its rooms' presence indexes,
+    // and a user's last one announces "offline". The servers do that after
+    // the close, so the window runs on for a second.
+    let close_before = client::group_cpu();
     client::close_all(sinks).await;
     for r in readers {
         r.abort();
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let close_cpu_per_session: std::collections::BTreeMap<&str, f64> =
+        client::name_cpu_delta(&close_before, &client::group_cpu())
+            .iter()
+            .map(|(name, t)| (*name, per_session(t.total_us())))
+            .collect();
+    println!("  CPU µs per session closed (and 1 s after): {close_cpu_per_session:?}");
 
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) if ok > 0 => Some((a as i64 - b as i64) * 1024 / ok as i64),
@@ -178,6 +189,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         "connect_latency_us": lat,
         "cpu_us_per_session": cpu_per_session,
         "kernel_cpu_us_per_session": kernel_cpu_per_session,
+        "close_cpu_us_per_session": close_cpu_per_session,
         "hold_s": args.hold_s,
         "dropped_during_hold": dropped_during_hold,
         "server_pids": args.server_pid,
