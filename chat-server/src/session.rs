@@ -122,21 +122,11 @@ impl Session {
             server.user_rates.forget(user);
         }
         server.metrics.sessions.set(server.hub.connections() as i64);
-        let presence_max = server.router.fanout_limits().presence_max_room_members;
-        match server
-            .store
-            .remove_session_announced(user, id, presence_max)
-            .await
-        {
-            Ok((Some(went_offline), audiences)) => {
-                Box::pin(
-                    server
-                        .router
-                        .announce_presence_to(&went_offline, &audiences),
-                )
-                .await;
+        match server.store.remove_session(user, id).await {
+            Ok(Some(went_offline)) => {
+                Box::pin(server.router.announce_presence(&went_offline)).await;
             }
-            Ok((None, _)) => {}
+            Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "presence removal failed; it expires by itself"),
         }
     }

@@ -144,15 +144,15 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     closing.store(true, Relaxed);
     // Closing costs too: each session leaves its rooms' presence indexes,
     // and a user's last one announces "offline". The servers do that after
-    // the close, so the window runs on for a second.
+    // the close, so the window runs on until they are idle again.
     let close_before = client::group_cpu();
     client::close_all(sinks).await;
     for r in readers {
         r.abort();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let close_after = wait_until_idle(Duration::from_secs(30)).await;
     let close_cpu_per_session: std::collections::BTreeMap<&str, f64> =
-        client::name_cpu_delta(&close_before, &client::group_cpu())
+        client::name_cpu_delta(&close_before, &close_after)
             .iter()
             .map(|(name, t)| (*name, per_session(t.total_us())))
             .collect();
@@ -200,6 +200,26 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     });
     println!("RESULT {}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+/// Waits until the servers (and Redis) use less than 4 % of a core over a
+/// quarter of a second, or `limit` passed; returns their CPU times then.
+async fn wait_until_idle(limit: Duration) -> std::collections::BTreeMap<u32, client::ProcessCpu> {
+    const STEP: Duration = Duration::from_millis(250);
+    let started = Instant::now();
+    let mut last = client::group_cpu();
+    loop {
+        tokio::time::sleep(STEP).await;
+        let now = client::group_cpu();
+        let busy_us: u64 = client::name_cpu_delta(&last, &now)
+            .values()
+            .map(|t| t.total_us())
+            .sum();
+        if busy_us < STEP.as_micros() as u64 / 25 || started.elapsed() > limit {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// Makes `per_user` rooms for each group of `size` consecutive users,

@@ -147,15 +147,8 @@ pub struct SessionAdded {
     /// presence audience, as [`Store::presence_audience`] answers it
     /// (`None`: the room is too big for presence events). Rooms missing
     /// here are read by whoever announces. Sorted by room.
-    pub presence_audiences: Audiences,
+    pub presence_audiences: Vec<(String, Option<Vec<OnlineSession>>)>,
 }
-
-/// A room's presence audience: its index, or `None` when the room is too
-/// big for presence events (see [`Store::presence_audience`]).
-pub type Audience = Option<Vec<OnlineSession>>;
-
-/// Rooms' presence audiences read with a presence change, sorted by room.
-pub type Audiences = Vec<(String, Audience)>;
 
 /// The result of an append: the stored message, whether it was already
 /// stored under the same `(from, client_msg_id)` (then nothing was written),
@@ -378,20 +371,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<SessionAdded> {
         let _ = presence_max_members;
         self.add_session(user, location, ttl_ms).await
-    }
-    /// [`Store::remove_session`], and, when the user went offline, the
-    /// presence audiences of the user's rooms of at most
-    /// `presence_max_members` members, read in the same step as the
-    /// session leaves each room's index (see
-    /// [`Store::add_session_announced`]; this default reads none).
-    async fn remove_session_announced(
-        &self,
-        user: &str,
-        session: &str,
-        presence_max_members: u64,
-    ) -> StoreResult<(Option<PresenceChange>, Audiences)> {
-        let _ = presence_max_members;
-        Ok((self.remove_session(user, session).await?, Vec::new()))
     }
     /// Removes the session and withdraws it from its rooms' indexes.
     /// Returns the "offline" transition when it was the user's last.

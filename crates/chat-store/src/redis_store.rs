@@ -22,9 +22,9 @@ use crate::group_commit::{GroupCommit, Outcome, ReplicaAcks};
 use crate::keys;
 use crate::online_cache::OnlineCache;
 use crate::{
-    decode_message, Appended, Audience, Audiences, MarkedRead, NewMessage, NewRoom, OnlineSession,
-    PresenceChange, RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store,
-    StoreConfig, StoreError, StoreResult,
+    decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
+    RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
+    StoreError, StoreResult,
 };
 
 /// The append script: see its header for keys, arguments and replies. The
@@ -35,6 +35,10 @@ const APPEND_LUA: &str = concat!(
     include_str!("lua/online_index.lua"),
     include_str!("lua/append.lua")
 );
+
+/// A room's presence audience: its index, or `None` when the room is too
+/// big for presence events (see [`Store::presence_audience`]).
+type Audience = Option<Vec<OnlineSession>>;
 
 /// KEYS: members, online, seq, online version. ARGV: user, a new version
 /// token, the presence audience's member cap ('' for no audience), then
@@ -324,20 +328,14 @@ if withdrawn > 0 then redis.call('SET', KEYS[7], ARGV[3]) end
 return removed
 "#;
 
-/// KEYS: online, online version, members. ARGV: a new version token, the
-/// presence audience's member cap ('' for no audience), then session ids.
-/// Drops the sessions from the presence index, and writes a new version if
-/// any was there. Returns {} without a cap, else the presence audience as
-/// [`PRESENCE_AUDIENCE_LUA`] answers it, read in the same step.
+/// KEYS: online, online version. ARGV: a new version token, then session
+/// ids. Drops the sessions from the presence index, and writes a new
+/// version if any was there.
 const FORGET_ONLINE_LUA: &str = r#"
 local removed = 0
-for i = 3, #ARGV do removed = removed + redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 2, #ARGV do removed = removed + redis.call('HDEL', KEYS[1], ARGV[i]) end
 if removed > 0 then redis.call('SET', KEYS[2], ARGV[1]) end
-if ARGV[2] == '' then return {} end
-if redis.call('SCARD', KEYS[3]) > tonumber(ARGV[2]) then return {'0'} end
-local reply = redis.call('HGETALL', KEYS[1])
-table.insert(reply, 1, '1')
-return reply
+return removed
 "#;
 
 /// KEYS: online, online version. ARGV: the version the caller holds ('' for
@@ -918,89 +916,6 @@ impl RedisStore {
             sessions,
             presence_audiences,
         })
-    }
-
-    /// `remove_session`; with `audience_max`, the rooms' presence
-    /// audiences too when the user went offline (see
-    /// `Store::remove_session_announced`).
-    async fn remove_session_with(
-        &self,
-        user: &str,
-        session: &str,
-        audience_max: Option<u64>,
-    ) -> StoreResult<(Option<PresenceChange>, Audiences)> {
-        let reply: Vec<String> = self
-            .remove_session
-            .key(keys::user_sessions(user))
-            .key(keys::user_rooms(user))
-            .arg(session)
-            .invoke_async(&mut self.conn()?)
-            .await
-            .map_err(unavailable)?;
-        let (head, ts, rooms) = split_presence_reply(reply, 3)?;
-        let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
-        let offline = offline == "1";
-        let audience_max = audience_max.filter(|_| offline);
-        let forget = [session.to_owned()];
-        let read = try_join_all(
-            rooms
-                .iter()
-                .map(|room| self.forget_online_in(room, &forget, audience_max)),
-        )
-        .await?;
-        if still_hosted == "0" && !server_id.is_empty() {
-            let _: i64 = self
-                .conn()?
-                .srem(keys::server_hosted(server_id), user)
-                .await
-                .map_err(unavailable)?;
-        }
-        let mut audiences: Audiences = rooms
-            .iter()
-            .cloned()
-            .zip(read)
-            .filter_map(|(room, audience)| Some((room, audience?)))
-            .collect();
-        audiences.sort_by(|a, b| a.0.cmp(&b.0));
-        let change = offline.then(|| PresenceChange {
-            user: user.to_owned(),
-            online: false,
-            ts,
-            rooms: sorted(rooms),
-        });
-        Ok((change, audiences))
-    }
-
-    /// Drops `sessions` from `room`'s presence index; with `audience_max`,
-    /// returns the room's presence audience read in the same step.
-    async fn forget_online_in(
-        &self,
-        room: &str,
-        sessions: &[String],
-        audience_max: Option<u64>,
-    ) -> StoreResult<Option<Audience>> {
-        let mut invocation = self.forget_online.prepare_invoke();
-        invocation
-            .key(keys::room_online(room))
-            .key(keys::room_online_version(room))
-            .key(keys::room_members(room))
-            .arg(new_online_version())
-            .arg(audience_max.map(|m| m.to_string()).unwrap_or_default());
-        for session in sessions {
-            invocation.arg(session);
-        }
-        let mut reply: Vec<String> = invocation
-            .invoke_async(&mut self.conn()?)
-            .await
-            .map_err(unavailable)?;
-        match reply.first().map(String::as_str) {
-            None => Ok(None),
-            Some("0") => Ok(Some(None)),
-            Some("1") => Ok(Some(Some(decode_online_pairs(reply.split_off(1))?))),
-            Some(_) => Err(StoreError::Corrupt(format!(
-                "forget_online reply {reply:?}"
-            ))),
-        }
     }
 
     async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
@@ -1748,17 +1663,31 @@ impl Store for RedisStore {
         user: &str,
         session: &str,
     ) -> StoreResult<Option<PresenceChange>> {
-        Ok(self.remove_session_with(user, session, None).await?.0)
-    }
-
-    async fn remove_session_announced(
-        &self,
-        user: &str,
-        session: &str,
-        presence_max_members: u64,
-    ) -> StoreResult<(Option<PresenceChange>, Audiences)> {
-        self.remove_session_with(user, session, Some(presence_max_members))
+        let reply: Vec<String> = self
+            .remove_session
+            .key(keys::user_sessions(user))
+            .key(keys::user_rooms(user))
+            .arg(session)
+            .invoke_async(&mut self.conn()?)
             .await
+            .map_err(unavailable)?;
+        let (head, ts, rooms) = split_presence_reply(reply, 3)?;
+        let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
+        let forget = [session.to_owned()];
+        try_join_all(rooms.iter().map(|room| self.forget_online(room, &forget))).await?;
+        if still_hosted == "0" && !server_id.is_empty() {
+            let _: i64 = self
+                .conn()?
+                .srem(keys::server_hosted(server_id), user)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok((offline == "1").then(|| PresenceChange {
+            user: user.to_owned(),
+            online: false,
+            ts,
+            rooms: sorted(rooms),
+        }))
     }
 
     async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
@@ -1824,7 +1753,18 @@ impl Store for RedisStore {
         if sessions.is_empty() {
             return Ok(());
         }
-        self.forget_online_in(room, sessions, None).await?;
+        let mut invocation = self.forget_online.prepare_invoke();
+        invocation
+            .key(keys::room_online(room))
+            .key(keys::room_online_version(room))
+            .arg(new_online_version());
+        for session in sessions {
+            invocation.arg(session);
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
