@@ -321,11 +321,18 @@ impl ChatServer {
                     session,
                     server_id: self.server_id.clone(),
                 };
-                match self.store.add_session(&user, &location, ttl).await {
+                let presence_max = self.router.fanout_limits().presence_max_room_members;
+                match self
+                    .store
+                    .add_session_announced(&user, &location, ttl, presence_max)
+                    .await
+                {
                     Ok(added) => {
                         // Reaped while it was gone: its users come back online.
                         if let Some(change) = added.came_online {
-                            self.router.announce_presence(&change).await;
+                            self.router
+                                .announce_presence_to(&change, &added.presence_audiences)
+                                .await;
                         }
                         false
                     }

@@ -26,6 +26,7 @@ pub async fn connect(
         ));
     }
     let caller = caller.id;
+    let now = now_ms();
     // Choosing and counting the ticket happen under one lock so concurrent
     // connects on this replica see each other's tickets.
     let chosen = {
@@ -36,7 +37,7 @@ pub async fn connect(
         let servers = state.registry.live_with_local_pending();
         let chosen = state.placement.choose(&servers).cloned();
         if let Some(s) = &chosen {
-            state.registry.note_ticket_issued(&s.health.id, now_ms());
+            state.registry.note_ticket_issued(&s.health.id, now);
         }
         chosen
     };
@@ -48,7 +49,6 @@ pub async fn connect(
         ));
     };
     let ttl = state.config.ticket_ttl_ms;
-    let now = now_ms();
     // A server that tracks used tickets itself needs no pending entry (two
     // store round trips per connect fewer); one from before takes its
     // tickets from the store.

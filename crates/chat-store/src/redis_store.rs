@@ -49,20 +49,18 @@ type Audience = Option<Vec<OnlineSession>>;
 /// in the same step: announcing the user needs no second script per room.
 /// Every change to a presence index writes a new version beside it in the
 /// same step (see `lua/append.lua`).
-const ANNOUNCE_LUA: &str = r#"
+const ANNOUNCE_LUA: &str = concat!(
+    include_str!("lua/presence_audience.lua"),
+    r#"
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return {'-1'} end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('SET', KEYS[4], ARGV[2])
 local reply = {redis.call('GET', KEYS[3]) or '0'}
 if ARGV[3] == '' then return reply end
-if redis.call('SCARD', KEYS[1]) > tonumber(ARGV[3]) then
-  table.insert(reply, '0')
-  return reply
-end
-table.insert(reply, '1')
-for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do table.insert(reply, v) end
+for _, v in ipairs(presence_audience(KEYS[1], KEYS[2], ARGV[3])) do table.insert(reply, v) end
 return reply
-"#;
+"#
+);
 
 /// KEYS: meta, members, seq, reads. ARGV: user (may be empty). Returns {}
 /// when the room does not exist, else {name, created_by, created_at,
@@ -230,12 +228,10 @@ return redis.call('SCARD', KEYS[1])
 
 /// KEYS: members, online. ARGV: max members. {'0'} for a larger room,
 /// else {'1', then the presence index as HGETALL lists it}.
-const PRESENCE_AUDIENCE_LUA: &str = r#"
-if redis.call('SCARD', KEYS[1]) > tonumber(ARGV[1]) then return {'0'} end
-local reply = redis.call('HGETALL', KEYS[2])
-table.insert(reply, 1, '1')
-return reply
-"#;
+const PRESENCE_AUDIENCE_LUA: &str = concat!(
+    include_str!("lua/presence_audience.lua"),
+    "return presence_audience(KEYS[1], KEYS[2], ARGV[1])"
+);
 
 /// KEYS: meta, members. ARGV: name, created_by, created_at, member...
 /// `joins` marks a room that records when members joined (see
@@ -374,6 +370,15 @@ fn decode_online(session: String, value: &str) -> StoreResult<OnlineSession> {
 }
 
 /// Field/value pairs as HGETALL lists them.
+/// Decodes `lua/presence_audience.lua`'s reply part.
+fn decode_audience(mut part: Vec<String>) -> StoreResult<Audience> {
+    match part.first().map(String::as_str) {
+        Some("0") => Ok(None),
+        Some("1") => Ok(Some(decode_online_pairs(part.split_off(1))?)),
+        _ => Err(StoreError::Corrupt(format!("presence audience {part:?}"))),
+    }
+}
+
 fn decode_online_pairs(flat: Vec<String>) -> StoreResult<Vec<OnlineSession>> {
     let mut out = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
@@ -757,11 +762,9 @@ impl RedisStore {
             return Ok(None);
         }
         let seq: u64 = seq.parse().map_err(|_| corrupt(&reply))?;
-        let audience = match reply.get(1).map(String::as_str) {
-            None => None,
-            Some("0") => Some(None),
-            Some("1") => Some(Some(decode_online_pairs(reply.split_off(2))?)),
-            Some(_) => return Err(corrupt(&reply)),
+        let audience = match reply.len() {
+            1 => None,
+            _ => Some(decode_audience(reply.split_off(1))?),
         };
         Ok(Some((seq, audience)))
     }
@@ -1717,7 +1720,7 @@ impl Store for RedisStore {
         room: &str,
         max_members: u64,
     ) -> StoreResult<Option<Vec<OnlineSession>>> {
-        let mut reply: Vec<String> = self
+        let reply: Vec<String> = self
             .presence_audience
             .key(keys::room_members(room))
             .key(keys::room_online(room))
@@ -1725,10 +1728,7 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        if reply.first().map(String::as_str) != Some("1") {
-            return Ok(None);
-        }
-        Ok(Some(decode_online_pairs(reply.split_off(1))?))
+        decode_audience(reply)
     }
 
     async fn room_online(&self, room: &str) -> StoreResult<Arc<[OnlineSession]>> {
