@@ -21,6 +21,13 @@ Variants:
   REV       the APPEND_LUA of crates/chat-store/src/redis_store.rs at git
             revision REV (sorted-set history, a dedup key per send)
 
+  part:*    with --parts: the script as it is with one part taken out
+            (part:no-readmark, part:no-dedup, part:no-online, part:no-member),
+            only INCR and XADD in a script (part:bare), or an empty script
+            with the same arguments (part:empty); made from append.lua by
+            `part_variants`, which fails if append.lua no longer has the
+            text it removes
+
   floor     no script: one `XADD <log> MAXLEN K 0-* ...` with the same
             fields (Redis numbers the entries 0-1, 0-2, ...): the least a
             stored, sequenced message can cost, with no membership check,
@@ -111,7 +118,7 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> list[
         if variant == "floor":
             out.append(resp("XADD", f"{tag}:log", "MAXLEN", str(retention), "0-*", "i", mid,
                             "f", user, "t", ts, "b", body, "c", cmid))
-        elif variant in ("now", "sent") or variant.startswith("try"):
+        elif variant in ("now", "sent") or variant.startswith(("try", "part:")):
             window = int(ts) // DEDUP_TTL_MS
             held = ("", "0") if variant == "sent" else ("v0", "10")
             out.append(resp("EVALSHA", sha, "10", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
@@ -198,6 +205,36 @@ def run_once(master: int, replica: int, pids: tuple[int, int], variant: str, scr
     return per(0), per(1), mem / args.appends
 
 
+def part_variants(append: str) -> dict[str, str]:
+    """append.lua with one part taken out at a time, and the bare and empty
+    scripts: what each part of an append costs (docs/benchmarks.md, "What
+    each part of the append script costs")."""
+    def without(text: str, *cuts: tuple[str, str]) -> str:
+        for old, new in cuts:
+            if old not in text:
+                raise SystemExit(f"--parts: append.lua no longer has {old!r}")
+            text = text.replace(old, new)
+        return text
+    return {
+        "part:no-readmark": without(
+            append, ("if ARGV[8] == '1' then redis.call('HSET', KEYS[8], ARGV[1], seq) end\n", "")),
+        "part:no-dedup": without(
+            append, ("if ARGV[2] ~= '' then\n  local prev", "if false then\n  local prev"),
+            ("if ARGV[2] ~= '' then remember(seq .. ' ' .. ARGV[3]) end\n", "")),
+        "part:no-online": without(
+            append, ("  local index, version, held = online_index(KEYS[7], KEYS[10], ARGV[12], ARGV[13])\n"
+                     "  return {status, index, version, held}", "  return {status, {}, '', '0'}")),
+        "part:no-member": without(
+            append, ("if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then "
+                     "return {'E:notmember', {}, '', '0'} end\n", "")),
+        "part:bare": "local seq = redis.call('INCR', KEYS[3])\n"
+                     "redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[6], seq .. '-0',\n"
+                     "  'i', ARGV[3], 'f', ARGV[1], 't', ARGV[4], 'b', ARGV[5], 'c', ARGV[2])\n"
+                     "return {'N:' .. seq, {}, '', '0'}\n",
+        "part:empty": "return {'N:1', {}, '', '0'}\n",
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--before", default="fcf065c")
@@ -207,6 +244,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="FILE",
                    help="also run this variant of append.lua (same arguments as now)")
+    p.add_argument("--parts", action="store_true",
+                   help="also run the part:* variants (what each part of the script costs)")
     p.add_argument("--batches", default="",
                    help="comma-separated batch sizes: send K appends and a WAIT at a time")
     p.add_argument("--variants", default="",
@@ -214,15 +253,20 @@ def main() -> None:
     args = p.parse_args()
     lua = ROOT / "crates/chat-store/src/lua"
     shared = (lua / "online_index.lua").read_text()
-    now = shared + (lua / "append.lua").read_text()
+    append = (lua / "append.lua").read_text()
+    now = shared + append
     batches = [int(k) for k in args.batches.split(",") if k]
     tries = [f"try{i + 1}" for i in range(len(args.tries))]
+    parts = part_variants(append) if args.parts else {}
+    tries += list(parts)
     wanted = [v for v in args.variants.split(",") if v] or (["now", "floor", *tries] if batches else [])
     scripts = {"now": now, "sent": now, "floor": ""}
     if not batches or args.before in wanted:
         scripts[args.before] = old_script(args.before)
     for i, path in enumerate(args.tries):
         scripts[f"try{i + 1}"] = shared + Path(path).read_text()
+    for name, text in parts.items():
+        scripts[name] = shared + text
     if wanted:
         scripts = {v: scripts[v] for v in wanted}
     master, replica = free_port(), free_port()
