@@ -82,6 +82,16 @@ pub struct ChatConfig {
     /// within the noise of two sittings).
     #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 512)]
     pub ws_read_buffer_bytes: usize,
+    /// Bytes of frames a session collects before it writes them to the
+    /// socket: a batch of deliveries goes out in writes of about this size
+    /// (one syscall each). The buffer keeps its largest size for the
+    /// connection's life (tungstenite never shrinks it), so this also
+    /// bounds what a session keeps after a burst: presence events at
+    /// connect, a resume's replay. tungstenite's default, 128 KiB, let an
+    /// idle session keep whatever its largest batch was (docs/benchmarks.md,
+    /// "Idle sessions in rooms").
+    #[arg(long, env = "CHAT_WS_WRITE_BUFFER_BYTES", default_value_t = 1024)]
+    pub ws_write_buffer_bytes: usize,
     /// Largest message body in bytes.
     #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
     pub max_body_bytes: usize,

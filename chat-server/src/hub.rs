@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use chat_routing::{Delivery, LocalDelivery};
 
 use crate::mailbox::{Ending, Mailbox};
+use crate::order::TrackedRooms;
 
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -28,9 +29,9 @@ pub struct SessionHub {
     /// Set by [`SessionHub::drain_all`]: sessions added later are told at
     /// once.
     draining: AtomicBool,
-    /// Rooms the local sessions track, with how many sessions track each:
-    /// what the server's catch-up asks the store about.
-    rooms: Mutex<HashMap<String, usize>>,
+    /// Rooms the local sessions track: what the server's catch-up asks the
+    /// store about. Sessions' cursors count themselves in and out.
+    rooms: Arc<TrackedRooms>,
 }
 
 impl SessionHub {
@@ -125,35 +126,14 @@ impl SessionHub {
             .collect()
     }
 
-    /// A session started tracking these rooms.
-    pub fn track_rooms(&self, rooms: Vec<String>) {
-        let mut index = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        for room in rooms {
-            *index.entry(room).or_default() += 1;
-        }
-    }
-
-    /// A session stopped tracking these rooms (it ended, or left a room).
-    pub fn untrack_rooms<'a>(&self, rooms: impl IntoIterator<Item = &'a String>) {
-        let mut index = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        for room in rooms {
-            if let Some(n) = index.get_mut(room) {
-                *n -= 1;
-                if *n == 0 {
-                    index.remove(room);
-                }
-            }
-        }
+    /// What every session's [`crate::order::RoomOrder`] counts its rooms in.
+    pub fn tracked_rooms(&self) -> Arc<TrackedRooms> {
+        self.rooms.clone()
     }
 
     /// Every room some local session tracks.
     pub fn rooms(&self) -> Vec<String> {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.rooms.names()
     }
 
     pub fn users(&self) -> Vec<String> {
@@ -236,16 +216,5 @@ mod tests {
             let ending = tokio::time::timeout(std::time::Duration::ZERO, h.mailbox.ending()).await;
             assert_eq!(ending.ok(), Some(Ending::Drain), "{}", h.session);
         }
-    }
-
-    #[test]
-    fn rooms_are_counted_per_tracking_session() {
-        let hub = SessionHub::default();
-        hub.track_rooms(vec!["a".into(), "b".into()]);
-        hub.track_rooms(vec!["a".into()]);
-        hub.untrack_rooms(&["a".to_string(), "b".to_string()]);
-        assert_eq!(hub.rooms(), vec!["a".to_string()]);
-        hub.untrack_rooms(&["a".to_string(), "never".to_string()]);
-        assert!(hub.rooms().is_empty());
     }
 }

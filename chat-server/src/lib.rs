@@ -787,6 +787,7 @@ async fn ws_upgrade(
     // mode; see docs/benchmarks.md).
     upgrade
         .read_buffer_size(server.config.ws_read_buffer_bytes.clamp(256, 1 << 20))
+        .write_buffer_size(server.config.ws_write_buffer_bytes.min(1 << 20))
         .max_frame_size(max)
         .max_message_size(max)
         .on_upgrade(move |socket| session::run(server, socket, ticket.user))

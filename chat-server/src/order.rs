@@ -16,13 +16,24 @@
 //! died between storing and routing): no later message would ever reveal
 //! that gap.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{btree_map, BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Where one session stands in one room. Most rooms of most sessions are
+/// in order: they cost the last seq written and an empty pointer. What a
+/// gap or a hold needs lives boxed beside, only while there is one (a
+/// cursor is 16 bytes instead of 96: with 20 rooms, 2.7 KB of an idle
+/// session's memory; docs/benchmarks.md, "Idle sessions in rooms").
 #[derive(Debug, Default)]
 struct RoomCursor {
     last: u64,
+    unsettled: Option<Box<Unsettled>>,
+}
+
+/// A room's state while something is missing, waiting or held.
+#[derive(Debug, Default)]
+struct Unsettled {
     pending: BTreeMap<u64, Arc<str>>,
     /// The highest seq the store is known to hold (0: none known beyond
     /// what arrived).
@@ -38,13 +49,40 @@ struct RoomCursor {
     hold_until: Option<Instant>,
 }
 
+impl Unsettled {
+    fn has_gap(&self, last: u64) -> bool {
+        !self.pending.is_empty() || self.known_latest > last
+    }
+}
+
 impl RoomCursor {
+    fn unsettled(&mut self) -> &mut Unsettled {
+        self.unsettled.get_or_insert_default()
+    }
+
+    fn hold_until(&self) -> Option<Instant> {
+        self.unsettled.as_ref().and_then(|u| u.hold_until)
+    }
+
+    /// Drops the gap state once nothing is missing or held: what it kept
+    /// (failures, backoff, a gap's clock) belongs to a gap that is over.
+    fn settle(&mut self) {
+        if let Some(u) = &self.unsettled {
+            if !u.has_gap(self.last) && u.hold_until.is_none() {
+                self.unsettled = None;
+            }
+        }
+    }
+
     /// Writes out what has become consecutive. If the cursor moved and
     /// messages are still waiting, that is a new gap: its clock starts now,
     /// so it gets its own grace period before a fill.
     fn drain_ready(&mut self, now: Instant, out: &mut Vec<Arc<str>>) {
+        let Some(u) = self.unsettled.as_mut() else {
+            return;
+        };
         let before = self.last;
-        while let Some(entry) = self.pending.first_entry() {
+        while let Some(entry) = u.pending.first_entry() {
             let seq = *entry.key();
             if seq <= self.last {
                 entry.remove();
@@ -55,33 +93,34 @@ impl RoomCursor {
                 break;
             }
         }
-        if !self.has_gap() {
-            self.gap_since = None;
-            self.fill_failures = 0;
-            self.fill_not_before = None;
+        if !u.has_gap(self.last) {
+            u.gap_since = None;
+            u.fill_failures = 0;
+            u.fill_not_before = None;
         } else if self.last != before {
-            self.gap_since = Some(now);
+            u.gap_since = Some(now);
         }
+        self.settle();
     }
 
     fn note_latest(&mut self, latest: u64, now: Instant) {
-        if latest > self.last && latest > self.known_latest {
-            self.known_latest = latest;
-            self.gap_since.get_or_insert(now);
+        if latest > self.last {
+            let u = self.unsettled();
+            if latest > u.known_latest {
+                u.known_latest = latest;
+                u.gap_since.get_or_insert(now);
+            }
         }
-    }
-
-    fn has_gap(&self) -> bool {
-        !self.pending.is_empty() || self.known_latest > self.last
     }
 
     /// When this cursor's gap is due for a fill (or its hold ends).
     fn fill_at(&self, delay: Duration) -> Option<Instant> {
-        if let Some(hold) = self.hold_until {
+        let u = self.unsettled.as_ref()?;
+        if let Some(hold) = u.hold_until {
             return Some(hold);
         }
-        let due = self.gap_since? + delay;
-        Some(self.fill_not_before.map_or(due, |t| t.max(due)))
+        let due = u.gap_since? + delay;
+        Some(u.fill_not_before.map_or(due, |t| t.max(due)))
     }
 }
 
@@ -100,31 +139,92 @@ pub struct Gap {
     pub tail: bool,
 }
 
+/// The rooms a server's sessions track, with how many sessions track each:
+/// what the server's catch-up asks the store about. Each name is kept once
+/// here and shared by every session's cursor, instead of a copy per session
+/// and room.
+#[derive(Debug, Default)]
+pub struct TrackedRooms {
+    rooms: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl TrackedRooms {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more session tracks `room`; its shared name.
+    fn track(&self, room: &str) -> Arc<str> {
+        let mut rooms = self.lock();
+        if let Some((name, _)) = rooms.get_key_value(room) {
+            let name = name.clone();
+            *rooms.get_mut(room).expect("found above") += 1;
+            return name;
+        }
+        let name: Arc<str> = Arc::from(room);
+        rooms.insert(name.clone(), 1);
+        name
+    }
+
+    fn untrack<'a>(&self, names: impl IntoIterator<Item = &'a Arc<str>>) {
+        let mut rooms = self.lock();
+        for name in names {
+            if let Some(n) = rooms.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    rooms.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Every room some session tracks.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().map(|name| name.to_string()).collect()
+    }
+}
+
+/// One session's cursors, one per room it tracks. The server's
+/// [`TrackedRooms`] counts them: a cursor made is tracked, a cursor
+/// forgotten or dropped with the session is not.
 #[derive(Debug, Default)]
 pub struct RoomOrder {
-    rooms: HashMap<String, RoomCursor>,
-    /// Rooms tracked since the last [`Self::take_new_rooms`].
-    new_rooms: Vec<String>,
+    rooms: HashMap<Arc<str>, RoomCursor>,
+    tracked: Arc<TrackedRooms>,
     /// How long a room first seen through a delivery holds its first
     /// messages (zero: written at once, starting at the first).
     first_seen_hold: Duration,
 }
 
+impl Drop for RoomOrder {
+    fn drop(&mut self) {
+        self.tracked.untrack(self.rooms.keys());
+    }
+}
+
 impl RoomOrder {
-    /// Rooms first seen through a delivery wait `hold` for earlier seqs
-    /// arriving over other links before anything is written.
-    pub fn with_first_seen_hold(hold: Duration) -> Self {
+    /// Cursors counted in `tracked`. Rooms first seen through a delivery
+    /// wait `hold` for earlier seqs arriving over other links before
+    /// anything is written.
+    pub fn new(tracked: Arc<TrackedRooms>, hold: Duration) -> Self {
         RoomOrder {
+            rooms: HashMap::new(),
+            tracked,
             first_seen_hold: hold,
-            ..RoomOrder::default()
         }
+    }
+
+    #[cfg(test)]
+    fn with_first_seen_hold(hold: Duration) -> Self {
+        RoomOrder::new(Arc::default(), hold)
     }
 
     fn cursor(&mut self, room: &str) -> &mut RoomCursor {
         if !self.rooms.contains_key(room) {
-            self.new_rooms.push(room.to_owned());
+            let name = self.tracked.track(room);
+            self.rooms.insert(name, RoomCursor::default());
         }
-        self.rooms.entry(room.to_owned()).or_default()
+        self.rooms.get_mut(room).expect("inserted above")
     }
 
     /// Everything up to `seq` counts as seen (the state at connect time).
@@ -132,20 +232,15 @@ impl RoomOrder {
         self.cursor(room).last = seq;
     }
 
-    /// Rooms this session started tracking since the last call (the
-    /// server's catch-up reads their latest seqs).
-    pub fn take_new_rooms(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.new_rooms)
-    }
-
-    /// Every room tracked.
-    pub fn rooms(&self) -> impl Iterator<Item = &String> {
-        self.rooms.keys()
-    }
-
     /// Stops tracking `room` (the session is no longer a member).
     pub fn forget(&mut self, room: &str) -> bool {
-        self.rooms.remove(room).is_some()
+        match self.rooms.remove_entry(room) {
+            Some((name, _)) => {
+                self.tracked.untrack([&name]);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The store holds `room` up to `latest`. If that is beyond what this
@@ -163,22 +258,27 @@ impl RoomOrder {
     /// allocation.
     pub fn note_latest_all(&mut self, latest: &HashMap<String, u64>, now: Instant) {
         for (room, cursor) in &mut self.rooms {
-            if let Some(seq) = latest.get(room) {
+            if let Some(seq) = latest.get(&**room) {
                 cursor.note_latest(*seq, now);
             }
         }
     }
 
     /// A fill of `room` failed: the next attempt waits, doubling from
-    /// `delay` up to [`MAX_FILL_BACKOFF`].
+    /// `delay` up to [`MAX_FILL_BACKOFF`]. (A room whose gap closed
+    /// meanwhile has nothing to back off.)
     pub fn fill_failed(&mut self, room: &str, now: Instant, delay: Duration) {
-        if let Some(cursor) = self.rooms.get_mut(room) {
-            cursor.fill_failures = cursor.fill_failures.saturating_add(1);
+        if let Some(u) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|cursor| cursor.unsettled.as_mut())
+        {
+            u.fill_failures = u.fill_failures.saturating_add(1);
             let backoff = delay
                 .max(Duration::from_millis(50))
-                .saturating_mul(1 << cursor.fill_failures.min(16))
+                .saturating_mul(1 << u.fill_failures.min(16))
                 .min(MAX_FILL_BACKOFF);
-            cursor.fill_not_before = Some(now + backoff);
+            u.fill_not_before = Some(now + backoff);
         }
     }
 
@@ -190,10 +290,13 @@ impl RoomOrder {
     /// messages will be replayed from the store through [`Self::offer`].
     pub fn rewind(&mut self, room: &str, seq: u64) {
         let cursor = self.cursor(room);
-        // An explicit start: nothing to wait for any more.
-        cursor.hold_until = None;
         cursor.last = seq;
-        cursor.pending.retain(|s, _| *s > seq);
+        if let Some(u) = cursor.unsettled.as_mut() {
+            // An explicit start: nothing to wait for any more.
+            u.hold_until = None;
+            u.pending.retain(|s, _| *s > seq);
+        }
+        cursor.settle();
     }
 
     /// Offers message `seq` of `room`; frames now writable, in order, are
@@ -207,8 +310,7 @@ impl RoomOrder {
         now: Instant,
         out: &mut Vec<Arc<str>>,
     ) {
-        // Looked up by &str, once: the room is almost always known, and
-        // `entry` would allocate its key on every delivery.
+        // Looked up by &str, once: the room is almost always known.
         let cursor = match self.rooms.get_mut(room) {
             Some(cursor) => cursor,
             None => {
@@ -216,20 +318,21 @@ impl RoomOrder {
                 let cursor = self.cursor(room);
                 cursor.last = seq.saturating_sub(1);
                 if !hold.is_zero() {
-                    cursor.hold_until = Some(now + hold);
-                    cursor.pending.insert(seq, frame);
+                    let u = cursor.unsettled();
+                    u.hold_until = Some(now + hold);
+                    u.pending.insert(seq, frame);
                     return;
                 }
                 cursor
             }
         };
-        if cursor.hold_until.is_some() {
+        if let Some(u) = cursor.unsettled.as_mut().filter(|u| u.hold_until.is_some()) {
             // Holding, until the session releases the room (after asking
             // the store where the user joined, even if the hold is over by
             // now): an earlier seq moves the start back.
-            if !cursor.pending.contains_key(&seq) {
+            if let btree_map::Entry::Vacant(entry) = u.pending.entry(seq) {
                 cursor.last = cursor.last.min(seq.saturating_sub(1));
-                cursor.pending.insert(seq, frame);
+                entry.insert(frame);
             }
             return;
         }
@@ -241,8 +344,9 @@ impl RoomOrder {
             cursor.last = seq;
             cursor.drain_ready(now, out);
         } else {
-            cursor.pending.insert(seq, frame);
-            cursor.gap_since.get_or_insert(now);
+            let u = cursor.unsettled();
+            u.pending.insert(seq, frame);
+            u.gap_since.get_or_insert(now);
         }
     }
 
@@ -257,8 +361,8 @@ impl RoomOrder {
     pub fn holds_ending(&self, now: Instant) -> Vec<String> {
         self.rooms
             .iter()
-            .filter(|(_, c)| c.hold_until.is_some_and(|t| now >= t))
-            .map(|(room, _)| room.clone())
+            .filter(|(_, c)| c.hold_until().is_some_and(|t| now >= t))
+            .map(|(room, _)| room.to_string())
             .collect()
     }
 
@@ -270,9 +374,11 @@ impl RoomOrder {
     /// is written, not dropped as a duplicate.
     pub fn joined_at(&mut self, room: &str, joined: u64, due: Instant) {
         if let Some(cursor) = self.rooms.get_mut(room) {
-            if cursor.hold_until.is_some() && joined < cursor.last {
-                cursor.last = joined;
-                cursor.gap_since = Some(due);
+            if let Some(u) = cursor.unsettled.as_mut() {
+                if u.hold_until.is_some() && joined < cursor.last {
+                    cursor.last = joined;
+                    u.gap_since = Some(due);
+                }
             }
         }
     }
@@ -281,9 +387,11 @@ impl RoomOrder {
     /// what they hold is written in order from the lowest seq that arrived.
     pub fn release_holds(&mut self, now: Instant, out: &mut Vec<Arc<str>>) {
         for cursor in self.rooms.values_mut() {
-            if cursor.hold_until.is_some_and(|t| now >= t) {
-                cursor.hold_until = None;
-                cursor.drain_ready(now, out);
+            if let Some(u) = cursor.unsettled.as_mut() {
+                if u.hold_until.is_some_and(|t| now >= t) {
+                    u.hold_until = None;
+                    cursor.drain_ready(now, out);
+                }
             }
         }
     }
@@ -292,16 +400,17 @@ impl RoomOrder {
     pub fn due_gaps(&self, now: Instant, delay: Duration) -> Vec<Gap> {
         self.rooms
             .iter()
-            .filter(|(_, c)| c.hold_until.is_none())
+            .filter(|(_, c)| c.hold_until().is_none())
             .filter(|(_, c)| c.fill_at(delay).is_some_and(|at| now >= at))
             .filter_map(|(room, c)| {
-                let (before, tail) = match c.pending.keys().next() {
+                let u = c.unsettled.as_ref()?;
+                let (before, tail) = match u.pending.keys().next() {
                     Some(first) => (*first, false),
-                    None if c.known_latest > c.last => (c.known_latest + 1, true),
+                    None if u.known_latest > c.last => (u.known_latest + 1, true),
                     None => return None,
                 };
                 Some(Gap {
-                    room: room.clone(),
+                    room: room.to_string(),
                     after: c.last,
                     before,
                     tail,
@@ -315,7 +424,7 @@ impl RoomOrder {
     /// holding the room back forever. Only that gap: a later gap is left to
     /// its own fill, since its messages may well be in history.
     pub fn skip_gap(&mut self, gap: &Gap, now: Instant, out: &mut Vec<Arc<str>>) {
-        if let Some(cursor) = self.rooms.get_mut(&gap.room) {
+        if let Some(cursor) = self.rooms.get_mut(gap.room.as_str()) {
             if cursor.last < gap.before.saturating_sub(1) {
                 cursor.last = gap.before - 1;
             }
@@ -536,16 +645,71 @@ mod tests {
     }
 
     #[test]
-    fn new_rooms_are_reported_once_and_forgotten_rooms_stop_gaps() {
-        let mut o = RoomOrder::default();
+    fn rooms_are_tracked_once_per_session_until_forgotten_or_dropped() {
+        let tracked = Arc::new(TrackedRooms::default());
+        let names = |t: &TrackedRooms| {
+            let mut names = t.names();
+            names.sort();
+            names
+        };
+        let mut o = RoomOrder::new(tracked.clone(), Duration::ZERO);
         o.set_baseline("a", 1);
-        offer(&mut o, 5);
-        assert_eq!(o.take_new_rooms(), vec!["a".to_string(), "r".to_string()]);
         o.set_baseline("a", 2);
-        assert!(o.take_new_rooms().is_empty());
+        offer(&mut o, 5);
+        let mut other = RoomOrder::new(tracked.clone(), Duration::ZERO);
+        other.set_baseline("a", 1);
+        assert_eq!(names(&tracked), vec!["a", "r"]);
+        assert_eq!(tracked.lock().get("a"), Some(&2), "one count per session");
+        // The sessions share one copy of the name.
+        let shared = |o: &RoomOrder| o.rooms.get_key_value("a").unwrap().0.clone();
+        assert!(Arc::ptr_eq(&shared(&o), &shared(&other)));
         o.note_latest("r", 9, Instant::now());
         assert!(o.forget("r"));
+        assert!(!o.forget("r"));
         assert_eq!(o.next_fill_at(Duration::ZERO), None);
+        assert_eq!(names(&tracked), vec!["a"]);
+        drop(o);
+        assert_eq!(names(&tracked), vec!["a"]);
+        drop(other);
+        assert!(tracked.names().is_empty());
+    }
+
+    /// A room in order keeps no gap state: it is most rooms of most
+    /// sessions, and their memory.
+    #[test]
+    fn gap_state_is_dropped_once_the_gap_closes() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("r", 1);
+        let settled = |o: &RoomOrder| o.rooms["r"].unsettled.is_none();
+        assert!(settled(&o));
+        offer(&mut o, 3);
+        o.note_latest("r", 4, Instant::now());
+        assert!(!settled(&o));
+        assert_eq!(offer(&mut o, 2), vec!["2", "3"]);
+        assert!(!settled(&o), "4 is known to exist");
+        assert_eq!(offer(&mut o, 4), vec!["4"]);
+        assert!(settled(&o));
+        o.note_latest("r", 4, Instant::now());
+        assert!(settled(&o), "not behind the store");
+        assert_eq!(std::mem::size_of::<RoomCursor>(), 16);
+    }
+
+    /// A resume past every waiting message closes the gap: no fill stays
+    /// due (it would fire at once, again and again, until the room's next
+    /// message).
+    #[test]
+    fn a_resume_past_the_waiting_messages_closes_the_gap() {
+        let mut o = RoomOrder::default();
+        o.set_baseline("r", 1);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        o.offer("r", 4, f("4"), t0, &mut out);
+        assert!(o.next_fill_at(Duration::ZERO).is_some());
+        o.rewind("r", 6);
+        assert_eq!(o.next_fill_at(Duration::ZERO), None);
+        assert!(o
+            .due_gaps(t0 + Duration::from_secs(1), Duration::ZERO)
+            .is_empty());
     }
 
     /// The path issue 12 named: a room first seen after connect (Bob was

@@ -77,9 +77,10 @@ pub(crate) fn run(
         id,
         // Rooms first seen after connect wait as long as a gap would for
         // earlier seqs on other links.
-        order: RoomOrder::with_first_seen_hold(Duration::from_millis(
-            server.config.gap_fill_delay_ms,
-        )),
+        order: RoomOrder::new(
+            server.hub.tracked_rooms(),
+            Duration::from_millis(server.config.gap_fill_delay_ms),
+        ),
         last_heard: Instant::now(),
         rate: SendRateLimit::new(
             server.config.send_rate_per_s,
@@ -112,12 +113,9 @@ impl Session {
                 .await;
             }
         }
-        // Balanced: rooms first seen since the last turn are counted, then
-        // every room this session tracked is released.
-        self.track_new_rooms();
+        // The session's rooms stop being tracked when `order` is dropped.
         let (server, user, id) = (&self.server, &self.user, &self.id);
         server.hub.remove(user, id);
-        server.hub.untrack_rooms(self.order.rooms());
         if !server.hub.has_user(user) {
             server.user_rates.forget(user);
         }
@@ -178,7 +176,6 @@ impl Session {
         let gap_delay = Duration::from_millis(self.server.config.gap_fill_delay_ms);
         let idle_timeout = Duration::from_millis(self.server.config.idle_timeout_ms.max(1000));
         loop {
-            self.track_new_rooms();
             let fill_at = self.order.next_fill_at(gap_delay);
             tokio::select! {
                 biased;
@@ -342,15 +339,6 @@ impl Session {
         self.write_frames(ready).await
     }
 
-    /// Tells the hub about rooms this session started tracking, so the
-    /// server's catch-up covers them.
-    fn track_new_rooms(&mut self) {
-        let new = self.order.take_new_rooms();
-        if !new.is_empty() {
-            self.server.hub.track_rooms(new);
-        }
-    }
-
     /// Fills every due gap from history, page by page, up to the gap's end.
     /// What history lacks below that end was trimmed by retention and is
     /// skipped. A failed read backs off (per room, doubling up to 5 s). A
@@ -384,9 +372,7 @@ impl Session {
                 match store.is_member(&gap.room, &self.user).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        if self.order.forget(&gap.room) {
-                            self.server.hub.untrack_rooms([&gap.room]);
-                        }
+                        self.order.forget(&gap.room);
                         continue;
                     }
                     Err(e) => {
