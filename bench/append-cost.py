@@ -18,6 +18,9 @@ Variants:
             index at its current version (left out of the reply)
   sent      the same, the caller holding no index (sent with every reply,
             as before the index had versions)
+  text      the same script with the dedup field as the text
+            `<len(from)>:<from><client_msg_id>` instead of its 16-byte
+            digest (the layout before 2026-12-03)
   REV       the APPEND_LUA of crates/chat-store/src/redis_store.rs at git
             revision REV (sorted-set history, a dedup key per send)
 
@@ -35,6 +38,7 @@ Variants:
 
 Usage: bench/append-cost.py [--before REV] [--appends N] [--rooms R]
                             [--retention K] [--runs 3] [--batches 1,2,4]
+                            [--variants now,text,...] [--client-ids]
 Without --batches everything is pipelined at once (`redis-cli --pipe`), no
 WAIT: the best case for the network side, isolating the script's own cost,
 which is what differs between variants. With --batches the appends go as
@@ -49,6 +53,7 @@ append costs, F what each batch costs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import socket
@@ -93,7 +98,7 @@ def setup_rooms(rooms: int) -> bytes:
     for r in range(rooms):
         tag = f"chat:{{room:r_{r:032x}}}"
         out.append(resp("HSET", f"{tag}:meta", "name", "bench", "created_by", "user-00000",
-                        "created_at", "1", "joins", "1", "log", "0"))
+                        "created_at", "1", "joins", "1", "log", "0", "dg", "0"))
         out.append(resp("SADD", f"{tag}:members", *[f"user-{u:05d}" for u in range(10)]))
         pairs = []
         for u in range(10):
@@ -104,7 +109,7 @@ def setup_rooms(rooms: int) -> bytes:
     return b"".join(out)
 
 
-def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> list[bytes]:
+def appends(variant: str, sha: str, n: int, rooms: int, retention: int, client_ids: bool = False) -> list[bytes]:
     # The real clock: dedup windows expire relative to Redis's.
     now_ms = int(time.time() * 1000)
     out = []
@@ -113,19 +118,23 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int) -> list[
         room = f"r_{r:032x}"
         tag = f"chat:{{room:{room}}}"
         user = f"user-{i % 10:05d}"
-        ulid = f"01JE{i:022d}"
+        # --client-ids: 128 bits in hex, as the servers make message ids
+        # and our clients client_msg_ids (34 characters, not 28).
+        ulid = f"{i:032x}" if client_ids else f"01JE{i:022d}"
         mid, cmid, body, ts = f"m_{ulid}", f"c_{ulid}", f"hello number {i}", str(now_ms + i)
         if variant == "floor":
             out.append(resp("XADD", f"{tag}:log", "MAXLEN", str(retention), "0-*", "i", mid,
                             "f", user, "t", ts, "b", body, "c", cmid))
-        elif variant in ("now", "sent") or variant.startswith(("try", "part:")):
+        elif variant in ("now", "sent", "text") or variant.startswith(("try", "part:")):
             window = int(ts) // DEDUP_TTL_MS
             held = ("", "0") if variant == "sent" else ("v0", "10")
+            text = f"{len(user)}:{user}{cmid}"
+            field = text.encode() if variant == "text" else hashlib.sha256(text.encode()).digest()[:16]
             out.append(resp("EVALSHA", sha, "10", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
                             f"{tag}:log", f"{tag}:cmids:{window}", f"{tag}:cmids:{window - 1}",
                             f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", f"{tag}:online:v",
                             user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
-                            f"{len(user)}:{user}{cmid}", str(window), ts, *held))
+                            field, str(window), ts, *held))
         else:
             prefix = ('{"body":"%s","client_msg_id":"%s","from":"%s","id":"%s","room":"%s","ts":%s,"seq":'
                       % (body, cmid, user, mid, room, ts))
@@ -185,7 +194,7 @@ def run_once(master: int, replica: int, pids: tuple[int, int], variant: str, scr
                    capture_output=True, check=True)
     time.sleep(0.3)
     mem0 = int(info_field(master, "memory", "used_memory"))
-    commands = appends(variant, sha, args.appends, args.rooms, args.retention)
+    commands = appends(variant, sha, args.appends, args.rooms, args.retention, args.client_ids)
     before = (cpu_s(pids[0]), cpu_s(pids[1]))
     if batch:
         send_in_batches(master, variant, commands, batch)
@@ -244,6 +253,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--try", dest="tries", action="append", default=[], metavar="FILE",
                    help="also run this variant of append.lua (same arguments as now)")
+    p.add_argument("--client-ids", action="store_true",
+                   help="message ids and client_msg_ids of 34 characters (m_/c_ and 128 bits in hex), "
+                        "as the servers and our clients make them, instead of 28")
     p.add_argument("--parts", action="store_true",
                    help="also run the part:* variants (what each part of the script costs)")
     p.add_argument("--batches", default="",
@@ -260,7 +272,7 @@ def main() -> None:
     parts = part_variants(append) if args.parts else {}
     tries += list(parts)
     wanted = [v for v in args.variants.split(",") if v] or (["now", "floor", *tries] if batches else [])
-    scripts = {"now": now, "sent": now, "floor": ""}
+    scripts = {"now": now, "sent": now, "text": now, "floor": ""}
     if not batches or args.before in wanted:
         scripts[args.before] = old_script(args.before)
     for i, path in enumerate(args.tries):

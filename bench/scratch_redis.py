@@ -12,9 +12,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def resp(*args: str) -> bytes:
+def resp(*args: str | bytes) -> bytes:
     out = [f"*{len(args)}\r\n".encode()]
     for a in args:
-        b = a.encode()
+        b = a if isinstance(a, bytes) else a.encode()
         out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
     return b"".join(out)

@@ -6,11 +6,11 @@
 //!
 //! | key | type | contents |
 //! |---|---|---|
-//! | `chat:{room:<id>}:meta` | hash | `name`, `created_by`, `created_at`, `joins` (joins are recorded), `log` (0: history always a Stream; else ms when it moved to one) |
+//! | `chat:{room:<id>}:meta` | hash | `name`, `created_by`, `created_at`, `joins` (joins are recorded), `log` (0: history always a Stream; else ms when it moved to one), `dw` (the dedup window whose key has its expiry), `dg` (0: dedup fields always digests; else ms of the room's first digest) |
 //! | `chat:{room:<id>}:members` | set | user ids (authoritative membership) |
 //! | `chat:{room:<id>}:seq` | string | last assigned seq |
 //! | `chat:{room:<id>}:log` | stream | the history: entry id `<seq>-0`, fields `i` id, `f` from, `t` ts, `b` body, `c` client_msg_id (empty for none); trimmed to the retention |
-//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, `<len(user)>:<user><client_msg_id>` -> `<seq> <id>`, one hash per dedup-TTL window (the server's clock / TTL), expiring at the end of the next window |
+//! | `chat:{room:<id>}:cmids:<window>` | hash | dedup records, the first 16 bytes of SHA-256(`<len(user)>:<user><client_msg_id>`) -> `<seq> <id>` (rooms from before may hold the text itself for two TTLs), one hash per dedup-TTL window (the server's clock / TTL), expiring at the end of the next window |
 //! | `chat:{room:<id>}:msgs` | sorted set | legacy history (before the Stream): message JSON scored by seq; read beside the Stream until the Stream holds the retention |
 //! | `chat:{room:<id>}:dedup:<user>:<client_msg_id>` | string | legacy dedup record: `<seq> <id>` (older: the JSON), expires after the dedup TTL; consulted for one TTL after the room moved |
 //! | `chat:{room:<id>}:reads` | hash | user -> read marker (seq), members only; moved forward by reads and by the member's own sends |
@@ -36,6 +36,8 @@
 //! (docs/benchmarks.md, "Connects in the sixth sitting"). A server joins
 //! `hosts` with its health, not per connect.
 
+use sha2::{Digest, Sha256};
+
 pub fn room_meta(room: &str) -> String {
     format!("chat:{{room:{room}}}:meta")
 }
@@ -57,10 +59,24 @@ pub fn room_log(room: &str) -> String {
 pub fn room_dedup_window(room: &str, window: u64) -> String {
     format!("chat:{{room:{room}}}:cmids:{window}")
 }
-/// A dedup record's field in a window: length-prefixed, so no user id and
-/// client_msg_id pair can spell another's.
-pub fn dedup_field(user: &str, client_msg_id: &str) -> String {
-    format!("{}:{user}{client_msg_id}", user.len())
+/// A dedup record's field in a window: the first 16 bytes of the SHA-256
+/// of `<len(user)>:<user><client_msg_id>` (length-prefixed, so no user id
+/// and client_msg_id pair can spell another's). The field is kept for
+/// every send with a client_msg_id for one to two TTLs: 16 bytes instead of
+/// the text (40-60 bytes with a UUID) is about a quarter of each record
+/// (docs/benchmarks.md, "Dedup records by digest"). 128 bits: a chance
+/// collision among even billions of records is beyond reach, and a
+/// crafted one would need a SHA-256 prefix collision. The field before
+/// (the text itself) is built by the append script for rooms that may
+/// still hold it.
+pub fn dedup_field(user: &str, client_msg_id: &str) -> [u8; 16] {
+    let mut hash = Sha256::new();
+    hash.update(format!("{}:", user.len()));
+    hash.update(user);
+    hash.update(client_msg_id);
+    let mut field = [0u8; 16];
+    field.copy_from_slice(&hash.finalize()[..16]);
+    field
 }
 /// Legacy: a dedup record as a key of its own (before the windows). The
 /// append script names this key itself (`lua/append.lua`, read only,

@@ -235,10 +235,11 @@ const PRESENCE_AUDIENCE_LUA: &str = concat!(
 
 /// KEYS: meta, members. ARGV: name, created_by, created_at, member...
 /// `joins` marks a room that records when members joined (see
-/// [`JOINED_SEQ_LUA`]); `log` = 0 one whose history was always a Stream
-/// (see `lua/append.lua`).
+/// [`JOINED_SEQ_LUA`]); `log` = 0 one whose history was always a Stream,
+/// `dg` = 0 one whose dedup fields were always digests (see
+/// `lua/append.lua`).
 const CREATE_ROOM_LUA: &str = r#"
-redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3], 'joins', '1', 'log', '0')
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3], 'joins', '1', 'log', '0', 'dg', '0')
 for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 return redis.call('SCARD', KEYS[2])
 "#;
@@ -1189,7 +1190,7 @@ impl Store for RedisStore {
                 .arg(self.config.history_retention)
                 .arg(ttl)
                 .arg(if m.from_member { "1" } else { "0" })
-                .arg(&dedup_field)
+                .arg(&dedup_field[..])
                 .arg(window)
                 .arg(now)
                 .arg(held_version)
@@ -1939,5 +1940,93 @@ mod tests {
         other.remove_session(&bob, "s1").await.unwrap();
         other.remove_session(&bob, "s2").await.unwrap();
         other.forget_online(&room, &["s3".into()]).await.unwrap();
+    }
+
+    /// Dedup fields became digests: a room from before may still hold a
+    /// record under the text field, and a retry of that send is a
+    /// duplicate for two TTLs after the room's first digest; a room made
+    /// since never looks for the text.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn text_dedup_fields_count_for_two_ttls_in_rooms_from_before_digests() {
+        use crate::conformance::{msg, room_with};
+        let Some(urls) = crate::conformance::test_redis_urls() else {
+            return;
+        };
+        let store = RedisStore::connect(&urls, StoreConfig::default())
+            .await
+            .unwrap();
+        let mut conn = store.conn().unwrap();
+        let alice = new_id("alice-");
+        let ttl = store.config.dedup_ttl_ms.max(1);
+        let text = |cmid: &str| format!("{}:{alice}{cmid}", alice.len());
+        let dg = |room: &str| {
+            let mut conn = store.conn().unwrap();
+            let meta = keys::room_meta(room);
+            async move { conn.hget::<_, _, Option<String>>(meta, "dg").await.unwrap() }
+        };
+        // Stores a send with `cmid`, then moves its record to the text
+        // field, as a server of the version before would have written it.
+        let stored_as_text = |room: String, cmid: &'static str| {
+            let store = &store;
+            let text = text(cmid);
+            let alice = alice.clone();
+            async move {
+                let original = store
+                    .append(msg(&room, &alice, "before", Some(cmid)))
+                    .await
+                    .unwrap()
+                    .message;
+                let window = keys::room_dedup_window(&room, now_ms() / ttl);
+                let digest = keys::dedup_field(&alice, cmid);
+                let mut conn = store.conn().unwrap();
+                let record: String = conn.hget(&window, &digest[..]).await.unwrap();
+                let _: i64 = conn.hdel(&window, &digest[..]).await.unwrap();
+                let _: i64 = conn.hset(&window, text, record).await.unwrap();
+                original
+            }
+        };
+
+        assert_eq!(
+            dg(&room_with(&store, &alice, &[]).await).await.as_deref(),
+            Some("0"),
+            "a new room never held text fields"
+        );
+
+        // A room from before: no `dg` yet.
+        let old = room_with(&store, &alice, &[]).await;
+        let _: i64 = conn.hdel(keys::room_meta(&old), "dg").await.unwrap();
+        let original = stored_as_text(old.clone(), "c1").await;
+        let _: i64 = conn.hdel(keys::room_meta(&old), "dg").await.unwrap();
+        let retry = store
+            .append(msg(&old, &alice, "before", Some("c1")))
+            .await
+            .unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(retry.message.seq, original.seq);
+        let since: u64 = dg(&old).await.unwrap().parse().unwrap();
+        assert!(since > 0, "the first digest's time is recorded");
+
+        // Two TTLs after the first digest, the text is no longer read.
+        let stale = stored_as_text(old.clone(), "c2").await;
+        let _: i64 = conn
+            .hset(keys::room_meta(&old), "dg", since - 2 * ttl)
+            .await
+            .unwrap();
+        let late = store
+            .append(msg(&old, &alice, "before", Some("c2")))
+            .await
+            .unwrap();
+        assert!(!late.duplicate);
+        assert!(late.message.seq > stale.seq);
+        assert_eq!(dg(&old).await.as_deref(), Some("0"));
+
+        // A room made since: a text field is never looked for.
+        let new = room_with(&store, &alice, &[]).await;
+        let _ = stored_as_text(new.clone(), "c3").await;
+        let again = store
+            .append(msg(&new, &alice, "before", Some("c3")))
+            .await
+            .unwrap();
+        assert!(!again.duplicate, "text fields are not read in new rooms");
     }
 }

@@ -13,8 +13,8 @@
 --       write.
 -- ARGV: 1 from, 2 client_msg_id ('' for none), 3 id, 4 ts, 5 body,
 --       6 retention, 7 dedup TTL ms, 8 from_member ('1': check membership,
---       move the sender's read marker), 9 dedup field
---       (`<len(from)>:<from><client_msg_id>`), 10 this window's number,
+--       move the sender's read marker), 9 dedup field (16 bytes of
+--       SHA-256 of `<len(from)>:<from><client_msg_id>`), 10 this window's number,
 --       11 the caller's clock (ms), 12 the version of the presence index
 --       the caller holds ('' for none), 13 its number of entries.
 --
@@ -40,12 +40,20 @@
 -- d; a retry would have to land in those d (milliseconds under NTP) at a
 -- window's end, once per TTL, on the other server, to be stored twice.
 --
+-- Dedup fields were the text `<len(from)>:<from><client_msg_id>` itself
+-- before they were digests (2026-12-03). The meta field `dg` is 0 in rooms
+-- made since, which never held the text; otherwise it is when the room's
+-- first digest was written (missing: not yet). Until two TTLs after that,
+-- when the last text record has expired, a miss also looks for the text:
+-- a retry of a send stored before the upgrade is still answered. After
+-- that `dg` becomes 0 and misses cost nothing more.
+--
 -- Rooms from before the Stream (no `log` field in their meta) keep their
 -- sorted set, read beside the Stream and deleted once the Stream holds
 -- the retention; `log` records when the room moved, so that their
 -- per-send dedup keys are still consulted for one TTL. New rooms have
 -- `log` = 0.
-local meta = redis.call('HMGET', KEYS[1], 'created_at', 'log', 'dw')
+local meta = redis.call('HMGET', KEYS[1], 'created_at', 'log', 'dw', 'dg')
 if not meta[1] then return {'E:noroom', {}, '', '0'} end
 if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'E:notmember', {}, '', '0'} end
 local function with_online(status)
@@ -54,15 +62,27 @@ local function with_online(status)
 end
 local now, ttl = tonumber(ARGV[11]), tonumber(ARGV[7])
 local moved = tonumber(meta[2] or '-1')
+local digests = tonumber(meta[4] or '-1')
 local function remember(record)
   redis.call('HSET', KEYS[5], ARGV[9], record)
   if meta[3] ~= ARGV[10] then
     redis.call('PEXPIREAT', KEYS[5], (tonumber(ARGV[10]) + 2) * ttl)
     redis.call('HSET', KEYS[1], 'dw', ARGV[10])
   end
+  if digests < 0 then
+    redis.call('HSET', KEYS[1], 'dg', ARGV[11])
+    digests = now
+  elseif digests > 0 and now >= digests + 2 * ttl then
+    redis.call('HSET', KEYS[1], 'dg', '0')
+    digests = 0
+  end
 end
 if ARGV[2] ~= '' then
   local prev = redis.call('HGET', KEYS[5], ARGV[9]) or redis.call('HGET', KEYS[6], ARGV[9])
+  if not prev and digests ~= 0 and (digests < 0 or now < digests + 2 * ttl) then
+    local text = string.len(ARGV[1]) .. ':' .. ARGV[1] .. ARGV[2]
+    prev = redis.call('HGET', KEYS[5], text) or redis.call('HGET', KEYS[6], text)
+  end
   if not prev and moved ~= 0 and (moved < 0 or now < moved + ttl) then
     local room = string.sub(KEYS[1], 1, -5) -- `chat:{room:<id>}:`
     prev = redis.call('GET', room .. 'dedup:' .. ARGV[1] .. ':' .. ARGV[2])
