@@ -38,6 +38,14 @@ use chat_store::{ServerHealth, SessionLocation, Store};
 pub use config::ChatConfig;
 use hub::SessionHub;
 
+/// Most rooms or users one periodic store read covers at once (catch-up,
+/// presence refresh). Each one is a future in flight with its own buffers,
+/// and the allocator keeps the heap the largest burst needed: the presence
+/// refresh of every user at once left ~3.3 KB per idle session resident
+/// after its first round (docs/benchmarks.md, "Idle memory after the
+/// first presence refresh").
+const STORE_BATCH: usize = 500;
+
 pub struct ChatMetrics {
     pub sessions: Arc<Gauge>,
     pub sessions_opened: Arc<Counter>,
@@ -363,7 +371,7 @@ impl ChatServer {
     }
 
     /// Reads the latest seq of every room local sessions follow (one
-    /// pipelined read per 500 rooms) and publishes it when a room moved, so
+    /// pipelined read per [`STORE_BATCH`] rooms) and publishes it when a room moved, so
     /// that sessions behind the store fill from history. Deliveries are
     /// fast and this is slow on purpose: a session counts as behind only
     /// after `gap_fill_delay` without the delivery arriving.
@@ -373,7 +381,7 @@ impl ChatServer {
             return;
         }
         let mut latest = HashMap::with_capacity(rooms.len());
-        for chunk in rooms.chunks(500) {
+        for chunk in rooms.chunks(STORE_BATCH) {
             match self.store.latest_seqs(chunk).await {
                 Ok(seqs) => latest.extend(seqs),
                 Err(e) => {
@@ -419,6 +427,23 @@ impl ChatServer {
                 server.catch_up().await;
             }
         });
+    }
+
+    /// Extends the presence records of the users with sessions here by a
+    /// TTL, and updates their shares of the send limit: [`STORE_BATCH`]
+    /// users at a time.
+    async fn refresh_presence(&self) {
+        let users = self.hub.users();
+        for chunk in users.chunks(STORE_BATCH) {
+            if let Err(e) = self
+                .store
+                .refresh_sessions(chunk, self.config.presence_ttl_ms)
+                .await
+            {
+                tracing::warn!(error = %e, users = chunk.len(), "presence refresh failed");
+            }
+            self.update_send_shares(chunk).await;
+        }
     }
 
     /// Reads on how many live chat servers each of `users` has sessions,
@@ -524,15 +549,7 @@ impl ChatServer {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(server) = weak.upgrade() else { return };
-                let users = server.hub.users();
-                if let Err(e) = server
-                    .store
-                    .refresh_sessions(&users, server.config.presence_ttl_ms)
-                    .await
-                {
-                    tracing::warn!(error = %e, "presence refresh failed");
-                }
-                server.update_send_shares(&users).await;
+                server.refresh_presence().await;
             }
         });
     }
@@ -878,6 +895,34 @@ mod tests {
             .filter(|_| server.user_rates.check("alice", 1, 12, now))
             .count();
         assert_eq!(allowed, 6, "half the burst of 12: alice is on two servers");
+    }
+
+    /// The periodic refresh reaches every user with a session here, over
+    /// more than one batch: presence records outlive their TTL only
+    /// through it.
+    #[tokio::test]
+    async fn the_presence_refresh_extends_every_users_record_batch_by_batch() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let mut config = config();
+        config.presence_ttl_ms = 2_000;
+        let server = ChatServer::new(config, store.clone());
+        let users: Vec<String> = (0..2 * STORE_BATCH + 1).map(|i| format!("u{i}")).collect();
+        for (i, user) in users.iter().enumerate() {
+            let location = SessionLocation {
+                session: format!("s_{i}"),
+                server_id: server.server_id.clone(),
+            };
+            store.add_session(user, &location, 2_000).await.unwrap();
+            add_idle_session(&server, user, &location.session);
+        }
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        server.refresh_presence().await;
+        // Past the TTL the records were written with, well within the one
+        // the refresh gave them.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let present = store.sessions_of(&users).await.unwrap();
+        let missing: Vec<&String> = users.iter().filter(|u| !present.contains_key(*u)).collect();
+        assert!(missing.is_empty(), "records expired: {missing:?}");
     }
 
     /// Tickets that say when they were issued are checked in memory; one

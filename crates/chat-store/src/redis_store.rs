@@ -371,6 +371,9 @@ fn decode_online(session: String, value: &str) -> StoreResult<OnlineSession> {
 }
 
 /// Field/value pairs as HGETALL lists them.
+/// Users reaped at once (see `reap`).
+const REAP_CONCURRENCY: usize = 500;
+
 /// Decodes `lua/presence_audience.lua`'s reply part.
 fn decode_audience(mut part: Vec<String>) -> StoreResult<Audience> {
     match part.first().map(String::as_str) {
@@ -785,37 +788,46 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
-        let reaped = try_join_all(users.iter().map(|user| async move {
-            let reply: Vec<String> = self
-                .reap_user
-                .key(keys::user_sessions(user))
-                .key(keys::user_rooms(user))
-                .arg(server_id)
-                .invoke_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?;
-            if reply.is_empty() {
-                return Ok(None);
-            }
-            let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
-            let count: usize = rest
-                .first()
-                .and_then(|n| n.parse().ok())
-                .filter(|n| rest.len() > *n)
-                .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
-            let rooms = rest.split_off(count + 1);
-            let sessions = &rest[1..];
-            // The dead server's sessions leave the rooms' indexes too, so
-            // routing stops sending there (it comes back by re-announcing).
-            try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions))).await?;
-            Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
-                user: user.clone(),
-                online: false,
-                ts,
-                rooms: sorted(rooms),
-            }))
-        }))
-        .await?;
+        // `REAP_CONCURRENCY` users at a time: a server's users can
+        // be tens of thousands, and every process that reaps would keep the
+        // heap of one future per user (the allocator keeps a burst's peak).
+        let mut reaped: Vec<Option<PresenceChange>> = Vec::with_capacity(users.len());
+        for chunk in users.chunks(REAP_CONCURRENCY) {
+            reaped.extend(
+                try_join_all(chunk.iter().map(|user| async move {
+                    let reply: Vec<String> = self
+                        .reap_user
+                        .key(keys::user_sessions(user))
+                        .key(keys::user_rooms(user))
+                        .arg(server_id)
+                        .invoke_async(&mut self.conn()?)
+                        .await
+                        .map_err(unavailable)?;
+                    if reply.is_empty() {
+                        return Ok(None);
+                    }
+                    let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
+                    let count: usize = rest
+                        .first()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| rest.len() > *n)
+                        .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
+                    let rooms = rest.split_off(count + 1);
+                    let sessions = &rest[1..];
+                    // The dead server's sessions leave the rooms' indexes too, so
+                    // routing stops sending there (it comes back by re-announcing).
+                    try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions)))
+                        .await?;
+                    Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
+                        user: user.clone(),
+                        online: false,
+                        ts,
+                        rooms: sorted(rooms),
+                    }))
+                }))
+                .await?,
+            );
+        }
         // A server that reported health again meanwhile was only cut off:
         // its sets stay (the registry's script checks again, atomically
         // with `hosts`; the server rejoins `hosts` with its next health).
