@@ -18,13 +18,13 @@
 //! loaded yet, a connection that could not be made) is answered
 //! [`Outcome::RunAlone`], and the caller runs it through the cluster
 //! client, which handles all of that. A script that ran and failed inside
-//! (its writes so far stay) is never run again: [`Outcome::Failed`]. The slot owners come from
-//! `CLUSTER SLOTS`, read again every few seconds and after a redirect.
+//! (its writes so far stay) is never run again: [`Outcome::Failed`]. The
+//! slot owners come from [`SlotMap`], read again after a redirect too.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
@@ -32,86 +32,16 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, Value
 use tokio::sync::{mpsc, oneshot};
 
 use crate::redis_store::RedisAccess;
+use crate::slot_owners::{Node, SlotMap};
 
 /// Most appends in one pipeline: bounds the reply a batch waits for, and
 /// the time the first append in it waits for the last.
 const MAX_BATCH: usize = 256;
 /// Appends queued for one master beyond the batch in flight.
 const QUEUE_LEN: usize = 4096;
-/// How old the slot owners may get before an append reads them again.
-const SLOTS_MAX_AGE: Duration = Duration::from_secs(5);
 /// Connect and response timeouts of the per-master connections (a `WAIT`
 /// returns within the replica ack timeout, well below this).
 const NODE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Redis Cluster's hash slot of `key`: CRC16 (XMODEM) of its hash tag, or
-/// of the whole key without one, modulo 16384.
-pub(crate) fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = bytes
-        .iter()
-        .position(|b| *b == b'{')
-        .and_then(|open| {
-            let rest = &bytes[open + 1..];
-            let close = rest.iter().position(|b| *b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(bytes);
-    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
-}
-
-/// A master's address as `CLUSTER SLOTS` gives it (shared: looked up per
-/// append, so cloning it must not allocate).
-type Node = Arc<(String, u16)>;
-
-/// Which master serves each slot range.
-#[derive(Debug, Default, PartialEq)]
-struct SlotOwners {
-    ranges: Vec<(u16, u16, Node)>,
-}
-
-impl SlotOwners {
-    /// Parses a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id,
-    /// ...], replicas...], ...]`. Ranges without a usable master are left
-    /// out (their appends run alone).
-    fn parse(reply: &Value) -> SlotOwners {
-        let Value::Array(entries) = reply else {
-            return SlotOwners::default();
-        };
-        let int = |v: &Value| match v {
-            Value::Int(n) => u16::try_from(*n).ok(),
-            _ => None,
-        };
-        let text = |v: &Value| match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        };
-        let mut ranges: Vec<(u16, u16, Node)> = entries
-            .iter()
-            .filter_map(|entry| {
-                let Value::Array(fields) = entry else {
-                    return None;
-                };
-                let (start, end) = (int(fields.first()?)?, int(fields.get(1)?)?);
-                let Value::Array(master) = fields.get(2)? else {
-                    return None;
-                };
-                let host = text(master.first()?)?;
-                let port = int(master.get(1)?)?;
-                (!host.is_empty()).then(|| (start, end, Arc::new((host, port))))
-            })
-            .collect();
-        ranges.sort_by_key(|r| r.0);
-        SlotOwners { ranges }
-    }
-
-    fn owner(&self, slot: u16) -> Option<&Node> {
-        let i = self.ranges.partition_point(|r| r.0 <= slot);
-        let (start, end, node) = self.ranges.get(i.checked_sub(1)?)?;
-        (*start <= slot && slot <= *end).then_some(node)
-    }
-}
 
 /// How one append fared in a batch.
 pub(crate) enum Outcome {
@@ -190,8 +120,7 @@ struct Counters {
 
 pub(crate) struct GroupCommit {
     counters: Arc<Counters>,
-    owners: RwLock<(Arc<SlotOwners>, Option<Instant>)>,
-    refreshing: Arc<AtomicBool>,
+    slots: Arc<SlotMap>,
     masters: Mutex<HashMap<Node, mpsc::Sender<Pending>>>,
     /// How to connect to one node: the seed URL's settings and `access`.
     seed: ConnectionInfo,
@@ -204,12 +133,12 @@ impl GroupCommit {
         seed_url: &str,
         access: &RedisAccess,
         acks: ReplicaAcks,
+        slots: Arc<SlotMap>,
     ) -> redis::RedisResult<Arc<Self>> {
         use redis::IntoConnectionInfo;
         Ok(Arc::new(GroupCommit {
             counters: Arc::default(),
-            owners: RwLock::new((Arc::new(SlotOwners::default()), None)),
-            refreshing: Arc::new(AtomicBool::new(false)),
+            slots,
             masters: Mutex::new(HashMap::new()),
             seed: seed_url.into_connection_info()?,
             access: access.clone(),
@@ -226,12 +155,6 @@ impl GroupCommit {
         }
     }
 
-    /// Replaces the slot owners as if just read (tests: a stale map).
-    #[cfg(test)]
-    pub(crate) fn set_owners(&self, reply: &Value) {
-        *self.owners.write().unwrap() = (Arc::new(SlotOwners::parse(reply)), Some(Instant::now()));
-    }
-
     /// Runs `script` (an `EVALSHA` on the keys of `slot_key`'s slot) in the
     /// next batch for its master. On [`Outcome::RunAlone`] the caller builds
     /// the script again: keeping a copy for that rare case would cost a
@@ -242,13 +165,7 @@ impl GroupCommit {
         slot_key: &str,
         cluster: &ClusterConnection,
     ) -> Outcome {
-        let node = {
-            let owners = self.owners.read().unwrap_or_else(|p| p.into_inner());
-            if owners.1.is_none_or(|at| at.elapsed() > SLOTS_MAX_AGE) {
-                self.refresh_owners(cluster);
-            }
-            owners.0.owner(key_slot(slot_key)).cloned()
-        };
+        let node = self.slots.owner_of(slot_key, cluster);
         let outcome = match node {
             Some(node) => self.run_on(node, script).await,
             None => Outcome::RunAlone,
@@ -260,7 +177,7 @@ impl GroupCommit {
         if !matches!(outcome, Outcome::Ran { .. }) {
             // Most often a redirect, a master gone, or no owner known yet:
             // read them again.
-            self.refresh_owners(cluster);
+            self.slots.refresh(cluster);
         }
         outcome
     }
@@ -282,30 +199,6 @@ impl GroupCommit {
             return Outcome::RunAlone; // full: this one goes alone, unsent
         }
         answer.await.unwrap_or_else(|_| no_answer())
-    }
-
-    /// Reads the slot owners again in the background (one read at a time).
-    fn refresh_owners(self: &Arc<Self>, cluster: &ClusterConnection) {
-        if self.refreshing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = self.clone();
-        let mut conn = cluster.clone();
-        tokio::spawn(async move {
-            let reply: redis::RedisResult<Value> = redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async(&mut conn)
-                .await;
-            match reply {
-                Ok(reply) => {
-                    let owners = SlotOwners::parse(&reply);
-                    *this.owners.write().unwrap_or_else(|p| p.into_inner()) =
-                        (Arc::new(owners), Some(Instant::now()));
-                }
-                Err(e) => tracing::debug!(error = %e, "group commit: CLUSTER SLOTS failed"),
-            }
-            this.refreshing.store(false, Ordering::Release);
-        });
     }
 
     fn queue_for(&self, node: &Node) -> redis::RedisResult<mpsc::Sender<Pending>> {
@@ -510,47 +403,5 @@ mod tests {
         ] {
             assert!(!refused_before_running(&server_error(failed_inside)), "{failed_inside}");
         }
-    }
-
-    /// Values from `CLUSTER KEYSLOT` of a real Redis.
-    #[test]
-    fn key_slots_match_redis() {
-        assert_eq!(key_slot("foo"), 12182);
-        assert_eq!(key_slot("{user1000}.following"), 3443);
-        assert_eq!(key_slot("{user1000}.followers"), 3443);
-        assert_eq!(key_slot("foo{}{bar}"), key_slot("foo{}{bar}"));
-        assert_eq!(key_slot("foo{}{bar}"), 8363);
-        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
-        assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
-    }
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn slot_owners_are_read_from_cluster_slots() {
-        let entry = |start: i64, end: i64, port: i64| {
-            Value::Array(vec![
-                Value::Int(start),
-                Value::Int(end),
-                Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk("id")]),
-                Value::Array(vec![bulk("127.0.0.1"), Value::Int(port + 3), bulk("id2")]),
-            ])
-        };
-        let owners = SlotOwners::parse(&Value::Array(vec![
-            entry(10923, 16383, 7002),
-            entry(0, 5460, 7000),
-            entry(5461, 10922, 7001),
-        ]));
-        let port = |slot| owners.owner(slot).map(|n| n.1);
-        assert_eq!(port(0), Some(7000));
-        assert_eq!(port(5460), Some(7000));
-        assert_eq!(port(5461), Some(7001));
-        assert_eq!(port(16383), Some(7002));
-        let partial = SlotOwners::parse(&Value::Array(vec![entry(100, 200, 7000)]));
-        assert_eq!(partial.owner(99), None);
-        assert_eq!(partial.owner(201), None);
-        assert_eq!(SlotOwners::parse(&Value::Nil), SlotOwners::default());
     }
 }

@@ -214,9 +214,9 @@ mod tests {
 
     #[test]
     fn pending_tickets_leave_the_registry_slot_for_their_servers_own() {
-        let a = crate::group_commit::key_slot(&server_pending("chat-0"));
-        let b = crate::group_commit::key_slot(&server_pending("chat-1"));
-        let registry = crate::group_commit::key_slot(REGISTRY_SERVERS);
+        let a = crate::slot_owners::key_slot(&server_pending("chat-0"));
+        let b = crate::slot_owners::key_slot(&server_pending("chat-1"));
+        let registry = crate::slot_owners::key_slot(REGISTRY_SERVERS);
         assert_ne!(a, b, "two servers' tickets hash apart");
         assert!(a != registry && b != registry);
         assert_eq!(

@@ -17,6 +17,7 @@ pub use args::StoreArgs;
 mod memory;
 mod online_cache;
 mod redis_store;
+mod slot_owners;
 
 use std::collections::HashMap;
 use std::sync::Arc;

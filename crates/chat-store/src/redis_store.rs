@@ -16,11 +16,13 @@ use chat_protocol::Message;
 use futures_util::future::try_join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncCommands, Script};
 
 use crate::group_commit::{GroupCommit, Outcome, ReplicaAcks};
 use crate::keys;
 use crate::online_cache::OnlineCache;
+use crate::slot_owners::{key_slot, Node, SlotMap};
 use crate::{
     decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
     RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
@@ -371,6 +373,62 @@ fn decode_online(session: String, value: &str) -> StoreResult<OnlineSession> {
 }
 
 /// Field/value pairs as HGETALL lists them.
+/// See `lua/latest_seqs.lua`.
+const LATEST_SEQS_LUA: &str = include_str!("lua/latest_seqs.lua");
+
+/// `lua/latest_seqs.lua`'s reply, if it has `count` seqs.
+fn decode_seqs(reply: redis::Value, count: usize) -> Option<Vec<u64>> {
+    let redis::Value::Array(values) = reply else {
+        return None;
+    };
+    (values.len() == count).then_some(())?;
+    values
+        .into_iter()
+        .map(|value| match value {
+            redis::Value::Nil => Some(0),
+            redis::Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `lua/latest_seqs.lua` at `master` for `rooms` (room, seq key): their
+/// seqs; `None` for any other reply, such as the error reply when a key
+/// is not served there or the node cannot run it (Redis before 7).
+async fn seqs_at_master(
+    master: &Node,
+    rooms: &[(&String, String)],
+    cluster: &ClusterConnection,
+) -> redis::RedisResult<Option<Vec<u64>>> {
+    let mut script = redis::cmd("EVAL");
+    script.arg(LATEST_SEQS_LUA).arg(0);
+    for (_, key) in rooms {
+        script.arg(key);
+    }
+    let (host, port) = &**master;
+    let at_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    });
+    let reply = cluster.clone().route_command(script, at_master).await?;
+    Ok(decode_seqs(reply, rooms.len()))
+}
+
+/// The latest seqs of `rooms` (room, seq key), one `GET` each through the
+/// cluster client.
+async fn seqs_one_by_one(
+    rooms: &[(&String, String)],
+    cluster: &ClusterConnection,
+) -> StoreResult<Vec<u64>> {
+    let seqs = try_join_all(rooms.iter().map(|(_, key)| {
+        let mut conn = cluster.clone();
+        async move { conn.get::<_, Option<u64>>(key).await }
+    }))
+    .await
+    .map_err(unavailable)?;
+    Ok(seqs.into_iter().map(|s| s.unwrap_or(0)).collect())
+}
+
 /// Users reaped at once (see `reap`).
 const REAP_CONCURRENCY: usize = 500;
 
@@ -459,6 +517,9 @@ pub struct RedisStore {
     config: StoreConfig,
     /// Appends batched per master (`None`: each append alone).
     group_commit: Option<Arc<GroupCommit>>,
+    /// Which master serves each slot: group commit and the catch-up's
+    /// reads go to masters directly.
+    slots: Arc<SlotMap>,
     append: Script,
     room_view: Script,
     create_room: Script,
@@ -535,23 +596,26 @@ impl RedisStore {
                 ));
             }
         }
-        let group_commit =
-            match urls.first() {
-                Some(seed) if config.group_commit => {
-                    let acks = ReplicaAcks {
-                        wanted: config.min_replica_acks,
-                        timeout_ms: config.replica_ack_timeout_ms,
-                    };
-                    Some(GroupCommit::new(seed, access, acks).map_err(|e| {
+        let slots = SlotMap::new();
+        let group_commit = match urls.first() {
+            Some(seed) if config.group_commit => {
+                let acks = ReplicaAcks {
+                    wanted: config.min_replica_acks,
+                    timeout_ms: config.replica_ack_timeout_ms,
+                };
+                Some(
+                    GroupCommit::new(seed, access, acks, slots.clone()).map_err(|e| {
                         StoreError::Unavailable(format!("Redis Cluster settings: {e}"))
-                    })?)
-                }
-                _ => None,
-            };
+                    })?,
+                )
+            }
+            _ => None,
+        };
         Ok(RedisStore {
             connections,
             config,
             group_commit,
+            slots,
             append: Script::new(APPEND_LUA),
             room_view: Script::new(ROOM_VIEW_LUA),
             create_room: Script::new(CREATE_ROOM_LUA),
@@ -932,6 +996,28 @@ impl RedisStore {
             sessions,
             presence_audiences,
         })
+    }
+
+    /// The latest seqs of `rooms` (room, seq key), all served by `master`
+    /// as this process last read the slot owners: one script there, or one
+    /// read per room through the cluster client if the map was stale or
+    /// the script failed (the map is read again then).
+    async fn seqs_on(
+        &self,
+        master: Node,
+        rooms: &[(&String, String)],
+        cluster: &ClusterConnection,
+    ) -> StoreResult<Vec<u64>> {
+        match seqs_at_master(&master, rooms, cluster).await {
+            Ok(Some(seqs)) => Ok(seqs),
+            failed => {
+                if let Err(e) = failed {
+                    tracing::debug!(error = %e, ?master, "latest seqs: reading one by one");
+                }
+                self.slots.refresh(cluster);
+                seqs_one_by_one(rooms, cluster).await
+            }
+        }
     }
 
     async fn announce_existing_sessions(&self, room: &str, user: &str) -> StoreResult<()> {
@@ -1425,19 +1511,25 @@ impl Store for RedisStore {
     }
 
     async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {
-        let shared_conn = self.conn()?;
-        let seqs = try_join_all(rooms.iter().map(|room| {
-            let mut conn = shared_conn.clone();
+        let cluster = self.conn()?;
+        let owners = self.slots.owners(&cluster);
+        let mut by_master: HashMap<Option<Node>, Vec<(&String, String)>> = HashMap::new();
+        for room in rooms {
             let key = keys::room_seq(room);
-            async move { conn.get::<_, Option<u64>>(key).await }
-        }))
-        .await
-        .map_err(unavailable)?;
-        Ok(rooms
-            .iter()
-            .cloned()
-            .zip(seqs.into_iter().map(|s| s.unwrap_or(0)))
-            .collect())
+            let master = owners.owner(key_slot(&key)).cloned();
+            by_master.entry(master).or_default().push((room, key));
+        }
+        let reads = by_master.into_iter().map(|(master, rooms)| {
+            let cluster = &cluster;
+            async move {
+                let seqs = match master {
+                    Some(master) => self.seqs_on(master, &rooms, cluster).await?,
+                    None => seqs_one_by_one(&rooms, cluster).await?,
+                };
+                Ok::<_, StoreError>(rooms.into_iter().map(|(room, _)| room.clone()).zip(seqs))
+            }
+        });
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
     }
 
     async fn put_server(&self, health: &ServerHealth, ttl_ms: u64) -> StoreResult<()> {
@@ -1851,6 +1943,98 @@ mod tests {
     use chat_protocol::now_ms;
     use futures_util::future::join_all;
 
+    /// A `CLUSTER SLOTS` reply with every slot at `host:port`.
+    fn all_slots_at(host: &str, port: u16) -> redis::Value {
+        redis::Value::Array(vec![redis::Value::Array(vec![
+            redis::Value::Int(0),
+            redis::Value::Int(16383),
+            redis::Value::Array(vec![
+                redis::Value::BulkString(host.as_bytes().to_vec()),
+                redis::Value::Int(port.into()),
+            ]),
+        ])])
+    }
+
+    /// The catch-up reads each master's rooms in one script; keys another
+    /// master serves fail it (never a wrong answer), and `latest_seqs`
+    /// then reads them one by one, so a stale slot map costs time only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn latest_seqs_are_read_per_master_and_one_by_one_when_the_map_is_stale() {
+        let Some(urls) = crate::conformance::test_redis_urls() else {
+            return;
+        };
+        let store = RedisStore::connect(&urls, StoreConfig::default())
+            .await
+            .unwrap();
+        let mut rooms = Vec::new();
+        for i in 0..12u64 {
+            let room = crate::conformance::room_with(&store, "alice", &[]).await;
+            for _ in 0..i % 4 {
+                let message = NewMessage {
+                    room: room.clone(),
+                    id: new_id("m_"),
+                    from: "alice".into(),
+                    body: "hi".into(),
+                    ts: now_ms(),
+                    client_msg_id: None,
+                    from_member: true,
+                };
+                store.append(message).await.unwrap();
+            }
+            rooms.push((room, i % 4));
+        }
+        let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
+        let expected: HashMap<String, u64> = rooms.iter().cloned().collect();
+        let cluster = store.conn().unwrap();
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut cluster.clone())
+            .await
+            .unwrap();
+        store.slots.set(&slots);
+
+        // Per master, one script.
+        let owners = store.slots.owners(&cluster);
+        let keyed: Vec<(&String, String)> = names
+            .iter()
+            .map(|room| (room, keys::room_seq(room)))
+            .collect();
+        let mut masters: Vec<Node> = keyed
+            .iter()
+            .map(|(_, key)| owners.owner(key_slot(key)).unwrap().clone())
+            .collect();
+        masters.sort();
+        masters.dedup();
+        assert!(masters.len() > 1, "the rooms should span masters");
+        for master in &masters {
+            let here: Vec<(&String, String)> = keyed
+                .iter()
+                .filter(|(_, key)| owners.owner(key_slot(key)) == Some(master))
+                .cloned()
+                .collect();
+            let seqs = seqs_at_master(master, &here, &cluster).await.unwrap();
+            let want: Vec<u64> = here.iter().map(|(room, _)| expected[*room]).collect();
+            assert_eq!(seqs, Some(want), "{master:?}");
+            // A key served elsewhere fails the script (an error reply)
+            // instead of reading 0.
+            let elsewhere = keyed
+                .iter()
+                .find(|(_, key)| owners.owner(key_slot(key)) != Some(master))
+                .unwrap()
+                .clone();
+            let mixed = [here[0].clone(), elsewhere];
+            let failed = seqs_at_master(master, &mixed, &cluster).await;
+            assert!(!matches!(failed, Ok(Some(_))), "{failed:?}");
+        }
+        assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+
+        // Every slot "served" by one master: the others' rooms are read
+        // one by one, with the same answer.
+        let (host, port) = &*masters[0];
+        store.slots.set(&all_slots_at(host, *port));
+        assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+    }
+
     /// A stale slot map (a failover or resharding since it was read) sends
     /// appends to a master that does not serve their slot: it runs none of
     /// them (MOVED), and each is run alone through the cluster client, once.
@@ -1871,15 +2055,7 @@ mod tests {
             redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
             other => panic!("{other:?}"),
         };
-        let everything_on_one = redis::Value::Array(vec![redis::Value::Array(vec![
-            redis::Value::Int(0),
-            redis::Value::Int(16383),
-            redis::Value::Array(vec![
-                redis::Value::BulkString(host.into_bytes()),
-                redis::Value::Int(port.into()),
-            ]),
-        ])]);
-        group.set_owners(&everything_on_one);
+        store.slots.set(&all_slots_at(&host, port));
         let mut rooms = Vec::new();
         for _ in 0..9 {
             rooms.push(crate::conformance::room_with(&store, "alice", &[]).await);
