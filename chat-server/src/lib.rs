@@ -38,13 +38,15 @@ use chat_store::{ServerHealth, SessionLocation, Store};
 pub use config::ChatConfig;
 use hub::SessionHub;
 
-/// Most rooms or users one periodic store read covers at once (catch-up,
-/// presence refresh). Each one is a future in flight with its own buffers,
-/// and the allocator keeps the heap the largest burst needed: the presence
-/// refresh of every user at once left ~3.3 KB per idle session resident
-/// after its first round (docs/benchmarks.md, "Idle memory after the
-/// first presence refresh").
-const STORE_BATCH: usize = 500;
+/// Rooms one catch-up read covers (one script per Redis master for them).
+const CATCH_UP_BATCH: usize = 500;
+
+/// Users whose presence one refresh step covers. Each is a store future in
+/// flight with its own buffers (about 4 KB each), and the allocator keeps
+/// the heap the largest burst needed: every user at once left ~3.3 KB per
+/// idle session resident, 500 at a time ~850 B (docs/benchmarks.md, "Idle
+/// memory after the first presence refresh").
+const PRESENCE_REFRESH_BATCH: usize = 100;
 
 pub struct ChatMetrics {
     pub sessions: Arc<Gauge>,
@@ -370,9 +372,9 @@ impl ChatServer {
         }
     }
 
-    /// Reads the latest seq of every room local sessions follow (one
-    /// pipelined read per [`STORE_BATCH`] rooms) and publishes it when a room moved, so
-    /// that sessions behind the store fill from history. Deliveries are
+    /// Reads the latest seq of every room local sessions follow
+    /// ([`CATCH_UP_BATCH`] rooms per read) and publishes it when a room
+    /// moved, so that sessions behind the store fill from history. Deliveries are
     /// fast and this is slow on purpose: a session counts as behind only
     /// after `gap_fill_delay` without the delivery arriving.
     async fn catch_up(&self) {
@@ -381,7 +383,7 @@ impl ChatServer {
             return;
         }
         let mut latest = HashMap::with_capacity(rooms.len());
-        for chunk in rooms.chunks(STORE_BATCH) {
+        for chunk in rooms.chunks(CATCH_UP_BATCH) {
             match self.store.latest_seqs(chunk).await {
                 Ok(seqs) => latest.extend(seqs),
                 Err(e) => {
@@ -430,11 +432,11 @@ impl ChatServer {
     }
 
     /// Extends the presence records of the users with sessions here by a
-    /// TTL, and updates their shares of the send limit: [`STORE_BATCH`]
-    /// users at a time.
+    /// TTL, and updates their shares of the send limit,
+    /// [`PRESENCE_REFRESH_BATCH`] users at a time.
     async fn refresh_presence(&self) {
         let users = self.hub.users();
-        for chunk in users.chunks(STORE_BATCH) {
+        for chunk in users.chunks(PRESENCE_REFRESH_BATCH) {
             if let Err(e) = self
                 .store
                 .refresh_sessions(chunk, self.config.presence_ttl_ms)
@@ -906,7 +908,9 @@ mod tests {
         let mut config = config();
         config.presence_ttl_ms = 2_000;
         let server = ChatServer::new(config, store.clone());
-        let users: Vec<String> = (0..2 * STORE_BATCH + 1).map(|i| format!("u{i}")).collect();
+        let users: Vec<String> = (0..2 * PRESENCE_REFRESH_BATCH + 1)
+            .map(|i| format!("u{i}"))
+            .collect();
         for (i, user) in users.iter().enumerate() {
             let location = SessionLocation {
                 session: format!("s_{i}"),
