@@ -372,7 +372,6 @@ fn decode_online(session: String, value: &str) -> StoreResult<OnlineSession> {
     })
 }
 
-/// Field/value pairs as HGETALL lists them.
 /// See `lua/latest_seqs.lua`.
 const LATEST_SEQS_LUA: &str = include_str!("lua/latest_seqs.lua");
 
@@ -429,8 +428,12 @@ async fn seqs_one_by_one(
     Ok(seqs.into_iter().map(|s| s.unwrap_or(0)).collect())
 }
 
-/// Users reaped at once (see `reap`).
-const REAP_CONCURRENCY: usize = 500;
+/// Users reaped at once (see `reap`): each is a script and then one
+/// forget per room of theirs in flight, about 4 KB each in the cluster
+/// client, and the allocator keeps a burst's peak (measured for the
+/// presence refresh: docs/benchmarks.md, "Idle memory after the first
+/// presence refresh").
+const REAP_CONCURRENCY: usize = 100;
 
 /// Decodes `lua/presence_audience.lua`'s reply part.
 fn decode_audience(mut part: Vec<String>) -> StoreResult<Audience> {
