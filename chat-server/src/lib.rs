@@ -41,12 +41,13 @@ use hub::SessionHub;
 /// Rooms one catch-up read covers (one script per Redis master for them).
 const CATCH_UP_BATCH: usize = 500;
 
-/// Users whose presence one refresh step covers. Each is a store future in
-/// flight with its own buffers (about 4 KB each), and the allocator keeps
-/// the heap the largest burst needed: every user at once left ~3.3 KB per
-/// idle session resident, 500 at a time ~850 B (docs/benchmarks.md, "Idle
-/// memory after the first presence refresh").
-const PRESENCE_REFRESH_BATCH: usize = 100;
+/// Users one presence refresh step covers. The Redis store keeps its
+/// commands in flight bounded by itself; this bounds the sessions read
+/// back for the send limit and the update made from them, and the heap
+/// the allocator keeps after it: with the whole list in one step, 4,011
+/// against 3,683 B per idle session (docs/benchmarks.md, "Idle memory
+/// after the first presence refresh").
+const PRESENCE_REFRESH_STEP: usize = 100;
 
 pub struct ChatMetrics {
     pub sessions: Arc<Gauge>,
@@ -433,18 +434,18 @@ impl ChatServer {
 
     /// Extends the presence records of the users with sessions here by a
     /// TTL, and updates their shares of the send limit,
-    /// [`PRESENCE_REFRESH_BATCH`] users at a time.
+    /// [`PRESENCE_REFRESH_STEP`] users at a time.
     async fn refresh_presence(&self) {
         let users = self.hub.users();
-        for chunk in users.chunks(PRESENCE_REFRESH_BATCH) {
+        for step in users.chunks(PRESENCE_REFRESH_STEP) {
             if let Err(e) = self
                 .store
-                .refresh_sessions(chunk, self.config.presence_ttl_ms)
+                .refresh_sessions(step, self.config.presence_ttl_ms)
                 .await
             {
-                tracing::warn!(error = %e, users = chunk.len(), "presence refresh failed");
+                tracing::warn!(error = %e, users = step.len(), "presence refresh failed");
             }
-            self.update_send_shares(chunk).await;
+            self.update_send_shares(step).await;
         }
     }
 
@@ -900,15 +901,14 @@ mod tests {
     }
 
     /// The periodic refresh reaches every user with a session here, over
-    /// more than one batch: presence records outlive their TTL only
-    /// through it.
+    /// several steps: presence records outlive their TTL only through it.
     #[tokio::test]
-    async fn the_presence_refresh_extends_every_users_record_batch_by_batch() {
+    async fn the_presence_refresh_extends_every_users_record() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let mut config = config();
         config.presence_ttl_ms = 2_000;
         let server = ChatServer::new(config, store.clone());
-        let users: Vec<String> = (0..2 * PRESENCE_REFRESH_BATCH + 1)
+        let users: Vec<String> = (0..2 * PRESENCE_REFRESH_STEP + 1)
             .map(|i| format!("u{i}"))
             .collect();
         for (i, user) in users.iter().enumerate() {

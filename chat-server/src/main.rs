@@ -39,7 +39,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 /// One glibc malloc arena instead of up to eight per core. A chat server's
 /// memory is mostly small allocations that live as long as a session, and
 /// each arena keeps the free memory of its own threads after a connect
-/// burst: with one, an idle session in 5 rooms took 0.91x the RSS, and
+/// burst: with one, an idle session in 5 rooms took 0.92x the RSS, and
 /// fan-out CPU was unchanged (docs/benchmarks.md, "Idle sessions in
 /// rooms"). `MALLOC_ARENA_MAX` in the environment still decides. Called
 /// before any other thread exists: glibc fixes the limit when a second

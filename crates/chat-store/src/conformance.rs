@@ -555,6 +555,13 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     sessions.sort_by(|a, b| a.session.cmp(&b.session));
     assert_eq!(sessions, vec![loc("s1", "A"), loc("s2", "B")]);
     assert!(second.came_online.is_none());
+    // More users than a store handles in one step (the Redis store's
+    // `KEY_STEP`), written before bob like alice.
+    let crowd: Vec<String> = (0..250).map(|i| user(&format!("crowd{i}"))).collect();
+    for (i, member) in crowd.iter().enumerate() {
+        let at = loc(&format!("c{i}"), "A");
+        store.add_session(member, &at, ttl).await.unwrap();
+    }
     store.add_session(&bob, &loc("s3", "A"), ttl).await.unwrap();
     let found = store
         .sessions_of(&[alice.clone(), bob.clone(), carol.clone()])
@@ -570,10 +577,8 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
     // Refreshing keeps alice past her first TTL; bob, not refreshed, lapses.
     // Bob's record was written after alice's with the same TTL, so once it
     // is gone, alice's would be too without the refresh.
-    store
-        .refresh_sessions(std::slice::from_ref(&alice), 60_000)
-        .await
-        .unwrap();
+    let refreshed: Vec<String> = crowd.iter().chain([&alice]).cloned().collect();
+    store.refresh_sessions(&refreshed, 60_000).await.unwrap();
     let found = wait_for("bob's unrefreshed presence to expire", || {
         let store = store.clone();
         let (alice, bob) = (alice.clone(), bob.clone());
@@ -588,6 +593,18 @@ pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStor
         Some(&vec![loc("s2", "B")]),
         "the refreshed presence expired with its first TTL"
     );
+    let crowd_found = store.sessions_of(&crowd).await.unwrap();
+    assert_eq!(
+        crowd_found.len(),
+        crowd.len(),
+        "every step was refreshed and read"
+    );
+    for (i, member) in crowd.iter().enumerate() {
+        store
+            .remove_session(member, &format!("c{i}"))
+            .await
+            .unwrap();
+    }
     store.remove_session(&alice, "s2").await.unwrap();
     assert!(store
         .sessions_of(std::slice::from_ref(&alice))

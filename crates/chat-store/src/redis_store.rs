@@ -419,21 +419,34 @@ async fn seqs_one_by_one(
     rooms: &[(&String, String)],
     cluster: &ClusterConnection,
 ) -> StoreResult<Vec<u64>> {
-    let seqs = try_join_all(rooms.iter().map(|(_, key)| {
+    let seqs = in_steps(rooms, |(_, key)| {
         let mut conn = cluster.clone();
         async move { conn.get::<_, Option<u64>>(key).await }
-    }))
+    })
     .await
     .map_err(unavailable)?;
     Ok(seqs.into_iter().map(|s| s.unwrap_or(0)).collect())
 }
 
-/// Users reaped at once (see `reap`): each is a script and then one
-/// forget per room of theirs in flight, about 4 KB each in the cluster
-/// client, and the allocator keeps a burst's peak (measured for the
-/// presence refresh: docs/benchmarks.md, "Idle memory after the first
-/// presence refresh").
-const REAP_CONCURRENCY: usize = 100;
+/// Most per-key commands a bulk operation keeps in flight (`in_steps`).
+const KEY_STEP: usize = 100;
+
+/// Runs `command` for each of `items` (a user, room or key), [`KEY_STEP`]
+/// at a time, answers in order. Each command in flight costs about 4 KB in the
+/// cluster client, and the allocator keeps a burst's peak for good: the
+/// presence refresh of 2,500 users at once left ~3.3 KB per idle session
+/// resident, 500 at a time ~850 B (docs/benchmarks.md, "Idle memory after
+/// the first presence refresh"). Still one round trip per step, pipelined.
+async fn in_steps<'a, I, T, E, F>(items: &'a [I], command: impl Fn(&'a I) -> F) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let mut done = Vec::with_capacity(items.len());
+    for step in items.chunks(KEY_STEP) {
+        done.extend(try_join_all(step.iter().map(&command)).await?);
+    }
+    Ok(done)
+}
 
 /// Decodes `lua/presence_audience.lua`'s reply part.
 fn decode_audience(mut part: Vec<String>) -> StoreResult<Audience> {
@@ -855,46 +868,38 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
-        // `REAP_CONCURRENCY` users at a time: a server's users can
-        // be tens of thousands, and every process that reaps would keep the
-        // heap of one future per user (the allocator keeps a burst's peak).
-        let mut reaped: Vec<Option<PresenceChange>> = Vec::with_capacity(users.len());
-        for chunk in users.chunks(REAP_CONCURRENCY) {
-            reaped.extend(
-                try_join_all(chunk.iter().map(|user| async move {
-                    let reply: Vec<String> = self
-                        .reap_user
-                        .key(keys::user_sessions(user))
-                        .key(keys::user_rooms(user))
-                        .arg(server_id)
-                        .invoke_async(&mut self.conn()?)
-                        .await
-                        .map_err(unavailable)?;
-                    if reply.is_empty() {
-                        return Ok(None);
-                    }
-                    let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
-                    let count: usize = rest
-                        .first()
-                        .and_then(|n| n.parse().ok())
-                        .filter(|n| rest.len() > *n)
-                        .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
-                    let rooms = rest.split_off(count + 1);
-                    let sessions = &rest[1..];
-                    // The dead server's sessions leave the rooms' indexes too, so
-                    // routing stops sending there (it comes back by re-announcing).
-                    try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions)))
-                        .await?;
-                    Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
-                        user: user.clone(),
-                        online: false,
-                        ts,
-                        rooms: sorted(rooms),
-                    }))
-                }))
-                .await?,
-            );
-        }
+        // A server's users can be tens of thousands: `in_steps`.
+        let reaped: Vec<Option<PresenceChange>> = in_steps(&users, |user| async move {
+            let reply: Vec<String> = self
+                .reap_user
+                .key(keys::user_sessions(user))
+                .key(keys::user_rooms(user))
+                .arg(server_id)
+                .invoke_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            if reply.is_empty() {
+                return Ok(None);
+            }
+            let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
+            let count: usize = rest
+                .first()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| rest.len() > *n)
+                .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
+            let rooms = rest.split_off(count + 1);
+            let sessions = &rest[1..];
+            // The dead server's sessions leave the rooms' indexes too, so
+            // routing stops sending there (it comes back by re-announcing).
+            try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions))).await?;
+            Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
+                user: user.clone(),
+                online: false,
+                ts,
+                rooms: sorted(rooms),
+            }))
+        })
+        .await?;
         // A server that reported health again meanwhile was only cut off:
         // its sets stay (the registry's script checks again, atomically
         // with `hosts`; the server rejoins `hosts` with its next health).
@@ -1878,11 +1883,11 @@ impl Store for RedisStore {
 
     async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()> {
         let shared_conn = self.conn()?;
-        try_join_all(users.iter().map(|user| {
+        in_steps(users, |user| {
             let mut conn = shared_conn.clone();
             let key = keys::user_sessions(user);
             async move { conn.pexpire::<_, i64>(key, ttl_ms as i64).await }
-        }))
+        })
         .await
         .map_err(unavailable)?;
         Ok(())
@@ -1893,11 +1898,11 @@ impl Store for RedisStore {
         users: &[String],
     ) -> StoreResult<HashMap<String, Vec<SessionLocation>>> {
         let shared_conn = self.conn()?;
-        let all = try_join_all(users.iter().map(|user| {
+        let all = in_steps(users, |user| {
             let mut conn = shared_conn.clone();
             let key = keys::user_sessions(user);
             async move { conn.hgetall::<_, HashMap<String, String>>(key).await }
-        }))
+        })
         .await
         .map_err(unavailable)?;
         Ok(users
@@ -1946,6 +1951,16 @@ mod tests {
     use chat_protocol::now_ms;
     use futures_util::future::join_all;
 
+    /// A store on the test cluster (`None` without one).
+    async fn test_store() -> Option<RedisStore> {
+        let urls = crate::conformance::test_redis_urls()?;
+        Some(
+            RedisStore::connect(&urls, StoreConfig::default())
+                .await
+                .unwrap(),
+        )
+    }
+
     /// A `CLUSTER SLOTS` reply with every slot at `host:port`.
     fn all_slots_at(host: &str, port: u16) -> redis::Value {
         redis::Value::Array(vec![redis::Value::Array(vec![
@@ -1963,25 +1978,14 @@ mod tests {
     /// then reads them one by one, so a stale slot map costs time only.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn latest_seqs_are_read_per_master_and_one_by_one_when_the_map_is_stale() {
-        let Some(urls) = crate::conformance::test_redis_urls() else {
+        let Some(store) = test_store().await else {
             return;
         };
-        let store = RedisStore::connect(&urls, StoreConfig::default())
-            .await
-            .unwrap();
         let mut rooms = Vec::new();
         for i in 0..12u64 {
             let room = crate::conformance::room_with(&store, "alice", &[]).await;
             for _ in 0..i % 4 {
-                let message = NewMessage {
-                    room: room.clone(),
-                    id: new_id("m_"),
-                    from: "alice".into(),
-                    body: "hi".into(),
-                    ts: now_ms(),
-                    client_msg_id: None,
-                    from_member: true,
-                };
+                let message = crate::conformance::msg(&room, "alice", "hi", None);
                 store.append(message).await.unwrap();
             }
             rooms.push((room, i % 4));
@@ -2140,12 +2144,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn text_dedup_fields_count_for_two_ttls_in_rooms_from_before_digests() {
         use crate::conformance::{msg, room_with};
-        let Some(urls) = crate::conformance::test_redis_urls() else {
+        let Some(store) = test_store().await else {
             return;
         };
-        let store = RedisStore::connect(&urls, StoreConfig::default())
-            .await
-            .unwrap();
         let mut conn = store.conn().unwrap();
         let alice = new_id("alice-");
         let ttl = store.config.dedup_ttl_ms.max(1);
