@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use chat_routing::{Delivery, LocalDelivery};
 
 use crate::mailbox::{Ending, Mailbox};
-use crate::order::TrackedRooms;
+use crate::order::{LatestSeqs, TrackedRooms};
 
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -65,7 +65,7 @@ impl SessionHub {
     }
 
     /// Hands every session the server's latest catch-up map.
-    pub fn catch_up_all(&self, latest: &Arc<HashMap<String, u64>>) {
+    pub fn catch_up_all(&self, latest: &Arc<LatestSeqs>) {
         self.for_each_mailbox(|mailbox| mailbox.catch_up(latest.clone()));
     }
 
@@ -129,11 +129,6 @@ impl SessionHub {
     /// What every session's [`crate::order::RoomOrder`] counts its rooms in.
     pub fn tracked_rooms(&self) -> Arc<TrackedRooms> {
         self.rooms.clone()
-    }
-
-    /// Every room some local session tracks.
-    pub fn rooms(&self) -> Vec<String> {
-        self.rooms.names()
     }
 
     pub fn users(&self) -> Vec<String> {

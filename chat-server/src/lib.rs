@@ -37,9 +37,46 @@ use chat_store::{ServerHealth, SessionLocation, Store};
 
 pub use config::ChatConfig;
 use hub::SessionHub;
+use order::LatestSeqs;
 
 /// Rooms one catch-up read covers (one script per Redis master for them).
 const CATCH_UP_BATCH: usize = 500;
+
+/// What the catch-up read last, kept by its task between rounds.
+#[derive(Default)]
+struct CatchUpRead {
+    /// The tracked rooms' count of changes `rooms` is as of.
+    changes: Option<u64>,
+    /// Every room local sessions follow.
+    rooms: Vec<Arc<str>>,
+    /// Their seqs as last read, in the same order (empty until read).
+    seqs: Vec<u64>,
+    /// What sessions were last given: the seqs when a room last moved.
+    published: Arc<LatestSeqs>,
+}
+
+impl CatchUpRead {
+    /// Takes the seqs just read for `rooms`; the map to give every session
+    /// if a room moved.
+    fn read(&mut self, seqs: Vec<u64>) -> Option<Arc<LatestSeqs>> {
+        let moved = if seqs.len() == self.seqs.len() {
+            seqs.iter().zip(&self.seqs).any(|(seq, old)| seq > old)
+        } else {
+            // The rooms changed since the last read: against what sessions
+            // were last given (a room they were not given counts as moved).
+            let published = &self.published;
+            (self.rooms.iter().zip(&seqs))
+                .any(|(room, seq)| published.get(room).is_none_or(|old| seq > old))
+        };
+        self.seqs = seqs;
+        if !moved {
+            return None;
+        }
+        let latest = self.rooms.iter().cloned().zip(self.seqs.iter().copied());
+        self.published = Arc::new(latest.collect());
+        Some(self.published.clone())
+    }
+}
 
 /// Users one presence refresh step covers. The Redis store keeps its
 /// commands in flight bounded by itself; this bounds the sessions read
@@ -143,10 +180,6 @@ pub struct ChatServer {
     drained: AtomicBool,
     /// When a health report last reached the store.
     last_report_ok: std::sync::Mutex<std::time::Instant>,
-    /// The latest seq of every room local sessions follow, as last read by
-    /// the catch-up; handed to every session when a room moved, and they
-    /// compare it with what they have written.
-    catch_up_latest: std::sync::Mutex<Arc<HashMap<String, u64>>>,
     /// Runs the catch-up at once (after this server was counted dead).
     catch_up_now: Arc<tokio::sync::Notify>,
     /// Tickets used since this process started (those that say when they
@@ -218,7 +251,6 @@ impl ChatServer {
             draining: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             last_report_ok: std::sync::Mutex::new(std::time::Instant::now()),
-            catch_up_latest: std::sync::Mutex::default(),
             catch_up_now: Arc::new(tokio::sync::Notify::new()),
             used_tickets: used_tickets::UsedTickets::new(now_ms()),
         })
@@ -378,36 +410,33 @@ impl ChatServer {
     /// moved, so that sessions behind the store fill from history. Deliveries are
     /// fast and this is slow on purpose: a session counts as behind only
     /// after `gap_fill_delay` without the delivery arriving.
-    async fn catch_up(&self) {
-        let rooms = self.hub.rooms();
-        if rooms.is_empty() {
+    ///
+    /// It runs every second for every followed room, so in the usual case
+    /// (no room started or stopped being followed, none moved) it compares
+    /// the seqs with `last`'s in place, and makes no map and copies no name.
+    async fn catch_up(&self, last: &mut CatchUpRead) {
+        if let Some((changes, rooms)) = self.hub.tracked_rooms().names_since(last.changes) {
+            last.changes = Some(changes);
+            last.rooms = rooms;
+            last.seqs.clear();
+        }
+        if last.rooms.is_empty() {
             return;
         }
-        let mut latest = HashMap::with_capacity(rooms.len());
-        for chunk in rooms.chunks(CATCH_UP_BATCH) {
-            match self.store.latest_seqs(chunk).await {
-                Ok(seqs) => latest.extend(seqs),
+        let mut seqs = Vec::with_capacity(last.rooms.len());
+        for chunk in last.rooms.chunks(CATCH_UP_BATCH) {
+            let names: Vec<&str> = chunk.iter().map(|room| &**room).collect();
+            match self.store.latest_seqs(&names).await {
+                Ok(read) => seqs.extend(read),
                 Err(e) => {
                     tracing::warn!(error = %e, "catch-up could not read the latest seqs");
                     return;
                 }
             }
         }
-        let latest = {
-            let mut current = self
-                .catch_up_latest
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let moved = latest
-                .iter()
-                .any(|(room, seq)| current.get(room).is_none_or(|old| seq > old));
-            if !moved {
-                return;
-            }
-            *current = Arc::new(latest);
-            current.clone()
-        };
-        self.hub.catch_up_all(&latest);
+        if let Some(latest) = last.read(seqs) {
+            self.hub.catch_up_all(&latest);
+        }
     }
 
     fn spawn_catch_up(self: &Arc<Self>) {
@@ -418,6 +447,7 @@ impl ChatServer {
         let weak = Arc::downgrade(self);
         let now = self.catch_up_now.clone();
         tokio::spawn(async move {
+            let mut last = CatchUpRead::default();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
@@ -427,7 +457,7 @@ impl ChatServer {
                 if server.drained.load(Ordering::Relaxed) {
                     return;
                 }
-                server.catch_up().await;
+                server.catch_up(&mut last).await;
             }
         });
     }
@@ -819,6 +849,32 @@ mod tests {
     use crate::hub::SessionHandle;
     use crate::mailbox::Mailbox;
     use chat_store::{MemoryStore, NewRoom};
+
+    #[test]
+    fn the_catch_up_gives_sessions_a_map_only_when_a_room_moved() {
+        let names = |rooms: &[&str]| rooms.iter().map(|r| Arc::<str>::from(*r)).collect();
+        let mut last = CatchUpRead {
+            rooms: names(&["a", "b"]),
+            ..CatchUpRead::default()
+        };
+        let first = last
+            .read(vec![3, 0])
+            .expect("rooms never given count as moved");
+        assert_eq!((first["a"], first["b"]), (3, 0));
+        assert!(last.read(vec![3, 0]).is_none(), "nothing moved");
+        let moved = last.read(vec![3, 1]).expect("b moved");
+        assert_eq!((moved["a"], moved["b"]), (3, 1));
+        // A room no longer followed: the rest compared with what was given.
+        last.rooms = names(&["b"]);
+        last.seqs.clear();
+        assert!(last.read(vec![1]).is_none());
+        assert!(last.read(vec![1]).is_none());
+        // A room newly followed counts as moved.
+        last.rooms = names(&["b", "c"]);
+        last.seqs.clear();
+        let moved = last.read(vec![1, 0]).expect("c is new");
+        assert_eq!((moved["b"], moved["c"]), (1, 0));
+    }
 
     fn config() -> ChatConfig {
         #[derive(clap::Parser)]

@@ -11,12 +11,14 @@
 //! sender here is a server task that never waits: a full queue is a slow
 //! consumer and ends the session instead.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use chat_routing::Delivery;
+
+use crate::order::LatestSeqs;
 
 /// Why the server ends a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,7 @@ pub enum Mail {
     /// asked for).
     Deliveries(Vec<Arc<Delivery>>),
     /// The latest seq of every room the server's sessions follow.
-    CatchUp(Arc<HashMap<String, u64>>),
+    CatchUp(Arc<LatestSeqs>),
     /// Time to ping the client and check that it is still there.
     PingDue,
 }
@@ -56,7 +58,7 @@ pub const PING_GROUPS: u8 = 16;
 #[derive(Default)]
 struct State {
     deliveries: VecDeque<Arc<Delivery>>,
-    catch_up: Option<Arc<HashMap<String, u64>>>,
+    catch_up: Option<Arc<LatestSeqs>>,
     ping_due: bool,
     ending: Option<Ending>,
     /// The session task, when it waits for mail. One task reads a mailbox,
@@ -101,7 +103,7 @@ impl Mailbox {
 
     /// Hands over the server's latest catch-up map (replacing one not yet
     /// taken: only the newest matters).
-    pub fn catch_up(&self, latest: Arc<HashMap<String, u64>>) {
+    pub fn catch_up(&self, latest: Arc<LatestSeqs>) {
         let mut state = self.lock();
         state.catch_up = Some(latest);
         wake(state);

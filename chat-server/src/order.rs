@@ -146,48 +146,79 @@ pub struct Gap {
     pub tail: bool,
 }
 
+/// The latest seq of rooms, as the server's catch-up read them: what it
+/// hands every session when a room moved. Keyed by the tracked rooms' own
+/// shared names, so making it copies no name.
+pub type LatestSeqs = HashMap<Arc<str>, u64>;
+
 /// The rooms a server's sessions track, with how many sessions track each:
 /// what the server's catch-up asks the store about. Each name is kept once
 /// here and shared by every session's cursor, instead of a copy per session
 /// and room.
 #[derive(Debug, Default)]
 pub struct TrackedRooms {
-    rooms: Mutex<HashMap<Arc<str>, usize>>,
+    inner: Mutex<Tracked>,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    rooms: HashMap<Arc<str>, usize>,
+    /// Counts the rooms that started or stopped being tracked, so that the
+    /// catch-up, which reads every room every second, lists them again
+    /// only when they changed.
+    changes: u64,
 }
 
 impl TrackedRooms {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, usize>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One more session tracks `room`; its shared name.
     fn track(&self, room: &str) -> Arc<str> {
-        let mut rooms = self.lock();
-        if let Some((name, _)) = rooms.get_key_value(room) {
+        let mut tracked = self.lock();
+        if let Some((name, _)) = tracked.rooms.get_key_value(room) {
             let name = name.clone();
-            *rooms.get_mut(room).expect("found above") += 1;
+            *tracked.rooms.get_mut(room).expect("found above") += 1;
             return name;
         }
         let name: Arc<str> = Arc::from(room);
-        rooms.insert(name.clone(), 1);
+        tracked.rooms.insert(name.clone(), 1);
+        tracked.changes += 1;
         name
     }
 
     fn untrack<'a>(&self, names: impl IntoIterator<Item = &'a Arc<str>>) {
-        let mut rooms = self.lock();
+        let mut tracked = self.lock();
         for name in names {
-            if let Some(n) = rooms.get_mut(name) {
+            if let Some(n) = tracked.rooms.get_mut(name) {
                 *n -= 1;
                 if *n == 0 {
-                    rooms.remove(name);
+                    tracked.rooms.remove(name);
+                    tracked.changes += 1;
                 }
             }
         }
     }
 
+    /// Every room some session tracks, with the count of changes it is as
+    /// of; `None` if that count is still `seen`.
+    pub fn names_since(&self, seen: Option<u64>) -> Option<(u64, Vec<Arc<str>>)> {
+        let tracked = self.lock();
+        if seen == Some(tracked.changes) {
+            return None;
+        }
+        Some((tracked.changes, tracked.rooms.keys().cloned().collect()))
+    }
+
     /// Every room some session tracks.
-    pub fn names(&self) -> Vec<String> {
-        self.lock().keys().map(|name| name.to_string()).collect()
+    #[cfg(test)]
+    fn names(&self) -> Vec<String> {
+        self.lock()
+            .rooms
+            .keys()
+            .map(|name| name.to_string())
+            .collect()
     }
 }
 
@@ -263,7 +294,7 @@ impl RoomOrder {
     /// [`Self::note_latest`] for every tracked room found in `latest` (the
     /// server's catch-up map): one pass over this session's cursors, no
     /// allocation.
-    pub fn note_latest_all(&mut self, latest: &HashMap<String, u64>, now: Instant) {
+    pub fn note_latest_all(&mut self, latest: &LatestSeqs, now: Instant) {
         for (room, cursor) in &mut self.rooms {
             if let Some(seq) = latest.get(&**room) {
                 cursor.note_latest(*seq, now);
@@ -606,8 +637,7 @@ mod tests {
         o.set_baseline("a", 3);
         o.set_baseline("b", 5);
         let t0 = Instant::now();
-        let latest: HashMap<String, u64> =
-            [("a".into(), 4), ("b".into(), 5), ("other".into(), 9)].into();
+        let latest: LatestSeqs = [("a".into(), 4), ("b".into(), 5), ("other".into(), 9)].into();
         o.note_latest_all(&latest, t0);
         let gaps = o.due_gaps(t0 + Duration::from_secs(1), Duration::ZERO);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
@@ -666,7 +696,11 @@ mod tests {
         let mut other = RoomOrder::new(tracked.clone(), Duration::ZERO);
         other.set_baseline("a", 1);
         assert_eq!(names(&tracked), vec!["a", "r"]);
-        assert_eq!(tracked.lock().get("a"), Some(&2), "one count per session");
+        assert_eq!(
+            tracked.lock().rooms.get("a"),
+            Some(&2),
+            "one count per session"
+        );
         // The sessions share one copy of the name.
         let shared = |o: &RoomOrder| o.rooms.get_key_value("a").unwrap().0.clone();
         assert!(Arc::ptr_eq(&shared(&o), &shared(&other)));
@@ -679,6 +713,32 @@ mod tests {
         assert_eq!(names(&tracked), vec!["a"]);
         drop(other);
         assert!(tracked.names().is_empty());
+    }
+
+    #[test]
+    fn the_tracked_rooms_are_listed_again_only_after_one_starts_or_stops_being_tracked() {
+        let tracked = Arc::new(TrackedRooms::default());
+        let (seen, names) = tracked.names_since(None).unwrap();
+        assert!(names.is_empty());
+        assert!(tracked.names_since(Some(seen)).is_none());
+        let mut o = RoomOrder::new(tracked.clone(), Duration::ZERO);
+        o.set_baseline("a", 1);
+        let (seen, names) = tracked.names_since(Some(seen)).unwrap();
+        assert_eq!(names, [Arc::<str>::from("a")]);
+        let mut other = RoomOrder::new(tracked.clone(), Duration::ZERO);
+        other.set_baseline("a", 1);
+        assert!(
+            tracked.names_since(Some(seen)).is_none(),
+            "one more session in it"
+        );
+        drop(o);
+        assert!(
+            tracked.names_since(Some(seen)).is_none(),
+            "one session left in it"
+        );
+        drop(other);
+        let (_, names) = tracked.names_since(Some(seen)).unwrap();
+        assert!(names.is_empty());
     }
 
     /// A room in order keeps no gap state: it is most rooms of most

@@ -618,8 +618,8 @@ impl Session {
                 self.write(&frame).await?;
                 continue;
             }
-            let latest = match store.latest_seqs(std::slice::from_ref(&room)).await {
-                Ok(seqs) => seqs.get(&room).copied().unwrap_or(0),
+            let latest = match store.latest_seqs(&[&room]).await {
+                Ok(seqs) => seqs.first().copied().unwrap_or(0),
                 Err(_) => {
                     return self
                         .write(&ServerFrame::error(

@@ -45,7 +45,15 @@ pub fn room_members(room: &str) -> String {
     format!("chat:{{room:{room}}}:members")
 }
 pub fn room_seq(room: &str) -> String {
-    format!("chat:{{room:{room}}}:seq")
+    RoomSeq(room).to_string()
+}
+/// [`room_seq`] as a `Display`, for a caller that writes many keys into
+/// one buffer (the catch-up's reads).
+pub struct RoomSeq<'a>(pub &'a str);
+impl std::fmt::Display for RoomSeq<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "chat:{{room:{}}}:seq", self.0)
+    }
 }
 /// Legacy: the history as a sorted set (before the Stream).
 pub fn room_messages(room: &str) -> String {

@@ -293,8 +293,9 @@ pub trait Store: Send + Sync + 'static {
         before: u64,
         limit: u32,
     ) -> StoreResult<Vec<Message>>;
-    /// The latest seq of each room (0 for an empty or unknown room).
-    async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>>;
+    /// The latest seq of each room (0 for an empty or unknown room), in the
+    /// order asked.
+    async fn latest_seqs(&self, rooms: &[&str]) -> StoreResult<Vec<u64>>;
 
     // Chat server registry.
     /// Writes a server's health; it disappears after `ttl_ms` without refresh.

@@ -477,11 +477,11 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {
+    async fn latest_seqs(&self, rooms: &[&str]) -> StoreResult<Vec<u64>> {
         let st = self.lock();
         Ok(rooms
             .iter()
-            .map(|id| (id.clone(), st.rooms.get(id).map_or(0, |r| r.seq)))
+            .map(|id| st.rooms.get(*id).map_or(0, |r| r.seq))
             .collect())
     }
 

@@ -377,51 +377,58 @@ const LATEST_SEQS_LUA: &str = include_str!("lua/latest_seqs.lua");
 
 /// `lua/latest_seqs.lua`'s reply, if it has `count` seqs.
 fn decode_seqs(reply: redis::Value, count: usize) -> Option<Vec<u64>> {
-    let redis::Value::Array(values) = reply else {
+    let redis::Value::BulkString(joined) = reply else {
         return None;
     };
-    (values.len() == count).then_some(())?;
-    values
-        .into_iter()
-        .map(|value| match value {
-            redis::Value::Nil => Some(0),
-            redis::Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
-            _ => None,
-        })
-        .collect()
+    let seqs: Vec<u64> = joined
+        .split(|b| *b == b' ')
+        .map(|seq| std::str::from_utf8(seq).ok()?.parse().ok())
+        .collect::<Option<_>>()?;
+    (seqs.len() == count).then_some(seqs)
 }
 
-/// `lua/latest_seqs.lua` at `master` for `rooms` (room, seq key): their
-/// seqs; `None` for any other reply, such as the error reply when a key
-/// is not served there or the node cannot run it (Redis before 7).
+/// The rooms of one `latest_seqs` call served by one master: their
+/// positions in the call, and the script with their seq keys as arguments,
+/// written as each room is placed (no key string kept per room).
+struct MasterSeqs {
+    at: Vec<usize>,
+    script: redis::Cmd,
+}
+
+impl MasterSeqs {
+    fn new() -> Self {
+        let mut script = redis::cmd("EVAL");
+        script.arg(LATEST_SEQS_LUA).arg(0);
+        MasterSeqs {
+            at: Vec::new(),
+            script,
+        }
+    }
+}
+
+/// `lua/latest_seqs.lua` at `master`, its arguments `count` seq keys:
+/// their seqs; `None` for any other reply, such as the error reply when a
+/// key is not served there or the node cannot run it (Redis before 7).
 async fn seqs_at_master(
     master: &Node,
-    rooms: &[(&String, String)],
+    script: redis::Cmd,
+    count: usize,
     cluster: &ClusterConnection,
 ) -> redis::RedisResult<Option<Vec<u64>>> {
-    let mut script = redis::cmd("EVAL");
-    script.arg(LATEST_SEQS_LUA).arg(0);
-    for (_, key) in rooms {
-        script.arg(key);
-    }
     let (host, port) = &**master;
     let at_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
         host: host.clone(),
         port: *port,
     });
     let reply = cluster.clone().route_command(script, at_master).await?;
-    Ok(decode_seqs(reply, rooms.len()))
+    Ok(decode_seqs(reply, count))
 }
 
-/// The latest seqs of `rooms` (room, seq key), one `GET` each through the
-/// cluster client.
-async fn seqs_one_by_one(
-    rooms: &[(&String, String)],
-    cluster: &ClusterConnection,
-) -> StoreResult<Vec<u64>> {
-    let seqs = in_steps(rooms, |(_, key)| {
+/// The latest seqs of `rooms`, one `GET` each through the cluster client.
+async fn seqs_one_by_one(rooms: &[&str], cluster: &ClusterConnection) -> StoreResult<Vec<u64>> {
+    let seqs = in_steps(rooms, |room| {
         let mut conn = cluster.clone();
-        async move { conn.get::<_, Option<u64>>(key).await }
+        async move { conn.get::<_, Option<u64>>(keys::room_seq(room)).await }
     })
     .await
     .map_err(unavailable)?;
@@ -1010,20 +1017,25 @@ impl RedisStore {
     /// as this process last read the slot owners: one script there, or one
     /// read per room through the cluster client if the map was stale or
     /// the script failed (the map is read again then).
+    /// The seqs of the rooms at positions `at` of `rooms` from `master`
+    /// (`script` asks for them), or one by one if it cannot answer for all.
     async fn seqs_on(
         &self,
-        master: Node,
-        rooms: &[(&String, String)],
+        master: &Node,
+        script: redis::Cmd,
+        at: &[usize],
+        rooms: &[&str],
         cluster: &ClusterConnection,
     ) -> StoreResult<Vec<u64>> {
-        match seqs_at_master(&master, rooms, cluster).await {
+        match seqs_at_master(master, script, at.len(), cluster).await {
             Ok(Some(seqs)) => Ok(seqs),
             failed => {
                 if let Err(e) = failed {
                     tracing::debug!(error = %e, ?master, "latest seqs: reading one by one");
                 }
                 self.slots.refresh(cluster);
-                seqs_one_by_one(rooms, cluster).await
+                let here: Vec<&str> = at.iter().map(|i| rooms[*i]).collect();
+                seqs_one_by_one(&here, cluster).await
             }
         }
     }
@@ -1518,26 +1530,49 @@ impl Store for RedisStore {
         Ok(merge_history(messages, legacy, limit, true))
     }
 
-    async fn latest_seqs(&self, rooms: &[String]) -> StoreResult<HashMap<String, u64>> {
+    async fn latest_seqs(&self, rooms: &[&str]) -> StoreResult<Vec<u64>> {
+        use std::fmt::Write as _;
         let cluster = self.conn()?;
         let owners = self.slots.owners(&cluster);
-        let mut by_master: HashMap<Option<Node>, Vec<(&String, String)>> = HashMap::new();
-        for room in rooms {
-            let key = keys::room_seq(room);
-            let master = owners.owner(key_slot(&key)).cloned();
-            by_master.entry(master).or_default().push((room, key));
+        // The catch-up asks about every followed room every second: each
+        // key is written into one buffer, hashed and copied into its
+        // master's script, with no allocation per room.
+        let mut by_master: HashMap<Node, MasterSeqs> = HashMap::new();
+        let mut unmapped = Vec::new();
+        let mut key = String::new();
+        for (i, room) in rooms.iter().enumerate() {
+            key.clear();
+            write!(key, "{}", keys::RoomSeq(room)).expect("writing to a String");
+            match owners.owner(key_slot(&key)) {
+                Some(master) => {
+                    let on = by_master
+                        .entry(master.clone())
+                        .or_insert_with(MasterSeqs::new);
+                    on.at.push(i);
+                    on.script.arg(key.as_bytes());
+                }
+                None => unmapped.push(i),
+            }
         }
-        let reads = by_master.into_iter().map(|(master, rooms)| {
+        let reads = by_master.into_iter().map(|(master, on)| {
             let cluster = &cluster;
             async move {
-                let seqs = match master {
-                    Some(master) => self.seqs_on(master, &rooms, cluster).await?,
-                    None => seqs_one_by_one(&rooms, cluster).await?,
-                };
-                Ok::<_, StoreError>(rooms.into_iter().map(|(room, _)| room.clone()).zip(seqs))
+                let MasterSeqs { at, script } = on;
+                let seqs = self.seqs_on(&master, script, &at, rooms, cluster).await?;
+                Ok::<_, StoreError>(at.into_iter().zip(seqs))
             }
         });
-        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+        let unmapped = async {
+            let here: Vec<&str> = unmapped.iter().map(|i| rooms[*i]).collect();
+            let seqs = seqs_one_by_one(&here, &cluster).await?;
+            Ok::<_, StoreError>(unmapped.iter().copied().zip(seqs))
+        };
+        let (mapped, unmapped) = tokio::try_join!(try_join_all(reads), unmapped)?;
+        let mut seqs = vec![0; rooms.len()];
+        for (i, seq) in mapped.into_iter().flatten().chain(unmapped) {
+            seqs[i] = seq;
+        }
+        Ok(seqs)
     }
 
     async fn put_server(&self, health: &ServerHealth, ttl_ms: u64) -> StoreResult<()> {
@@ -1990,8 +2025,8 @@ mod tests {
             }
             rooms.push((room, i % 4));
         }
-        let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
-        let expected: HashMap<String, u64> = rooms.iter().cloned().collect();
+        let names: Vec<&str> = rooms.iter().map(|(room, _)| room.as_str()).collect();
+        let expected: Vec<u64> = rooms.iter().map(|(_, seq)| *seq).collect();
         let cluster = store.conn().unwrap();
         let slots: redis::Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
@@ -2002,44 +2037,63 @@ mod tests {
 
         // Per master, one script.
         let owners = store.slots.owners(&cluster);
-        let keyed: Vec<(&String, String)> = names
-            .iter()
-            .map(|room| (room, keys::room_seq(room)))
-            .collect();
-        let mut masters: Vec<Node> = keyed
-            .iter()
-            .map(|(_, key)| owners.owner(key_slot(key)).unwrap().clone())
-            .collect();
+        let master_of = |room: &str| owners.owner(key_slot(&keys::room_seq(room))).cloned();
+        let asking = |rooms: &[usize]| {
+            let mut on = MasterSeqs::new();
+            for i in rooms {
+                on.script.arg(keys::room_seq(names[*i]));
+            }
+            on.script
+        };
+        let mut masters: Vec<Node> = names.iter().map(|room| master_of(room).unwrap()).collect();
         masters.sort();
         masters.dedup();
         assert!(masters.len() > 1, "the rooms should span masters");
         for master in &masters {
-            let here: Vec<(&String, String)> = keyed
-                .iter()
-                .filter(|(_, key)| owners.owner(key_slot(key)) == Some(master))
-                .cloned()
+            let here: Vec<usize> = (0..names.len())
+                .filter(|i| master_of(names[*i]).as_ref() == Some(master))
                 .collect();
-            let seqs = seqs_at_master(master, &here, &cluster).await.unwrap();
-            let want: Vec<u64> = here.iter().map(|(room, _)| expected[*room]).collect();
-            assert_eq!(seqs, Some(want), "{master:?}");
+            let seqs = seqs_at_master(master, asking(&here), here.len(), &cluster).await;
+            let want: Vec<u64> = here.iter().map(|i| expected[*i]).collect();
+            assert_eq!(seqs.unwrap(), Some(want), "{master:?}");
             // A key served elsewhere fails the script (an error reply)
             // instead of reading 0.
-            let elsewhere = keyed
-                .iter()
-                .find(|(_, key)| owners.owner(key_slot(key)) != Some(master))
-                .unwrap()
-                .clone();
-            let mixed = [here[0].clone(), elsewhere];
-            let failed = seqs_at_master(master, &mixed, &cluster).await;
+            let elsewhere = (0..names.len())
+                .find(|i| master_of(names[*i]).as_ref() != Some(master))
+                .unwrap();
+            let mixed = [here[0], elsewhere];
+            let failed = seqs_at_master(master, asking(&mixed), 2, &cluster).await;
             assert!(!matches!(failed, Ok(Some(_))), "{failed:?}");
         }
         assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+        // In the order asked, repeats included; nothing asked, nothing read.
+        let reversed: Vec<&str> = names.iter().rev().chain(&names[..1]).copied().collect();
+        let mut want: Vec<u64> = expected.iter().rev().copied().collect();
+        want.push(expected[0]);
+        assert_eq!(store.latest_seqs(&reversed).await.unwrap(), want);
+        assert!(store.latest_seqs(&[]).await.unwrap().is_empty());
 
         // Every slot "served" by one master: the others' rooms are read
         // one by one, with the same answer.
         let (host, port) = &*masters[0];
         store.slots.set(&all_slots_at(host, *port));
         assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+        // No map at all: every room one by one.
+        store.slots.set(&redis::Value::Array(Vec::new()));
+        assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+    }
+
+    #[test]
+    fn latest_seqs_replies_are_decoded_only_when_whole() {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(decode_seqs(bulk("3 0 17"), 3), Some(vec![3, 0, 17]));
+        assert_eq!(decode_seqs(bulk("7"), 1), Some(vec![7]));
+        assert_eq!(decode_seqs(bulk("3 0"), 3), None, "too few");
+        assert_eq!(decode_seqs(bulk("3 x 1"), 3), None, "not a seq");
+        assert_eq!(decode_seqs(bulk("3  1"), 3), None, "an empty field");
+        assert_eq!(decode_seqs(redis::Value::Nil, 0), None);
+        let array = redis::Value::Array(vec![bulk("1")]);
+        assert_eq!(decode_seqs(array, 1), None, "the old reply shape");
     }
 
     /// A stale slot map (a failover or resharding since it was read) sends

@@ -6,8 +6,12 @@
 -- followed room every second. Keys in ARGV, not KEYS: Redis Cluster
 -- requires declared keys to share a slot; the flag lets a script read
 -- other slots of its own node (Redis 7).
+--
+-- The answer is one string, the seqs in ARGV's order separated by spaces
+-- (0 for a room with none): one reply to build and parse instead of one
+-- bulk string per room, which both sides allocate.
 local seqs = {}
 for i, key in ipairs(ARGV) do
-    seqs[i] = redis.call('GET', key) or false
+    seqs[i] = redis.call('GET', key) or '0'
 end
-return seqs
+return table.concat(seqs, ' ')
