@@ -1531,7 +1531,6 @@ impl Store for RedisStore {
     }
 
     async fn latest_seqs(&self, rooms: &[&str]) -> StoreResult<Vec<u64>> {
-        use std::fmt::Write as _;
         let cluster = self.conn()?;
         let owners = self.slots.owners(&cluster);
         // The catch-up asks about every followed room every second: each
@@ -1542,7 +1541,7 @@ impl Store for RedisStore {
         let mut key = String::new();
         for (i, room) in rooms.iter().enumerate() {
             key.clear();
-            write!(key, "{}", keys::RoomSeq(room)).expect("writing to a String");
+            keys::push_room_seq(&mut key, room);
             match owners.owner(key_slot(&key)) {
                 Some(master) => {
                     let on = by_master
