@@ -1013,12 +1013,10 @@ impl RedisStore {
         })
     }
 
-    /// The latest seqs of `rooms` (room, seq key), all served by `master`
-    /// as this process last read the slot owners: one script there, or one
-    /// read per room through the cluster client if the map was stale or
-    /// the script failed (the map is read again then).
-    /// The seqs of the rooms at positions `at` of `rooms` from `master`
-    /// (`script` asks for them), or one by one if it cannot answer for all.
+    /// The latest seqs of the rooms at positions `at` of `rooms`, all served
+    /// by `master` as this process last read the slot owners: `script`
+    /// there, or one read per room through the cluster client if the map
+    /// was stale or the script failed (the map is read again then).
     async fn seqs_on(
         &self,
         master: &Node,
