@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chat_protocol::rest::Room;
 use chat_protocol::Message;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -63,6 +63,18 @@ for _, v in ipairs(presence_audience(KEYS[1], KEYS[2], ARGV[3])) do table.insert
 return reply
 "#
 );
+
+/// [`ANNOUNCE_LUA`] for many rooms of one master: see its header.
+const ANNOUNCE_ROOMS_LUA: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    include_str!("lua/presence_audience.lua"),
+    include_str!("lua/announce_rooms.lua"),
+);
+
+/// What announcing a user in one room answered: the room's latest seq and,
+/// when asked for, its presence audience; `None` when the user is not a
+/// member.
+type Announced = Option<(u64, Option<Audience>)>;
 
 /// KEYS: meta, members, seq, reads. ARGV: user (may be empty). Returns {}
 /// when the room does not exist, else {name, created_by, created_at,
@@ -455,6 +467,85 @@ where
     Ok(done)
 }
 
+/// `lua/announce_rooms.lua` for `sessions` of `user`, before its rooms
+/// are added ([`add_announced_room`]).
+fn announce_rooms_script(
+    user: &str,
+    version: &str,
+    audience_max: &str,
+    sessions: &[(String, String)],
+) -> redis::Cmd {
+    let mut script = redis::cmd("EVAL");
+    script.arg(ANNOUNCE_ROOMS_LUA).arg(0);
+    script
+        .arg(user)
+        .arg(version)
+        .arg(audience_max)
+        .arg(sessions.len());
+    for (session, server_id) in sessions {
+        script.arg(session).arg(online_value(server_id, user));
+    }
+    script
+}
+
+fn add_announced_room(script: &mut redis::Cmd, room: &str) {
+    script
+        .arg(keys::room_members(room))
+        .arg(keys::room_online(room))
+        .arg(keys::room_seq(room))
+        .arg(keys::room_online_version(room));
+}
+
+/// Runs an [`announce_rooms_script`] of `count` rooms at `master`.
+async fn announce_at_master(
+    master: &Node,
+    script: redis::Cmd,
+    count: usize,
+    cluster: &ClusterConnection,
+) -> StoreResult<Vec<Announced>> {
+    let (host, port) = &**master;
+    let at_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    });
+    let reply = cluster.clone().route_command(script, at_master).await;
+    let fields = redis::from_redis_value::<Vec<String>>(reply.map_err(unavailable)?)
+        .map_err(|e| StoreError::Corrupt(format!("announce reply: {e}")))?;
+    decode_announced(fields, count)
+}
+
+/// `lua/announce_rooms.lua`'s reply for `count` rooms.
+fn decode_announced(reply: Vec<String>, count: usize) -> StoreResult<Vec<Announced>> {
+    let corrupt = || StoreError::Corrupt(format!("announce reply for {count} rooms"));
+    let mut fields = reply.into_iter();
+    let mut announced = Vec::with_capacity(count);
+    for _ in 0..count {
+        let seq = fields.next().ok_or_else(corrupt)?;
+        let audience_len: usize = fields
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(corrupt)?;
+        let audience: Vec<String> = fields.by_ref().take(audience_len).collect();
+        if audience.len() != audience_len {
+            return Err(corrupt());
+        }
+        if seq == "-1" {
+            announced.push(None);
+            continue;
+        }
+        let seq: u64 = seq.parse().map_err(|_| corrupt())?;
+        let audience = match audience_len {
+            0 => None,
+            _ => Some(decode_audience(audience)?),
+        };
+        announced.push(Some((seq, audience)));
+    }
+    match fields.next() {
+        Some(_) => Err(corrupt()),
+        None => Ok(announced),
+    }
+}
+
 /// Decodes `lua/presence_audience.lua`'s reply part.
 fn decode_audience(mut part: Vec<String>) -> StoreResult<Audience> {
     match part.first().map(String::as_str) {
@@ -828,7 +919,7 @@ impl RedisStore {
         user: &str,
         sessions: &[(String, String)],
         audience_max: Option<u64>,
-    ) -> StoreResult<Option<(u64, Option<Audience>)>> {
+    ) -> StoreResult<Announced> {
         let mut invocation = self.announce.prepare_invoke();
         invocation
             .key(keys::room_members(room))
@@ -858,6 +949,70 @@ impl RedisStore {
             _ => Some(decode_audience(reply.split_off(1))?),
         };
         Ok(Some((seq, audience)))
+    }
+
+    /// [`Self::announce`] in each of `rooms`, answers in order: one script
+    /// per Redis master for its rooms (`lua/announce_rooms.lua`), and one
+    /// announce per room where that script cannot answer (a stale slot map,
+    /// a failover, Redis before 7). A room's announce writes the same when
+    /// run again, so a script that failed after some of its writes is safe
+    /// to follow with them.
+    async fn announce_rooms(
+        &self,
+        rooms: &[String],
+        user: &str,
+        sessions: &[(String, String)],
+        audience_max: Option<u64>,
+    ) -> StoreResult<Vec<Announced>> {
+        let cluster = self.conn()?;
+        let owners = self.slots.owners(&cluster);
+        let version = new_online_version();
+        let max = audience_max.map(|m| m.to_string()).unwrap_or_default();
+        let mut by_master: HashMap<Node, (Vec<usize>, redis::Cmd)> = HashMap::new();
+        let mut one_by_one = Vec::new();
+        for (i, room) in rooms.iter().enumerate() {
+            let members = keys::room_members(room);
+            let Some(master) = owners.owner(key_slot(&members)) else {
+                one_by_one.push(i);
+                continue;
+            };
+            let (at, script) = by_master.entry(master.clone()).or_insert_with(|| {
+                let script = announce_rooms_script(user, &version, &max, sessions);
+                (Vec::new(), script)
+            });
+            at.push(i);
+            add_announced_room(script, room);
+        }
+        let mut announced: Vec<Announced> = vec![None; rooms.len()];
+        let scripts = by_master.into_iter().map(|(master, (at, script))| {
+            let cluster = &cluster;
+            async move {
+                let decoded = announce_at_master(&master, script, at.len(), cluster).await;
+                (master, at, decoded)
+            }
+        });
+        for (master, at, decoded) in join_all(scripts).await {
+            match decoded {
+                Ok(answers) => {
+                    for (i, answer) in at.into_iter().zip(answers) {
+                        announced[i] = answer;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?master, "announce: one room at a time");
+                    self.slots.refresh(&cluster);
+                    one_by_one.extend(at);
+                }
+            }
+        }
+        let alone = in_steps(&one_by_one, |i| {
+            self.announce(&rooms[*i], user, sessions, audience_max)
+        })
+        .await?;
+        for (i, answer) in one_by_one.into_iter().zip(alone) {
+            announced[i] = answer;
+        }
+        Ok(announced)
     }
 
     /// Reaps one chat server's sessions: each user's step is atomic on the
@@ -980,12 +1135,9 @@ impl RedisStore {
         let session = [(location.session.clone(), location.server_id.clone())];
         // Audiences only for a presence event: when the user came online.
         let audience_max = audience_max.filter(|_| first);
-        let announced = try_join_all(
-            rooms
-                .iter()
-                .map(|room| self.announce(room, user, &session, audience_max)),
-        )
-        .await?;
+        let announced = self
+            .announce_rooms(&rooms, user, &session, audience_max)
+            .await?;
         let mut seqs = Vec::with_capacity(rooms.len());
         let mut presence_audiences = Vec::new();
         for (room, announced) in rooms.into_iter().zip(announced) {
@@ -2078,6 +2230,195 @@ mod tests {
         // No map at all: every room one by one.
         store.slots.set(&redis::Value::Array(Vec::new()));
         assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+    }
+
+    /// A connect announces its user in every room with one script per
+    /// master: the same answers and index entries as one announce per
+    /// room, and those when the slot map is stale or missing too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_rooms_are_announced_per_master_and_one_by_one_when_the_map_is_stale() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let (alice, bob) = (new_id("u_"), new_id("u_"));
+        let mut rooms = Vec::new();
+        for i in 0..10u64 {
+            let room = crate::conformance::room_with(&store, &alice, &[&bob]).await;
+            for _ in 0..i % 3 {
+                let message = crate::conformance::msg(&room, &alice, "hi", None);
+                store.append(message).await.unwrap();
+            }
+            rooms.push((room, Some(i % 3)));
+        }
+        let elsewhere = crate::conformance::room_with(&store, &bob, &[]).await;
+        rooms.insert(4, (elsewhere, None));
+        let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
+        let cluster = store.conn().unwrap();
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut cluster.clone())
+            .await
+            .unwrap();
+        store.slots.set(&slots);
+        let owners = store.slots.owners(&cluster);
+        let mut masters: Vec<&Node> = names
+            .iter()
+            .map(|room| owners.owner(key_slot(&keys::room_members(room))).unwrap())
+            .collect();
+        masters.sort();
+        masters.dedup();
+        assert!(masters.len() > 1, "the rooms should span masters");
+
+        let session = (new_id("s_"), "srv-a".to_owned());
+        let own = OnlineSession {
+            user: alice.clone(),
+            session: session.0.clone(),
+            server_id: session.1.clone(),
+        };
+        let sessions = [session];
+        let expected = |audience: Option<Audience>| -> Vec<Announced> {
+            let audience = audience.map(|a| {
+                a.map(|mut sessions: Vec<OnlineSession>| {
+                    sessions.sort();
+                    sessions
+                })
+            });
+            rooms
+                .iter()
+                .map(|(_, seq)| seq.map(|seq| (seq, audience.clone())))
+                .collect()
+        };
+        let sorted = |mut announced: Vec<Announced>| {
+            for (_, audience) in announced.iter_mut().flatten() {
+                if let Some(Some(sessions)) = audience {
+                    sessions.sort();
+                }
+            }
+            announced
+        };
+        // Per master, one script.
+        for master in &masters {
+            let here: Vec<usize> = (0..names.len())
+                .filter(|i| {
+                    owners.owner(key_slot(&keys::room_members(&names[*i]))) == Some(*master)
+                })
+                .collect();
+            let mut script = announce_rooms_script(&alice, "v1", "", &sessions);
+            for i in &here {
+                add_announced_room(&mut script, &names[*i]);
+            }
+            let answers = announce_at_master(master, script, here.len(), &cluster).await;
+            let want: Vec<Announced> = here
+                .iter()
+                .map(|i| rooms[*i].1.map(|seq| (seq, None)))
+                .collect();
+            assert_eq!(answers.unwrap(), want, "{master:?}");
+            // A room another master serves fails the script before it
+            // writes anything.
+            let other = (0..names.len())
+                .find(|i| owners.owner(key_slot(&keys::room_members(&names[*i]))) != Some(*master))
+                .unwrap();
+            let stranger = new_id("s_");
+            let mut script =
+                announce_rooms_script(&bob, "v2", "", &[(stranger.clone(), "srv-b".into())]);
+            add_announced_room(&mut script, &names[here[0]]);
+            add_announced_room(&mut script, &names[other]);
+            assert!(announce_at_master(master, script, 2, &cluster)
+                .await
+                .is_err());
+            let index: Vec<String> = cluster
+                .clone()
+                .hkeys(keys::room_online(&names[here[0]]))
+                .await
+                .unwrap();
+            assert!(!index.contains(&stranger), "nothing written: {index:?}");
+        }
+
+        let announce = |max| store.announce_rooms(&names, &alice, &sessions, max);
+        // No audience asked; then one (alice's session is in every index
+        // of hers, none in bob's room); then rooms too big for one.
+        assert_eq!(announce(None).await.unwrap(), expected(None));
+        let audience = Some(Some(vec![own.clone()]));
+        assert_eq!(
+            sorted(announce(Some(10)).await.unwrap()),
+            expected(audience.clone())
+        );
+        assert_eq!(announce(Some(1)).await.unwrap(), expected(Some(None)));
+        for (room, seq) in &rooms {
+            let alone = store
+                .announce(room, &alice, &sessions, Some(10))
+                .await
+                .unwrap();
+            assert_eq!(alone.map(|(s, _)| s), *seq, "{room}");
+        }
+
+        // Every slot "served" by one master: the others' rooms are
+        // announced one by one, with the same answers.
+        let (host, port) = &**masters[0];
+        store.slots.set(&all_slots_at(host, *port));
+        assert_eq!(
+            sorted(announce(Some(10)).await.unwrap()),
+            expected(audience.clone())
+        );
+        store.slots.set(&redis::Value::Array(Vec::new()));
+        assert_eq!(
+            sorted(announce(Some(10)).await.unwrap()),
+            expected(audience)
+        );
+        assert!(store
+            .announce_rooms(&[], &alice, &sessions, None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn announce_replies_are_decoded_only_when_whole() {
+        let fields = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let reply = [
+            "4",
+            "0",
+            "-1",
+            "0",
+            "7",
+            "1",
+            "0",
+            "9",
+            "3",
+            "1",
+            "s1",
+            "5:srv-au1",
+        ];
+        let online = OnlineSession {
+            user: "u1".into(),
+            session: "s1".into(),
+            server_id: "srv-a".into(),
+        };
+        assert_eq!(
+            decode_announced(fields(&reply), 4).unwrap(),
+            vec![
+                Some((4, None)),
+                None,
+                Some((7, Some(None))),
+                Some((9, Some(Some(vec![online])))),
+            ]
+        );
+        assert!(
+            decode_announced(fields(&["4", "0"]), 2).is_err(),
+            "too few rooms"
+        );
+        assert!(
+            decode_announced(fields(&["4", "0", "5"]), 1).is_err(),
+            "too many fields"
+        );
+        assert!(
+            decode_announced(fields(&["4", "2", "1"]), 1).is_err(),
+            "audience cut short"
+        );
+        assert!(
+            decode_announced(fields(&["x", "0"]), 1).is_err(),
+            "not a seq"
+        );
     }
 
     #[test]
