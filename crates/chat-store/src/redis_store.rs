@@ -22,7 +22,7 @@ use redis::{AsyncCommands, Script};
 use crate::group_commit::{GroupCommit, Outcome, ReplicaAcks};
 use crate::keys;
 use crate::online_cache::OnlineCache;
-use crate::slot_owners::{key_slot, Node, SlotMap};
+use crate::slot_owners::{key_slot, Node, SlotMap, SlotOwners};
 use crate::{
     decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
     RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
@@ -63,6 +63,9 @@ for _, v in ipairs(presence_audience(KEYS[1], KEYS[2], ARGV[3])) do table.insert
 return reply
 "#
 );
+
+/// [`FORGET_ONLINE_LUA`] for many rooms of one master: see its header.
+const FORGET_ONLINE_ROOMS_LUA: &str = include_str!("lua/forget_online_rooms.lua");
 
 /// [`ANNOUNCE_LUA`] for many rooms of one master: see its header.
 const ANNOUNCE_ROOMS_LUA: &str = concat!(
@@ -399,23 +402,111 @@ fn decode_seqs(reply: redis::Value, count: usize) -> Option<Vec<u64>> {
     (seqs.len() == count).then_some(seqs)
 }
 
-/// The rooms of one `latest_seqs` call served by one master: their
-/// positions in the call, and the script with their seq keys as arguments,
-/// written as each room is placed (no key string kept per room).
-struct MasterSeqs {
-    at: Vec<usize>,
-    script: redis::Cmd,
+/// An operation over many rooms as one script per Redis master: Redis 7's
+/// `allow-cross-slot-keys` lets a script touch any slot of its own node,
+/// and all of a room's keys share its slot. Each master's script with the
+/// positions (in the caller's list) of the rooms it covers, and the rooms
+/// whose slot no master is known for (the slot map not read yet).
+struct PerMaster {
+    scripts: HashMap<Node, (Vec<usize>, redis::Cmd)>,
+    unmapped: Vec<usize>,
 }
 
-impl MasterSeqs {
-    fn new() -> Self {
-        let mut script = redis::cmd("EVAL");
-        script.arg(LATEST_SEQS_LUA).arg(0);
-        MasterSeqs {
-            at: Vec::new(),
-            script,
+impl PerMaster {
+    /// `script` starts a master's script; `add_room` adds a room's
+    /// arguments, given the room's seq key (written into one buffer for
+    /// every room: the catch-up does this for every followed room every
+    /// second, so it allocates nothing per room).
+    fn new<R: AsRef<str>>(
+        owners: &SlotOwners,
+        rooms: &[R],
+        script: impl Fn() -> redis::Cmd,
+        mut add_room: impl FnMut(&mut redis::Cmd, &str, &str),
+    ) -> Self {
+        let mut scripts: HashMap<Node, (Vec<usize>, redis::Cmd)> = HashMap::new();
+        let mut unmapped = Vec::new();
+        let mut seq_key = String::new();
+        for (i, room) in rooms.iter().enumerate() {
+            let room = room.as_ref();
+            seq_key.clear();
+            keys::push_room_seq(&mut seq_key, room);
+            let Some(master) = owners.owner(key_slot(&seq_key)) else {
+                unmapped.push(i);
+                continue;
+            };
+            let (at, cmd) = scripts
+                .entry(master.clone())
+                .or_insert_with(|| (Vec::new(), script()));
+            at.push(i);
+            add_room(cmd, room, &seq_key);
+        }
+        PerMaster { scripts, unmapped }
+    }
+}
+
+/// A script run by [`run_at_master`]: sent by its hash, as `Script` does,
+/// since the whole text (and Redis hashing it) with every call cost more
+/// than the rooms it saved with few rooms per master.
+struct MasterScript {
+    code: &'static str,
+    hash: OnceLock<String>,
+}
+
+impl MasterScript {
+    const fn new(code: &'static str) -> Self {
+        MasterScript {
+            code,
+            hash: OnceLock::new(),
         }
     }
+
+    /// `EVALSHA` of this script without keys, before its arguments.
+    fn call(&self) -> redis::Cmd {
+        let hash = self
+            .hash
+            .get_or_init(|| Script::new(self.code).get_hash().to_owned());
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(hash).arg(0);
+        cmd
+    }
+}
+
+static LATEST_SEQS: MasterScript = MasterScript::new(LATEST_SEQS_LUA);
+static ANNOUNCE_ROOMS: MasterScript = MasterScript::new(ANNOUNCE_ROOMS_LUA);
+static FORGET_ONLINE_ROOMS: MasterScript = MasterScript::new(FORGET_ONLINE_ROOMS_LUA);
+
+/// Runs `call` (`script`'s) at `master`, by address: no redirect is
+/// followed, so a key the node does not serve fails the script there. A
+/// node without the script (new, restarted, promoted) answers `NOSCRIPT`
+/// without running it: it is loaded there, and this call fails, as it
+/// would with a stale slot map (the caller then goes room by room).
+async fn run_at_master(
+    master: &Node,
+    script: &MasterScript,
+    call: redis::Cmd,
+    cluster: &ClusterConnection,
+) -> redis::RedisResult<redis::Value> {
+    let (host, port) = &**master;
+    let at_master = || {
+        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        })
+    };
+    // A routed command answers a server's error reply as a value: made an
+    // error here, so that no caller takes a failed script for a reply.
+    let ran = (cluster.clone().route_command(call, at_master()).await)
+        .and_then(redis::Value::extract_error);
+    if let Err(e) = &ran {
+        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(script.code);
+            if let Err(e) = cluster.clone().route_command(load, at_master()).await {
+                tracing::debug!(error = %e, ?master, "could not load a script");
+            }
+        }
+    }
+    ran
 }
 
 /// `lua/latest_seqs.lua` at `master`, its arguments `count` seq keys:
@@ -427,12 +518,7 @@ async fn seqs_at_master(
     count: usize,
     cluster: &ClusterConnection,
 ) -> redis::RedisResult<Option<Vec<u64>>> {
-    let (host, port) = &**master;
-    let at_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: host.clone(),
-        port: *port,
-    });
-    let reply = cluster.clone().route_command(script, at_master).await?;
+    let reply = run_at_master(master, &LATEST_SEQS, script, cluster).await?;
     Ok(decode_seqs(reply, count))
 }
 
@@ -503,12 +589,7 @@ async fn announce_at_master(
     count: usize,
     cluster: &ClusterConnection,
 ) -> StoreResult<Vec<Announced>> {
-    let (host, port) = &**master;
-    let at_master = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: host.clone(),
-        port: *port,
-    });
-    let reply = cluster.clone().route_command(script, at_master).await;
+    let reply = run_at_master(master, &ANNOUNCE_ROOMS, script, cluster).await;
     let fields = redis::from_redis_value::<Vec<String>>(reply.map_err(unavailable)?)
         .map_err(|e| StoreError::Corrupt(format!("announce reply: {e}")))?;
     decode_announced(fields, count)
@@ -968,23 +1049,17 @@ impl RedisStore {
         let owners = self.slots.owners(&cluster);
         let version = new_online_version();
         let max = audience_max.map(|m| m.to_string()).unwrap_or_default();
-        let mut by_master: HashMap<Node, (Vec<usize>, redis::Cmd)> = HashMap::new();
-        let mut one_by_one = Vec::new();
-        for (i, room) in rooms.iter().enumerate() {
-            let members = keys::room_members(room);
-            let Some(master) = owners.owner(key_slot(&members)) else {
-                one_by_one.push(i);
-                continue;
-            };
-            let (at, script) = by_master.entry(master.clone()).or_insert_with(|| {
-                let script = announce_rooms_script(user, &version, &max, sessions);
-                (Vec::new(), script)
-            });
-            at.push(i);
-            add_announced_room(script, room);
-        }
+        let PerMaster {
+            scripts,
+            unmapped: mut one_by_one,
+        } = PerMaster::new(
+            &owners,
+            rooms,
+            || announce_rooms_script(user, &version, &max, sessions),
+            |script, room, _| add_announced_room(script, room),
+        );
         let mut announced: Vec<Announced> = vec![None; rooms.len()];
-        let scripts = by_master.into_iter().map(|(master, (at, script))| {
+        let scripts = scripts.into_iter().map(|(master, (at, script))| {
             let cluster = &cluster;
             async move {
                 let decoded = announce_at_master(&master, script, at.len(), cluster).await;
@@ -1013,6 +1088,47 @@ impl RedisStore {
             announced[i] = answer;
         }
         Ok(announced)
+    }
+
+    /// [`Store::forget_online`] in each of `rooms`: one script per Redis
+    /// master for its rooms (`lua/forget_online_rooms.lua`), room by room
+    /// where it cannot run (a room's writes are the same when run again).
+    async fn forget_online_rooms(&self, rooms: &[String], sessions: &[String]) -> StoreResult<()> {
+        if sessions.is_empty() || rooms.is_empty() {
+            return Ok(());
+        }
+        let cluster = self.conn()?;
+        let owners = self.slots.owners(&cluster);
+        let version = new_online_version();
+        let script = || {
+            let mut script = FORGET_ONLINE_ROOMS.call();
+            script.arg(&version).arg(sessions.len()).arg(sessions);
+            script
+        };
+        let PerMaster {
+            scripts,
+            unmapped: mut one_by_one,
+        } = PerMaster::new(&owners, rooms, script, |script, room, _| {
+            script
+                .arg(keys::room_online(room))
+                .arg(keys::room_online_version(room));
+        });
+        let runs = scripts.into_iter().map(|(master, (at, script))| {
+            let cluster = &cluster;
+            async move {
+                let ran = run_at_master(&master, &FORGET_ONLINE_ROOMS, script, cluster).await;
+                (master, at, ran)
+            }
+        });
+        for (master, at, ran) in join_all(runs).await {
+            if let Err(e) = ran {
+                tracing::debug!(error = %e, ?master, "forget online: one room at a time");
+                self.slots.refresh(&cluster);
+                one_by_one.extend(at);
+            }
+        }
+        in_steps(&one_by_one, |i| self.forget_online(&rooms[*i], sessions)).await?;
+        Ok(())
     }
 
     /// Reaps one chat server's sessions: each user's step is atomic on the
@@ -1053,7 +1169,7 @@ impl RedisStore {
             let sessions = &rest[1..];
             // The dead server's sessions leave the rooms' indexes too, so
             // routing stops sending there (it comes back by re-announcing).
-            try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions))).await?;
+            self.forget_online_rooms(&rooms, sessions).await?;
             Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
                 user: user.clone(),
                 online: false,
@@ -1683,30 +1799,17 @@ impl Store for RedisStore {
     async fn latest_seqs(&self, rooms: &[&str]) -> StoreResult<Vec<u64>> {
         let cluster = self.conn()?;
         let owners = self.slots.owners(&cluster);
-        // The catch-up asks about every followed room every second: each
-        // key is written into one buffer, hashed and copied into its
-        // master's script, with no allocation per room.
-        let mut by_master: HashMap<Node, MasterSeqs> = HashMap::new();
-        let mut unmapped = Vec::new();
-        let mut key = String::new();
-        for (i, room) in rooms.iter().enumerate() {
-            key.clear();
-            keys::push_room_seq(&mut key, room);
-            match owners.owner(key_slot(&key)) {
-                Some(master) => {
-                    let on = by_master
-                        .entry(master.clone())
-                        .or_insert_with(MasterSeqs::new);
-                    on.at.push(i);
-                    on.script.arg(key.as_bytes());
-                }
-                None => unmapped.push(i),
-            }
-        }
-        let reads = by_master.into_iter().map(|(master, on)| {
+        let PerMaster { scripts, unmapped } = PerMaster::new(
+            &owners,
+            rooms,
+            || LATEST_SEQS.call(),
+            |script, _, seq_key| {
+                script.arg(seq_key);
+            },
+        );
+        let reads = scripts.into_iter().map(|(master, (at, script))| {
             let cluster = &cluster;
             async move {
-                let MasterSeqs { at, script } = on;
                 let seqs = self.seqs_on(&master, script, &at, rooms, cluster).await?;
                 Ok::<_, StoreError>(at.into_iter().zip(seqs))
             }
@@ -1974,7 +2077,7 @@ impl Store for RedisStore {
         let (head, ts, rooms) = split_presence_reply(reply, 3)?;
         let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
         let forget = [session.to_owned()];
-        try_join_all(rooms.iter().map(|room| self.forget_online(room, &forget))).await?;
+        self.forget_online_rooms(&rooms, &forget).await?;
         if still_hosted == "0" && !server_id.is_empty() {
             let _: i64 = self
                 .conn()?
@@ -2145,6 +2248,76 @@ mod tests {
         )
     }
 
+    /// Sets the store's slot map from the cluster now (tests then set
+    /// stale ones), with the per-master scripts loaded on every master (a
+    /// node answers `NOSCRIPT` once otherwise: tested on its own); the
+    /// store's cluster connection.
+    async fn read_slot_map(store: &RedisStore) -> ClusterConnection {
+        let cluster = store.conn().unwrap();
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut cluster.clone())
+            .await
+            .unwrap();
+        store.slots.set(&slots);
+        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS, &FORGET_ONLINE_ROOMS] {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(script.code);
+            let everywhere = RoutingInfo::MultiNode((
+                redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                None,
+            ));
+            cluster
+                .clone()
+                .route_command(load, everywhere)
+                .await
+                .unwrap();
+        }
+        cluster
+    }
+
+    /// A master that has not seen a per-master script answers `NOSCRIPT`
+    /// without running it: the call fails (the caller goes room by room)
+    /// and the script is loaded there, so the next call runs it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_without_the_script_fails_once_and_then_has_it() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let cluster = read_slot_map(&store).await;
+        let room = crate::conformance::room_with(&store, "alice", &[]).await;
+        store
+            .append(crate::conformance::msg(&room, "alice", "hi", None))
+            .await
+            .unwrap();
+        let master = store
+            .slots
+            .owners(&cluster)
+            .owner(key_slot(&keys::room_seq(&room)))
+            .unwrap()
+            .clone();
+        // A text no node has seen: latest_seqs.lua with a new comment.
+        let code = format!("{LATEST_SEQS_LUA}\n-- {}\n", new_id("t_"));
+        let fresh = MasterScript::new(Box::leak(code.into_boxed_str()));
+        let call = || {
+            let mut call = fresh.call();
+            call.arg(keys::room_seq(&room));
+            call
+        };
+        let first = run_at_master(&master, &fresh, call(), &cluster).await;
+        let Err(e) = first else {
+            panic!("ran a script no node had: {first:?}");
+        };
+        assert_eq!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        );
+        let then = run_at_master(&master, &fresh, call(), &cluster)
+            .await
+            .unwrap();
+        assert_eq!(decode_seqs(then, 1), Some(vec![1]));
+    }
+
     /// A `CLUSTER SLOTS` reply with every slot at `host:port`.
     fn all_slots_at(host: &str, port: u16) -> redis::Value {
         redis::Value::Array(vec![redis::Value::Array(vec![
@@ -2176,23 +2349,17 @@ mod tests {
         }
         let names: Vec<&str> = rooms.iter().map(|(room, _)| room.as_str()).collect();
         let expected: Vec<u64> = rooms.iter().map(|(_, seq)| *seq).collect();
-        let cluster = store.conn().unwrap();
-        let slots: redis::Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut cluster.clone())
-            .await
-            .unwrap();
-        store.slots.set(&slots);
+        let cluster = read_slot_map(&store).await;
 
         // Per master, one script.
         let owners = store.slots.owners(&cluster);
         let master_of = |room: &str| owners.owner(key_slot(&keys::room_seq(room))).cloned();
         let asking = |rooms: &[usize]| {
-            let mut on = MasterSeqs::new();
+            let mut script = LATEST_SEQS.call();
             for i in rooms {
-                on.script.arg(keys::room_seq(names[*i]));
+                script.arg(keys::room_seq(names[*i]));
             }
-            on.script
+            script
         };
         let mut masters: Vec<Node> = names.iter().map(|room| master_of(room).unwrap()).collect();
         masters.sort();
@@ -2253,13 +2420,7 @@ mod tests {
         let elsewhere = crate::conformance::room_with(&store, &bob, &[]).await;
         rooms.insert(4, (elsewhere, None));
         let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
-        let cluster = store.conn().unwrap();
-        let slots: redis::Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut cluster.clone())
-            .await
-            .unwrap();
-        store.slots.set(&slots);
+        let cluster = read_slot_map(&store).await;
         let owners = store.slots.owners(&cluster);
         let mut masters: Vec<&Node> = names
             .iter()
@@ -2370,6 +2531,66 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// A user's last session closing (or a dead server's user reaped)
+    /// leaves every room's index with one script per master; room by room
+    /// when the slot map is stale or missing, with the same result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_are_forgotten_per_master_and_one_by_one_when_the_map_is_stale() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let alice = new_id("u_");
+        let mut names = Vec::new();
+        for _ in 0..8 {
+            names.push(crate::conformance::room_with(&store, &alice, &[]).await);
+        }
+        let cluster = read_slot_map(&store).await;
+        let (host, port) = store
+            .slots
+            .owners(&cluster)
+            .owner(0)
+            .unwrap()
+            .as_ref()
+            .clone();
+        let stays = (new_id("s_"), "srv-a".to_owned());
+        store
+            .announce_rooms(&names, &alice, &[stays.clone()], None)
+            .await
+            .unwrap();
+        let maps = [
+            ("fresh", None),
+            ("stale", Some(all_slots_at(&host, port))),
+            ("none", Some(redis::Value::Array(Vec::new()))),
+        ];
+        for (map, stale) in maps {
+            let goes = (new_id("s_"), "srv-b".to_owned());
+            store
+                .announce_rooms(&names, &alice, &[goes.clone()], None)
+                .await
+                .unwrap();
+            let version_key = keys::room_online_version(&names[0]);
+            let version: String = cluster.clone().get(&version_key).await.unwrap();
+            if let Some(stale) = stale {
+                store.slots.set(&stale);
+            }
+            store
+                .forget_online_rooms(&names, &[goes.0.clone()])
+                .await
+                .unwrap();
+            read_slot_map(&store).await;
+            for room in &names {
+                let index: Vec<String> = cluster
+                    .clone()
+                    .hkeys(keys::room_online(room))
+                    .await
+                    .unwrap();
+                assert_eq!(index, vec![stays.0.clone()], "{map}: {room}");
+            }
+            let now: String = cluster.clone().get(&version_key).await.unwrap();
+            assert_ne!(now, version, "{map}: a changed index gets a new version");
+        }
     }
 
     #[test]
