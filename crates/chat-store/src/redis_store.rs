@@ -64,15 +64,20 @@ return reply
 "#
 );
 
-/// [`FORGET_ONLINE_LUA`] for many rooms of one master: see its header.
-const FORGET_ONLINE_ROOMS_LUA: &str = include_str!("lua/forget_online_rooms.lua");
-
 /// [`ANNOUNCE_LUA`] for many rooms of one master: see its header.
 const ANNOUNCE_ROOMS_LUA: &str = concat!(
     "#!lua flags=allow-cross-slot-keys\n",
     include_str!("lua/presence_audience.lua"),
     include_str!("lua/announce_rooms.lua"),
 );
+
+/// Fewest of a user's rooms on one master announced with one script
+/// there; fewer go one announce per room. Measured on connects (A/B,
+/// docs/benchmarks.md, "A connect's rooms with one script per master"):
+/// users in 20 rooms (about 7 per master) connect 1.31x faster with the
+/// script, users in 5 (about 2) 0.92x, so a few rooms per master cost
+/// less as one announce each.
+const ANNOUNCE_SCRIPT_MIN_ROOMS: usize = 4;
 
 /// What announcing a user in one room answered: the room's latest seq and,
 /// when asked for, its presence audience; `None` when the user is not a
@@ -473,7 +478,6 @@ impl MasterScript {
 
 static LATEST_SEQS: MasterScript = MasterScript::new(LATEST_SEQS_LUA);
 static ANNOUNCE_ROOMS: MasterScript = MasterScript::new(ANNOUNCE_ROOMS_LUA);
-static FORGET_ONLINE_ROOMS: MasterScript = MasterScript::new(FORGET_ONLINE_ROOMS_LUA);
 
 /// Runs `call` (`script`'s) at `master`, by address: no redirect is
 /// followed, so a key the node does not serve fails the script there. A
@@ -1053,7 +1057,7 @@ impl RedisStore {
         let version = new_online_version();
         let max = audience_max.map(|m| m.to_string()).unwrap_or_default();
         let PerMaster {
-            scripts,
+            mut scripts,
             unmapped: mut one_by_one,
         } = PerMaster::new(
             &owners,
@@ -1061,6 +1065,13 @@ impl RedisStore {
             || announce_rooms_script(user, &version, &max, sessions),
             |script, room, _| add_announced_room(script, room),
         );
+        scripts.retain(|_, (at, _)| {
+            let few = at.len() < ANNOUNCE_SCRIPT_MIN_ROOMS;
+            if few {
+                one_by_one.extend(at.iter().copied());
+            }
+            !few
+        });
         let mut announced: Vec<Announced> = vec![None; rooms.len()];
         let scripts = scripts.into_iter().map(|(master, (at, script))| {
             let cluster = &cluster;
@@ -1091,47 +1102,6 @@ impl RedisStore {
             announced[i] = answer;
         }
         Ok(announced)
-    }
-
-    /// [`Store::forget_online`] in each of `rooms`: one script per Redis
-    /// master for its rooms (`lua/forget_online_rooms.lua`), room by room
-    /// where it cannot run (a room's writes are the same when run again).
-    async fn forget_online_rooms(&self, rooms: &[String], sessions: &[String]) -> StoreResult<()> {
-        if sessions.is_empty() || rooms.is_empty() {
-            return Ok(());
-        }
-        let cluster = self.conn()?;
-        let owners = self.slots.owners(&cluster);
-        let version = new_online_version();
-        let script = || {
-            let mut script = FORGET_ONLINE_ROOMS.call();
-            script.arg(&version).arg(sessions.len()).arg(sessions);
-            script
-        };
-        let PerMaster {
-            scripts,
-            unmapped: mut one_by_one,
-        } = PerMaster::new(&owners, rooms, script, |script, room, _| {
-            script
-                .arg(keys::room_online(room))
-                .arg(keys::room_online_version(room));
-        });
-        let runs = scripts.into_iter().map(|(master, (at, script))| {
-            let cluster = &cluster;
-            async move {
-                let ran = run_at_master(&master, &FORGET_ONLINE_ROOMS, script, cluster).await;
-                (master, at, ran)
-            }
-        });
-        for (master, at, ran) in join_all(runs).await {
-            if let Err(e) = ran {
-                tracing::debug!(error = %e, ?master, "forget online: one room at a time");
-                self.slots.refresh(&cluster);
-                one_by_one.extend(at);
-            }
-        }
-        in_steps(&one_by_one, |i| self.forget_online(&rooms[*i], sessions)).await?;
-        Ok(())
     }
 
     /// Reaps one chat server's sessions: each user's step is atomic on the
@@ -1172,7 +1142,7 @@ impl RedisStore {
             let sessions = &rest[1..];
             // The dead server's sessions leave the rooms' indexes too, so
             // routing stops sending there (it comes back by re-announcing).
-            self.forget_online_rooms(&rooms, sessions).await?;
+            try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions))).await?;
             Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
                 user: user.clone(),
                 online: false,
@@ -2080,7 +2050,7 @@ impl Store for RedisStore {
         let (head, ts, rooms) = split_presence_reply(reply, 3)?;
         let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
         let forget = [session.to_owned()];
-        self.forget_online_rooms(&rooms, &forget).await?;
+        try_join_all(rooms.iter().map(|room| self.forget_online(room, &forget))).await?;
         if still_hosted == "0" && !server_id.is_empty() {
             let _: i64 = self
                 .conn()?
@@ -2263,7 +2233,7 @@ mod tests {
             .await
             .unwrap();
         store.slots.set(&slots);
-        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS, &FORGET_ONLINE_ROOMS] {
+        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.code);
             let everywhere = RoutingInfo::MultiNode((
@@ -2421,26 +2391,28 @@ mod tests {
             return;
         };
         let (alice, bob) = (new_id("u_"), new_id("u_"));
+        let cluster = read_slot_map(&store).await;
+        let owners = store.slots.owners(&cluster);
+        let master_of = |room: &str| owners.owner(key_slot(&keys::room_members(room))).unwrap();
+        // Rooms until every master has enough for the script
+        // (ANNOUNCE_SCRIPT_MIN_ROOMS), some with messages.
         let mut rooms = Vec::new();
-        for i in 0..10u64 {
+        let mut per_master: HashMap<&Node, usize> = HashMap::new();
+        while rooms.len() < 12 || per_master.values().any(|n| *n < ANNOUNCE_SCRIPT_MIN_ROOMS) {
             let room = crate::conformance::room_with(&store, &alice, &[&bob]).await;
-            for _ in 0..i % 3 {
+            let seq = rooms.len() as u64 % 3;
+            for _ in 0..seq {
                 let message = crate::conformance::msg(&room, &alice, "hi", None);
                 store.append(message).await.unwrap();
             }
-            rooms.push((room, Some(i % 3)));
+            *per_master.entry(master_of(&room)).or_default() += 1;
+            rooms.push((room, Some(seq)));
         }
         let elsewhere = crate::conformance::room_with(&store, &bob, &[]).await;
         rooms.insert(4, (elsewhere, None));
         let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
-        let cluster = read_slot_map(&store).await;
-        let owners = store.slots.owners(&cluster);
-        let mut masters: Vec<&Node> = names
-            .iter()
-            .map(|room| owners.owner(key_slot(&keys::room_members(room))).unwrap())
-            .collect();
+        let mut masters: Vec<&Node> = per_master.into_keys().collect();
         masters.sort();
-        masters.dedup();
         assert!(masters.len() > 1, "the rooms should span masters");
 
         let session = (new_id("s_"), "srv-a".to_owned());
@@ -2544,66 +2516,6 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-    }
-
-    /// A user's last session closing (or a dead server's user reaped)
-    /// leaves every room's index with one script per master; room by room
-    /// when the slot map is stale or missing, with the same result.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sessions_are_forgotten_per_master_and_one_by_one_when_the_map_is_stale() {
-        let Some(store) = test_store().await else {
-            return;
-        };
-        let alice = new_id("u_");
-        let mut names = Vec::new();
-        for _ in 0..8 {
-            names.push(crate::conformance::room_with(&store, &alice, &[]).await);
-        }
-        let cluster = read_slot_map(&store).await;
-        let (host, port) = store
-            .slots
-            .owners(&cluster)
-            .owner(0)
-            .unwrap()
-            .as_ref()
-            .clone();
-        let stays = (new_id("s_"), "srv-a".to_owned());
-        store
-            .announce_rooms(&names, &alice, &[stays.clone()], None)
-            .await
-            .unwrap();
-        let maps = [
-            ("fresh", None),
-            ("stale", Some(all_slots_at(&host, port))),
-            ("none", Some(redis::Value::Array(Vec::new()))),
-        ];
-        for (map, stale) in maps {
-            let goes = (new_id("s_"), "srv-b".to_owned());
-            store
-                .announce_rooms(&names, &alice, &[goes.clone()], None)
-                .await
-                .unwrap();
-            let version_key = keys::room_online_version(&names[0]);
-            let version: String = cluster.clone().get(&version_key).await.unwrap();
-            if let Some(stale) = stale {
-                store.slots.set(&stale);
-            }
-            store
-                .forget_online_rooms(&names, &[goes.0.clone()])
-                .await
-                .unwrap();
-            read_slot_map(&store).await;
-            for room in &names {
-                let index: Vec<String> = cluster
-                    .clone()
-                    .hkeys(keys::room_online(room))
-                    .await
-                    .unwrap();
-                assert_eq!(index, vec![stays.0.clone()], "{map}: {room}");
-            }
-            let now: String = cluster.clone().get(&version_key).await.unwrap();
-            assert_ne!(now, version, "{map}: a changed index gets a new version");
-        }
     }
 
     #[test]
