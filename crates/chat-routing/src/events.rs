@@ -90,7 +90,7 @@ impl MessageRouter {
             let online: &[OnlineSession] = match known {
                 Some(Some(online)) => online,
                 Some(None) => return 0,
-                None => match self.store().presence_audience(room, max_members).await {
+                None => match self.read_audience(room, max_members).await {
                     Ok(Some(online)) => {
                         read = online;
                         &read
@@ -118,6 +118,20 @@ impl MessageRouter {
             .await
             .into_iter()
             .sum()
+    }
+}
+
+impl MessageRouter {
+    /// A room's presence audience, read once one of the
+    /// [`crate::router::PRESENCE_READS_IN_FLIGHT`] turns is free.
+    async fn read_audience(
+        &self,
+        room: &str,
+        max_members: u64,
+    ) -> chat_store::StoreResult<Option<Vec<OnlineSession>>> {
+        // Never closed, so a turn always comes.
+        let _turn = self.presence_reads.acquire().await;
+        self.store().presence_audience(room, max_members).await
     }
 }
 

@@ -70,7 +70,19 @@ pub struct MessageRouter {
     /// have been gone for [`FORGET_MISSING_AFTER`] without a break.
     missing: Mutex<HashMap<String, MissingSince>>,
     forget_missing_after: Duration,
+    /// Bounds the presence audience reads in flight (see
+    /// [`PRESENCE_READS_IN_FLIGHT`]).
+    pub(crate) presence_reads: tokio::sync::Semaphore,
 }
+
+/// Most presence audience reads one process keeps in flight. A close storm
+/// (every session of a drained or lost server, or of the bench, closing at
+/// once) makes one read per room of every user going offline: all at once
+/// they queued in the Redis client past its response timeout, and those
+/// rooms' "offline" events were dropped (thousands per run with 5,000
+/// users in 20 rooms, docs/benchmarks.md). Waiting here for a turn, the
+/// timeout covers the read alone.
+pub const PRESENCE_READS_IN_FLIGHT: usize = 256;
 
 /// How often routing may read the registry for a server it does not know.
 const REFRESH_MIN_AGE: Duration = Duration::from_millis(100);
@@ -133,6 +145,7 @@ impl MessageRouter {
             local,
             missing: Mutex::new(HashMap::new()),
             forget_missing_after: FORGET_MISSING_AFTER,
+            presence_reads: tokio::sync::Semaphore::new(PRESENCE_READS_IN_FLIGHT),
         }
     }
 
@@ -434,6 +447,48 @@ mod tests {
         assert_eq!(
             *store.room_online("r_1").await.unwrap(),
             [entry("alice", "s2", "live")]
+        );
+    }
+
+    /// A user going offline in more rooms than presence reads may be in
+    /// flight gets the event in every room: the reads wait their turn.
+    #[tokio::test]
+    async fn presence_in_more_rooms_than_reads_in_flight_reaches_every_room() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let rooms: Vec<String> = (0..PRESENCE_READS_IN_FLIGHT + 44)
+            .map(|i| format!("r_{i}"))
+            .collect();
+        for room in &rooms {
+            let members = vec!["alice".into(), "bob".into()];
+            let new_room = NewRoom {
+                id: room.clone(),
+                name: "room".into(),
+                created_by: "alice".into(),
+                created_at: 0,
+                members,
+            };
+            store.create_room(new_room).await.unwrap();
+        }
+        let bob = SessionLocation {
+            session: "s1".into(),
+            server_id: "live".into(),
+        };
+        store.add_session("bob", &bob, 60_000).await.unwrap();
+        store.put_server(&health("live"), 60_000).await.unwrap();
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        let router =
+            MessageRouter::new(store, registry, LinkPool::new(LinkConfig::default()), None);
+        let offline = chat_store::PresenceChange {
+            user: "alice".into(),
+            online: false,
+            ts: 1,
+            rooms: rooms.clone(),
+        };
+        assert_eq!(router.announce_presence(&offline).await, rooms.len());
+        assert_eq!(
+            router.presence_reads.available_permits(),
+            PRESENCE_READS_IN_FLIGHT
         );
     }
 

@@ -450,8 +450,7 @@ impl PerMaster {
 }
 
 /// A script run by [`run_at_master`]: sent by its hash, as `Script` does,
-/// since the whole text (and Redis hashing it) with every call cost more
-/// than the rooms it saved with few rooms per master.
+/// not its whole text (which Redis would hash again) with every call.
 struct MasterScript {
     code: &'static str,
     hash: OnceLock<String>,
@@ -568,8 +567,7 @@ fn announce_rooms_script(
     audience_max: &str,
     sessions: &[(String, String)],
 ) -> redis::Cmd {
-    let mut script = redis::cmd("EVAL");
-    script.arg(ANNOUNCE_ROOMS_LUA).arg(0);
+    let mut script = ANNOUNCE_ROOMS.call();
     script
         .arg(user)
         .arg(version)
