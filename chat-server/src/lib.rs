@@ -56,6 +56,14 @@ struct CatchUpRead {
 }
 
 impl CatchUpRead {
+    /// The followed rooms changed (as of `changes`): the next read is
+    /// compared with what sessions were last given, not the last read.
+    fn follow(&mut self, changes: u64, rooms: Vec<Arc<str>>) {
+        self.changes = Some(changes);
+        self.rooms = rooms;
+        self.seqs.clear();
+    }
+
     /// Takes the seqs just read for `rooms`; the map to give every session
     /// if a room moved.
     fn read(&mut self, seqs: Vec<u64>) -> Option<Arc<LatestSeqs>> {
@@ -416,9 +424,7 @@ impl ChatServer {
     /// the seqs with `last`'s in place, and makes no map and copies no name.
     async fn catch_up(&self, last: &mut CatchUpRead) {
         if let Some((changes, rooms)) = self.hub.tracked_rooms().names_since(last.changes) {
-            last.changes = Some(changes);
-            last.rooms = rooms;
-            last.seqs.clear();
+            last.follow(changes, rooms);
         }
         if last.rooms.is_empty() {
             return;
@@ -853,10 +859,8 @@ mod tests {
     #[test]
     fn the_catch_up_gives_sessions_a_map_only_when_a_room_moved() {
         let names = |rooms: &[&str]| rooms.iter().map(|r| Arc::<str>::from(*r)).collect();
-        let mut last = CatchUpRead {
-            rooms: names(&["a", "b"]),
-            ..CatchUpRead::default()
-        };
+        let mut last = CatchUpRead::default();
+        last.follow(1, names(&["a", "b"]));
         let first = last
             .read(vec![3, 0])
             .expect("rooms never given count as moved");
@@ -865,13 +869,11 @@ mod tests {
         let moved = last.read(vec![3, 1]).expect("b moved");
         assert_eq!((moved["a"], moved["b"]), (3, 1));
         // A room no longer followed: the rest compared with what was given.
-        last.rooms = names(&["b"]);
-        last.seqs.clear();
+        last.follow(2, names(&["b"]));
         assert!(last.read(vec![1]).is_none());
         assert!(last.read(vec![1]).is_none());
         // A room newly followed counts as moved.
-        last.rooms = names(&["b", "c"]);
-        last.seqs.clear();
+        last.follow(3, names(&["b", "c"]));
         let moved = last.read(vec![1, 0]).expect("c is new");
         assert_eq!((moved["b"], moved["c"]), (1, 0));
     }

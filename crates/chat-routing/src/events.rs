@@ -119,9 +119,7 @@ impl MessageRouter {
             .into_iter()
             .sum()
     }
-}
 
-impl MessageRouter {
     /// A room's presence audience, read once one of the
     /// [`crate::router::PRESENCE_READS_IN_FLIGHT`] turns is free.
     async fn read_audience(

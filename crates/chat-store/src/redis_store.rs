@@ -411,41 +411,50 @@ fn decode_seqs(reply: redis::Value, count: usize) -> Option<Vec<u64>> {
 /// `allow-cross-slot-keys` lets a script touch any slot of its own node,
 /// and all of a room's keys share its slot. Each master's script with the
 /// positions (in the caller's list) of the rooms it covers, and the rooms
-/// whose slot no master is known for (the slot map not read yet).
+/// to run one by one: those whose slot no master is known for (the slot
+/// map not read yet), and those of a master with too few of them.
 struct PerMaster {
     scripts: HashMap<Node, (Vec<usize>, redis::Cmd)>,
-    unmapped: Vec<usize>,
+    alone: Vec<usize>,
 }
 
 impl PerMaster {
-    /// `script` starts a master's script; `add_room` adds a room's
-    /// arguments, given the room's seq key (written into one buffer for
-    /// every room: the catch-up does this for every followed room every
-    /// second, so it allocates nothing per room).
+    /// Groups `rooms` by master; a master with `min_rooms` or more gets a
+    /// script (`script` starts it, `add_room` adds a room's arguments),
+    /// the others' rooms go `alone` and no script is built for them.
     fn new<R: AsRef<str>>(
         owners: &SlotOwners,
         rooms: &[R],
+        min_rooms: usize,
         script: impl Fn() -> redis::Cmd,
-        mut add_room: impl FnMut(&mut redis::Cmd, &str, &str),
+        mut add_room: impl FnMut(&mut redis::Cmd, &str),
     ) -> Self {
-        let mut scripts: HashMap<Node, (Vec<usize>, redis::Cmd)> = HashMap::new();
-        let mut unmapped = Vec::new();
+        let mut by_master: HashMap<Node, Vec<usize>> = HashMap::new();
+        let mut alone = Vec::new();
+        // One buffer for every room's key: the catch-up groups every
+        // followed room every second.
         let mut seq_key = String::new();
         for (i, room) in rooms.iter().enumerate() {
-            let room = room.as_ref();
             seq_key.clear();
-            keys::push_room_seq(&mut seq_key, room);
-            let Some(master) = owners.owner(key_slot(&seq_key)) else {
-                unmapped.push(i);
-                continue;
-            };
-            let (at, cmd) = scripts
-                .entry(master.clone())
-                .or_insert_with(|| (Vec::new(), script()));
-            at.push(i);
-            add_room(cmd, room, &seq_key);
+            keys::push_room_seq(&mut seq_key, room.as_ref());
+            match owners.owner(key_slot(&seq_key)) {
+                Some(master) => by_master.entry(master.clone()).or_default().push(i),
+                None => alone.push(i),
+            }
         }
-        PerMaster { scripts, unmapped }
+        let mut scripts = HashMap::with_capacity(by_master.len());
+        for (master, at) in by_master {
+            if at.len() < min_rooms {
+                alone.extend(at);
+                continue;
+            }
+            let mut cmd = script();
+            for i in &at {
+                add_room(&mut cmd, rooms[*i].as_ref());
+            }
+            scripts.insert(master, (at, cmd));
+        }
+        PerMaster { scripts, alone }
     }
 }
 
@@ -503,6 +512,8 @@ async fn run_at_master(
         (cluster.clone().route_command(call, at_master()).await)
             .and_then(redis::Value::extract_error)
     };
+    // Kept for the resend: the client takes the command (a copy of its
+    // packed arguments per call, against a fall back room by room).
     let again = call.clone();
     match send(call).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -1055,21 +1066,15 @@ impl RedisStore {
         let version = new_online_version();
         let max = audience_max.map(|m| m.to_string()).unwrap_or_default();
         let PerMaster {
-            mut scripts,
-            unmapped: mut one_by_one,
+            scripts,
+            alone: mut one_by_one,
         } = PerMaster::new(
             &owners,
             rooms,
+            ANNOUNCE_SCRIPT_MIN_ROOMS,
             || announce_rooms_script(user, &version, &max, sessions),
-            |script, room, _| add_announced_room(script, room),
+            add_announced_room,
         );
-        scripts.retain(|_, (at, _)| {
-            let few = at.len() < ANNOUNCE_SCRIPT_MIN_ROOMS;
-            if few {
-                one_by_one.extend(at.iter().copied());
-            }
-            !few
-        });
         let mut announced: Vec<Announced> = vec![None; rooms.len()];
         let scripts = scripts.into_iter().map(|(master, (at, script))| {
             let cluster = &cluster;
@@ -1770,12 +1775,16 @@ impl Store for RedisStore {
     async fn latest_seqs(&self, rooms: &[&str]) -> StoreResult<Vec<u64>> {
         let cluster = self.conn()?;
         let owners = self.slots.owners(&cluster);
-        let PerMaster { scripts, unmapped } = PerMaster::new(
+        let mut seq_key = String::new();
+        let PerMaster { scripts, alone } = PerMaster::new(
             &owners,
             rooms,
+            1,
             || LATEST_SEQS.call(),
-            |script, _, seq_key| {
-                script.arg(seq_key);
+            |script, room| {
+                seq_key.clear();
+                keys::push_room_seq(&mut seq_key, room);
+                script.arg(seq_key.as_bytes());
             },
         );
         let reads = scripts.into_iter().map(|(master, (at, script))| {
@@ -1786,9 +1795,9 @@ impl Store for RedisStore {
             }
         });
         let unmapped = async {
-            let here: Vec<&str> = unmapped.iter().map(|i| rooms[*i]).collect();
+            let here: Vec<&str> = alone.iter().map(|i| rooms[*i]).collect();
             let seqs = seqs_one_by_one(&here, &cluster).await?;
-            Ok::<_, StoreError>(unmapped.iter().copied().zip(seqs))
+            Ok::<_, StoreError>(alone.iter().copied().zip(seqs))
         };
         let (mapped, unmapped) = tokio::try_join!(try_join_all(reads), unmapped)?;
         let mut seqs = vec![0; rooms.len()];
