@@ -120,9 +120,21 @@ impl Session {
             server.user_rates.forget(user);
         }
         server.metrics.sessions.set(server.hub.connections() as i64);
-        match server.store.remove_session(user, id).await {
-            Ok(Some(went_offline)) => {
-                Box::pin(server.router.announce_presence(&went_offline)).await;
+        // Read with the session's removal: the rooms' presence audiences,
+        // for the "offline" event if this was the user's last session.
+        let presence_max = server.router.fanout_limits().presence_max_room_members;
+        match server
+            .store
+            .remove_session_announced(user, id, presence_max)
+            .await
+        {
+            Ok(Some(gone)) => {
+                Box::pin(
+                    server
+                        .router
+                        .announce_presence_to(&gone.change, &gone.presence_audiences),
+                )
+                .await;
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "presence removal failed; it expires by itself"),

@@ -527,10 +527,6 @@ async fn pending_tickets_of_one_layout(store: &SharedStore, own_slot: bool) {
 
 pub async fn presence_tracks_sessions_until_removed_or_expired(store: SharedStore) {
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
-    let loc = |s: &str, srv: &str| SessionLocation {
-        session: s.into(),
-        server_id: srv.into(),
-    };
     // Every record gets the short TTL: only a refresh keeps one longer.
     let ttl = SHORT_TTL.as_millis() as u64;
     let first = store
@@ -628,10 +624,6 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
     let room = room_with(&*store, &alice, &[&bob]).await;
     // Server ids with the separator characters of the index encoding.
     let (a, b) = ("12:srv-a", "srv:b");
-    let loc = |s: &str, srv: &str| SessionLocation {
-        session: s.into(),
-        server_id: srv.into(),
-    };
 
     let announced = store
         .add_session(&alice, &loc("s1", a), 60_000)
@@ -724,10 +716,6 @@ pub async fn appends_see_every_change_to_the_presence_index(store: SharedStore) 
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
     let room = room_with(&*store, &alice, &[&bob]).await;
     let (a, b) = (format!("srv-a-{}", &new_id("")[..8]), "srv-b".to_owned());
-    let loc = |s: &str, srv: &str| SessionLocation {
-        session: s.into(),
-        server_id: srv.into(),
-    };
     let routed = || async {
         let mut entries = store
             .append(msg(&room, &alice, "x", None))
@@ -886,10 +874,6 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
     let (alice, bob) = (user("alice"), user("bob"));
     let room = room_with(&*store, &alice, &[&bob]).await;
     let (a, b) = (new_id("srv-a-"), new_id("srv-b-"));
-    let loc = |s: &str, srv: &str| SessionLocation {
-        session: s.into(),
-        server_id: srv.into(),
-    };
     let first = store
         .add_session(&alice, &loc("s1", &a), 60_000)
         .await
@@ -967,19 +951,51 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
     store.remove_session(&alice, "s5").await.unwrap();
 }
 
+/// Alice in two rooms with bob, one of them with carol too (over a
+/// presence cap of 2), and two chat server ids.
+struct PresenceRooms {
+    alice: String,
+    bob: String,
+    small: String,
+    big: String,
+    a: String,
+    b: String,
+}
+
+async fn presence_rooms(store: &dyn Store) -> PresenceRooms {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let small = room_with(store, &alice, &[&bob]).await;
+    let big = room_with(store, &alice, &[&bob, &carol]).await;
+    PresenceRooms {
+        alice,
+        bob,
+        small,
+        big,
+        a: new_id("srv-a-"),
+        b: new_id("srv-b-"),
+    }
+}
+
+fn loc(session: &str, server_id: &str) -> SessionLocation {
+    SessionLocation {
+        session: session.into(),
+        server_id: server_id.into(),
+    }
+}
+
 /// `add_session_announced`: the audiences a store reads with the session
 /// are what `presence_audience` answers (a room too big gives `None`), only
 /// when the user came online, sorted by room. Returns how many of the
 /// user's two rooms came with one (a store may leave them to the caller).
 pub async fn presence_audiences_come_with_the_first_session(store: SharedStore) -> usize {
-    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
-    let small = room_with(&*store, &alice, &[&bob]).await;
-    let big = room_with(&*store, &alice, &[&bob, &carol]).await;
-    let (a, b) = (new_id("srv-a-"), new_id("srv-b-"));
-    let loc = |s: &str, srv: &str| SessionLocation {
-        session: s.into(),
-        server_id: srv.into(),
-    };
+    let PresenceRooms {
+        alice,
+        bob,
+        small,
+        big,
+        a,
+        b,
+    } = presence_rooms(&*store).await;
     store
         .add_session(&bob, &loc("s1", &b), 60_000)
         .await
@@ -1024,6 +1040,65 @@ pub async fn presence_audiences_come_with_the_first_session(store: SharedStore) 
     first.presence_audiences.len()
 }
 
+/// `remove_session_announced`: only the user's last session goes with an
+/// "offline" transition and the audiences a store reads with it, which are
+/// what `presence_audience` answers after the session left (a room too
+/// big gives `None`), sorted by room; the session has left every room's
+/// index either way. Returns how many of the user's two rooms came with
+/// one (a store may leave them to the caller).
+pub async fn presence_audiences_come_with_the_last_session(store: SharedStore) -> usize {
+    let PresenceRooms {
+        alice,
+        bob,
+        small,
+        big,
+        a,
+        b,
+    } = presence_rooms(&*store).await;
+    for (who, session, server) in [(&bob, "s1", &b), (&alice, "s2", &a), (&alice, "s3", &b)] {
+        store
+            .add_session(who, &loc(session, server), 60_000)
+            .await
+            .unwrap();
+    }
+    let not_last = store
+        .remove_session_announced(&alice, "s3", 2)
+        .await
+        .unwrap();
+    assert_eq!(not_last, None, "alice is still online through s2");
+    let last = store
+        .remove_session_announced(&alice, "s2", 2)
+        .await
+        .unwrap()
+        .expect("the last session: offline");
+    assert_eq!(last.change.user, alice);
+    assert!(!last.change.online);
+    let mut rooms = vec![small.clone(), big.clone()];
+    rooms.sort();
+    assert_eq!(last.change.rooms, rooms);
+    let listed: Vec<&String> = last.presence_audiences.iter().map(|(r, _)| r).collect();
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted: {listed:?}");
+    for (room, audience) in &last.presence_audiences {
+        assert!(room == &small || room == &big, "{room}");
+        let read = store.presence_audience(room, 2).await.unwrap();
+        assert_eq!(audience, &read, "{room}");
+    }
+    if let Some((_, audience)) = last.presence_audiences.iter().find(|(r, _)| r == &small) {
+        assert_eq!(audience, &Some(vec![online(&bob, "s1", &b)]));
+    }
+    if let Some((_, audience)) = last.presence_audiences.iter().find(|(r, _)| r == &big) {
+        assert_eq!(audience, &None, "three members: over the cap of 2");
+    }
+    for room in [&small, &big] {
+        assert_eq!(
+            sorted_online(&store, room).await,
+            vec![online(&bob, "s1", &b)]
+        );
+    }
+    store.remove_session(&bob, "s1").await.unwrap();
+    last.presence_audiences.len()
+}
+
 /// `reap_dead_servers` reaps every server without health; it runs in a
 /// test binary of its own (it would reap the fake servers of the scenarios
 /// running beside it).
@@ -1033,10 +1108,6 @@ pub async fn dead_servers_are_reaped_once(store: SharedStore) {
     let (live, dead) = (new_id("srv-live-"), new_id("srv-dead-"));
     store.put_server(&health(&live, 0), 60_000).await.unwrap();
     store.put_server(&health(&dead, 0), 60_000).await.unwrap();
-    let loc = |s: &str, srv: &str| SessionLocation {
-        session: s.into(),
-        server_id: srv.into(),
-    };
     store
         .add_session(&alice, &loc("s1", &live), 60_000)
         .await

@@ -151,6 +151,18 @@ pub struct SessionAdded {
     pub presence_audiences: Vec<(String, Option<Vec<OnlineSession>>)>,
 }
 
+/// What [`Store::remove_session_announced`] did when the user's last
+/// session went: the "offline" transition and, from stores that read them
+/// in the same step as the session leaves each room's index, the rooms'
+/// presence audiences as [`Store::presence_audience`] answers them
+/// (`None`: the room is too big for presence events). Rooms missing here
+/// are read by whoever announces. Sorted by room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WentOffline {
+    pub change: PresenceChange,
+    pub presence_audiences: Vec<(String, Option<Vec<OnlineSession>>)>,
+}
+
 /// The result of an append: the stored message, whether it was already
 /// stored under the same `(from, client_msg_id)` (then nothing was written),
 /// and the room's online sessions read in the same atomic step, so that the
@@ -381,6 +393,28 @@ pub trait Store: Send + Sync + 'static {
         user: &str,
         session: &str,
     ) -> StoreResult<Option<PresenceChange>>;
+    /// [`Store::remove_session`], and, when the user went offline, each
+    /// room's presence audience for rooms of at most
+    /// `presence_max_members` members, read in the same step as the
+    /// session leaves the room's index: announcing the user then costs no
+    /// read per room (a close storm's reads would otherwise queue behind
+    /// its own index writes). A store may leave them out (this default
+    /// does); the announcer reads what is missing.
+    async fn remove_session_announced(
+        &self,
+        user: &str,
+        session: &str,
+        presence_max_members: u64,
+    ) -> StoreResult<Option<WentOffline>> {
+        let _ = presence_max_members;
+        Ok(self
+            .remove_session(user, session)
+            .await?
+            .map(|change| WentOffline {
+                change,
+                presence_audiences: Vec::new(),
+            }))
+    }
     /// Removes the sessions of every chat server that hosted sessions and
     /// has no unexpired health record any more (it died, or is cut off):
     /// returns the users that went offline through it. Safe to run from

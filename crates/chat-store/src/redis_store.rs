@@ -26,7 +26,7 @@ use crate::slot_owners::{key_slot, Node, SlotMap, SlotOwners};
 use crate::{
     decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
     RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
-    StoreError, StoreResult,
+    StoreError, StoreResult, WentOffline,
 };
 
 /// The append script: see its header for keys, arguments and replies. The
@@ -347,15 +347,22 @@ if withdrawn > 0 then redis.call('SET', KEYS[7], ARGV[3]) end
 return removed
 "#;
 
-/// KEYS: online, online version. ARGV: a new version token, then session
-/// ids. Drops the sessions from the presence index, and writes a new
-/// version if any was there.
-const FORGET_ONLINE_LUA: &str = r#"
+/// KEYS: online, online version, members. ARGV: a new version token, the
+/// presence audience's member cap ('' for no audience), then session ids.
+/// Drops the sessions from the presence index, and writes a new version if
+/// any was there. With a cap, returns the presence audience left as
+/// [`PRESENCE_AUDIENCE_LUA`] answers it, read in the same step (the
+/// "offline" event needs no second script per room); else {}.
+const FORGET_ONLINE_LUA: &str = concat!(
+    include_str!("lua/presence_audience.lua"),
+    r#"
 local removed = 0
-for i = 2, #ARGV do removed = removed + redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 3, #ARGV do removed = removed + redis.call('HDEL', KEYS[1], ARGV[i]) end
 if removed > 0 then redis.call('SET', KEYS[2], ARGV[1]) end
-return removed
-"#;
+if ARGV[2] == '' then return {} end
+return presence_audience(KEYS[3], KEYS[1], ARGV[2])
+"#
+);
 
 /// KEYS: online, online version. ARGV: the version the caller holds ('' for
 /// none), its entry count. Returns {index, version, held}, as the append
@@ -1192,6 +1199,93 @@ impl RedisStore {
             );
         }
         Ok(reaped.into_iter().flatten().collect())
+    }
+
+    /// `remove_session`; with `audience_max`, the rooms' presence
+    /// audiences too when the user went offline (see
+    /// `Store::remove_session_announced`).
+    async fn remove_session_with(
+        &self,
+        user: &str,
+        session: &str,
+        audience_max: Option<u64>,
+    ) -> StoreResult<Option<WentOffline>> {
+        let reply: Vec<String> = self
+            .remove_session
+            .key(keys::user_sessions(user))
+            .key(keys::user_rooms(user))
+            .arg(session)
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        let (head, ts, rooms) = split_presence_reply(reply, 3)?;
+        let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
+        let offline = offline == "1";
+        // Audiences only for a presence event: when the user went offline.
+        let audience_max = audience_max.filter(|_| offline);
+        let forget = [session.to_owned()];
+        let audiences = try_join_all(
+            rooms
+                .iter()
+                .map(|room| self.forget_online_with(room, &forget, audience_max)),
+        )
+        .await?;
+        if still_hosted == "0" && !server_id.is_empty() {
+            let _: i64 = self
+                .conn()?
+                .srem(keys::server_hosted(server_id), user)
+                .await
+                .map_err(unavailable)?;
+        }
+        if !offline {
+            return Ok(None);
+        }
+        let mut presence_audiences: Vec<(String, Audience)> = rooms
+            .iter()
+            .zip(audiences)
+            .filter_map(|(room, audience)| Some((room.clone(), audience?)))
+            .collect();
+        presence_audiences.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(WentOffline {
+            change: PresenceChange {
+                user: user.to_owned(),
+                online: false,
+                ts,
+                rooms: sorted(rooms),
+            },
+            presence_audiences,
+        }))
+    }
+
+    /// `forget_online`; with `audience_max`, the room's presence audience
+    /// left, read in the same step (`Some`), else `None`.
+    async fn forget_online_with(
+        &self,
+        room: &str,
+        sessions: &[String],
+        audience_max: Option<u64>,
+    ) -> StoreResult<Option<Audience>> {
+        if sessions.is_empty() {
+            return Ok(None);
+        }
+        let mut invocation = self.forget_online.prepare_invoke();
+        invocation
+            .key(keys::room_online(room))
+            .key(keys::room_online_version(room))
+            .key(keys::room_members(room))
+            .arg(new_online_version())
+            .arg(audience_max.map(|max| max.to_string()).unwrap_or_default());
+        for session in sessions {
+            invocation.arg(session);
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        match audience_max {
+            Some(_) => decode_audience(reply).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `add_session`; with `audience_max`, the rooms' presence audiences
@@ -2046,31 +2140,18 @@ impl Store for RedisStore {
         user: &str,
         session: &str,
     ) -> StoreResult<Option<PresenceChange>> {
-        let reply: Vec<String> = self
-            .remove_session
-            .key(keys::user_sessions(user))
-            .key(keys::user_rooms(user))
-            .arg(session)
-            .invoke_async(&mut self.conn()?)
+        let gone = self.remove_session_with(user, session, None).await?;
+        Ok(gone.map(|gone| gone.change))
+    }
+
+    async fn remove_session_announced(
+        &self,
+        user: &str,
+        session: &str,
+        presence_max_members: u64,
+    ) -> StoreResult<Option<WentOffline>> {
+        self.remove_session_with(user, session, Some(presence_max_members))
             .await
-            .map_err(unavailable)?;
-        let (head, ts, rooms) = split_presence_reply(reply, 3)?;
-        let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
-        let forget = [session.to_owned()];
-        try_join_all(rooms.iter().map(|room| self.forget_online(room, &forget))).await?;
-        if still_hosted == "0" && !server_id.is_empty() {
-            let _: i64 = self
-                .conn()?
-                .srem(keys::server_hosted(server_id), user)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok((offline == "1").then(|| PresenceChange {
-            user: user.to_owned(),
-            online: false,
-            ts,
-            rooms: sorted(rooms),
-        }))
     }
 
     async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
@@ -2130,21 +2211,7 @@ impl Store for RedisStore {
     }
 
     async fn forget_online(&self, room: &str, sessions: &[String]) -> StoreResult<()> {
-        if sessions.is_empty() {
-            return Ok(());
-        }
-        let mut invocation = self.forget_online.prepare_invoke();
-        invocation
-            .key(keys::room_online(room))
-            .key(keys::room_online_version(room))
-            .arg(new_online_version());
-        for session in sessions {
-            invocation.arg(session);
-        }
-        let _: i64 = invocation
-            .invoke_async(&mut self.conn()?)
-            .await
-            .map_err(unavailable)?;
+        self.forget_online_with(room, sessions, None).await?;
         Ok(())
     }
 

@@ -20,3 +20,11 @@ async fn presence_audiences_are_left_to_the_announcer() {
         chat_store::conformance::presence_audiences_come_with_the_first_session(store).await;
     assert_eq!(filled, 0);
 }
+
+#[tokio::test]
+async fn presence_audiences_at_close_are_left_to_the_announcer() {
+    let store = make(StoreConfig::default()).await.unwrap();
+    let filled =
+        chat_store::conformance::presence_audiences_come_with_the_last_session(store).await;
+    assert_eq!(filled, 0);
+}

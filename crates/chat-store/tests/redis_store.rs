@@ -23,6 +23,18 @@ async fn presence_audiences_come_with_the_first_session() {
     assert_eq!(filled, 2, "both rooms' audiences");
 }
 
+/// And with the last session's removal (one script per room at close,
+/// not two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_audiences_come_with_the_last_session() {
+    let Some(store) = make(chat_store::StoreConfig::default()).await else {
+        return;
+    };
+    let filled =
+        chat_store::conformance::presence_audiences_come_with_the_last_session(store).await;
+    assert_eq!(filled, 2, "both rooms' audiences");
+}
+
 /// Durability: with `min_replica_acks = 1` an append returns only once a
 /// replica has it; asking for more replicas than exist refuses the ack
 /// (the message is stored, and a retry with its client_msg_id finds it).
