@@ -403,11 +403,10 @@ impl ChatServer {
     /// sessions of the one before it in the store, never to be closed:
     /// their users are reported offline before this one takes sessions.
     async fn reap_previous_incarnation(&self) {
-        match self.store.reap_server(&self.server_id).await {
-            Ok(changes) => {
-                for change in &changes {
-                    self.router.announce_presence(change).await;
-                }
+        let presence_max = self.router.fanout_limits().presence_max_room_members;
+        match self.store.reap_server(&self.server_id, presence_max).await {
+            Ok(reaped) => {
+                self.router.announce_reaped(&reaped).await;
             }
             Err(e) => tracing::warn!(error = %e, "could not reap the sessions of a previous run"),
         }

@@ -89,6 +89,8 @@ pub struct Frame<'a> {
     pub message: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub online: Option<bool>,
 }
 
 /// The `send` frame.

@@ -38,6 +38,13 @@ pub struct ConnectArgs {
     /// each group shares `--rooms-per-user` rooms.
     #[arg(long, default_value_t = 10)]
     pub room_size: usize,
+    /// After the hold, SIGKILL the chat server with this id (one of
+    /// `--server-pid`, found by its `--server-id` argument) and measure
+    /// how long until every "offline" event for its users reached the
+    /// other members' sessions (the reaping of a dead server), before the
+    /// others close.
+    #[arg(long)]
+    pub kill_server: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
@@ -90,10 +97,13 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let errors = ErrorLog::default();
     let mut latency = new_histogram();
     let mut sessions = Vec::with_capacity(n);
-    for (r, took) in outcomes {
+    // Where each user's session is (by user index), for the kill.
+    let mut server_of: Vec<Option<String>> = vec![None; n];
+    for (i, (r, took)) in outcomes.into_iter().enumerate() {
         match r {
             Ok(s) => {
                 let _ = latency.record((took.as_micros() as u64).max(1));
+                server_of[i] = Some(s.server_id.clone());
                 sessions.push(s);
             }
             Err(e) => errors.note(format!("{e:#}")),
@@ -131,17 +141,44 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     // drops.
     let closing = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(ErrorLog::default());
+    let offline = Arc::new(OfflineEvents::default());
     let mut sinks = Vec::with_capacity(ok);
     let mut readers = Vec::with_capacity(ok);
     for s in sessions {
+        if args.kill_server.as_ref() == Some(&s.server_id) {
+            // Its sessions end with the kill; the sinks of the others are
+            // closed below.
+            let (_, stream) = s.ws.split();
+            readers.push(tokio::spawn(hold(
+                stream,
+                closing.clone(),
+                dropped.clone(),
+                None,
+            )));
+            continue;
+        }
         let (sink, stream) = s.ws.split();
         sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
-        readers.push(tokio::spawn(hold(stream, closing.clone(), dropped.clone())));
+        let counted = args.kill_server.is_some().then(|| offline.clone());
+        readers.push(tokio::spawn(hold(
+            stream,
+            closing.clone(),
+            dropped.clone(),
+            counted,
+        )));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.hold_s.max(0.0))).await;
     let rss_after = rss("after");
     let dropped_during_hold = dropped.count();
     closing.store(true, Relaxed);
+    let killed = match &args.kill_server {
+        Some(id) => {
+            let expected =
+                offline_events_expected(&server_of, id, args.room_size, args.rooms_per_user);
+            Some(kill_and_wait_for_offline(id, &args.server_pid, expected, &offline).await?)
+        }
+        None => None,
+    };
     // Closing costs too: each session leaves its rooms' presence indexes,
     // and a user's last one announces "offline". The servers do that after
     // the close, so the window runs on until they are idle again.
@@ -197,6 +234,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         "rss_after_kib": rss_after,
         "rss_per_session_bytes": per_conn,
         "servers": placement,
+        "killed": killed,
     });
     println!("RESULT {}", serde_json::to_string(&result)?);
     Ok(())
@@ -261,10 +299,21 @@ async fn make_rooms(
     Ok(n)
 }
 
-async fn hold(mut stream: WsStream, closing: Arc<AtomicBool>, dropped: Arc<ErrorLog>) {
+async fn hold(
+    mut stream: WsStream,
+    closing: Arc<AtomicBool>,
+    dropped: Arc<ErrorLog>,
+    offline: Option<Arc<OfflineEvents>>,
+) {
     loop {
         let why = match stream.next().await {
             Some(Ok(WsMessage::Close(frame))) => format!("closed: {frame:?}"),
+            Some(Ok(WsMessage::Text(text))) => {
+                if let Some(offline) = &offline {
+                    offline.note(text.as_str());
+                }
+                continue;
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => error_chain(e),
             None => "ended".into(),
@@ -274,4 +323,104 @@ async fn hold(mut stream: WsStream, closing: Arc<AtomicBool>, dropped: Arc<Error
         }
         return;
     }
+}
+
+/// "offline" presence events as the surviving sessions receive them.
+#[derive(Default)]
+struct OfflineEvents {
+    arrived: std::sync::Mutex<Vec<Instant>>,
+}
+
+impl OfflineEvents {
+    fn note(&self, text: &str) {
+        let Ok(frame) = serde_json::from_str::<client::Frame>(text) else {
+            return;
+        };
+        if frame.kind == "presence" && frame.online == Some(false) {
+            let at = Instant::now();
+            self.arrived
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(at);
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.arrived.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The "offline" events owed when `killed` dies: every user there goes
+/// offline in each of their rooms, seen by every member with a session
+/// elsewhere (users in groups of `room_size` share `rooms_per_user`
+/// rooms, as `make_rooms` makes them; one session per user).
+fn offline_events_expected(
+    server_of: &[Option<String>],
+    killed: &str,
+    room_size: usize,
+    rooms_per_user: usize,
+) -> usize {
+    server_of
+        .chunks(room_size.max(1))
+        .map(|group| {
+            let dead = group
+                .iter()
+                .filter(|s| s.as_deref() == Some(killed))
+                .count();
+            let live = group
+                .iter()
+                .filter(|s| s.is_some() && s.as_deref() != Some(killed))
+                .count();
+            dead * live * rooms_per_user
+        })
+        .sum()
+}
+
+/// SIGKILLs the chat server `id` and waits (at most 30 s) until
+/// `expected` offline events arrived; reports when they did, from the kill.
+async fn kill_and_wait_for_offline(
+    id: &str,
+    pids: &[u32],
+    expected: usize,
+    offline: &OfflineEvents,
+) -> Result<serde_json::Value> {
+    let pid = pids
+        .iter()
+        .copied()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| anyhow::anyhow!("no --server-pid runs chat server {id}"))?;
+    let before = offline.count();
+    let killed_at = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -KILL {pid} failed");
+    }
+    let limit = Duration::from_secs(30);
+    while offline.count() - before < expected && killed_at.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived: Vec<Instant> =
+        offline.arrived.lock().unwrap_or_else(|e| e.into_inner())[before..].to_vec();
+    let mut delays = new_histogram();
+    for at in &arrived {
+        let _ = delays.record((at.duration_since(killed_at).as_micros() as u64).max(1));
+    }
+    let delays = Summary::of(&delays);
+    println!(
+        "  killed {id} (pid {pid}): {} of {expected} offline events arrived; ms after the kill: {}",
+        arrived.len(),
+        delays.line_ms()
+    );
+    Ok(serde_json::json!({
+        "server_id": id,
+        "offline_expected": expected,
+        "offline_arrived": arrived.len(),
+        "offline_delay_us": delays,
+    }))
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use chat_protocol::ServerFrame;
-use chat_store::{MarkedRead, OnlineSession, PresenceChange, Store};
+use chat_store::{MarkedRead, OnlineSession, PresenceChange, Store, WentOffline};
 
 use crate::router::{MessageRouter, Recipients};
 
@@ -29,6 +29,10 @@ pub struct FanoutLimits {
 /// presence events may be left out above 1,000.
 const READ_RECEIPTS_MAX_MEMBERS: u64 = 100;
 const PRESENCE_MAX_ROOM_MEMBERS: u64 = 1000;
+/// Users reaped with a dead server announced at once (each in all their
+/// rooms at once; reads the reap left out wait for a turn of
+/// `PRESENCE_READS_IN_FLIGHT`).
+const REAPED_ANNOUNCED_AT_ONCE: usize = 64;
 
 impl Default for FanoutLimits {
     fn default() -> Self {
@@ -120,6 +124,27 @@ impl MessageRouter {
             .sum()
     }
 
+    /// Announces the users reaped with a dead server (`Store::reap_*`):
+    /// a server's users go offline together, so several are announced at
+    /// once (one after another, thousands took seconds past the 5 s the
+    /// contract gives); their audiences mostly come with the reap.
+    pub async fn announce_reaped(&self, reaped: &[WentOffline]) -> usize {
+        use futures_util::StreamExt;
+        // The futures made first (they do nothing until polled): mapped
+        // inside the stream, the spawned reaper's future is not `Send` for
+        // every lifetime (a known limit of the compiler with closures over
+        // borrows).
+        let announcing: Vec<_> = reaped
+            .iter()
+            .map(|gone| self.announce_presence_to(&gone.change, &gone.presence_audiences))
+            .collect();
+        let sent: Vec<usize> = futures_util::stream::iter(announcing)
+            .buffer_unordered(REAPED_ANNOUNCED_AT_ONCE)
+            .collect()
+            .await;
+        sent.into_iter().sum()
+    }
+
     /// A room's presence audience, read once one of the
     /// [`crate::router::PRESENCE_READS_IN_FLIGHT`] turns is free.
     async fn read_audience(
@@ -172,11 +197,10 @@ pub fn spawn_presence_reaper(
                     Err(e) => tracing::debug!(error = %e, "expiring registrations failed"),
                 }
             }
-            match store.reap_dead_servers().await {
-                Ok(changes) => {
-                    for change in &changes {
-                        router.announce_presence(change).await;
-                    }
+            let presence_max = router.fanout_limits().presence_max_room_members;
+            match store.reap_dead_servers(presence_max).await {
+                Ok(reaped) => {
+                    router.announce_reaped(&reaped).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "reaping dead chat servers failed"),
             }

@@ -768,7 +768,7 @@ pub async fn appends_see_every_change_to_the_presence_index(store: SharedStore) 
         routed().await,
         sorted(vec![online(&bob, "s3", &b), online(&alice, "s4", &a)])
     );
-    store.reap_server(&a).await.unwrap();
+    store.reap_server(&a, 10).await.unwrap();
     assert_eq!(routed().await, vec![online(&bob, "s3", &b)]);
     store.remove_session(&bob, "s3").await.unwrap();
     assert!(routed().await.is_empty());
@@ -910,19 +910,16 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
         .add_session(&bob, &loc("s4", &b), 60_000)
         .await
         .unwrap();
-    assert!(store.reap_server(&a).await.unwrap().is_empty());
-    let reaped = store.reap_server(&b).await.unwrap();
+    assert!(store.reap_server(&a, 10).await.unwrap().is_empty());
+    let reaped = store.reap_server(&b, 10).await.unwrap();
     assert_eq!(reaped.len(), 1);
+    let change = &reaped[0].change;
     assert_eq!(
-        (
-            reaped[0].user.as_str(),
-            reaped[0].online,
-            reaped[0].rooms.clone()
-        ),
+        (change.user.as_str(), change.online, change.rooms.clone()),
         (bob.as_str(), false, vec![room.clone()])
     );
     assert!(
-        store.reap_server(&b).await.unwrap().is_empty(),
+        store.reap_server(&b, 10).await.unwrap().is_empty(),
         "exactly once"
     );
     assert!(!store
@@ -1103,8 +1100,8 @@ pub async fn presence_audiences_come_with_the_last_session(store: SharedStore) -
 /// test binary of its own (it would reap the fake servers of the scenarios
 /// running beside it).
 pub async fn dead_servers_are_reaped_once(store: SharedStore) {
-    let (alice, bob) = (user("alice"), user("bob"));
-    let room = room_with(&*store, &alice, &[&bob]).await;
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let room = room_with(&*store, &alice, &[&bob, &carol]).await;
     let (live, dead) = (new_id("srv-live-"), new_id("srv-dead-"));
     store.put_server(&health(&live, 0), 60_000).await.unwrap();
     store.put_server(&health(&dead, 0), 60_000).await.unwrap();
@@ -1112,10 +1109,12 @@ pub async fn dead_servers_are_reaped_once(store: SharedStore) {
         .add_session(&alice, &loc("s1", &live), 60_000)
         .await
         .unwrap();
-    store
-        .add_session(&bob, &loc("s2", &dead), 60_000)
-        .await
-        .unwrap();
+    for (who, session) in [(&bob, "s2"), (&carol, "s3")] {
+        store
+            .add_session(who, &loc(session, &dead), 60_000)
+            .await
+            .unwrap();
+    }
     // More users than one reaping step takes (the Redis store's
     // `REAP_CONCURRENCY`), in no room.
     let crowd: Vec<String> = (0..250).map(|i| user(&format!("crowd{i}"))).collect();
@@ -1126,19 +1125,34 @@ pub async fn dead_servers_are_reaped_once(store: SharedStore) {
             .unwrap();
     }
     assert!(
-        store.reap_dead_servers().await.unwrap().is_empty(),
+        store.reap_dead_servers(10).await.unwrap().is_empty(),
         "both report health"
     );
     store.remove_server(&dead).await.unwrap();
-    let reaped = store.reap_dead_servers().await.unwrap();
-    assert_eq!(reaped.len(), 1 + crowd.len());
-    assert!(reaped.iter().all(|change| !change.online));
-    let of_bob = reaped.iter().find(|change| change.user == bob).unwrap();
-    assert_eq!(of_bob.rooms, vec![room.clone()]);
-    let users: HashSet<&String> = reaped.iter().map(|change| &change.user).collect();
+    let reaped = store.reap_dead_servers(10).await.unwrap();
+    assert_eq!(reaped.len(), 2 + crowd.len());
+    assert!(reaped.iter().all(|gone| !gone.change.online));
+    let users: HashSet<&String> = reaped.iter().map(|gone| &gone.change.user).collect();
     assert!(crowd.iter().all(|member| users.contains(member)));
+    // Bob and carol left the room's index in separate steps: whichever
+    // went first, the audience read with it has only the live session.
+    for member in [&bob, &carol] {
+        let gone = reaped
+            .iter()
+            .find(|gone| &gone.change.user == member)
+            .unwrap();
+        assert_eq!(gone.change.rooms, vec![room.clone()]);
+        for (in_room, audience) in &gone.presence_audiences {
+            assert_eq!(in_room, &room);
+            assert_eq!(
+                audience,
+                &Some(vec![online(&alice, "s1", &live)]),
+                "{member}"
+            );
+        }
+    }
     assert!(
-        store.reap_dead_servers().await.unwrap().is_empty(),
+        store.reap_dead_servers(10).await.unwrap().is_empty(),
         "exactly once"
     );
     let found = store

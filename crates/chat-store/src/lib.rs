@@ -163,6 +163,16 @@ pub struct WentOffline {
     pub presence_audiences: Vec<(String, Option<Vec<OnlineSession>>)>,
 }
 
+impl WentOffline {
+    /// The transition without audiences: the announcer reads them all.
+    pub fn unread(change: PresenceChange) -> Self {
+        WentOffline {
+            change,
+            presence_audiences: Vec::new(),
+        }
+    }
+}
+
 /// The result of an append: the stored message, whether it was already
 /// stored under the same `(from, client_msg_id)` (then nothing was written),
 /// and the room's online sessions read in the same atomic step, so that the
@@ -410,19 +420,24 @@ pub trait Store: Send + Sync + 'static {
         Ok(self
             .remove_session(user, session)
             .await?
-            .map(|change| WentOffline {
-                change,
-                presence_audiences: Vec::new(),
-            }))
+            .map(WentOffline::unread))
     }
     /// Removes the sessions of every chat server that hosted sessions and
     /// has no unexpired health record any more (it died, or is cut off):
     /// returns the users that went offline through it. Safe to run from
     /// every process at once: each transition is returned exactly once.
-    async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>>;
+    /// As with [`Store::remove_session_announced`], a store may read each
+    /// room's presence audience (rooms of at most `presence_max_members`)
+    /// in the step that takes the sessions out of its index, leaving out
+    /// the reaped server's own sessions.
+    async fn reap_dead_servers(&self, presence_max_members: u64) -> StoreResult<Vec<WentOffline>>;
     /// The same for one server regardless of its health: a chat server
     /// reaps the sessions its previous incarnation (same id) left behind.
-    async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>>;
+    async fn reap_server(
+        &self,
+        server_id: &str,
+        presence_max_members: u64,
+    ) -> StoreResult<Vec<WentOffline>>;
     /// Who should see a presence event in `room`: its presence index, or
     /// `None` when the room has more than `max_members` members.
     async fn presence_audience(

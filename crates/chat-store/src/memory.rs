@@ -15,7 +15,7 @@ use chat_protocol::{now_ms, Message};
 use crate::{
     Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange, RoomView,
     ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig, StoreError,
-    StoreResult,
+    StoreResult, WentOffline,
 };
 
 #[derive(Default)]
@@ -685,7 +685,7 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
+    async fn reap_dead_servers(&self, _presence_max_members: u64) -> StoreResult<Vec<WentOffline>> {
         let now = now_ms();
         let mut st = self.lock();
         let mut dead: Vec<String> = st
@@ -699,11 +699,20 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         dead.sort();
-        Ok(dead.iter().flat_map(|id| st.reap_server(id, now)).collect())
+        Ok(dead
+            .iter()
+            .flat_map(|id| st.reap_server(id, now))
+            .map(WentOffline::unread)
+            .collect())
     }
 
-    async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>> {
-        Ok(self.lock().reap_server(server_id, now_ms()))
+    async fn reap_server(
+        &self,
+        server_id: &str,
+        _presence_max_members: u64,
+    ) -> StoreResult<Vec<WentOffline>> {
+        let reaped = self.lock().reap_server(server_id, now_ms());
+        Ok(reaped.into_iter().map(WentOffline::unread).collect())
     }
 
     async fn presence_audience(

@@ -1116,7 +1116,17 @@ impl RedisStore {
 
     /// Reaps one chat server's sessions: each user's step is atomic on the
     /// user's slot, so concurrent reapers report each transition once.
-    async fn reap(&self, server_id: &str, force: bool) -> StoreResult<Vec<PresenceChange>> {
+    /// Each user that went offline comes with the rooms' presence
+    /// audiences (rooms of at most `audience_max` members), read as the
+    /// sessions leave each room's index, without the reaped server's
+    /// sessions (those of its other users may not have left yet).
+    async fn reap(
+        &self,
+        server_id: &str,
+        force: bool,
+        audience_max: u64,
+    ) -> StoreResult<Vec<WentOffline>> {
+        let started = std::time::Instant::now();
         // The server's own set, and the registry's from before it moved
         // (a server of the previous release, or this one's previous run).
         let (mut conn_own, mut conn_legacy) = (self.conn()?, self.conn()?);
@@ -1130,7 +1140,7 @@ impl RedisStore {
         users.sort();
         users.dedup();
         // A server's users can be tens of thousands: `in_steps`.
-        let reaped: Vec<Option<PresenceChange>> = in_steps(&users, |user| async move {
+        let reaped: Vec<Option<WentOffline>> = in_steps(&users, |user| async move {
             let reply: Vec<String> = self
                 .reap_user
                 .key(keys::user_sessions(user))
@@ -1152,12 +1162,28 @@ impl RedisStore {
             let sessions = &rest[1..];
             // The dead server's sessions leave the rooms' indexes too, so
             // routing stops sending there (it comes back by re-announcing).
-            try_join_all(rooms.iter().map(|room| self.forget_online(room, sessions))).await?;
-            Ok::<_, StoreError>((head[0] == "1").then(|| PresenceChange {
-                user: user.clone(),
-                online: false,
-                ts,
-                rooms: sorted(rooms),
+            let offline = head[0] == "1";
+            let audience_max = Some(audience_max).filter(|_| offline);
+            let audiences = try_join_all(
+                rooms
+                    .iter()
+                    .map(|room| self.forget_online_with(room, sessions, audience_max)),
+            )
+            .await?;
+            if !offline {
+                return Ok(None);
+            }
+            let presence_audiences = sorted_audiences(&rooms, audiences, |online| {
+                online.retain(|s| s.server_id != server_id)
+            });
+            Ok::<_, StoreError>(Some(WentOffline {
+                change: PresenceChange {
+                    user: user.clone(),
+                    online: false,
+                    ts,
+                    rooms: sorted(rooms),
+                },
+                presence_audiences,
             }))
         })
         .await?;
@@ -1195,6 +1221,7 @@ impl RedisStore {
             tracing::info!(
                 server_id,
                 users = users.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
                 "reaped the sessions of a dead chat server"
             );
         }
@@ -1240,12 +1267,7 @@ impl RedisStore {
         if !offline {
             return Ok(None);
         }
-        let mut presence_audiences: Vec<(String, Audience)> = rooms
-            .iter()
-            .zip(audiences)
-            .filter_map(|(room, audience)| Some((room.clone(), audience?)))
-            .collect();
-        presence_audiences.sort_by(|a, b| a.0.cmp(&b.0));
+        let presence_audiences = sorted_audiences(&rooms, audiences, |_| {});
         Ok(Some(WentOffline {
             change: PresenceChange {
                 user: user.to_owned(),
@@ -1404,6 +1426,29 @@ fn split_presence_reply(
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| StoreError::Corrupt("presence reply without a time".into()))?;
     Ok((reply, ts, rooms))
+}
+
+/// The audiences read with a session's forgets (`forget_online_with`),
+/// paired with their rooms and sorted by room, as `WentOffline` holds
+/// them; `keep` trims each audience read.
+fn sorted_audiences(
+    rooms: &[String],
+    audiences: Vec<Option<Audience>>,
+    keep: impl Fn(&mut Vec<OnlineSession>),
+) -> Vec<(String, Audience)> {
+    let mut paired: Vec<(String, Audience)> = rooms
+        .iter()
+        .zip(audiences)
+        .filter_map(|(room, audience)| {
+            let mut audience = audience?;
+            if let Some(online) = &mut audience {
+                keep(online);
+            }
+            Some((room.clone(), audience))
+        })
+        .collect();
+    paired.sort_by(|a, b| a.0.cmp(&b.0));
+    paired
 }
 
 fn sorted(mut rooms: Vec<String>) -> Vec<String> {
@@ -2154,7 +2199,7 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn reap_dead_servers(&self) -> StoreResult<Vec<PresenceChange>> {
+    async fn reap_dead_servers(&self, presence_max_members: u64) -> StoreResult<Vec<WentOffline>> {
         let mut conn = self.conn()?;
         let hosts: Vec<String> = conn
             .smembers(keys::REGISTRY_HOSTS)
@@ -2168,12 +2213,16 @@ impl Store for RedisStore {
             .iter()
             .zip(seen)
             .filter(|(_, seen)| !seen)
-            .map(|(id, _)| self.reap(id, false));
+            .map(|(id, _)| self.reap(id, false, presence_max_members));
         Ok(try_join_all(dead).await?.into_iter().flatten().collect())
     }
 
-    async fn reap_server(&self, server_id: &str) -> StoreResult<Vec<PresenceChange>> {
-        self.reap(server_id, true).await
+    async fn reap_server(
+        &self,
+        server_id: &str,
+        presence_max_members: u64,
+    ) -> StoreResult<Vec<WentOffline>> {
+        self.reap(server_id, true, presence_max_members).await
     }
 
     async fn presence_audience(

@@ -378,7 +378,13 @@ mod legacy_registry {
         // (`reap_server`, not `reap_dead_servers`: that would reap the
         // servers of the tests running beside this one.)
         store.remove_server(&server).await.unwrap();
-        let mut reaped = store.reap_server(&server).await.unwrap();
+        let mut reaped: Vec<_> = store
+            .reap_server(&server, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|gone| gone.change)
+            .collect();
         reaped.sort_by(|a, b| a.user.cmp(&b.user));
         let users: Vec<(&str, bool)> = reaped.iter().map(|c| (c.user.as_str(), c.online)).collect();
         let mut expected = vec![(new_user.as_str(), false), (old_user.as_str(), false)];
