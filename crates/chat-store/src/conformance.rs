@@ -1134,8 +1134,8 @@ pub async fn dead_servers_are_reaped_once(store: SharedStore) {
     assert!(reaped.iter().all(|gone| !gone.change.online));
     let users: HashSet<&String> = reaped.iter().map(|gone| &gone.change.user).collect();
     assert!(crowd.iter().all(|member| users.contains(member)));
-    // Bob and carol left the room's index in separate steps: whichever
-    // went first, the audience read with it has only the live session.
+    // Bob and carol both left: the audience read with them (if the store
+    // reads it) has only the live session.
     for member in [&bob, &carol] {
         let gone = reaped
             .iter()

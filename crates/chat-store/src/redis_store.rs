@@ -6,7 +6,7 @@
 //! exists with its seq or not at all. Independent reads are issued
 //! concurrently on the multiplexed cluster connection, which pipelines them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -1140,7 +1140,7 @@ impl RedisStore {
         users.sort();
         users.dedup();
         // A server's users can be tens of thousands: `in_steps`.
-        let reaped: Vec<Option<WentOffline>> = in_steps(&users, |user| async move {
+        let dropped: Vec<Option<ReapedUser>> = in_steps(&users, |user| async move {
             let reply: Vec<String> = self
                 .reap_user
                 .key(keys::user_sessions(user))
@@ -1159,39 +1159,74 @@ impl RedisStore {
                 .filter(|n| rest.len() > *n)
                 .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
             let rooms = rest.split_off(count + 1);
-            let sessions = &rest[1..];
-            // The dead server's sessions leave the rooms' indexes too, so
-            // routing stops sending there (it comes back by re-announcing).
-            let offline = head[0] == "1";
-            let audience_max = Some(audience_max).filter(|_| offline);
-            let audiences = try_join_all(
-                rooms
-                    .iter()
-                    .map(|room| self.forget_online_with(room, sessions, audience_max)),
-            )
-            .await?;
-            if !offline {
-                return Ok(None);
-            }
-            let presence_audiences = sorted_audiences(&rooms, audiences, |online| {
-                online.retain(|s| s.server_id != server_id)
-            });
-            Ok::<_, StoreError>(Some(WentOffline {
-                change: PresenceChange {
-                    user: user.clone(),
-                    online: false,
-                    ts,
-                    rooms: sorted(rooms),
-                },
-                presence_audiences,
+            rest.remove(0);
+            Ok::<_, StoreError>(Some(ReapedUser {
+                user: user.clone(),
+                offline: head[0] == "1",
+                ts,
+                sessions: rest,
+                rooms: sorted(rooms),
             }))
         })
         .await?;
+        let dropped: Vec<ReapedUser> = dropped.into_iter().flatten().collect();
+        // The dead server's sessions leave the rooms' indexes too, so
+        // routing stops sending there (it comes back by re-announcing):
+        // one forget per room for all its reaped users (a server's users
+        // share rooms), which reads the audience once for all of their
+        // offline events.
+        let mut by_room: BTreeMap<&str, (Vec<String>, bool)> = BTreeMap::new();
+        for reaped in &dropped {
+            for room in &reaped.rooms {
+                let (sessions, audience) = by_room.entry(room).or_default();
+                sessions.extend(reaped.sessions.iter().cloned());
+                *audience |= reaped.offline;
+            }
+        }
+        let by_room: Vec<(&str, (Vec<String>, bool))> = by_room.into_iter().collect();
+        let audiences = in_steps(&by_room, |(room, (sessions, audience))| {
+            let audience_max = Some(audience_max).filter(|_| *audience);
+            self.forget_online_with(room, sessions, audience_max)
+        })
+        .await?;
+        let audiences: HashMap<&str, Audience> = by_room
+            .iter()
+            .zip(audiences)
+            .filter_map(|((room, _), audience)| {
+                let mut audience = audience?;
+                // Only its other users' sessions may still be there, and
+                // they are gone: no event for them.
+                if let Some(online) = &mut audience {
+                    online.retain(|s| s.server_id != server_id);
+                }
+                Some((*room, audience))
+            })
+            .collect();
+        let reaped: Vec<WentOffline> = dropped
+            .iter()
+            .filter(|reaped| reaped.offline)
+            .map(|reaped| {
+                let presence_audiences = reaped
+                    .rooms
+                    .iter()
+                    .filter_map(|room| Some((room.clone(), audiences.get(room.as_str())?.clone())))
+                    .collect();
+                WentOffline {
+                    change: PresenceChange {
+                        user: reaped.user.clone(),
+                        online: false,
+                        ts: reaped.ts,
+                        rooms: reaped.rooms.clone(),
+                    },
+                    presence_audiences,
+                }
+            })
+            .collect();
         // A server that reported health again meanwhile was only cut off:
         // its sets stay (the registry's script checks again, atomically
         // with `hosts`; the server rejoins `hosts` with its next health).
         if !force && have_health_records(&mut self.conn()?, &[server_id.to_owned()]).await?[0] {
-            return Ok(reaped.into_iter().flatten().collect());
+            return Ok(reaped);
         }
         let mut own = self.unhost_own.prepare_invoke();
         own.key(keys::server_hosted(server_id));
@@ -1225,7 +1260,7 @@ impl RedisStore {
                 "reaped the sessions of a dead chat server"
             );
         }
-        Ok(reaped.into_iter().flatten().collect())
+        Ok(reaped)
     }
 
     /// `remove_session`; with `audience_max`, the rooms' presence
@@ -1267,7 +1302,7 @@ impl RedisStore {
         if !offline {
             return Ok(None);
         }
-        let presence_audiences = sorted_audiences(&rooms, audiences, |_| {});
+        let presence_audiences = sorted_audiences(&rooms, audiences);
         Ok(Some(WentOffline {
             change: PresenceChange {
                 user: user.to_owned(),
@@ -1430,25 +1465,27 @@ fn split_presence_reply(
 
 /// The audiences read with a session's forgets (`forget_online_with`),
 /// paired with their rooms and sorted by room, as `WentOffline` holds
-/// them; `keep` trims each audience read.
-fn sorted_audiences(
-    rooms: &[String],
-    audiences: Vec<Option<Audience>>,
-    keep: impl Fn(&mut Vec<OnlineSession>),
-) -> Vec<(String, Audience)> {
+/// them.
+fn sorted_audiences(rooms: &[String], audiences: Vec<Option<Audience>>) -> Vec<(String, Audience)> {
     let mut paired: Vec<(String, Audience)> = rooms
         .iter()
         .zip(audiences)
-        .filter_map(|(room, audience)| {
-            let mut audience = audience?;
-            if let Some(online) = &mut audience {
-                keep(online);
-            }
-            Some((room.clone(), audience))
-        })
+        .filter_map(|(room, audience)| Some((room.clone(), audience?)))
         .collect();
     paired.sort_by(|a, b| a.0.cmp(&b.0));
     paired
+}
+
+/// One user's sessions on a reaped server, dropped from the user's record
+/// (`reap_user_lua`), before they leave the rooms' indexes.
+struct ReapedUser {
+    user: String,
+    /// That left the user without a session.
+    offline: bool,
+    ts: u64,
+    sessions: Vec<String>,
+    /// Sorted.
+    rooms: Vec<String>,
 }
 
 fn sorted(mut rooms: Vec<String>) -> Vec<String> {

@@ -399,3 +399,63 @@ mod legacy_registry {
         assert!(!hosts, "a server that hosts nobody leaves `hosts`");
     }
 }
+
+/// Two processes reap a dead server at once, each taking some of its
+/// users: a room's index may still hold the dead sessions of users the
+/// other reaper took. The audiences read with this reaper's forgets leave
+/// them out (no offline event is owed to a dead session).
+mod concurrent_reapers {
+    use chat_store::{keys, OnlineSession, SessionLocation, StoreConfig};
+    use redis::AsyncCommands;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audiences_read_with_a_reap_leave_out_the_dead_servers_sessions() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let user = |name: &str| chat_protocol::ids::new_id(&format!("{name}-"));
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let room = chat_store::conformance::room_with(&*store, &alice, &[&bob, &carol]).await;
+        let (live, dead) = (
+            chat_protocol::ids::new_id("srv-live-"),
+            chat_protocol::ids::new_id("srv-dead-"),
+        );
+        let at = |session: &str, server: &str| SessionLocation {
+            session: session.into(),
+            server_id: server.into(),
+        };
+        for (who, session, server) in [
+            (&alice, "s1", &live),
+            (&bob, "s2", &dead),
+            (&carol, "s3", &dead),
+        ] {
+            store
+                .add_session(who, &at(session, server), 60_000)
+                .await
+                .unwrap();
+        }
+        // The other reaper took carol: her record and hosted entry are
+        // gone, her session not yet out of the room's index.
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let _: () = conn.hdel(keys::user_sessions(&carol), "s3").await.unwrap();
+        let _: () = conn.srem(keys::server_hosted(&dead), &carol).await.unwrap();
+
+        let reaped = store.reap_server(&dead, 10).await.unwrap();
+        assert_eq!(reaped.len(), 1, "bob only");
+        assert_eq!(reaped[0].change.user, bob);
+        let alice_only = Some(vec![OnlineSession {
+            user: alice.clone(),
+            session: "s1".into(),
+            server_id: live.clone(),
+        }]);
+        assert_eq!(
+            reaped[0].presence_audiences,
+            vec![(room.clone(), alice_only)]
+        );
+        store.remove_session(&alice, "s1").await.unwrap();
+    }
+}
