@@ -71,6 +71,18 @@ const ANNOUNCE_ROOMS_LUA: &str = concat!(
     include_str!("lua/announce_rooms.lua"),
 );
 
+/// `lua/forget_rooms.lua`: see its header.
+const FORGET_ROOMS_LUA: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    include_str!("lua/presence_audience.lua"),
+    include_str!("lua/forget_rooms.lua"),
+);
+
+/// Rooms a reap forgets in one step, grouped by master: about 100 per
+/// master's script with three masters, a millisecond or two of the
+/// node's time, so a reap does not hold a node for long.
+const FORGET_ROOMS_STEP: usize = 300;
+
 /// Fewest of a user's rooms on one master announced with one script
 /// there; fewer go one announce per room. Measured on connects (A/B,
 /// docs/benchmarks.md, "A connect's rooms with one script per master"):
@@ -434,7 +446,7 @@ impl PerMaster {
         rooms: &[R],
         min_rooms: usize,
         script: impl Fn() -> redis::Cmd,
-        mut add_room: impl FnMut(&mut redis::Cmd, &str),
+        mut add_room: impl FnMut(&mut redis::Cmd, &R),
     ) -> Self {
         let mut by_master: HashMap<Node, Vec<usize>> = HashMap::new();
         let mut alone = Vec::new();
@@ -457,7 +469,7 @@ impl PerMaster {
             }
             let mut cmd = script();
             for i in &at {
-                add_room(&mut cmd, rooms[*i].as_ref());
+                add_room(&mut cmd, &rooms[*i]);
             }
             scripts.insert(master, (at, cmd));
         }
@@ -493,6 +505,7 @@ impl MasterScript {
 
 static LATEST_SEQS: MasterScript = MasterScript::new(LATEST_SEQS_LUA);
 static ANNOUNCE_ROOMS: MasterScript = MasterScript::new(ANNOUNCE_ROOMS_LUA);
+static FORGET_ROOMS: MasterScript = MasterScript::new(FORGET_ROOMS_LUA);
 
 /// Runs `call` (`script`'s) at `master`, by address: no redirect is
 /// followed, so a key the node does not serve fails the script there. A
@@ -603,19 +616,6 @@ fn add_announced_room(script: &mut redis::Cmd, room: &str) {
         .arg(keys::room_online(room))
         .arg(keys::room_seq(room))
         .arg(keys::room_online_version(room));
-}
-
-/// Runs an [`announce_rooms_script`] of `count` rooms at `master`.
-async fn announce_at_master(
-    master: &Node,
-    script: redis::Cmd,
-    count: usize,
-    cluster: &ClusterConnection,
-) -> StoreResult<Vec<Announced>> {
-    let reply = run_at_master(master, &ANNOUNCE_ROOMS, script, cluster).await;
-    let fields = redis::from_redis_value::<Vec<String>>(reply.map_err(unavailable)?)
-        .map_err(|e| StoreError::Corrupt(format!("announce reply: {e}")))?;
-    decode_announced(fields, count)
 }
 
 /// `lua/announce_rooms.lua`'s reply for `count` rooms.
@@ -1072,46 +1072,79 @@ impl RedisStore {
         let owners = self.slots.owners(&cluster);
         let version = new_online_version();
         let max = audience_max.map(|m| m.to_string()).unwrap_or_default();
-        let PerMaster {
-            scripts,
-            alone: mut one_by_one,
-        } = PerMaster::new(
+        let per_master = PerMaster::new(
             &owners,
             rooms,
             ANNOUNCE_SCRIPT_MIN_ROOMS,
             || announce_rooms_script(user, &version, &max, sessions),
-            add_announced_room,
+            |script, room| add_announced_room(script, room),
         );
-        let mut announced: Vec<Announced> = vec![None; rooms.len()];
-        let scripts = scripts.into_iter().map(|(master, (at, script))| {
-            let cluster = &cluster;
+        self.run_per_master(
+            &cluster,
+            per_master,
+            rooms.len(),
+            &ANNOUNCE_ROOMS,
+            |fields, at| decode_announced(fields, at.len()),
+            |i| self.announce(&rooms[i], user, sessions, audience_max),
+        )
+        .await
+    }
+
+    /// Runs `per_master`'s scripts (`script`, each reply decoded for the
+    /// positions it covers), and `one(i)` for the rooms left alone and for
+    /// those of a master whose script failed (the per-master scripts write
+    /// only what running them again, or their per-room version, writes
+    /// the same): the answers of `count` rooms in their order.
+    async fn run_per_master<T, One, Fut>(
+        &self,
+        cluster: &ClusterConnection,
+        per_master: PerMaster,
+        count: usize,
+        script: &MasterScript,
+        decode: impl Fn(Vec<String>, &[usize]) -> StoreResult<Vec<T>>,
+        one: One,
+    ) -> StoreResult<Vec<T>>
+    where
+        T: Default,
+        One: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let PerMaster {
+            scripts,
+            alone: mut one_by_one,
+        } = per_master;
+        let mut answers: Vec<T> = std::iter::repeat_with(T::default).take(count).collect();
+        let scripts = scripts.into_iter().map(|(master, (at, call))| {
+            let decode = &decode;
             async move {
-                let decoded = announce_at_master(&master, script, at.len(), cluster).await;
+                let reply = run_at_master(&master, script, call, cluster).await;
+                let decoded = reply.map_err(unavailable).and_then(|reply| {
+                    let fields = redis::from_redis_value::<Vec<String>>(reply)
+                        .map_err(|e| StoreError::Corrupt(format!("per-master reply: {e}")))?;
+                    decode(fields, &at)
+                });
                 (master, at, decoded)
             }
         });
         for (master, at, decoded) in join_all(scripts).await {
             match decoded {
-                Ok(answers) => {
-                    for (i, answer) in at.into_iter().zip(answers) {
-                        announced[i] = answer;
+                Ok(decoded) => {
+                    for (i, answer) in at.into_iter().zip(decoded) {
+                        answers[i] = answer;
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, ?master, "announce: one room at a time");
-                    self.slots.refresh(&cluster);
+                    tracing::debug!(error = %e, ?master, "per-master script failed: one room at a time");
+                    self.slots.refresh(cluster);
                     one_by_one.extend(at);
                 }
             }
         }
-        let alone = in_steps(&one_by_one, |i| {
-            self.announce(&rooms[*i], user, sessions, audience_max)
-        })
-        .await?;
+        let alone = in_steps(&one_by_one, |i| one(*i)).await?;
         for (i, answer) in one_by_one.into_iter().zip(alone) {
-            announced[i] = answer;
+            answers[i] = answer;
         }
-        Ok(announced)
+        Ok(answers)
     }
 
     /// Reaps one chat server's sessions: each user's step is atomic on the
@@ -1175,33 +1208,32 @@ impl RedisStore {
         // one forget per room for all its reaped users (a server's users
         // share rooms), which reads the audience once for all of their
         // offline events.
-        let mut by_room: BTreeMap<&str, (Vec<String>, bool)> = BTreeMap::new();
+        let mut by_room: BTreeMap<&str, RoomForget> = BTreeMap::new();
         for reaped in &dropped {
             for room in &reaped.rooms {
-                let (sessions, audience) = by_room.entry(room).or_default();
-                sessions.extend(reaped.sessions.iter().cloned());
-                *audience |= reaped.offline;
+                let forget = by_room.entry(room).or_default();
+                forget.room = room;
+                forget.sessions.extend(reaped.sessions.iter().cloned());
+                forget.audience |= reaped.offline;
             }
         }
-        let by_room: Vec<(&str, (Vec<String>, bool))> = by_room.into_iter().collect();
-        let audiences = in_steps(&by_room, |(room, (sessions, audience))| {
-            let audience_max = Some(audience_max).filter(|_| *audience);
-            self.forget_online_with(room, sessions, audience_max)
-        })
-        .await?;
-        let audiences: HashMap<&str, Audience> = by_room
-            .iter()
-            .zip(audiences)
-            .filter_map(|((room, _), audience)| {
-                let mut audience = audience?;
-                // Only its other users' sessions may still be there, and
-                // they are gone: no event for them.
+        let by_room: Vec<RoomForget> = by_room.into_values().collect();
+        let mut audiences: HashMap<&str, Audience> = HashMap::new();
+        for step in by_room.chunks(FORGET_ROOMS_STEP) {
+            let forgotten = self.forget_in_rooms(step, audience_max).await?;
+            for (forget, audience) in step.iter().zip(forgotten) {
+                let Some(mut audience) = audience else {
+                    continue;
+                };
+                // Only its other users' sessions may still be there
+                // (taken by another reaper), and they are gone: no event
+                // for them.
                 if let Some(online) = &mut audience {
                     online.retain(|s| s.server_id != server_id);
                 }
-                Some((*room, audience))
-            })
-            .collect();
+                audiences.insert(forget.room, audience);
+            }
+        }
         let reaped: Vec<WentOffline> = dropped
             .iter()
             .filter(|reaped| reaped.offline)
@@ -1261,6 +1293,44 @@ impl RedisStore {
             );
         }
         Ok(reaped)
+    }
+
+    /// Takes each room's `sessions` out of its presence index and reads
+    /// the audience left where wanted (rooms of at most `audience_max`
+    /// members): one `lua/forget_rooms.lua` per master holding several of
+    /// the rooms, one forget for each other room (and for a master's rooms
+    /// when its script failed: a forget is the same when run again).
+    async fn forget_in_rooms(
+        &self,
+        rooms: &[RoomForget<'_>],
+        audience_max: u64,
+    ) -> StoreResult<Vec<Option<Audience>>> {
+        let cluster = self.conn()?;
+        let owners = self.slots.owners(&cluster);
+        let per_master = PerMaster::new(
+            &owners,
+            rooms,
+            ANNOUNCE_SCRIPT_MIN_ROOMS,
+            || {
+                let mut script = FORGET_ROOMS.call();
+                script.arg(new_online_version()).arg(audience_max);
+                script
+            },
+            add_forgotten_room,
+        );
+        self.run_per_master(
+            &cluster,
+            per_master,
+            rooms.len(),
+            &FORGET_ROOMS,
+            |fields, at| decode_forgotten(fields, at.iter().map(|i| rooms[*i].audience)),
+            |i| {
+                let forget = &rooms[i];
+                let audience_max = Some(audience_max).filter(|_| forget.audience);
+                self.forget_online_with(forget.room, &forget.sessions, audience_max)
+            },
+        )
+        .await
     }
 
     /// `remove_session`; with `audience_max`, the rooms' presence
@@ -1474,6 +1544,65 @@ fn sorted_audiences(rooms: &[String], audiences: Vec<Option<Audience>>) -> Vec<(
         .collect();
     paired.sort_by(|a, b| a.0.cmp(&b.0));
     paired
+}
+
+/// A room's part in a reap: the reaped sessions that leave its presence
+/// index, and whether its audience is wanted (a user went offline).
+#[derive(Default)]
+struct RoomForget<'a> {
+    room: &'a str,
+    sessions: Vec<String>,
+    audience: bool,
+}
+
+impl AsRef<str> for RoomForget<'_> {
+    fn as_ref(&self) -> &str {
+        self.room
+    }
+}
+
+/// Adds a room to a `lua/forget_rooms.lua` call.
+fn add_forgotten_room(script: &mut redis::Cmd, forget: &RoomForget) {
+    script
+        .arg(keys::room_online(forget.room))
+        .arg(keys::room_online_version(forget.room))
+        .arg(keys::room_members(forget.room))
+        .arg(if forget.audience { "1" } else { "0" })
+        .arg(forget.sessions.len());
+    for session in &forget.sessions {
+        script.arg(session);
+    }
+}
+
+/// `lua/forget_rooms.lua`'s reply for rooms wanting audiences as in
+/// `wants`: each room's audience, `None` where none was wanted.
+fn decode_forgotten(
+    reply: Vec<String>,
+    wants: impl ExactSizeIterator<Item = bool>,
+) -> StoreResult<Vec<Option<Audience>>> {
+    let count = wants.len();
+    let corrupt = || StoreError::Corrupt(format!("forget reply for {count} rooms"));
+    let mut fields = reply.into_iter();
+    let mut forgotten = Vec::with_capacity(count);
+    for want in wants {
+        let len: usize = fields
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(corrupt)?;
+        let audience: Vec<String> = fields.by_ref().take(len).collect();
+        if audience.len() != len || want != (len > 0) {
+            return Err(corrupt());
+        }
+        forgotten.push(if want {
+            Some(decode_audience(audience)?)
+        } else {
+            None
+        });
+    }
+    match fields.next() {
+        Some(_) => Err(corrupt()),
+        None => Ok(forgotten),
+    }
 }
 
 /// One user's sessions on a reaped server, dropped from the user's record
@@ -2385,6 +2514,42 @@ mod tests {
     /// stale ones), with the per-master scripts loaded on every master (a
     /// node answers `NOSCRIPT` once otherwise: tested on its own); the
     /// store's cluster connection.
+    /// Runs an [`announce_rooms_script`] of `count` rooms at `master`.
+    async fn announce_at_master(
+        master: &Node,
+        script: redis::Cmd,
+        count: usize,
+        cluster: &ClusterConnection,
+    ) -> StoreResult<Vec<Announced>> {
+        let reply = run_at_master(master, &ANNOUNCE_ROOMS, script, cluster).await;
+        let fields = redis::from_redis_value::<Vec<String>>(reply.map_err(unavailable)?)
+            .map_err(|e| StoreError::Corrupt(format!("announce reply: {e}")))?;
+        decode_announced(fields, count)
+    }
+
+    /// Rooms of `creator` with `others`, at least 12, until every master
+    /// serves enough of them for a per-master script
+    /// (`ANNOUNCE_SCRIPT_MIN_ROOMS`); and those masters, sorted.
+    async fn rooms_on_every_master(
+        store: &RedisStore,
+        owners: &SlotOwners,
+        creator: &str,
+        others: &[&str],
+    ) -> (Vec<String>, Vec<Node>) {
+        let mut rooms = Vec::new();
+        let mut per_master: HashMap<Node, usize> = HashMap::new();
+        while rooms.len() < 12 || per_master.values().any(|n| *n < ANNOUNCE_SCRIPT_MIN_ROOMS) {
+            let room = crate::conformance::room_with(store, creator, others).await;
+            let master = owners.owner(key_slot(&keys::room_members(&room))).unwrap();
+            *per_master.entry(master.clone()).or_default() += 1;
+            rooms.push(room);
+        }
+        let mut masters: Vec<Node> = per_master.into_keys().collect();
+        masters.sort();
+        assert!(masters.len() > 1, "the rooms should span masters");
+        (rooms, masters)
+    }
+
     async fn read_slot_map(store: &RedisStore) -> ClusterConnection {
         let cluster = store.conn().unwrap();
         let slots: redis::Value = redis::cmd("CLUSTER")
@@ -2393,7 +2558,7 @@ mod tests {
             .await
             .unwrap();
         store.slots.set(&slots);
-        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS] {
+        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS, &FORGET_ROOMS] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.code);
             let everywhere = RoutingInfo::MultiNode((
@@ -2407,6 +2572,85 @@ mod tests {
                 .unwrap();
         }
         cluster
+    }
+
+    /// A reap's forgets go as one script per master with several of the
+    /// rooms: each room's reaped sessions leave its index and the audience
+    /// left is read where wanted, as one forget per room does; with a
+    /// stale slot map (every slot "at" one master) the other masters'
+    /// rooms go one by one, with the same answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reaps_forgets_go_per_master_and_one_by_one_when_the_map_is_stale() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let (alice, bob, carol) = (new_id("u_"), new_id("u_"), new_id("u_"));
+        let cluster = read_slot_map(&store).await;
+        let owners = store.slots.owners(&cluster);
+        let master_of = |room: &str| owners.owner(key_slot(&keys::room_members(room))).unwrap();
+        let (mut rooms, _) = rooms_on_every_master(&store, &owners, &alice, &[&bob, &carol]).await;
+        // One room over the audience cap (4 members, cap 3).
+        let dave = new_id("u_");
+        let big = crate::conformance::room_with(&store, &alice, &[&bob, &carol, &dave]).await;
+        rooms.push(big.clone());
+        let at = |session: &str, server: &str| SessionLocation {
+            session: session.into(),
+            server_id: server.into(),
+        };
+        let live = OnlineSession {
+            user: alice.clone(),
+            session: "s1".into(),
+            server_id: "srv-live".into(),
+        };
+        let index = |room: String| {
+            let mut cluster = cluster.clone();
+            async move {
+                let mut fields: Vec<String> =
+                    cluster.hkeys(keys::room_online(&room)).await.unwrap();
+                fields.sort();
+                fields
+            }
+        };
+        store
+            .add_session(&alice, &at("s1", "srv-live"), 60_000)
+            .await
+            .unwrap();
+        // Bob's and carol's sessions leave every room; two rooms in three
+        // want their audience.
+        fn forgets(rooms: &[String]) -> Vec<RoomForget<'_>> {
+            rooms
+                .iter()
+                .enumerate()
+                .map(|(i, room)| RoomForget {
+                    room,
+                    sessions: vec!["s2".into(), "s3".into()],
+                    audience: i % 3 != 1,
+                })
+                .collect()
+        }
+        for stale in [false, true] {
+            if stale {
+                let (host, port) = &**master_of(&rooms[0]);
+                store.slots.set(&all_slots_at(host, *port));
+            }
+            for (who, session) in [(&bob, "s2"), (&carol, "s3")] {
+                store
+                    .add_session(who, &at(session, "srv-dead"), 60_000)
+                    .await
+                    .unwrap();
+            }
+            let forgets = forgets(&rooms);
+            let forgotten = store.forget_in_rooms(&forgets, 3).await.unwrap();
+            for (forget, audience) in forgets.iter().zip(forgotten) {
+                let want = match (forget.audience, forget.room == big) {
+                    (false, _) => None,
+                    (true, true) => Some(None),
+                    (true, false) => Some(Some(vec![live.clone()])),
+                };
+                assert_eq!(audience, want, "{} (stale map: {stale})", forget.room);
+                assert_eq!(index(forget.room.to_owned()).await, vec!["s1".to_owned()]);
+            }
+        }
     }
 
     /// A master that has not seen a per-master script answers `NOSCRIPT`
@@ -2553,27 +2797,20 @@ mod tests {
         let (alice, bob) = (new_id("u_"), new_id("u_"));
         let cluster = read_slot_map(&store).await;
         let owners = store.slots.owners(&cluster);
-        let master_of = |room: &str| owners.owner(key_slot(&keys::room_members(room))).unwrap();
-        // Rooms until every master has enough for the script
-        // (ANNOUNCE_SCRIPT_MIN_ROOMS), some with messages.
+        // Some rooms with messages.
+        let (made, masters) = rooms_on_every_master(&store, &owners, &alice, &[&bob]).await;
         let mut rooms = Vec::new();
-        let mut per_master: HashMap<&Node, usize> = HashMap::new();
-        while rooms.len() < 12 || per_master.values().any(|n| *n < ANNOUNCE_SCRIPT_MIN_ROOMS) {
-            let room = crate::conformance::room_with(&store, &alice, &[&bob]).await;
-            let seq = rooms.len() as u64 % 3;
+        for (i, room) in made.into_iter().enumerate() {
+            let seq = i as u64 % 3;
             for _ in 0..seq {
                 let message = crate::conformance::msg(&room, &alice, "hi", None);
                 store.append(message).await.unwrap();
             }
-            *per_master.entry(master_of(&room)).or_default() += 1;
             rooms.push((room, Some(seq)));
         }
         let elsewhere = crate::conformance::room_with(&store, &bob, &[]).await;
         rooms.insert(4, (elsewhere, None));
         let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
-        let mut masters: Vec<&Node> = per_master.into_keys().collect();
-        masters.sort();
-        assert!(masters.len() > 1, "the rooms should span masters");
 
         let session = (new_id("s_"), "srv-a".to_owned());
         let own = OnlineSession {
@@ -2605,9 +2842,7 @@ mod tests {
         // Per master, one script.
         for master in &masters {
             let here: Vec<usize> = (0..names.len())
-                .filter(|i| {
-                    owners.owner(key_slot(&keys::room_members(&names[*i]))) == Some(*master)
-                })
+                .filter(|i| owners.owner(key_slot(&keys::room_members(&names[*i]))) == Some(master))
                 .collect();
             let mut script = announce_rooms_script(&alice, "v1", "", &sessions);
             for i in &here {
@@ -2622,7 +2857,7 @@ mod tests {
             // A room another master serves fails the script before it
             // writes anything.
             let other = (0..names.len())
-                .find(|i| owners.owner(key_slot(&keys::room_members(&names[*i]))) != Some(*master))
+                .find(|i| owners.owner(key_slot(&keys::room_members(&names[*i]))) != Some(master))
                 .unwrap();
             let stranger = new_id("s_");
             let mut script =
@@ -2660,7 +2895,7 @@ mod tests {
 
         // Every slot "served" by one master: the others' rooms are
         // announced one by one, with the same answers.
-        let (host, port) = &**masters[0];
+        let (host, port) = &*masters[0];
         store.slots.set(&all_slots_at(host, *port));
         assert_eq!(
             sorted(announce(Some(10)).await.unwrap()),
@@ -2676,6 +2911,38 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn forget_replies_are_decoded_only_when_whole() {
+        let fields = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let reply = ["0", "1", "0", "3", "1", "s1", "5:srv-au1"];
+        let online = OnlineSession {
+            user: "u1".into(),
+            session: "s1".into(),
+            server_id: "srv-a".into(),
+        };
+        let wants = |w: &'static [bool]| w.iter().copied();
+        assert_eq!(
+            decode_forgotten(fields(&reply), wants(&[false, true, true])).unwrap(),
+            vec![None, Some(None), Some(Some(vec![online]))]
+        );
+        assert!(
+            decode_forgotten(fields(&["0"]), wants(&[false, false])).is_err(),
+            "too few rooms"
+        );
+        assert!(
+            decode_forgotten(fields(&["0", "0"]), wants(&[false])).is_err(),
+            "too many fields"
+        );
+        assert!(
+            decode_forgotten(fields(&["2", "1"]), wants(&[true])).is_err(),
+            "audience cut short"
+        );
+        assert!(
+            decode_forgotten(fields(&["0"]), wants(&[true])).is_err(),
+            "an audience asked for and missing"
+        );
     }
 
     #[test]
