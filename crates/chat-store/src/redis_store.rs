@@ -561,7 +561,7 @@ async fn seqs_at_master(
 
 /// The latest seqs of `rooms`, one `GET` each through the cluster client.
 async fn seqs_one_by_one(rooms: &[&str], cluster: &ClusterConnection) -> StoreResult<Vec<u64>> {
-    let seqs = in_window(rooms, |room| {
+    let seqs = in_steps(rooms, |room| {
         let mut conn = cluster.clone();
         async move { conn.get::<_, Option<u64>>(keys::room_seq(room)).await }
     })
@@ -570,45 +570,24 @@ async fn seqs_one_by_one(rooms: &[&str], cluster: &ClusterConnection) -> StoreRe
     Ok(seqs.into_iter().map(|s| s.unwrap_or(0)).collect())
 }
 
-/// Most per-key commands a bulk operation keeps in flight (`in_window`).
+/// Most per-key commands a bulk operation keeps in flight (`in_steps`).
 const KEY_STEP: usize = 100;
 
-/// Runs `command` for each of `items` (a user, room or key), at most
-/// [`KEY_STEP`] in flight, answers in order; the first error ends it.
-/// Each command in flight costs about 4 KB in the cluster client, and the
-/// allocator keeps a burst's peak for good: the presence refresh of 2,500
-/// users at once left ~3.3 KB per idle session resident, 500 at a time
-/// ~850 B (docs/benchmarks.md, "Idle memory after the first presence
-/// refresh"). A window, not steps: the next command starts as soon as the
-/// oldest in flight is answered, rather than when the slowest of a whole
-/// step is (a reap runs thousands of these, and the 5 s to report its
-/// users offline include them).
-async fn in_window<'a, I, T, E, F>(
-    items: &'a [I],
-    command: impl Fn(&'a I) -> F,
-) -> Result<Vec<T>, E>
+/// Runs `command` for each of `items` (a user, room or key), [`KEY_STEP`]
+/// at a time, answers in order. Each command in flight costs about 4 KB in the
+/// cluster client, and the allocator keeps a burst's peak for good: the
+/// presence refresh of 2,500 users at once left ~3.3 KB per idle session
+/// resident, 500 at a time ~850 B (docs/benchmarks.md, "Idle memory after
+/// the first presence refresh"). Still one round trip per step, pipelined.
+async fn in_steps<'a, I, T, E, F>(items: &'a [I], command: impl Fn(&'a I) -> F) -> Result<Vec<T>, E>
 where
     F: std::future::Future<Output = Result<T, E>>,
 {
-    use futures_util::StreamExt;
-    // By hand, not `stream::iter(..).map(..).buffered(..)`: in a stream
-    // the closure makes callers' futures not `Send` for every lifetime (a
-    // known limit of the compiler with closures over borrows).
-    let mut items = items.iter();
-    let mut in_flight = futures_util::stream::FuturesOrdered::new();
     let mut done = Vec::with_capacity(items.len());
-    loop {
-        while in_flight.len() < KEY_STEP {
-            match items.next() {
-                Some(item) => in_flight.push_back(command(item)),
-                None => break,
-            }
-        }
-        match in_flight.next().await {
-            Some(answer) => done.push(answer?),
-            None => return Ok(done),
-        }
+    for step in items.chunks(KEY_STEP) {
+        done.extend(try_join_all(step.iter().map(&command)).await?);
     }
+    Ok(done)
 }
 
 /// `lua/announce_rooms.lua` for `sessions` of `user`, before its rooms
@@ -1161,7 +1140,7 @@ impl RedisStore {
                 }
             }
         }
-        let alone = in_window(&one_by_one, |i| one(*i)).await?;
+        let alone = in_steps(&one_by_one, |i| one(*i)).await?;
         for (i, answer) in one_by_one.into_iter().zip(alone) {
             answers[i] = answer;
         }
@@ -1193,8 +1172,8 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
-        // A server's users can be tens of thousands: `in_window`.
-        let dropped: Vec<Option<ReapedUser>> = in_window(&users, |user| async move {
+        // A server's users can be tens of thousands: `in_steps`.
+        let dropped: Vec<Option<ReapedUser>> = in_steps(&users, |user| async move {
             let reply: Vec<String> = self
                 .reap_user
                 .key(keys::user_sessions(user))
@@ -2453,7 +2432,7 @@ impl Store for RedisStore {
 
     async fn refresh_sessions(&self, users: &[String], ttl_ms: u64) -> StoreResult<()> {
         let shared_conn = self.conn()?;
-        in_window(users, |user| {
+        in_steps(users, |user| {
             let mut conn = shared_conn.clone();
             let key = keys::user_sessions(user);
             async move { conn.pexpire::<_, i64>(key, ttl_ms as i64).await }
@@ -2468,7 +2447,7 @@ impl Store for RedisStore {
         users: &[String],
     ) -> StoreResult<HashMap<String, Vec<SessionLocation>>> {
         let shared_conn = self.conn()?;
-        let all = in_window(users, |user| {
+        let all = in_steps(users, |user| {
             let mut conn = shared_conn.clone();
             let key = keys::user_sessions(user);
             async move { conn.hgetall::<_, HashMap<String, String>>(key).await }
@@ -2932,42 +2911,6 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-    }
-
-    /// `in_window`: answers in the items' order whatever order they come
-    /// in, a full window but never more than `KEY_STEP` in flight, and
-    /// the first error ends it.
-    #[tokio::test]
-    async fn a_window_keeps_the_order_and_at_most_a_key_step_in_flight() {
-        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-        let items: Vec<usize> = (0..KEY_STEP * 3 + 7).collect();
-        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let answers = in_window(&items, |i| {
-            let (now, most) = (&now, &most);
-            async move {
-                most.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
-                // Each waits at least once (so a full window is in
-                // flight), later items less: the order is the window's.
-                for _ in 0..1 + (KEY_STEP * 3 + 7 - i) % 5 {
-                    tokio::task::yield_now().await;
-                }
-                now.fetch_sub(1, SeqCst);
-                Ok::<_, ()>(i * 2)
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(answers, items.iter().map(|i| i * 2).collect::<Vec<_>>());
-        assert_eq!(most.load(SeqCst), KEY_STEP);
-        let failed = in_window(&items, |i| async move {
-            if *i == 5 {
-                Err(*i)
-            } else {
-                Ok(*i)
-            }
-        })
-        .await;
-        assert_eq!(failed, Err(5));
     }
 
     #[test]
