@@ -702,6 +702,14 @@ struct Connections {
     /// own rather than stalling every read queued behind it; and it must
     /// share them with the appends, since it covers that connection's writes.
     append_conn: ClusterConnection,
+    /// A chat server's health reports only. A storm of presence work (a
+    /// close or connect storm: 100,000 scripts at once) queues on `conn`
+    /// for seconds; a report queued behind it timed out, the server went
+    /// silent past the 3 s that count as dead, and another process reaped
+    /// it while it was serving (its users reported offline, then online
+    /// again). On connections of their own, reports wait only for what
+    /// the node itself is doing.
+    health_conn: ClusterConnection,
 }
 
 impl Connections {
@@ -709,6 +717,7 @@ impl Connections {
         Ok(Connections {
             conn: client.get_async_connection().await?,
             append_conn: client.get_async_connection().await?,
+            health_conn: client.get_async_connection().await?,
         })
     }
 }
@@ -872,6 +881,10 @@ impl RedisStore {
 
     fn append_conn(&self) -> StoreResult<ClusterConnection> {
         Ok(self.connections()?.append_conn.clone())
+    }
+
+    fn health_conn(&self) -> StoreResult<ClusterConnection> {
+        Ok(self.connections()?.health_conn.clone())
     }
 
     async fn room_view_for(&self, room: &str, user: &str) -> StoreResult<Option<RoomView>> {
@@ -2142,7 +2155,7 @@ impl Store for RedisStore {
             .arg(keys::REGISTRY_HOSTS)
             .arg(&health.id)
             .ignore()
-            .query_async::<()>(&mut self.conn()?)
+            .query_async::<()>(&mut self.health_conn()?)
             .await
             .map_err(unavailable)
     }
