@@ -151,10 +151,10 @@ pub struct SessionAdded {
     pub presence_audiences: Vec<(String, Option<Vec<OnlineSession>>)>,
 }
 
-/// What [`Store::remove_session_announced`] did when the user's last
-/// session went: the "offline" transition and, from stores that read them
-/// in the same step as the session leaves each room's index, the rooms'
-/// presence audiences as [`Store::presence_audience`] answers them
+/// A user who went offline ([`Store::remove_session_announced`] when the
+/// last session closed, the reaping of a dead server): the "offline"
+/// transition and, from stores that read them in the same step as the
+/// sessions leave each room's index, the rooms' presence audiences as [`Store::presence_audience`] answers them
 /// (`None`: the room is too big for presence events). Rooms missing here
 /// are read by whoever announces. Sorted by room.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1234,7 +1234,18 @@ impl RedisStore {
         let by_room: Vec<RoomForget> = by_room.into_values().collect();
         let mut audiences: HashMap<&str, Audience> = HashMap::new();
         for step in by_room.chunks(FORGET_ROOMS_STEP) {
-            let forgotten = self.forget_in_rooms(step, audience_max).await?;
+            // The users' records are dropped already: failing the reap now
+            // would lose their offline transitions for good (no reaper
+            // finds those users again). A step that fails leaves its rooms'
+            // entries (as a failed reap always did) and its audiences to
+            // the announcer's reads.
+            let forgotten = match self.forget_in_rooms(step, audience_max).await {
+                Ok(forgotten) => forgotten,
+                Err(e) => {
+                    tracing::warn!(error = %e, server_id, rooms = step.len(), "reap: rooms' presence indexes not cleaned");
+                    continue;
+                }
+            };
             for (forget, audience) in step.iter().zip(forgotten) {
                 let Some(mut audience) = audience else {
                     continue;
@@ -1333,6 +1344,8 @@ impl RedisStore {
         let per_master = PerMaster::new(
             &owners,
             rooms,
+            // The announces' threshold (not measured for forgets: a reap
+            // has hundreds of rooms per master, so it rarely matters).
             ANNOUNCE_SCRIPT_MIN_ROOMS,
             || {
                 let mut script = FORGET_ROOMS.call();
