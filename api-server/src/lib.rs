@@ -64,10 +64,6 @@ impl ApiMetrics {
     }
 }
 
-/// How often an API server looks for dead chat servers to report their
-/// users offline (chat servers do too, every heartbeat).
-const PRESENCE_REAP_INTERVAL_MS: u64 = 1000;
-
 pub struct AppState {
     pub config: ApiConfig,
     /// Checks user tokens (`Caller`).
@@ -121,7 +117,9 @@ impl AppState {
         chat_routing::spawn_presence_reaper(
             router.clone(),
             store.clone(),
-            std::time::Duration::from_millis(PRESENCE_REAP_INTERVAL_MS),
+            chat_routing::presence_reap_interval(std::time::Duration::from_millis(
+                config.dead_after_ms,
+            )),
         );
         Ok(Arc::new(AppState {
             tokens,

@@ -686,7 +686,7 @@ impl ChatServer {
         chat_routing::spawn_presence_reaper(
             self.router.clone(),
             self.store.clone(),
-            Duration::from_millis(self.config.heartbeat_interval_ms.max(50)),
+            chat_routing::presence_reap_interval(Duration::from_millis(self.config.dead_after_ms)),
         );
         self.started.store(true, Ordering::Relaxed);
         tracing::info!(server_id = %self.server_id, url = %self.config.public_url(), "chat-server ready");

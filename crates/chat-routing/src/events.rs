@@ -166,6 +166,19 @@ pub const REGISTRATION_EXPIRES_AFTER: std::time::Duration = std::time::Duration:
 /// How often the reaper looks for such registrations.
 const REGISTRATION_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often a process looks for dead chat servers: a twelfth of the time
+/// a server may be silent before it counts as dead (250 ms for the default
+/// 3 s), at least every 50 ms. The contract gives 5 s from a server's death
+/// to its users' offline events; with a look every second, up to a second
+/// of that went to waiting for the next look after the health record had
+/// expired. A look is two reads in the registry's slot.
+pub fn presence_reap_interval(dead_after: std::time::Duration) -> std::time::Duration {
+    (dead_after / 12).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(250),
+    )
+}
+
 /// Reaps dead chat servers' sessions on a timer and announces their users
 /// offline; now and then it also expires the registrations of servers long
 /// gone. Every process that routes runs one; the store decides each
@@ -206,4 +219,22 @@ pub fn spawn_presence_reaper(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::presence_reap_interval;
+    use std::time::Duration;
+
+    /// A dead server is found within a twelfth of its dead-after interval
+    /// of its health record expiring: 250 ms of the contract's 5 s with the
+    /// default 3 s, never busier than every 50 ms for short test intervals.
+    #[test]
+    fn the_reaper_looks_twelve_times_per_dead_after_interval_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(presence_reap_interval(ms(3000)), ms(250));
+        assert_eq!(presence_reap_interval(ms(1200)), ms(100));
+        assert_eq!(presence_reap_interval(ms(300)), ms(50));
+        assert_eq!(presence_reap_interval(ms(60_000)), ms(250));
+    }
 }
