@@ -1390,14 +1390,23 @@ impl RedisStore {
         let (offline, still_hosted, server_id) = (&head[0], &head[1], &head[2]);
         let offline = offline == "1";
         // Audiences only for a presence event: when the user went offline.
-        let audience_max = audience_max.filter(|_| offline);
-        let forget = [session.to_owned()];
-        let audiences = try_join_all(
-            rooms
-                .iter()
-                .map(|room| self.forget_online_with(room, &forget, audience_max)),
-        )
-        .await?;
+        // The session leaves its rooms' indexes with one script per master
+        // holding several of them (a user in 20 rooms: one script per
+        // master instead of 20). Tried before the audiences came with the
+        // forget and reverted then: the reads that followed queued behind
+        // a close storm's scripts.
+        let wanted = audience_max.filter(|_| offline);
+        let forgets: Vec<RoomForget> = rooms
+            .iter()
+            .map(|room| RoomForget {
+                room,
+                sessions: vec![session.to_owned()],
+                audience: wanted.is_some(),
+            })
+            .collect();
+        let audiences = self
+            .forget_in_rooms(&forgets, wanted.unwrap_or_default())
+            .await?;
         if still_hosted == "0" && !server_id.is_empty() {
             let _: i64 = self
                 .conn()?
@@ -2685,6 +2694,92 @@ mod tests {
                 };
                 assert_eq!(audience, want, "{} (stale map: {stale})", forget.room);
                 assert_eq!(index(forget.room.to_owned()).await, vec!["s1".to_owned()]);
+            }
+        }
+    }
+
+    /// A session's close takes it out of the indexes of all its user's
+    /// rooms with one script per master holding several of them, falling
+    /// back to one forget per room when the slot map is stale: either way
+    /// every room forgets the session, and the last session's close
+    /// answers each room's audience left (none for a session that was not
+    /// the last).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_forgets_the_session_in_every_room_per_master_or_one_by_one() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let (alice, bob) = (new_id("u_"), new_id("u_"));
+        let cluster = read_slot_map(&store).await;
+        let owners = store.slots.owners(&cluster);
+        let master_of = |room: &str| owners.owner(key_slot(&keys::room_members(room))).unwrap();
+        let (mut rooms, _) = rooms_on_every_master(&store, &owners, &alice, &[&bob]).await;
+        rooms.sort();
+        let at = |session: &str, server: &str| SessionLocation {
+            session: session.into(),
+            server_id: server.into(),
+        };
+        let bobs = OnlineSession {
+            user: bob.clone(),
+            session: "b1".into(),
+            server_id: "srv-b".into(),
+        };
+        store
+            .add_session(&bob, &at("b1", "srv-b"), 60_000)
+            .await
+            .unwrap();
+        let index = |room: String| {
+            let mut cluster = cluster.clone();
+            async move {
+                let mut fields: Vec<String> =
+                    cluster.hkeys(keys::room_online(&room)).await.unwrap();
+                fields.sort();
+                fields
+            }
+        };
+        for stale in [false, true] {
+            if stale {
+                let (host, port) = &**master_of(&rooms[0]);
+                store.slots.set(&all_slots_at(host, *port));
+            }
+            for session in ["a1", "a2"] {
+                store
+                    .add_session(&alice, &at(session, "srv-a"), 60_000)
+                    .await
+                    .unwrap();
+            }
+            let not_last = store
+                .remove_session_announced(&alice, "a1", 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                not_last, None,
+                "alice is still online through a2 (stale map: {stale})"
+            );
+            for room in &rooms {
+                assert_eq!(
+                    index(room.clone()).await,
+                    ["a2", "b1"],
+                    "{room} (stale map: {stale})"
+                );
+            }
+            let last = store
+                .remove_session_announced(&alice, "a2", 10)
+                .await
+                .unwrap()
+                .expect("alice's last session");
+            assert_eq!(last.change.rooms, rooms);
+            let audiences: Vec<(String, Audience)> = rooms
+                .iter()
+                .map(|room| (room.clone(), Some(vec![bobs.clone()])))
+                .collect();
+            assert_eq!(last.presence_audiences, audiences, "stale map: {stale}");
+            for room in &rooms {
+                assert_eq!(
+                    index(room.clone()).await,
+                    ["b1"],
+                    "{room} (stale map: {stale})"
+                );
             }
         }
     }
