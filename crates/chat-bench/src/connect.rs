@@ -59,6 +59,8 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     );
     let users: Vec<String> = (0..n).map(|i| format!("{}-c{i}", ctx.run_id)).collect();
     let tokens = client::mint_tokens(&ctx.api, &users, ctx.setup_concurrency).await?;
+    // Someone to ask the API server about the servers' health, for the kill.
+    let observer = tokens.first().map(|t| client::as_user(&ctx.api, t));
     let rooms = make_rooms(ctx, &users, &tokens, args.rooms_per_user, args.room_size).await?;
 
     let rss = |label: &str| -> Option<u64> {
@@ -145,21 +147,14 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let mut sinks = Vec::with_capacity(ok);
     let mut readers = Vec::with_capacity(ok);
     for s in sessions {
-        if args.kill_server.as_ref() == Some(&s.server_id) {
-            // Its sessions end with the kill; the sinks of the others are
-            // closed below.
-            let (_, stream) = s.ws.split();
-            readers.push(tokio::spawn(hold(
-                stream,
-                closing.clone(),
-                dropped.clone(),
-                None,
-            )));
-            continue;
-        }
         let (sink, stream) = s.ws.split();
-        sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
-        let counted = args.kill_server.is_some().then(|| offline.clone());
+        // The killed server's sessions end with the kill and count no
+        // offline events; the sinks of the others are closed below.
+        let killed = args.kill_server.as_ref() == Some(&s.server_id);
+        if !killed {
+            sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
+        }
+        let counted = (args.kill_server.is_some() && !killed).then(|| offline.clone());
         readers.push(tokio::spawn(hold(
             stream,
             closing.clone(),
@@ -175,7 +170,10 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         Some(id) => {
             let expected =
                 offline_events_expected(&server_of, id, args.room_size, args.rooms_per_user);
-            Some(kill_and_wait_for_offline(id, &args.server_pid, expected, &offline).await?)
+            Some(
+                kill_and_wait_for_offline(id, &args.server_pid, expected, &offline, observer)
+                    .await?,
+            )
         }
         None => None,
     };
@@ -183,6 +181,8 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     // and a user's last one announces "offline". The servers do that after
     // the close, so the window runs on until they are idle again.
     let close_before = client::group_cpu();
+    // Only the sessions still open close (all but the killed server's).
+    let closed = sinks.len();
     client::close_all(sinks).await;
     for r in readers {
         r.abort();
@@ -191,7 +191,10 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let close_cpu_per_session: std::collections::BTreeMap<&str, f64> =
         client::name_cpu_delta(&close_before, &close_after)
             .iter()
-            .map(|(name, t)| (*name, per_session(t.total_us())))
+            .map(|(name, t)| {
+                let us = t.total_us() as f64 / closed.max(1) as f64;
+                (*name, (us * 10.0).round() / 10.0)
+            })
             .collect();
     println!("  CPU µs per session closed (and 1 s after): {close_cpu_per_session:?}");
 
@@ -377,12 +380,17 @@ fn offline_events_expected(
 }
 
 /// SIGKILLs the chat server `id` and waits (at most 30 s) until
-/// `expected` offline events arrived; reports when they did, from the kill.
+/// `expected` offline events arrived; reports when they did, from the kill,
+/// and how long before the kill the server last reported its health (read
+/// from `/v1/servers` by `observer` shortly after): its record expires the
+/// dead-after interval after that report, so the server's death can be
+/// noticed no sooner, whatever the reapers do.
 async fn kill_and_wait_for_offline(
     id: &str,
     pids: &[u32],
     expected: usize,
     offline: &OfflineEvents,
+    observer: Option<chat_client::RestClient>,
 ) -> Result<serde_json::Value> {
     let pid = pids
         .iter()
@@ -395,12 +403,26 @@ async fn kill_and_wait_for_offline(
         .ok_or_else(|| anyhow::anyhow!("no --server-pid runs chat server {id}"))?;
     let before = offline.count();
     let killed_at = Instant::now();
+    let killed_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let status = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()?;
     if !status.success() {
         bail!("kill -KILL {pid} failed");
     }
+    // The API server's view of the servers is at most 250 ms old: half a
+    // second after the kill it holds the killed server's last report.
+    let last_report = observer.map(|observer| {
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let servers = observer.servers().await.ok()?;
+            let last_seen = servers.iter().find(|s| s.id == id)?.last_seen_ms;
+            Some(killed_at_ms.saturating_sub(last_seen))
+        })
+    });
     let limit = Duration::from_secs(30);
     while offline.count() - before < expected && killed_at.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -412,8 +434,12 @@ async fn kill_and_wait_for_offline(
         let _ = delays.record((at.duration_since(killed_at).as_micros() as u64).max(1));
     }
     let delays = Summary::of(&delays);
+    let last_report_before_kill_ms = match last_report {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
     println!(
-        "  killed {id} (pid {pid}): {} of {expected} offline events arrived; ms after the kill: {}",
+        "  killed {id} (pid {pid}): {} of {expected} offline events arrived; ms after the kill: {}; its last health report {last_report_before_kill_ms:?} ms before the kill",
         arrived.len(),
         delays.line_ms()
     );
@@ -422,5 +448,7 @@ async fn kill_and_wait_for_offline(
         "offline_expected": expected,
         "offline_arrived": arrived.len(),
         "offline_delay_us": delays,
+        "killed_at_ms": killed_at_ms,
+        "last_report_before_kill_ms": last_report_before_kill_ms,
     }))
 }

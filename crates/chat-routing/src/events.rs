@@ -68,17 +68,12 @@ impl MessageRouter {
     }
 
     /// Announces a presence transition in each of the user's rooms (those
-    /// small enough) to the other members' sessions. Best effort: a room
-    /// whose index cannot be read is skipped with a warning.
-    /// The rooms are handled concurrently: a user in many rooms costs one
-    /// pipelined round of audience reads at connect or disconnect, not one
-    /// round trip per room.
-    pub async fn announce_presence(&self, change: &PresenceChange) -> usize {
-        self.announce_presence_to(change, &[]).await
-    }
-
-    /// [`Self::announce_presence`], with the audiences of some rooms read
-    /// already (`Store::add_session_announced`): only the others are read.
+    /// small enough) to the other members' sessions. `audiences` are the
+    /// rooms' audiences read already (`Store::add_session_announced`,
+    /// `Store::remove_session_announced`, a reap), sorted by room; the
+    /// other rooms' are read here, taking turns. Best effort: a room whose
+    /// audience cannot be read is skipped with a warning. The rooms are
+    /// handled concurrently: no round trip per room one after another.
     pub async fn announce_presence_to(
         &self,
         change: &PresenceChange,

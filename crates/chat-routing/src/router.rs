@@ -485,7 +485,10 @@ mod tests {
             ts: 1,
             rooms: rooms.clone(),
         };
-        assert_eq!(router.announce_presence(&offline).await, rooms.len());
+        assert_eq!(
+            router.announce_presence_to(&offline, &[]).await,
+            rooms.len()
+        );
         assert_eq!(
             router.presence_reads.available_permits(),
             PRESENCE_READS_IN_FLIGHT
