@@ -31,6 +31,13 @@ Variants:
             `part_variants`, which fails if append.lua no longer has the
             text it removes
 
+  multi     with --batches: each batch's appends in ONE script call, the
+            script as it is wrapped in a loop (`multi_script`: every key
+            still declared), so a batch pays one script call and, on the
+            replica, one MULTI/EXEC instead of one per append; what a
+            group commit of K appends could save by sending them as one
+            call per master
+
   floor     no script: one `XADD <log> MAXLEN K 0-* ...` with the same
             fields (Redis numbers the entries 0-1, 0-2, ...): the least a
             stored, sequenced message can cost, with no membership check,
@@ -125,16 +132,20 @@ def appends(variant: str, sha: str, n: int, rooms: int, retention: int, client_i
         if variant == "floor":
             out.append(resp("XADD", f"{tag}:log", "MAXLEN", str(retention), "0-*", "i", mid,
                             "f", user, "t", ts, "b", body, "c", cmid))
-        elif variant in ("now", "sent", "text") or variant.startswith(("try", "part:")):
+        elif variant in ("now", "sent", "text", "multi") or variant.startswith(("try", "part:")):
             window = int(ts) // DEDUP_TTL_MS
             held = ("", "0") if variant == "sent" else ("v0", "10")
             text = f"{len(user)}:{user}{cmid}"
             field = text.encode() if variant == "text" else hashlib.sha256(text.encode()).digest()[:16]
-            out.append(resp("EVALSHA", sha, "10", f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
-                            f"{tag}:log", f"{tag}:cmids:{window}", f"{tag}:cmids:{window - 1}",
-                            f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", f"{tag}:online:v",
-                            user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
-                            field, str(window), ts, *held))
+            keys = [f"{tag}:meta", f"{tag}:members", f"{tag}:seq",
+                    f"{tag}:log", f"{tag}:cmids:{window}", f"{tag}:cmids:{window - 1}",
+                    f"{tag}:online", f"{tag}:reads", f"{tag}:msgs", f"{tag}:online:v"]
+            argv = [user, cmid, mid, ts, body, str(retention), str(DEDUP_TTL_MS), "1",
+                    field, str(window), ts, *held]
+            if variant == "multi":
+                out.append((keys, argv))
+            else:
+                out.append(resp("EVALSHA", sha, "10", *keys, *argv))
         else:
             prefix = ('{"body":"%s","client_msg_id":"%s","from":"%s","id":"%s","room":"%s","ts":%s,"seq":'
                       % (body, cmid, user, mid, room, ts))
@@ -166,8 +177,35 @@ def read_reply(f) -> object:
 def check(variant: str, reply: object) -> None:
     """The append script must have stored the message (status `N:<seq>`):
     a refusal (`E:notmember`, ...) costs less and would flatter it."""
+    if variant == "multi":
+        for one in reply:
+            check("now", one)
+        return
     if variant in ("now", "sent") and not (isinstance(reply, list) and reply[0].startswith(b"N:")):
         raise SystemExit(f"{variant}: the script did not store the message: {reply!r}")
+
+
+def multi_script(append: str) -> str:
+    """append.lua as a function, called for each append of a batch: KEYS
+    are the appends' keys in turn (10 each), ARGV their count then their
+    arguments in turn (13 each)."""
+    return ("local function append_one(KEYS, ARGV)\n" + append + "\nend\n"
+            "local out, k, a = {}, 0, 2\n"
+            "for m = 1, tonumber(ARGV[1]) do\n"
+            "  out[m] = append_one({unpack(KEYS, k + 1, k + 10)}, {unpack(ARGV, a, a + 12)})\n"
+            "  k, a = k + 10, a + 13\n"
+            "end\n"
+            "return out\n")
+
+
+def multi_batches(sha: str, pairs: list, batch: int) -> list[bytes]:
+    out = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        keys = [k for ks, _ in chunk for k in ks]
+        argv = [a for _, args in chunk for a in args]
+        out.append(resp("EVALSHA", sha, str(len(keys)), *keys, str(len(chunk)), *argv))
+    return out
 
 
 def send_in_batches(master: int, variant: str, commands: list[bytes], batch: int) -> None:
@@ -195,9 +233,12 @@ def run_once(master: int, replica: int, pids: tuple[int, int], variant: str, scr
     time.sleep(0.3)
     mem0 = int(info_field(master, "memory", "used_memory"))
     commands = appends(variant, sha, args.appends, args.rooms, args.retention, args.client_ids)
+    if variant == "multi":
+        commands = multi_batches(sha, commands, batch)
     before = (cpu_s(pids[0]), cpu_s(pids[1]))
     if batch:
-        send_in_batches(master, variant, commands, batch)
+        # A multi call is a whole batch.
+        send_in_batches(master, variant, commands, 1 if variant == "multi" else batch)
     else:
         out = subprocess.run(["redis-cli", "-p", str(master), "--pipe"], input=b"".join(commands),
                              capture_output=True, check=True).stdout.decode()
@@ -273,6 +314,8 @@ def main() -> None:
     tries += list(parts)
     wanted = [v for v in args.variants.split(",") if v] or (["now", "floor", *tries] if batches else [])
     scripts = {"now": now, "sent": now, "text": now, "floor": ""}
+    if batches:
+        scripts["multi"] = shared + multi_script(append)
     if not batches or args.before in wanted:
         scripts[args.before] = old_script(args.before)
     for i, path in enumerate(args.tries):
