@@ -4,6 +4,7 @@
 //! went offline). Both cost something only when they happen (a read, a
 //! connect or disconnect), never per message.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chat_protocol::ServerFrame;
@@ -187,6 +188,7 @@ pub fn spawn_presence_reaper(
     drop(router);
     tokio::spawn(async move {
         let mut last_expiry = tokio::time::Instant::now();
+        let mut refused: HashMap<String, Refusal> = HashMap::new();
         loop {
             tokio::time::sleep(interval).await;
             let Some(router) = weak.upgrade() else { return };
@@ -212,14 +214,157 @@ pub fn spawn_presence_reaper(
                 }
                 Err(e) => tracing::debug!(error = %e, "reaping dead chat servers failed"),
             }
+            for (id, at) in router.links().take_refused() {
+                refused.entry(id).or_default().at = at;
+            }
+            reap_refusing_servers(&router, &store, &mut refused, presence_max).await;
         }
     });
 }
 
+/// How long a server whose port refused a link is watched for its reports
+/// to stop (the link retries at least every 500 ms while it tries).
+const REFUSED_WATCHED_FOR_MS: u64 = 5_000;
+
+/// A server whose port refused one of this process's links.
+#[derive(Default)]
+struct Refusal {
+    /// When it last did (ms since the epoch).
+    at: u64,
+    /// Its last report when this process reaped it (once per silence).
+    reaped_after: Option<u64>,
+}
+
+/// Reaps the servers whose port refused one of this process's links
+/// (`refused`: when it last did) and that have not reported their health
+/// for half the dead-after interval (a report is missed: they report every
+/// second by default): nothing listens where they served, so they are
+/// dead, and waiting for the record to expire would spend up to 3 s of
+/// the contract's 5 s for nothing. A server cut off by a partition times
+/// out rather than refuses, and one that is alive reports, so neither is
+/// reaped here; a server that reported since its last report this process
+/// has seen is left alone by the store (`Store::reap_silent_server`).
+async fn reap_refusing_servers(
+    router: &MessageRouter,
+    store: &Arc<dyn Store>,
+    refused: &mut HashMap<String, Refusal>,
+    presence_max: u64,
+) {
+    let now = chat_protocol::now_ms();
+    refused.retain(|_, r| now.saturating_sub(r.at) < REFUSED_WATCHED_FOR_MS);
+    let silent_after = router.registry().config().dead_after_ms / 2;
+    let due: Vec<(String, u64)> = refused
+        .iter()
+        .filter_map(|(id, r)| {
+            let seen = router.registry().last_seen_ms(id)?;
+            (now.saturating_sub(seen) >= silent_after && r.reaped_after != Some(seen))
+                .then(|| (id.clone(), seen))
+        })
+        .collect();
+    for (id, seen) in due {
+        match store.reap_silent_server(&id, seen, presence_max).await {
+            Ok(reaped) => {
+                if let Some(r) = refused.get_mut(&id) {
+                    r.reaped_after = Some(seen);
+                }
+                tracing::info!(
+                    server_id = %id,
+                    silent_ms = now.saturating_sub(seen),
+                    users = reaped.len(),
+                    "reaped a chat server whose port refuses connections and whose reports stopped"
+                );
+                router.announce_reaped(&reaped).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, server_id = %id, "reaping a refusing chat server failed")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::presence_reap_interval;
+    use super::*;
+    use crate::link::{LinkConfig, LinkPool};
+    use crate::registry::{RegistryConfig, ServerRegistry};
+    use chat_store::conformance::{health, room_with};
+    use chat_store::{MemoryStore, SessionLocation};
     use std::time::Duration;
+
+    fn loc(session: &str, server_id: &str) -> SessionLocation {
+        SessionLocation {
+            session: session.into(),
+            server_id: server_id.into(),
+        }
+    }
+
+    /// A server whose port refused a link is reaped once it has missed a
+    /// report (silent for half the dead-after interval), once per
+    /// silence; one that still reports is not, refused or not.
+    #[tokio::test]
+    async fn a_refusing_server_is_reaped_once_it_is_silent_and_only_then() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        room_with(&*store, "alice", &["bob", "carol"]).await;
+        let mut quiet = health("quiet", 0);
+        quiet.last_seen_ms -= 1_600;
+        store.put_server(&quiet, 60_000).await.unwrap();
+        store.put_server(&health("busy", 0), 60_000).await.unwrap();
+        store
+            .add_session("bob", &loc("s1", "quiet"), 60_000)
+            .await
+            .unwrap();
+        store
+            .add_session("carol", &loc("s2", "busy"), 60_000)
+            .await
+            .unwrap();
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        let router = MessageRouter::new(
+            store.clone(),
+            registry,
+            LinkPool::new(LinkConfig::default()),
+            None,
+        );
+        let now = chat_protocol::now_ms();
+        let mut refused: HashMap<String, Refusal> = ["quiet", "busy"]
+            .into_iter()
+            .map(|id| {
+                (
+                    id.to_owned(),
+                    Refusal {
+                        at: now,
+                        reaped_after: None,
+                    },
+                )
+            })
+            .collect();
+        reap_refusing_servers(&router, &store, &mut refused, 10).await;
+        let online = |user: &str| {
+            let store = store.clone();
+            let user = user.to_owned();
+            async move {
+                store
+                    .sessions_of(&[user.clone()])
+                    .await
+                    .unwrap()
+                    .contains_key(&user)
+            }
+        };
+        assert!(!online("bob").await, "quiet missed a report and refuses");
+        assert!(
+            online("carol").await,
+            "busy reports: refusing or not, it lives"
+        );
+        assert_eq!(refused["quiet"].reaped_after, Some(quiet.last_seen_ms));
+        // Bob comes back on the same server (say, it restarted): the same
+        // silence is not reaped twice.
+        store
+            .add_session("bob", &loc("s3", "quiet"), 60_000)
+            .await
+            .unwrap();
+        reap_refusing_servers(&router, &store, &mut refused, 10).await;
+        assert!(online("bob").await);
+    }
 
     /// A dead server is found within a twelfth of its dead-after interval
     /// of its health record expiring: 250 ms of the contract's 5 s with the

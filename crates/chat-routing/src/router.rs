@@ -155,6 +155,14 @@ impl MessageRouter {
         self
     }
 
+    pub fn registry(&self) -> &Arc<ServerRegistry> {
+        &self.registry
+    }
+
+    pub fn links(&self) -> &Arc<LinkPool> {
+        &self.links
+    }
+
     pub fn fanout_limits(&self) -> crate::FanoutLimits {
         self.fanout_limits
     }

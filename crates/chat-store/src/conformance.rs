@@ -1179,6 +1179,68 @@ pub async fn dead_servers_are_reaped_once(store: SharedStore) {
     store.remove_server(&live).await.unwrap();
 }
 
+/// A server found silent before its health record expires (a process
+/// saw its port refuse connections) is reaped at once, unless it has
+/// reported since the report the caller saw; each transition still once,
+/// and a reap once the record is gone reports nothing again.
+pub async fn a_silent_server_is_reaped_before_its_record_expires(store: SharedStore) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let room = room_with(&*store, &alice, &[&bob]).await;
+    let (live, quiet) = (new_id("srv-live-"), new_id("srv-quiet-"));
+    store.put_server(&health(&live, 0), 60_000).await.unwrap();
+    let mut last = health(&quiet, 0);
+    last.last_seen_ms -= 2_000;
+    store.put_server(&last, 60_000).await.unwrap();
+    store
+        .add_session(&alice, &loc("s1", &live), 60_000)
+        .await
+        .unwrap();
+    store
+        .add_session(&bob, &loc("s2", &quiet), 60_000)
+        .await
+        .unwrap();
+    let seen = last.last_seen_ms;
+    assert!(
+        store
+            .reap_silent_server(&quiet, seen - 1, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "it reported after the report the caller saw"
+    );
+    let reaped = store.reap_silent_server(&quiet, seen, 10).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    let gone = &reaped[0];
+    assert_eq!(gone.change.user, bob);
+    assert!(!gone.change.online);
+    assert_eq!(gone.change.rooms, vec![room.clone()]);
+    for (in_room, audience) in &gone.presence_audiences {
+        assert_eq!(in_room, &room);
+        assert_eq!(audience, &Some(vec![online(&alice, "s1", &live)]));
+    }
+    assert!(
+        store
+            .reap_silent_server(&quiet, seen, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "exactly once"
+    );
+    let found = store.sessions_of(std::slice::from_ref(&bob)).await.unwrap();
+    assert!(!found.contains_key(&bob));
+    // Its record expires (here: removed): nothing to report again. (Not
+    // `reap_dead_servers`: that would take the users of other scenarios'
+    // dead servers on a shared store.)
+    store.remove_server(&quiet).await.unwrap();
+    assert!(store
+        .reap_silent_server(&quiet, seen, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    store.remove_session(&alice, "s1").await.unwrap();
+    store.remove_server(&live).await.unwrap();
+}
+
 pub async fn registration_is_replaced_per_cluster(store: SharedStore) {
     let (a, b) = (new_id("ns/a-"), new_id("ns/b-"));
     let ids = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>();

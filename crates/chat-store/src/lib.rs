@@ -431,6 +431,20 @@ pub trait Store: Send + Sync + 'static {
     /// in the step that takes the sessions out of its index, leaving out
     /// the reaped server's own sessions.
     async fn reap_dead_servers(&self, presence_max_members: u64) -> StoreResult<Vec<WentOffline>>;
+    /// Reaps one server before its health record expires when it has not
+    /// reported since `last_seen_ms` (its record is gone, or its last
+    /// report is that one or older): a process that found the server's
+    /// port refusing connections after its link closed and its reports
+    /// stopped need not wait out the rest of the dead-after interval. A
+    /// server that reported since is left alone. As
+    /// [`Store::reap_dead_servers`] otherwise (each transition once; the
+    /// server stays listed for the reaper until its record expires).
+    async fn reap_silent_server(
+        &self,
+        server_id: &str,
+        last_seen_ms: u64,
+        presence_max_members: u64,
+    ) -> StoreResult<Vec<WentOffline>>;
     /// The same for one server regardless of its health: a chat server
     /// reaps the sessions its previous incarnation (same id) left behind.
     async fn reap_server(

@@ -706,6 +706,24 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn reap_silent_server(
+        &self,
+        server_id: &str,
+        last_seen_ms: u64,
+        _presence_max_members: u64,
+    ) -> StoreResult<Vec<WentOffline>> {
+        let mut st = self.lock();
+        let reported_since = st
+            .servers
+            .get(server_id)
+            .is_some_and(|(health, _)| health.last_seen_ms > last_seen_ms);
+        if reported_since {
+            return Ok(Vec::new());
+        }
+        let reaped = st.reap_server(server_id, now_ms());
+        Ok(reaped.into_iter().map(WentOffline::unread).collect())
+    }
+
     async fn reap_server(
         &self,
         server_id: &str,

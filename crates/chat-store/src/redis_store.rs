@@ -1280,6 +1280,22 @@ impl RedisStore {
                 }
             })
             .collect();
+        if !users.is_empty() {
+            // The parts, for the 5 s the contract gives to report a dead
+            // server's users offline: the users' records (this process
+            // took `taken` of them: concurrent reapers share the work),
+            // then the rooms' indexes.
+            tracing::info!(
+                server_id,
+                users = users.len(),
+                taken = dropped.len(),
+                rooms = by_room.len(),
+                users_ms = users_took.as_millis() as u64,
+                rooms_ms = rooms_took.as_millis() as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reaped the sessions of a dead chat server"
+            );
+        }
         // A server that reported health again meanwhile was only cut off:
         // its sets stay (the registry's script checks again, atomically
         // with `hosts`; the server rejoins `hosts` with its next health).
@@ -1310,22 +1326,6 @@ impl RedisStore {
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        if !users.is_empty() {
-            // The parts, for the 5 s the contract gives to report a dead
-            // server's users offline: the users' records (this process
-            // took `taken` of them: concurrent reapers share the work),
-            // then the rooms' indexes.
-            tracing::info!(
-                server_id,
-                users = users.len(),
-                taken = dropped.len(),
-                rooms = by_room.len(),
-                users_ms = users_took.as_millis() as u64,
-                rooms_ms = rooms_took.as_millis() as u64,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "reaped the sessions of a dead chat server"
-            );
-        }
         Ok(reaped)
     }
 
@@ -2426,6 +2426,34 @@ impl Store for RedisStore {
             .filter(|(_, seen)| !seen)
             .map(|(id, _)| self.reap(id, false, presence_max_members));
         Ok(try_join_all(dead).await?.into_iter().flatten().collect())
+    }
+
+    async fn reap_silent_server(
+        &self,
+        server_id: &str,
+        last_seen_ms: u64,
+        presence_max_members: u64,
+    ) -> StoreResult<Vec<WentOffline>> {
+        let record: Option<String> = self
+            .conn()?
+            .get(keys::registry_server(server_id))
+            .await
+            .map_err(unavailable)?;
+        let reported_since = match record {
+            None => false,
+            Some(json) => {
+                serde_json::from_str::<ServerHealth>(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("health of {server_id}: {e}")))?
+                    .last_seen_ms
+                    > last_seen_ms
+            }
+        };
+        if reported_since {
+            return Ok(Vec::new());
+        }
+        // Not forced: while the record lives the server stays in `hosts`,
+        // and the reaper that finds the record expired finishes the job.
+        self.reap(server_id, false, presence_max_members).await
     }
 
     async fn reap_server(

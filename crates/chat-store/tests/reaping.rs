@@ -18,3 +18,17 @@ async fn redis_store_reaps_dead_servers_once() {
         chat_store::conformance::dead_servers_are_reaped_once(store).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_reaps_a_silent_server_before_its_record_expires() {
+    let store: chat_store::conformance::SharedStore =
+        std::sync::Arc::new(chat_store::MemoryStore::default());
+    chat_store::conformance::a_silent_server_is_reaped_before_its_record_expires(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_reaps_a_silent_server_before_its_record_expires() {
+    if let Some(store) = support::make(chat_store::StoreConfig::default()).await {
+        chat_store::conformance::a_silent_server_is_reaped_before_its_record_expires(store).await;
+    }
+}
