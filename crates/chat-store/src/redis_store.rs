@@ -2623,6 +2623,25 @@ mod tests {
         (rooms, masters)
     }
 
+    /// A session on `server`.
+    fn at(session: &str, server: &str) -> SessionLocation {
+        SessionLocation {
+            session: session.into(),
+            server_id: server.into(),
+        }
+    }
+
+    /// The sessions in `room`'s presence index, sorted.
+    async fn index(cluster: &ClusterConnection, room: &str) -> Vec<String> {
+        let mut fields: Vec<String> = cluster
+            .clone()
+            .hkeys(keys::room_online(room))
+            .await
+            .unwrap();
+        fields.sort();
+        fields
+    }
+
     async fn read_slot_map(store: &RedisStore) -> ClusterConnection {
         let cluster = store.conn().unwrap();
         let slots: redis::Value = redis::cmd("CLUSTER")
@@ -2666,23 +2685,10 @@ mod tests {
         let dave = new_id("u_");
         let big = crate::conformance::room_with(&store, &alice, &[&bob, &carol, &dave]).await;
         rooms.push(big.clone());
-        let at = |session: &str, server: &str| SessionLocation {
-            session: session.into(),
-            server_id: server.into(),
-        };
         let live = OnlineSession {
             user: alice.clone(),
             session: "s1".into(),
             server_id: "srv-live".into(),
-        };
-        let index = |room: String| {
-            let mut cluster = cluster.clone();
-            async move {
-                let mut fields: Vec<String> =
-                    cluster.hkeys(keys::room_online(&room)).await.unwrap();
-                fields.sort();
-                fields
-            }
         };
         store
             .add_session(&alice, &at("s1", "srv-live"), 60_000)
@@ -2721,7 +2727,7 @@ mod tests {
                     (true, false) => Some(Some(vec![live.clone()])),
                 };
                 assert_eq!(audience, want, "{} (stale map: {stale})", forget.room);
-                assert_eq!(index(forget.room.to_owned()).await, vec!["s1".to_owned()]);
+                assert_eq!(index(&cluster, forget.room).await, vec!["s1".to_owned()]);
             }
         }
     }
@@ -2743,10 +2749,6 @@ mod tests {
         let master_of = |room: &str| owners.owner(key_slot(&keys::room_members(room))).unwrap();
         let (mut rooms, _) = rooms_on_every_master(&store, &owners, &alice, &[&bob]).await;
         rooms.sort();
-        let at = |session: &str, server: &str| SessionLocation {
-            session: session.into(),
-            server_id: server.into(),
-        };
         let bobs = OnlineSession {
             user: bob.clone(),
             session: "b1".into(),
@@ -2756,15 +2758,6 @@ mod tests {
             .add_session(&bob, &at("b1", "srv-b"), 60_000)
             .await
             .unwrap();
-        let index = |room: String| {
-            let mut cluster = cluster.clone();
-            async move {
-                let mut fields: Vec<String> =
-                    cluster.hkeys(keys::room_online(&room)).await.unwrap();
-                fields.sort();
-                fields
-            }
-        };
         for stale in [false, true] {
             if stale {
                 let (host, port) = &**master_of(&rooms[0]);
@@ -2786,7 +2779,7 @@ mod tests {
             );
             for room in &rooms {
                 assert_eq!(
-                    index(room.clone()).await,
+                    index(&cluster, room).await,
                     ["a2", "b1"],
                     "{room} (stale map: {stale})"
                 );
@@ -2804,7 +2797,7 @@ mod tests {
             assert_eq!(last.presence_audiences, audiences, "stale map: {stale}");
             for room in &rooms {
                 assert_eq!(
-                    index(room.clone()).await,
+                    index(&cluster, room).await,
                     ["b1"],
                     "{room} (stale map: {stale})"
                 );
