@@ -334,10 +334,13 @@ impl ChatServer {
                     std::time::Instant::now(),
                 )
                 .elapsed();
-                if silent_for >= Duration::from_millis(self.config.dead_after_ms) {
+                // Reaped once the record expired (dead-after), or sooner by
+                // a process that found this server's port refusing.
+                let dead_after = Duration::from_millis(self.config.dead_after_ms);
+                if silent_for >= chat_routing::may_have_been_reaped_after(dead_after) {
                     tracing::warn!(
                         silent_ms = silent_for.as_millis() as u64,
-                        "health reports were missing long enough to count as dead: announcing every session again and catching up"
+                        "health reports were missing long enough to have been reaped: announcing every session again and catching up"
                     );
                     // Deliveries routed meanwhile were dropped: every
                     // session checks its rooms against the store now.

@@ -226,6 +226,23 @@ pub fn spawn_presence_reaper(
 /// to stop (the link retries at least every 500 ms while it tries).
 const REFUSED_WATCHED_FOR_MS: u64 = 5_000;
 
+/// A chat server whose health reports failed for this long may have been
+/// reaped meanwhile (by a process whose link to it was refused, as a
+/// firewall that rejects rather than drops can make it while the server
+/// lives): it announces its sessions again once it reports. Half the
+/// dead-after interval, while [`refusing_server_reaped_after`] waits a
+/// tenth more, so that clocks apart by less than that, or a report slow
+/// to land, cannot leave a reaped server unaware.
+pub fn may_have_been_reaped_after(dead_after: std::time::Duration) -> std::time::Duration {
+    dead_after / 2
+}
+
+/// How long a server whose port refuses this process's link must have
+/// been silent to be reaped at once (see [`may_have_been_reaped_after`]).
+fn refusing_server_reaped_after(dead_after: std::time::Duration) -> std::time::Duration {
+    dead_after * 3 / 5
+}
+
 /// A server whose port refused one of this process's links.
 #[derive(Default)]
 struct Refusal {
@@ -237,8 +254,8 @@ struct Refusal {
 
 /// Reaps the servers whose port refused one of this process's links
 /// (`refused`: when it last did) and that have not reported their health
-/// for half the dead-after interval (a report is missed: they report every
-/// second by default): nothing listens where they served, so they are
+/// for 0.6 of the dead-after interval (1.8 s by default: a report is
+/// missed, they report every second): nothing listens where they served, so they are
 /// dead, and waiting for the record to expire would spend up to 3 s of
 /// the contract's 5 s for nothing. A server cut off by a partition times
 /// out rather than refuses, and one that is alive reports, so neither is
@@ -252,7 +269,8 @@ async fn reap_refusing_servers(
 ) {
     let now = chat_protocol::now_ms();
     refused.retain(|_, r| now.saturating_sub(r.at) < REFUSED_WATCHED_FOR_MS);
-    let silent_after = router.registry().config().dead_after_ms / 2;
+    let dead_after = std::time::Duration::from_millis(router.registry().config().dead_after_ms);
+    let silent_after = refusing_server_reaped_after(dead_after).as_millis() as u64;
     let due: Vec<(String, u64)> = refused
         .iter()
         .filter_map(|(id, r)| {
@@ -267,12 +285,15 @@ async fn reap_refusing_servers(
                 if let Some(r) = refused.get_mut(&id) {
                     r.reaped_after = Some(seen);
                 }
-                tracing::info!(
-                    server_id = %id,
-                    silent_ms = now.saturating_sub(seen),
-                    users = reaped.len(),
-                    "reaped a chat server whose port refuses connections and whose reports stopped"
-                );
+                // Nothing reaped: it reported since, or it was reaped.
+                if !reaped.is_empty() {
+                    tracing::info!(
+                        server_id = %id,
+                        silent_ms = now.saturating_sub(seen),
+                        users = reaped.len(),
+                        "reaped a chat server whose port refuses connections and whose reports stopped"
+                    );
+                }
                 router.announce_reaped(&reaped).await;
             }
             Err(e) => {
@@ -299,14 +320,16 @@ mod tests {
     }
 
     /// A server whose port refused a link is reaped once it has missed a
-    /// report (silent for half the dead-after interval), once per
-    /// silence; one that still reports is not, refused or not.
+    /// report (silent for 0.6 of the dead-after interval), once per
+    /// silence; one that still reports is not, refused or not. A server
+    /// that could have been reaped so announces its sessions again: its
+    /// own threshold is below the reapers'.
     #[tokio::test]
     async fn a_refusing_server_is_reaped_once_it_is_silent_and_only_then() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         room_with(&*store, "alice", &["bob", "carol"]).await;
         let mut quiet = health("quiet", 0);
-        quiet.last_seen_ms -= 1_600;
+        quiet.last_seen_ms -= 2_000;
         store.put_server(&quiet, 60_000).await.unwrap();
         store.put_server(&health("busy", 0), 60_000).await.unwrap();
         store
@@ -364,6 +387,8 @@ mod tests {
             .unwrap();
         reap_refusing_servers(&router, &store, &mut refused, 10).await;
         assert!(online("bob").await);
+        let dead_after = Duration::from_secs(3);
+        assert!(may_have_been_reaped_after(dead_after) < refusing_server_reaped_after(dead_after));
     }
 
     /// A dead server is found within a twelfth of its dead-after interval

@@ -19,7 +19,9 @@ pub mod registry;
 pub mod router;
 
 pub use delivery::{Delivery, DeliveryKind};
-pub use events::{presence_reap_interval, spawn_presence_reaper, FanoutLimits};
+pub use events::{
+    may_have_been_reaped_after, presence_reap_interval, spawn_presence_reaper, FanoutLimits,
+};
 pub use link::{LinkConfig, LinkPool, INTERNAL_SECRET_HEADER};
 pub use registry::{RegistryConfig, ServerRegistry};
 pub use router::{LocalDelivery, MessageRouter, Recipients};
