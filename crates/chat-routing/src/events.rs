@@ -271,6 +271,7 @@ async fn reap_refusing_servers(
     refused.retain(|_, r| now.saturating_sub(r.at) < REFUSED_WATCHED_FOR_MS);
     let dead_after = std::time::Duration::from_millis(router.registry().config().dead_after_ms);
     let silent_after = refusing_server_reaped_after(dead_after).as_millis() as u64;
+    probe_silent_servers(router, refused, silent_after, now).await;
     let due: Vec<(String, u64)> = refused
         .iter()
         .filter_map(|(id, r)| {
@@ -301,6 +302,60 @@ async fn reap_refusing_servers(
             }
         }
     }
+}
+
+/// Probes the port of each live server silent for `silent_after` ms that
+/// no link of this process found refusing (nobody routed to it lately):
+/// a TCP connect, at most 200 ms, all at once. A refusal counts as a
+/// link's would, so a dead server is found by its port whether or not
+/// this process had a link to it. A silent server is probed at each look
+/// until it reports or its record expires (a few connects).
+async fn probe_silent_servers(
+    router: &MessageRouter,
+    refused: &mut HashMap<String, Refusal>,
+    silent_after: u64,
+    now: u64,
+) {
+    let silent: Vec<(String, String)> = router
+        .registry()
+        .live()
+        .iter()
+        .filter(|s| now.saturating_sub(s.health.last_seen_ms) >= silent_after)
+        .filter(|s| !refused.contains_key(&s.health.id))
+        .map(|s| (s.health.id.clone(), s.health.internal_url.clone()))
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    let probes = silent
+        .into_iter()
+        .map(|(id, url)| async move { port_refuses(&url).await.then_some(id) });
+    for id in futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        refused.entry(id).or_default().at = now;
+    }
+}
+
+/// Whether the host and port of `url` refuse a TCP connection (nothing
+/// listens there); a timeout or any other error is no answer.
+async fn port_refuses(url: &str) -> bool {
+    use tokio_tungstenite::tungstenite::http::Uri;
+    let Ok(uri) = url.parse::<Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let tls = matches!(uri.scheme_str(), Some("wss" | "https"));
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let connect = tokio::net::TcpStream::connect((host, port));
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), connect).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 #[cfg(test)]
@@ -389,6 +444,56 @@ mod tests {
         assert!(online("bob").await);
         let dead_after = Duration::from_secs(3);
         assert!(may_have_been_reaped_after(dead_after) < refusing_server_reaped_after(dead_after));
+    }
+
+    /// A silent server that no link found refusing is probed: its port
+    /// refusing, it is reaped; its port accepting (a live server whose
+    /// reports are late), it is not.
+    #[tokio::test]
+    async fn a_silent_server_nobody_links_to_is_probed_and_reaped_if_its_port_refuses() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        room_with(&*store, "alice", &["bob", "carol"]).await;
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_at = closed.local_addr().unwrap();
+        drop(closed);
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut dead = health("dead", 0);
+        dead.internal_url = format!("ws://{closed_at}/internal/link");
+        let mut late = health("late", 0);
+        late.internal_url = format!("ws://{}/internal/link", open.local_addr().unwrap());
+        for server in [&mut dead, &mut late] {
+            server.last_seen_ms -= 2_000;
+            store.put_server(server, 60_000).await.unwrap();
+        }
+        store
+            .add_session("bob", &loc("s1", "dead"), 60_000)
+            .await
+            .unwrap();
+        store
+            .add_session("carol", &loc("s2", "late"), 60_000)
+            .await
+            .unwrap();
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        let router = MessageRouter::new(
+            store.clone(),
+            registry,
+            LinkPool::new(LinkConfig::default()),
+            None,
+        );
+        let mut refused = HashMap::new();
+        reap_refusing_servers(&router, &store, &mut refused, 10).await;
+        let users: Vec<String> = vec!["bob".into(), "carol".into()];
+        let online = store.sessions_of(&users).await.unwrap();
+        assert!(
+            !online.contains_key("bob"),
+            "nothing listens where dead served"
+        );
+        assert!(
+            online.contains_key("carol"),
+            "late's port accepts: it lives"
+        );
+        drop(open);
     }
 
     /// A dead server is found within a twelfth of its dead-after interval
