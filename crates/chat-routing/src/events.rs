@@ -374,6 +374,25 @@ mod tests {
         }
     }
 
+    /// Bob on `bobs` server and carol on `carols` (their health is in
+    /// the store already), and a router whose registry has read them.
+    async fn bob_and_carol_on(store: &Arc<dyn Store>, bobs: &str, carols: &str) -> MessageRouter {
+        for (user, session, server) in [("bob", "s1", bobs), ("carol", "s2", carols)] {
+            store
+                .add_session(user, &loc(session, server), 60_000)
+                .await
+                .unwrap();
+        }
+        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
+        registry.refresh().await;
+        MessageRouter::new(
+            store.clone(),
+            registry,
+            LinkPool::new(LinkConfig::default()),
+            None,
+        )
+    }
+
     /// A server whose port refused a link is reaped once it has missed a
     /// report (silent for 0.6 of the dead-after interval), once per
     /// silence; one that still reports is not, refused or not. A server
@@ -387,22 +406,7 @@ mod tests {
         quiet.last_seen_ms -= 2_000;
         store.put_server(&quiet, 60_000).await.unwrap();
         store.put_server(&health("busy", 0), 60_000).await.unwrap();
-        store
-            .add_session("bob", &loc("s1", "quiet"), 60_000)
-            .await
-            .unwrap();
-        store
-            .add_session("carol", &loc("s2", "busy"), 60_000)
-            .await
-            .unwrap();
-        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
-        registry.refresh().await;
-        let router = MessageRouter::new(
-            store.clone(),
-            registry,
-            LinkPool::new(LinkConfig::default()),
-            None,
-        );
+        let router = bob_and_carol_on(&store, "quiet", "busy").await;
         let now = chat_protocol::now_ms();
         let mut refused: HashMap<String, Refusal> = ["quiet", "busy"]
             .into_iter()
@@ -465,22 +469,7 @@ mod tests {
             server.last_seen_ms -= 2_000;
             store.put_server(server, 60_000).await.unwrap();
         }
-        store
-            .add_session("bob", &loc("s1", "dead"), 60_000)
-            .await
-            .unwrap();
-        store
-            .add_session("carol", &loc("s2", "late"), 60_000)
-            .await
-            .unwrap();
-        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
-        registry.refresh().await;
-        let router = MessageRouter::new(
-            store.clone(),
-            registry,
-            LinkPool::new(LinkConfig::default()),
-            None,
-        );
+        let router = bob_and_carol_on(&store, "dead", "late").await;
         let mut refused = HashMap::new();
         reap_refusing_servers(&router, &store, &mut refused, 10).await;
         let users: Vec<String> = vec!["bob".into(), "carol".into()];
