@@ -188,7 +188,8 @@ pub fn spawn_presence_reaper(
     drop(router);
     tokio::spawn(async move {
         let mut last_expiry = tokio::time::Instant::now();
-        let mut refused: HashMap<String, Refusal> = HashMap::new();
+        // Per server, the report after which this process reaped it.
+        let mut reaped_after: HashMap<String, u64> = HashMap::new();
         loop {
             tokio::time::sleep(interval).await;
             let Some(router) = weak.upgrade() else { return };
@@ -214,20 +215,13 @@ pub fn spawn_presence_reaper(
                 }
                 Err(e) => tracing::debug!(error = %e, "reaping dead chat servers failed"),
             }
-            for (id, at) in router.links().take_refused() {
-                refused.entry(id).or_default().at = at;
-            }
-            reap_refusing_servers(&router, &store, &mut refused, presence_max).await;
+            reap_refusing_servers(&router, &store, &mut reaped_after, presence_max).await;
         }
     });
 }
 
-/// How long a server whose port refused a link is watched for its reports
-/// to stop (the link retries at least every 500 ms while it tries).
-const REFUSED_WATCHED_FOR_MS: u64 = 5_000;
-
 /// A chat server whose health reports failed for this long may have been
-/// reaped meanwhile (by a process whose link to it was refused, as a
+/// reaped meanwhile (by a process that found its port refusing, as a
 /// firewall that rejects rather than drops can make it while the server
 /// lives): it announces its sessions again once it reports. Half the
 /// dead-after interval, while [`refusing_server_reaped_after`] waits a
@@ -237,55 +231,51 @@ pub fn may_have_been_reaped_after(dead_after: std::time::Duration) -> std::time:
     dead_after / 2
 }
 
-/// How long a server whose port refuses this process's link must have
-/// been silent to be reaped at once (see [`may_have_been_reaped_after`]).
+/// How long a server must have been silent for its port to be probed, and
+/// it reaped at once if the port refuses (see [`may_have_been_reaped_after`]).
 fn refusing_server_reaped_after(dead_after: std::time::Duration) -> std::time::Duration {
     dead_after * 3 / 5
 }
 
-/// A server whose port refused one of this process's links.
-#[derive(Default)]
-struct Refusal {
-    /// When it last did (ms since the epoch).
-    at: u64,
-    /// Its last report when this process reaped it (once per silence).
-    reaped_after: Option<u64>,
-}
-
-/// Reaps the servers whose port refused one of this process's links
-/// (`refused`: when it last did) and that have not reported their health
-/// for 0.6 of the dead-after interval (1.8 s by default: a report is
-/// missed, they report every second): nothing listens where they served, so they are
-/// dead, and waiting for the record to expire would spend up to 3 s of
-/// the contract's 5 s for nothing. A server cut off by a partition times
-/// out rather than refuses, and one that is alive reports, so neither is
-/// reaped here; a server that reported since its last report this process
-/// has seen is left alone by the store (`Store::reap_silent_server`).
+/// Reaps the live servers that have not reported their health for 0.6 of
+/// the dead-after interval (1.8 s by default: a report is missed, they
+/// report every second) and whose port refuses a connection now (probed
+/// here: a TCP connect, at most 200 ms, all at once): nothing listens
+/// where they served, so they are dead (a SIGKILL, a crash), and waiting
+/// for the record to expire would spend up to 3 s of the contract's 5 s
+/// for nothing. A server cut off by a partition times out rather than
+/// refuses, a frozen one still accepts (its kernel answers), and one that
+/// is alive reports, so none of them is reaped here; a server that
+/// reported since the report this process saw is left alone by the store
+/// (`Store::reap_silent_server`). `reaped_after` keeps, per server, the
+/// report after which this process reaped it: one reap per silence.
 async fn reap_refusing_servers(
     router: &MessageRouter,
     store: &Arc<dyn Store>,
-    refused: &mut HashMap<String, Refusal>,
+    reaped_after: &mut HashMap<String, u64>,
     presence_max: u64,
 ) {
     let now = chat_protocol::now_ms();
-    refused.retain(|_, r| now.saturating_sub(r.at) < REFUSED_WATCHED_FOR_MS);
     let dead_after = std::time::Duration::from_millis(router.registry().config().dead_after_ms);
     let silent_after = refusing_server_reaped_after(dead_after).as_millis() as u64;
-    probe_silent_servers(router, refused, silent_after, now).await;
-    let due: Vec<(String, u64)> = refused
+    let live = router.registry().live();
+    reaped_after.retain(|id, _| live.iter().any(|s| &s.health.id == id));
+    let silent = live
         .iter()
-        .filter_map(|(id, r)| {
-            let seen = router.registry().last_seen_ms(id)?;
-            (now.saturating_sub(seen) >= silent_after && r.reaped_after != Some(seen))
-                .then(|| (id.clone(), seen))
-        })
+        .map(|s| &s.health)
+        .filter(|h| now.saturating_sub(h.last_seen_ms) >= silent_after)
+        .filter(|h| reaped_after.get(&h.id) != Some(&h.last_seen_ms));
+    let probes = silent.map(|h| async move { port_refuses(&h.internal_url).await.then_some(h) });
+    let refusing: Vec<_> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
         .collect();
-    for (id, seen) in due {
-        match store.reap_silent_server(&id, seen, presence_max).await {
+    for health in refusing {
+        let (id, seen) = (&health.id, health.last_seen_ms);
+        match store.reap_silent_server(id, seen, presence_max).await {
             Ok(reaped) => {
-                if let Some(r) = refused.get_mut(&id) {
-                    r.reaped_after = Some(seen);
-                }
+                reaped_after.insert(id.clone(), seen);
                 // Nothing reaped: it reported since, or it was reaped.
                 if !reaped.is_empty() {
                     tracing::info!(
@@ -301,41 +291,6 @@ async fn reap_refusing_servers(
                 tracing::debug!(error = %e, server_id = %id, "reaping a refusing chat server failed")
             }
         }
-    }
-}
-
-/// Probes the port of each live server silent for `silent_after` ms that
-/// no link of this process found refusing (nobody routed to it lately):
-/// a TCP connect, at most 200 ms, all at once. A refusal counts as a
-/// link's would, so a dead server is found by its port whether or not
-/// this process had a link to it. A silent server is probed at each look
-/// until it reports or its record expires (a few connects).
-async fn probe_silent_servers(
-    router: &MessageRouter,
-    refused: &mut HashMap<String, Refusal>,
-    silent_after: u64,
-    now: u64,
-) {
-    let silent: Vec<(String, String)> = router
-        .registry()
-        .live()
-        .iter()
-        .filter(|s| now.saturating_sub(s.health.last_seen_ms) >= silent_after)
-        .filter(|s| !refused.contains_key(&s.health.id))
-        .map(|s| (s.health.id.clone(), s.health.internal_url.clone()))
-        .collect();
-    if silent.is_empty() {
-        return;
-    }
-    let probes = silent
-        .into_iter()
-        .map(|(id, url)| async move { port_refuses(&url).await.then_some(id) });
-    for id in futures_util::future::join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-    {
-        refused.entry(id).or_default().at = now;
     }
 }
 
@@ -393,7 +348,7 @@ mod tests {
         )
     }
 
-    /// A server whose port refused a link is reaped once it has missed a
+    /// A server whose port refuses is reaped once it has missed a
     /// report (silent for 0.6 of the dead-after interval), once per
     /// silence; one that still reports is not, refused or not. A server
     /// that could have been reaped so announces its sessions again: its
@@ -407,20 +362,9 @@ mod tests {
         store.put_server(&quiet, 60_000).await.unwrap();
         store.put_server(&health("busy", 0), 60_000).await.unwrap();
         let router = bob_and_carol_on(&store, "quiet", "busy").await;
-        let now = chat_protocol::now_ms();
-        let mut refused: HashMap<String, Refusal> = ["quiet", "busy"]
-            .into_iter()
-            .map(|id| {
-                (
-                    id.to_owned(),
-                    Refusal {
-                        at: now,
-                        reaped_after: None,
-                    },
-                )
-            })
-            .collect();
-        reap_refusing_servers(&router, &store, &mut refused, 10).await;
+        // Both ports refuse (`health` points at 127.0.0.1:1); busy reports.
+        let mut reaped_after = HashMap::new();
+        reap_refusing_servers(&router, &store, &mut reaped_after, 10).await;
         let online = |user: &str| {
             let store = store.clone();
             let user = user.to_owned();
@@ -437,24 +381,23 @@ mod tests {
             online("carol").await,
             "busy reports: refusing or not, it lives"
         );
-        assert_eq!(refused["quiet"].reaped_after, Some(quiet.last_seen_ms));
+        assert_eq!(reaped_after.get("quiet"), Some(&quiet.last_seen_ms));
         // Bob comes back on the same server (say, it restarted): the same
         // silence is not reaped twice.
         store
             .add_session("bob", &loc("s3", "quiet"), 60_000)
             .await
             .unwrap();
-        reap_refusing_servers(&router, &store, &mut refused, 10).await;
+        reap_refusing_servers(&router, &store, &mut reaped_after, 10).await;
         assert!(online("bob").await);
         let dead_after = Duration::from_secs(3);
         assert!(may_have_been_reaped_after(dead_after) < refusing_server_reaped_after(dead_after));
     }
 
-    /// A silent server that no link found refusing is probed: its port
-    /// refusing, it is reaped; its port accepting (a live server whose
-    /// reports are late), it is not.
+    /// A silent server's port is probed: refusing, the server is reaped;
+    /// accepting (a live server whose reports are late), it is not.
     #[tokio::test]
-    async fn a_silent_server_nobody_links_to_is_probed_and_reaped_if_its_port_refuses() {
+    async fn a_silent_server_is_probed_and_reaped_only_if_its_port_refuses() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         room_with(&*store, "alice", &["bob", "carol"]).await;
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -470,8 +413,8 @@ mod tests {
             store.put_server(server, 60_000).await.unwrap();
         }
         let router = bob_and_carol_on(&store, "dead", "late").await;
-        let mut refused = HashMap::new();
-        reap_refusing_servers(&router, &store, &mut refused, 10).await;
+        let mut reaped_after = HashMap::new();
+        reap_refusing_servers(&router, &store, &mut reaped_after, 10).await;
         let users: Vec<String> = vec!["bob".into(), "carol".into()];
         let online = store.sessions_of(&users).await.unwrap();
         assert!(

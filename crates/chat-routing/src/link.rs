@@ -67,14 +67,7 @@ pub struct LinkPool {
     config: LinkConfig,
     links: Mutex<HashMap<String, Link>>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
-    refused: RefusedTargets,
 }
-
-/// Targets whose port refused a link's connect, and when it last did (ms
-/// since the epoch): nothing listens there, so the server is most likely
-/// dead (a SIGKILL, a crash) rather than cut off, which times out instead.
-/// The presence reaper reads it (`LinkPool::take_refused`).
-type RefusedTargets = Arc<Mutex<HashMap<String, u64>>>;
 
 impl LinkPool {
     pub fn new(config: LinkConfig) -> Arc<Self> {
@@ -82,14 +75,7 @@ impl LinkPool {
             config,
             links: Mutex::new(HashMap::new()),
             dropped: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            refused: Arc::default(),
         })
-    }
-
-    /// The targets whose port refused a connect since the last call, with
-    /// when it last did (ms since the epoch).
-    pub fn take_refused(&self) -> HashMap<String, u64> {
-        std::mem::take(&mut *self.refused.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Deliveries dropped because a target's queue was full.
@@ -110,7 +96,6 @@ impl LinkPool {
                 url.to_owned(),
                 self.config.clone(),
                 rx,
-                self.refused.clone(),
             ));
             links.insert(
                 server_id.to_owned(),
@@ -142,7 +127,6 @@ async fn run_link(
     url: String,
     config: LinkConfig,
     mut rx: mpsc::Receiver<Arc<Delivery>>,
-    refused: RefusedTargets,
 ) {
     let mut pending: Vec<Arc<Delivery>> = Vec::new();
     let mut backoff = Duration::from_millis(20);
@@ -155,12 +139,6 @@ async fn run_link(
                 ws
             }
             Err(e) => {
-                if e.refused {
-                    refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(server_id.clone(), chat_protocol::now_ms());
-                }
                 let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > Duration::from_millis(config.give_up_after_ms) {
                     tracing::warn!(server_id, error = %e, dropped = pending.len(), "link target unreachable; giving up");
@@ -224,43 +202,17 @@ async fn run_link(
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Why a link's connect failed; `refused`: the target's port refused it.
-#[derive(Debug)]
-struct ConnectError {
-    message: String,
-    refused: bool,
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl ConnectError {
-    fn other(e: impl std::fmt::Display) -> Self {
-        ConnectError {
-            message: e.to_string(),
-            refused: false,
-        }
-    }
-}
-
-async fn connect(url: &str, secret: &str) -> Result<WsStream, ConnectError> {
-    use tokio_tungstenite::tungstenite::Error;
-    let mut request = url.into_client_request().map_err(ConnectError::other)?;
+async fn connect(url: &str, secret: &str) -> Result<WsStream, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     request.headers_mut().insert(
         INTERNAL_SECRET_HEADER,
-        HeaderValue::from_str(secret).map_err(ConnectError::other)?,
+        HeaderValue::from_str(secret).map_err(|e| e.to_string())?,
     );
     let connect = tokio_tungstenite::connect_async(request);
     let (ws, _) = tokio::time::timeout(Duration::from_secs(2), connect)
         .await
-        .map_err(|_| ConnectError::other("connect timed out"))?
-        .map_err(|e| ConnectError {
-            refused: matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused),
-            message: e.to_string(),
-        })?;
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
     if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
         let _ = tcp.set_nodelay(true);
     }
@@ -333,38 +285,5 @@ mod tests {
         let (conn, batch) = next(&mut got_rx).await.expect("the second batch");
         assert_eq!(conn, 1);
         assert!(batch.contains(r#""seq":2"#), "{batch}");
-    }
-
-    /// A target whose port refuses the link's connect (nothing listens:
-    /// the process died) is reported to the presence reaper, and one that
-    /// accepts is not.
-    #[tokio::test]
-    async fn a_target_whose_port_refuses_is_reported_as_refused() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let closed = format!("ws://{}/internal/link", listener.local_addr().unwrap());
-        drop(listener);
-        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let listening = format!("ws://{}/internal/link", open.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = open.accept().await {
-                tokio::spawn(async move {
-                    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-                    while let Some(Ok(_)) = ws.next().await {}
-                });
-            }
-        });
-        let pool = LinkPool::new(LinkConfig::default());
-        pool.send("dead", &closed, delivery(1));
-        pool.send("alive", &listening, delivery(1));
-        let mut refused = HashMap::new();
-        for _ in 0..200 {
-            refused.extend(pool.take_refused());
-            if refused.contains_key("dead") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(refused.contains_key("dead"), "{refused:?}");
-        assert!(!refused.contains_key("alive"), "{refused:?}");
     }
 }

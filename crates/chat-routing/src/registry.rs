@@ -161,17 +161,6 @@ impl ServerRegistry {
         self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// When `server_id` last reported its health, as of the last refresh
-    /// (`None` if it was not live then).
-    pub fn last_seen_ms(&self, server_id: &str) -> Option<u64> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|s| s.health.id == server_id)
-            .map(|s| s.health.last_seen_ms)
-    }
-
     /// The live servers (silent ones already removed) as of the last refresh.
     pub fn live(&self) -> Arc<Vec<ServerSnapshot>> {
         self.live_at(now_ms())

@@ -159,10 +159,6 @@ impl MessageRouter {
         &self.registry
     }
 
-    pub fn links(&self) -> &Arc<LinkPool> {
-        &self.links
-    }
-
     pub fn fanout_limits(&self) -> crate::FanoutLimits {
         self.fanout_limits
     }
