@@ -25,6 +25,7 @@
 //! | `chat:{registry}:hosts` | set | chat server ids that reported health or hold sessions: what presence reaping scans |
 //! | `chat:{server:<id>}:hosted` | set | users with sessions on that chat server, for reaping when it dies |
 //! | `chat:{registry}:hosted:<id>` | set | the same, written by chat servers from before the set moved to their own slot; reaping reads both |
+//! | `chat:{server:<id>}:reaping:<list>:<chunk>` | string, expires in seconds | a reaper's claim on one chunk of a dead server's users (`<list>`: a digest of the user list the chunks were cut from), so concurrent reapers share the users instead of each trying all |
 //! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
 //! | `chat:{registry}:unseen` | hash | registered server id -> ms since when it has had no health record (expiry of registrations) |
 //!
@@ -129,6 +130,21 @@ pub const REGISTRY_HOSTS: &str = "chat:{registry}:hosts";
 /// The users with sessions on a chat server, in the server's own slot.
 pub fn server_hosted(server_id: &str) -> String {
     format!("chat:{{server:{server_id}}}:hosted")
+}
+/// A reaper's claim on chunk `chunk` of a dead server's user list (its
+/// [`user_list_digest`] `list`), in the server's own slot.
+pub fn server_reap_claim(server_id: &str, list: u64, chunk: usize) -> String {
+    format!("chat:{{server:{server_id}}}:reaping:{list:016x}:{chunk}")
+}
+/// Names the user list a reap's chunks were cut from: reapers that read
+/// the same list share its claims. FNV-1a, so that every process and
+/// release agrees.
+pub fn user_list_digest(users: &[String]) -> u64 {
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in users.iter().flat_map(|u| u.as_bytes().iter().chain([&0u8])) {
+        digest = (digest ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    digest
 }
 /// Legacy: the same in the registry's slot, written by chat servers from
 /// before [`server_hosted`]; reaping reads it too.

@@ -83,6 +83,26 @@ const FORGET_ROOMS_LUA: &str = concat!(
 /// node's time, so a reap does not hold a node for long.
 const FORGET_ROOMS_STEP: usize = 300;
 
+/// Users of a dead server that one reaper claims at a time: tens of
+/// milliseconds of scripts, so concurrent reapers share a large server's
+/// users (each then forgets its users' rooms and announces them), and few
+/// claims per reap. A reaper forgets each of its users' rooms once,
+/// whatever the number of its claims; a room whose users went to several
+/// reapers is forgotten by each.
+const REAP_CHUNK_USERS: usize = 500;
+
+/// How long a claim on a chunk of a dead server's users holds: far longer
+/// than its scripts take, so reapers arriving later skip it; short, since
+/// it is also how long a chunk waits if its reaper died (a second fault)
+/// and how long its users stay listed after a reap that could not unhost
+/// them (the server's health record still lived): the next reaper to find
+/// the claims gone tries those users again (nothing left to drop) and
+/// unhosts them.
+const REAP_CLAIM_TTL: Duration = Duration::from_secs(3);
+/// A claim's values: its reaper is trying the chunk's users, or has.
+const CLAIM_TAKEN: &str = "taken";
+const CLAIM_DONE: &str = "done";
+
 /// Fewest of a user's rooms on one master announced with one script
 /// there; fewer go one announce per room. Measured on connects (A/B,
 /// docs/benchmarks.md, "A connect's rooms with one script per master"):
@@ -1185,37 +1205,7 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
-        // A server's users can be tens of thousands: `in_steps`.
-        let dropped: Vec<Option<ReapedUser>> = in_steps(&users, |user| async move {
-            let reply: Vec<String> = self
-                .reap_user
-                .key(keys::user_sessions(user))
-                .key(keys::user_rooms(user))
-                .arg(server_id)
-                .invoke_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?;
-            if reply.is_empty() {
-                return Ok(None);
-            }
-            let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
-            let count: usize = rest
-                .first()
-                .and_then(|n| n.parse().ok())
-                .filter(|n| rest.len() > *n)
-                .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
-            let rooms = rest.split_off(count + 1);
-            rest.remove(0);
-            Ok::<_, StoreError>(Some(ReapedUser {
-                user: user.clone(),
-                offline: head[0] == "1",
-                ts,
-                sessions: rest,
-                rooms: sorted(rooms),
-            }))
-        })
-        .await?;
-        let dropped: Vec<ReapedUser> = dropped.into_iter().flatten().collect();
+        let (done, dropped) = self.reap_claimed_chunks(server_id, &users).await?;
         let users_took = started.elapsed();
         // The dead server's sessions leave the rooms' indexes too, so
         // routing stops sending there (it comes back by re-announcing):
@@ -1283,11 +1273,13 @@ impl RedisStore {
         if !users.is_empty() {
             // The parts, for the 5 s the contract gives to report a dead
             // server's users offline: the users' records (this process
-            // took `taken` of them: concurrent reapers share the work),
-            // then the rooms' indexes.
+            // took `taken` of them, in chunks claimed from `users`:
+            // concurrent reapers share the work), then the rooms' indexes.
+            // `done`: the users that may leave the server's sets.
             tracing::info!(
                 server_id,
                 users = users.len(),
+                done = done.len(),
                 taken = dropped.len(),
                 rooms = by_room.len(),
                 users_ms = users_took.as_millis() as u64,
@@ -1302,9 +1294,15 @@ impl RedisStore {
         if !force && have_health_records(&mut self.conn()?, &[server_id.to_owned()]).await?[0] {
             return Ok(reaped);
         }
+        // Only users tried already leave the server's sets: those of
+        // chunks another reaper is trying stay until it is done, so a
+        // reaper that dies before it tries them leaves them to the next.
+        if done.is_empty() && !users.is_empty() {
+            return Ok(reaped);
+        }
         let mut own = self.unhost_own.prepare_invoke();
         own.key(keys::server_hosted(server_id));
-        for user in &users {
+        for user in &done {
             own.arg(user);
         }
         let still_hosted: i64 = own
@@ -1319,7 +1317,7 @@ impl RedisStore {
             .arg(server_id)
             .arg(if force { "1" } else { "0" })
             .arg(still_hosted);
-        for user in &users {
+        for user in &done {
             invocation.arg(user);
         }
         let _: i64 = invocation
@@ -1327,6 +1325,116 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(reaped)
+    }
+
+    /// The users part of [`Self::reap`]: drops `users`' sessions on the
+    /// dead server, chunk by chunk. Every process reaps and each user's
+    /// step is atomic, so any number of reapers is correct; but when each
+    /// tried every user, a dead server cost Redis one script per user per
+    /// process, and the first reaper took every user and then did all the
+    /// rooms and announcing alone. So a reaper claims a chunk before it
+    /// tries its users (a key in the server's slot that expires), going
+    /// round from a random chunk: concurrent reapers share the users and
+    /// the work after. Returns the users that may leave the server's sets
+    /// (those of the chunks this reaper tried, and of chunks another
+    /// reaper is done with) and those whose sessions this reaper dropped.
+    async fn reap_claimed_chunks<'u>(
+        &self,
+        server_id: &str,
+        users: &'u [String],
+    ) -> StoreResult<(Vec<&'u String>, Vec<ReapedUser>)> {
+        let chunks: Vec<&[String]> = users.chunks(REAP_CHUNK_USERS).collect();
+        if chunks.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        // Chunks are cut from the list as this reaper read it: another
+        // list (after a reaper unhosted some users) has its own claims.
+        let list = keys::user_list_digest(users);
+        let first = rand::random_range(0..chunks.len());
+        let (mut done, mut dropped) = (Vec::new(), Vec::new());
+        for i in (0..chunks.len()).map(|k| (first + k) % chunks.len()) {
+            let claim = keys::server_reap_claim(server_id, list, i);
+            let ttl_ms = REAP_CLAIM_TTL.as_millis() as u64;
+            // Nothing before: ours. `done`: another reaper tried these
+            // users (it could not unhost them if the server's health
+            // record still lived, so this reaper may). `taken`: another
+            // reaper is trying them.
+            let before: Option<String> = redis::cmd("SET")
+                .arg(&claim)
+                .arg(CLAIM_TAKEN)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            match before.as_deref() {
+                None => {}
+                Some(CLAIM_DONE) => {
+                    done.extend(chunks[i]);
+                    continue;
+                }
+                Some(_) => continue,
+            }
+            // A server's users can be tens of thousands: `in_steps`.
+            let reaped = match in_steps(chunks[i], |user| self.reap_one_user(server_id, user)).await
+            {
+                Ok(reaped) => reaped,
+                Err(e) => {
+                    // Let the next reaper try them now, not once the claim
+                    // expires (best effort: it expires anyway).
+                    let _: Result<i64, _> = self.conn()?.del(&claim).await;
+                    return Err(e);
+                }
+            };
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&claim)
+                .arg(CLAIM_DONE)
+                .arg("XX")
+                .arg("KEEPTTL")
+                .query_async(&mut self.conn()?)
+                .await
+                .map_err(unavailable)?;
+            done.extend(chunks[i]);
+            dropped.extend(reaped.into_iter().flatten());
+        }
+        Ok((done, dropped))
+    }
+
+    /// One user's step of a reap: drops the user's sessions on the dead
+    /// server; `None` if there were none (another reaper took them).
+    async fn reap_one_user(
+        &self,
+        server_id: &str,
+        user: &String,
+    ) -> StoreResult<Option<ReapedUser>> {
+        let reply: Vec<String> = self
+            .reap_user
+            .key(keys::user_sessions(user))
+            .key(keys::user_rooms(user))
+            .arg(server_id)
+            .invoke_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let (head, ts, mut rest) = split_presence_reply(reply, 1)?;
+        let count: usize = rest
+            .first()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| rest.len() > *n)
+            .ok_or_else(|| StoreError::Corrupt("reap reply without sessions".into()))?;
+        let rooms = rest.split_off(count + 1);
+        rest.remove(0);
+        Ok::<_, StoreError>(Some(ReapedUser {
+            user: user.clone(),
+            offline: head[0] == "1",
+            ts,
+            sessions: rest,
+            rooms: sorted(rooms),
+        }))
     }
 
     /// Takes each room's `sessions` out of its presence index and reads

@@ -459,3 +459,135 @@ mod concurrent_reapers {
         store.remove_session(&alice, "s1").await.unwrap();
     }
 }
+
+/// A dead server's users are claimed in chunks (`REAP_CHUNK_USERS`, 500),
+/// so concurrent reapers share them instead of each trying every user.
+mod reap_claims {
+    use std::collections::HashSet;
+
+    use chat_store::{keys, SessionLocation, StoreConfig};
+    use redis::AsyncCommands;
+
+    const CHUNK: usize = 500;
+
+    /// A dead server hosting `n` users, one session each, in no room;
+    /// its users sorted as the reap cuts them into chunks.
+    async fn dead_server_with(
+        store: &chat_store::conformance::SharedStore,
+        n: usize,
+    ) -> (String, Vec<String>) {
+        let server = chat_protocol::ids::new_id("srv-dead-");
+        store
+            .put_server(&chat_store::conformance::health(&server, 0), 60_000)
+            .await
+            .unwrap();
+        let prefix = chat_protocol::ids::new_id("u-");
+        let mut users: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:04}")).collect();
+        users.sort();
+        let at = SessionLocation {
+            session: "s".into(),
+            server_id: server.clone(),
+        };
+        for user in &users {
+            store.add_session(user, &at, 60_000).await.unwrap();
+        }
+        store.remove_server(&server).await.unwrap();
+        (server, users)
+    }
+
+    /// `assert_eq!` without printing a thousand ids.
+    fn same_users(got: &[String], want: &[String], what: &str) {
+        let first = |v: &[String]| v.first().cloned().unwrap_or_default();
+        assert!(
+            got == want,
+            "{what}: {} users from {} against {} from {}",
+            got.len(),
+            first(got),
+            want.len(),
+            first(want)
+        );
+    }
+
+    fn sorted_users(reaped: &[chat_store::WentOffline]) -> Vec<String> {
+        let mut users: Vec<String> = reaped.iter().map(|gone| gone.change.user.clone()).collect();
+        users.sort();
+        users
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reaper_skips_the_chunks_others_claimed_and_unhosts_only_those_tried() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let (server, users) = dead_server_with(&store, 2 * CHUNK + 100).await;
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        // Another reaper is trying the first chunk, and a third is done
+        // with the second: it took those users' sessions, and could not
+        // unhost them (the server's health record still lived).
+        let list = keys::user_list_digest(&users);
+        let claim = |chunk| keys::server_reap_claim(&server, list, chunk);
+        let _: () = conn.set_ex(claim(0), "taken", 60).await.unwrap();
+        for user in &users[CHUNK..2 * CHUNK] {
+            let _: () = conn.hdel(keys::user_sessions(user), "s").await.unwrap();
+        }
+        let _: () = conn.set_ex(claim(1), "done", 60).await.unwrap();
+
+        let reaped = store.reap_server(&server, 10).await.unwrap();
+        same_users(
+            &sorted_users(&reaped),
+            &users[2 * CHUNK..],
+            "the third chunk only",
+        );
+        let mut hosted: Vec<String> = conn.smembers(keys::server_hosted(&server)).await.unwrap();
+        hosted.sort();
+        same_users(
+            &hosted,
+            &users[..CHUNK],
+            "the chunk still being tried stays hosted",
+        );
+        let listed: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
+        assert!(listed, "a server that still hosts users stays in `hosts`");
+
+        // The first chunk's reaper died: the list is shorter now (its own
+        // claims), so the next reaper tries those users.
+        let reaped = store.reap_server(&server, 10).await.unwrap();
+        same_users(&sorted_users(&reaped), &users[..CHUNK], "the first chunk");
+        let left: u64 = conn.scard(keys::server_hosted(&server)).await.unwrap();
+        assert_eq!(left, 0);
+        let listed: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
+        assert!(!listed, "a server that hosts nobody leaves `hosts`");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reapers_report_each_user_once_and_unhost_all() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let (server, users) = dead_server_with(&store, 3 * CHUNK + 1).await;
+        let (a, b, c) = tokio::join!(
+            store.reap_server(&server, 10),
+            store.reap_server(&server, 10),
+            store.reap_server(&server, 10),
+        );
+        let mut all: Vec<chat_store::WentOffline> = Vec::new();
+        for reaped in [a, b, c] {
+            all.extend(reaped.unwrap());
+        }
+        same_users(&sorted_users(&all), &users, "every user once");
+        let distinct: HashSet<&String> = all.iter().map(|gone| &gone.change.user).collect();
+        assert_eq!(distinct.len(), users.len());
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let left: u64 = conn.scard(keys::server_hosted(&server)).await.unwrap();
+        assert_eq!(left, 0, "the last reaper done unhosts");
+        let listed: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
+        assert!(!listed);
+    }
+}
