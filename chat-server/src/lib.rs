@@ -1066,11 +1066,13 @@ mod tests {
         assert_eq!(recorded_state(&store, &server).await, None);
     }
 
-    /// After its health reports stopped reaching the store for longer than
-    /// the dead-after interval, a server puts its sessions back into the
-    /// rooms' presence indexes (routers may have forgotten them).
+    /// After its health reports stopped reaching the store for long enough
+    /// to have been reaped (half the dead-after interval: a reaper that
+    /// found its port refusing may have, before its record expired), a
+    /// server puts its sessions back into the rooms' presence indexes
+    /// (routers may have forgotten them).
     #[tokio::test]
-    async fn a_server_that_counted_as_dead_announces_its_sessions_again() {
+    async fn a_server_that_may_have_been_reaped_announces_its_sessions_again() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         store
             .create_room(NewRoom {
@@ -1086,24 +1088,36 @@ mod tests {
         // A live session that the room's index does not list.
         let _queue = add_idle_session(&server, "alice", "s_a");
         assert!(store.room_online("r_1").await.unwrap().is_empty());
+        let silent_for = |silence: Duration| {
+            *server.last_report_ok.lock().unwrap() = std::time::Instant::now()
+                .checked_sub(silence)
+                .expect("a monotonic clock that goes back a few seconds");
+        };
+        let dead_after = Duration::from_millis(server.config.dead_after_ms);
+        let threshold = chat_routing::may_have_been_reaped_after(dead_after);
 
-        // A report soon after the last one starts no announcement.
+        // A report soon after the last one starts no announcement, nor one
+        // after a silence short of the threshold.
         assert!(
             server.report_health().await.is_none(),
             "a timely report announced the sessions again"
         );
+        silent_for(threshold - Duration::from_millis(300));
+        assert!(
+            server.report_health().await.is_none(),
+            "a report after a short silence announced the sessions again"
+        );
         assert!(store.room_online("r_1").await.unwrap().is_empty());
 
-        // A report after a silence longer than dead-after announces again.
-        let silent = Duration::from_millis(server.config.dead_after_ms + 1000);
-        let long_ago = std::time::Instant::now()
-            .checked_sub(silent)
-            .expect("a monotonic clock that goes back dead-after + 1 s");
-        *server.last_report_ok.lock().unwrap() = long_ago;
+        // A report after a silence past it, though shorter than dead-after
+        // (the record did not expire), announces again.
+        let silence = threshold + Duration::from_millis(100);
+        assert!(silence < dead_after);
+        silent_for(silence);
         server
             .report_health()
             .await
-            .expect("a report after a long silence announces the sessions again")
+            .expect("a report after a silence past the threshold announces the sessions again")
             .await
             .unwrap();
         let online = store.room_online("r_1").await.unwrap();

@@ -10,7 +10,8 @@
 //! Per run and reaper count: a dead server hosting `users` users (one
 //! session each), in rooms of 10 (`rooms per user` each); that many
 //! reapers (each its own `RedisStore`, its own connections, as separate
-//! processes would be) reap it at once. Prints the wall time until the
+//! processes would be) reap it at once, as reapers that found its health
+//! record expired do (`reap_silent_server` with no record left). Prints the wall time until the
 //! last one is done, the Redis CPU it took (all nodes' `used_cpu_sys` +
 //! `used_cpu_user` from `INFO cpu`, before and after), and how many users
 //! each reaper took. The setup's CPU is not counted.
@@ -109,7 +110,11 @@ async fn main() {
             let cpu_before = redis_cpu_s(&urls).await;
             let started = Instant::now();
             let taken = futures_util::future::join_all(stores.iter().map(|store| async {
-                store.reap_server(&server, 1000).await.expect("reap").len()
+                store
+                    .reap_silent_server(&server, 0, 1000)
+                    .await
+                    .expect("reap")
+                    .len()
             }))
             .await;
             let wall_ms = started.elapsed().as_secs_f64() * 1000.0;

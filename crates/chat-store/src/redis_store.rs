@@ -1205,7 +1205,10 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
-        let (done, dropped) = self.reap_claimed_chunks(server_id, &users).await?;
+        // A forced reap is a restarted server's, of its previous run: it
+        // tries every user, claimed or not, since it must not take sessions
+        // while another reaper may still drop its users' sessions there.
+        let (done, dropped) = self.reap_users(server_id, &users, !force).await?;
         let users_took = started.elapsed();
         // The dead server's sessions leave the rooms' indexes too, so
         // routing stops sending there (it comes back by re-announcing):
@@ -1328,7 +1331,8 @@ impl RedisStore {
     }
 
     /// The users part of [`Self::reap`]: drops `users`' sessions on the
-    /// dead server, chunk by chunk. Every process reaps and each user's
+    /// dead server, chunk by chunk, only those of chunks it could `claim`
+    /// if asked to (else every chunk). Every process reaps and each user's
     /// step is atomic, so any number of reapers is correct; but when each
     /// tried every user, a dead server cost Redis one script per user per
     /// process, and the first reaper took every user and then did all the
@@ -1338,10 +1342,11 @@ impl RedisStore {
     /// the work after. Returns the users that may leave the server's sets
     /// (those of the chunks this reaper tried, and of chunks another
     /// reaper is done with) and those whose sessions this reaper dropped.
-    async fn reap_claimed_chunks<'u>(
+    async fn reap_users<'u>(
         &self,
         server_id: &str,
         users: &'u [String],
+        claim: bool,
     ) -> StoreResult<(Vec<&'u String>, Vec<ReapedUser>)> {
         let chunks: Vec<&[String]> = users.chunks(REAP_CHUNK_USERS).collect();
         if chunks.is_empty() {
@@ -1353,49 +1358,54 @@ impl RedisStore {
         let first = rand::random_range(0..chunks.len());
         let (mut done, mut dropped) = (Vec::new(), Vec::new());
         for i in (0..chunks.len()).map(|k| (first + k) % chunks.len()) {
-            let claim = keys::server_reap_claim(server_id, list, i);
-            let ttl_ms = REAP_CLAIM_TTL.as_millis() as u64;
-            // Nothing before: ours. `done`: another reaper tried these
-            // users (it could not unhost them if the server's health
-            // record still lived, so this reaper may). `taken`: another
-            // reaper is trying them.
-            let before: Option<String> = redis::cmd("SET")
-                .arg(&claim)
-                .arg(CLAIM_TAKEN)
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?;
-            match before.as_deref() {
-                None => {}
-                Some(CLAIM_DONE) => {
-                    done.extend(chunks[i]);
-                    continue;
+            let claim = claim.then(|| keys::server_reap_claim(server_id, list, i));
+            if let Some(claim) = &claim {
+                // Nothing before: ours. `done`: another reaper tried these
+                // users (it could not unhost them if the server's health
+                // record still lived, so this reaper may). `taken`:
+                // another reaper is trying them.
+                let before: Option<String> = redis::cmd("SET")
+                    .arg(claim)
+                    .arg(CLAIM_TAKEN)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(REAP_CLAIM_TTL.as_millis() as u64)
+                    .query_async(&mut self.conn()?)
+                    .await
+                    .map_err(unavailable)?;
+                match before.as_deref() {
+                    None => {}
+                    Some(CLAIM_DONE) => {
+                        done.extend(chunks[i]);
+                        continue;
+                    }
+                    Some(_) => continue,
                 }
-                Some(_) => continue,
             }
             // A server's users can be tens of thousands: `in_steps`.
             let reaped = match in_steps(chunks[i], |user| self.reap_one_user(server_id, user)).await
             {
                 Ok(reaped) => reaped,
                 Err(e) => {
-                    // Let the next reaper try them now, not once the claim
-                    // expires (best effort: it expires anyway).
-                    let _: Result<i64, _> = self.conn()?.del(&claim).await;
+                    if let Some(claim) = &claim {
+                        // Let the next reaper try them now, not once the
+                        // claim expires (best effort: it expires anyway).
+                        let _: Result<i64, _> = self.conn()?.del(claim).await;
+                    }
                     return Err(e);
                 }
             };
-            let _: Option<String> = redis::cmd("SET")
-                .arg(&claim)
-                .arg(CLAIM_DONE)
-                .arg("XX")
-                .arg("KEEPTTL")
-                .query_async(&mut self.conn()?)
-                .await
-                .map_err(unavailable)?;
+            if let Some(claim) = &claim {
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(claim)
+                    .arg(CLAIM_DONE)
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .query_async(&mut self.conn()?)
+                    .await
+                    .map_err(unavailable)?;
+            }
             done.extend(chunks[i]);
             dropped.extend(reaped.into_iter().flatten());
         }

@@ -462,6 +462,9 @@ mod concurrent_reapers {
 
 /// A dead server's users are claimed in chunks (`REAP_CHUNK_USERS`, 500),
 /// so concurrent reapers share them instead of each trying every user.
+/// (`reap_silent_server` with no health record left: the reapers' path,
+/// without `reap_dead_servers`, which would reap the servers of the tests
+/// running beside these.)
 mod reap_claims {
     use std::collections::HashSet;
 
@@ -536,7 +539,7 @@ mod reap_claims {
         }
         let _: () = conn.set_ex(claim(1), "done", 60).await.unwrap();
 
-        let reaped = store.reap_server(&server, 10).await.unwrap();
+        let reaped = store.reap_silent_server(&server, 0, 10).await.unwrap();
         same_users(
             &sorted_users(&reaped),
             &users[2 * CHUNK..],
@@ -554,7 +557,7 @@ mod reap_claims {
 
         // The first chunk's reaper died: the list is shorter now (its own
         // claims), so the next reaper tries those users.
-        let reaped = store.reap_server(&server, 10).await.unwrap();
+        let reaped = store.reap_silent_server(&server, 0, 10).await.unwrap();
         same_users(&sorted_users(&reaped), &users[..CHUNK], "the first chunk");
         let left: u64 = conn.scard(keys::server_hosted(&server)).await.unwrap();
         assert_eq!(left, 0);
@@ -572,9 +575,9 @@ mod reap_claims {
         };
         let (server, users) = dead_server_with(&store, 3 * CHUNK + 1).await;
         let (a, b, c) = tokio::join!(
-            store.reap_server(&server, 10),
-            store.reap_server(&server, 10),
-            store.reap_server(&server, 10),
+            store.reap_silent_server(&server, 0, 10),
+            store.reap_silent_server(&server, 0, 10),
+            store.reap_silent_server(&server, 0, 10),
         );
         let mut all: Vec<chat_store::WentOffline> = Vec::new();
         for reaped in [a, b, c] {
@@ -587,6 +590,31 @@ mod reap_claims {
         let mut conn = client.get_async_connection().await.unwrap();
         let left: u64 = conn.scard(keys::server_hosted(&server)).await.unwrap();
         assert_eq!(left, 0, "the last reaper done unhosts");
+        let listed: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
+        assert!(!listed);
+    }
+
+    /// A restarted server's reap of its previous run (`reap_server`) tries
+    /// every user, claimed or not: it must not take sessions while another
+    /// reaper may still drop its users' sessions there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_servers_reap_tries_every_user_claimed_or_not() {
+        let Some(urls) = chat_store::conformance::test_redis_urls() else {
+            return;
+        };
+        let Some(store) = super::make(StoreConfig::default()).await else {
+            return;
+        };
+        let (server, users) = dead_server_with(&store, CHUNK + 1).await;
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        let mut conn = client.get_async_connection().await.unwrap();
+        let list = keys::user_list_digest(&users);
+        for chunk in 0..2 {
+            let claim = keys::server_reap_claim(&server, list, chunk);
+            let _: () = conn.set_ex(claim, "taken", 60).await.unwrap();
+        }
+        let reaped = store.reap_server(&server, 10).await.unwrap();
+        same_users(&sorted_users(&reaped), &users, "every user");
         let listed: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
         assert!(!listed);
     }
