@@ -335,12 +335,23 @@ impl ChatServer {
                 )
                 .elapsed();
                 // Reaped once the record expired (dead-after), or sooner by
-                // a process that found this server's port refusing.
+                // a process that found this server's port refusing: a
+                // reaper leaves a mark, taken here at every report (one
+                // read a second); a silence that long counts too, in case
+                // the mark could not be read.
                 let dead_after = Duration::from_millis(self.config.dead_after_ms);
-                if silent_for >= chat_routing::may_have_been_reaped_after(dead_after) {
+                let marked = match self.store.take_reaped_mark(&self.server_id).await {
+                    Ok(marked) => marked,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read whether this server was reaped");
+                        false
+                    }
+                };
+                if marked || silent_for >= chat_routing::may_have_been_reaped_after(dead_after) {
                     tracing::warn!(
                         silent_ms = silent_for.as_millis() as u64,
-                        "health reports were missing long enough to have been reaped: announcing every session again and catching up"
+                        marked,
+                        "reaped, or health reports were missing long enough to have been: announcing every session again and catching up"
                     );
                     // Deliveries routed meanwhile were dropped: every
                     // session checks its rooms against the store now.
@@ -1064,6 +1075,52 @@ mod tests {
         server.hub.remove("alice", "s_a");
         drain.await.unwrap();
         assert_eq!(recorded_state(&store, &server).await, None);
+    }
+
+    /// A server that a reaper took the sessions of while it lived (its
+    /// port refused a probe, as a firewall that rejects rather than drops
+    /// can make it) finds the reaper's mark at its next report, however
+    /// timely, and announces its sessions again.
+    #[tokio::test]
+    async fn a_server_reaped_while_it_lives_announces_its_sessions_again() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        store
+            .create_room(NewRoom {
+                id: "r_1".into(),
+                name: "room".into(),
+                created_by: "alice".into(),
+                created_at: 0,
+                members: vec!["alice".into()],
+            })
+            .await
+            .unwrap();
+        let server = ChatServer::new(config(), store.clone());
+        let _queue = add_idle_session(&server, "alice", "s_a");
+        let location = SessionLocation {
+            session: "s_a".into(),
+            server_id: "s-test".into(),
+        };
+        store.add_session("alice", &location, 60_000).await.unwrap();
+        assert!(server.report_health().await.is_none());
+        assert_eq!(store.room_online("r_1").await.unwrap().len(), 1);
+
+        // A reaper took it (the report it saw is the last one).
+        let seen = u64::MAX;
+        let reaped = store.reap_silent_server("s-test", seen, 10).await.unwrap();
+        assert_eq!(reaped.len(), 1, "alice went offline");
+        assert!(store.room_online("r_1").await.unwrap().is_empty());
+
+        server
+            .report_health()
+            .await
+            .expect("a report after a reap announces the sessions again")
+            .await
+            .unwrap();
+        assert_eq!(store.room_online("r_1").await.unwrap().len(), 1);
+        assert!(
+            server.report_health().await.is_none(),
+            "the mark is taken once"
+        );
     }
 
     /// After its health reports stopped reaching the store for long enough

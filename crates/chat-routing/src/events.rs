@@ -221,24 +221,27 @@ pub fn spawn_presence_reaper(
 }
 
 /// A chat server whose health reports failed for this long may have been
-/// reaped meanwhile (by a process that found its port refusing, as a
-/// firewall that rejects rather than drops can make it while the server
-/// lives): it announces its sessions again once it reports. Half the
-/// dead-after interval, while [`refusing_server_reaped_after`] waits a
-/// tenth more, so that clocks apart by less than that, or a report slow
-/// to land, cannot leave a reaped server unaware.
+/// reaped meanwhile (its record expired, or a process found its port
+/// refusing): it announces its sessions again once it reports. Half the
+/// dead-after interval. Only a fallback: a reaper marks the server it
+/// reaps (`Store::take_reaped_mark`), which the server reads at every
+/// report, so a reap that lands after a timely report is noticed too.
 pub fn may_have_been_reaped_after(dead_after: std::time::Duration) -> std::time::Duration {
     dead_after / 2
 }
 
 /// How long a server must have been silent for its port to be probed, and
-/// it reaped at once if the port refuses (see [`may_have_been_reaped_after`]).
+/// it reaped at once if the port refuses: 0.4 of the dead-after interval
+/// (1.2 s by default; servers report every second, so one report is late).
+/// A live server accepts the probe whatever its reports do, and one reaped
+/// all the same (a firewall that rejects rather than drops) finds the mark
+/// at its next report and announces its sessions again.
 fn refusing_server_reaped_after(dead_after: std::time::Duration) -> std::time::Duration {
-    dead_after * 3 / 5
+    dead_after * 2 / 5
 }
 
-/// Reaps the live servers that have not reported their health for 0.6 of
-/// the dead-after interval (1.8 s by default: a report is missed, they
+/// Reaps the live servers that have not reported their health for 0.4 of
+/// the dead-after interval (1.2 s by default: a report is late, they
 /// report every second) and whose port refuses a connection now (probed
 /// here: a TCP connect, at most 200 ms, all at once): nothing listens
 /// where they served, so they are dead (a SIGKILL, a crash), and waiting
@@ -348,11 +351,11 @@ mod tests {
         )
     }
 
-    /// A server whose port refuses is reaped once it has missed a
-    /// report (silent for 0.6 of the dead-after interval), once per
-    /// silence; one that still reports is not, refused or not. A server
-    /// that could have been reaped so announces its sessions again: its
-    /// own threshold is below the reapers'.
+    /// A server whose port refuses is reaped once a report is late
+    /// (silent for 0.4 of the dead-after interval), once per silence; one
+    /// that still reports is not, refused or not. The reap leaves the mark
+    /// that would make the server, were it alive, announce its sessions
+    /// again at its next report.
     #[tokio::test]
     async fn a_refusing_server_is_reaped_once_it_is_silent_and_only_then() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
@@ -390,8 +393,13 @@ mod tests {
             .unwrap();
         reap_refusing_servers(&router, &store, &mut reaped_after, 10).await;
         assert!(online("bob").await);
-        let dead_after = Duration::from_secs(3);
-        assert!(may_have_been_reaped_after(dead_after) < refusing_server_reaped_after(dead_after));
+        // The first reap left the mark a live server would find at its
+        // next report (and announce its sessions again).
+        assert!(store.take_reaped_mark("quiet").await.unwrap());
+        assert!(
+            !store.take_reaped_mark("quiet").await.unwrap(),
+            "taken once"
+        );
     }
 
     /// A silent server's port is probed: refusing, the server is reaped;

@@ -925,6 +925,10 @@ pub async fn presence_transitions_are_decided_once(store: SharedStore) {
         store.reap_server(&b, 10).await.unwrap().is_empty(),
         "exactly once"
     );
+    assert!(
+        !store.take_reaped_mark(&b).await.unwrap(),
+        "a server reaping its previous run leaves itself no mark"
+    );
     assert!(!store
         .sessions_of(std::slice::from_ref(&bob))
         .await
@@ -1208,8 +1212,15 @@ pub async fn a_silent_server_is_reaped_before_its_record_expires(store: SharedSt
             .is_empty(),
         "it reported after the report the caller saw"
     );
+    assert!(
+        !store.take_reaped_mark(&quiet).await.unwrap(),
+        "no mark before a reap"
+    );
     let reaped = store.reap_silent_server(&quiet, seen, 10).await.unwrap();
     assert_eq!(reaped.len(), 1);
+    // The mark a live server would find at its next report, taken once.
+    assert!(store.take_reaped_mark(&quiet).await.unwrap());
+    assert!(!store.take_reaped_mark(&quiet).await.unwrap());
     let gone = &reaped[0];
     assert_eq!(gone.change.user, bob);
     assert!(!gone.change.online);

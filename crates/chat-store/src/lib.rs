@@ -445,8 +445,18 @@ pub trait Store: Send + Sync + 'static {
         last_seen_ms: u64,
         presence_max_members: u64,
     ) -> StoreResult<Vec<WentOffline>>;
+    /// Whether a reaper took sessions of `server_id` since the last call
+    /// (and forgets it): [`Store::reap_dead_servers`] and
+    /// [`Store::reap_silent_server`] mark a server before they drop any of
+    /// its sessions and again after. A live server that was reaped all the
+    /// same (its reports were late; a firewall that rejects rather than
+    /// drops made its port look dead) asks at every health report and then
+    /// announces its sessions again, so no reap, however late it lands,
+    /// leaves its sessions out for good.
+    async fn take_reaped_mark(&self, server_id: &str) -> StoreResult<bool>;
     /// The same for one server regardless of its health: a chat server
     /// reaps the sessions its previous incarnation (same id) left behind.
+    /// Leaves no mark (the server reaps itself).
     async fn reap_server(
         &self,
         server_id: &str,

@@ -117,6 +117,8 @@ struct State {
     /// Chat server id -> users with sessions there: what reaping reads
     /// when the server dies.
     hosted: HashMap<String, HashSet<String>>,
+    /// Servers whose sessions a reaper took (`Store::take_reaped_mark`).
+    reaped: HashSet<String>,
 }
 
 impl State {
@@ -172,8 +174,13 @@ impl State {
         })
     }
 
-    fn reap_server(&mut self, server_id: &str, now: u64) -> Vec<PresenceChange> {
+    /// `mark`: leave the mark a live server finds at its next report (not
+    /// for a server reaping its own previous run).
+    fn reap_server(&mut self, server_id: &str, now: u64, mark: bool) -> Vec<PresenceChange> {
         let users = self.hosted.remove(server_id).unwrap_or_default();
+        if mark && !users.is_empty() {
+            self.reaped.insert(server_id.to_owned());
+        }
         let mut users: Vec<String> = users.into_iter().collect();
         users.sort();
         users
@@ -701,7 +708,7 @@ impl Store for MemoryStore {
         dead.sort();
         Ok(dead
             .iter()
-            .flat_map(|id| st.reap_server(id, now))
+            .flat_map(|id| st.reap_server(id, now, true))
             .map(WentOffline::unread)
             .collect())
     }
@@ -720,8 +727,12 @@ impl Store for MemoryStore {
         if reported_since {
             return Ok(Vec::new());
         }
-        let reaped = st.reap_server(server_id, now_ms());
+        let reaped = st.reap_server(server_id, now_ms(), true);
         Ok(reaped.into_iter().map(WentOffline::unread).collect())
+    }
+
+    async fn take_reaped_mark(&self, server_id: &str) -> StoreResult<bool> {
+        Ok(self.lock().reaped.remove(server_id))
     }
 
     async fn reap_server(
@@ -729,7 +740,7 @@ impl Store for MemoryStore {
         server_id: &str,
         _presence_max_members: u64,
     ) -> StoreResult<Vec<WentOffline>> {
-        let reaped = self.lock().reap_server(server_id, now_ms());
+        let reaped = self.lock().reap_server(server_id, now_ms(), false);
         Ok(reaped.into_iter().map(WentOffline::unread).collect())
     }
 

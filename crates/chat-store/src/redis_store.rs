@@ -99,6 +99,8 @@ const REAP_CHUNK_USERS: usize = 500;
 /// the claims gone tries those users again (nothing left to drop) and
 /// unhosts them.
 const REAP_CLAIM_TTL: Duration = Duration::from_secs(3);
+/// How long a reaper's mark on a server waits for it to report.
+const REAPED_MARK_TTL_MS: u64 = 60_000;
 /// A claim's values: its reaper is trying the chunk's users, or has.
 const CLAIM_TAKEN: &str = "taken";
 const CLAIM_DONE: &str = "done";
@@ -1205,10 +1207,20 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
+        // Marked before any session is taken and again after the last, so
+        // that a server alive after all announces them again whenever this
+        // lands (`Store::take_reaped_mark`).
+        let mark = !force && !users.is_empty();
+        if mark {
+            self.mark_reaped(server_id).await?;
+        }
         // A forced reap is a restarted server's, of its previous run: it
         // tries every user, claimed or not, since it must not take sessions
         // while another reaper may still drop its users' sessions there.
         let (done, dropped) = self.reap_users(server_id, &users, !force).await?;
+        if mark && !dropped.is_empty() {
+            self.mark_reaped(server_id).await?;
+        }
         let users_took = started.elapsed();
         // The dead server's sessions leave the rooms' indexes too, so
         // routing stops sending there (it comes back by re-announcing):
@@ -1410,6 +1422,15 @@ impl RedisStore {
             dropped.extend(reaped.into_iter().flatten());
         }
         Ok((done, dropped))
+    }
+
+    /// Leaves `Store::take_reaped_mark`'s mark on `server_id` (for longer
+    /// than any silence a live server reports after).
+    async fn mark_reaped(&self, server_id: &str) -> StoreResult<()> {
+        self.conn()?
+            .pset_ex::<_, _, ()>(keys::server_reaped(server_id), 1, REAPED_MARK_TTL_MS)
+            .await
+            .map_err(unavailable)
     }
 
     /// One user's step of a reap: drops the user's sessions on the dead
@@ -2580,6 +2601,15 @@ impl Store for RedisStore {
         presence_max_members: u64,
     ) -> StoreResult<Vec<WentOffline>> {
         self.reap(server_id, true, presence_max_members).await
+    }
+
+    async fn take_reaped_mark(&self, server_id: &str) -> StoreResult<bool> {
+        let mark: Option<String> = redis::cmd("GETDEL")
+            .arg(keys::server_reaped(server_id))
+            .query_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        Ok(mark.is_some())
     }
 
     async fn presence_audience(
