@@ -1077,12 +1077,9 @@ mod tests {
         assert_eq!(recorded_state(&store, &server).await, None);
     }
 
-    /// A server that a reaper took the sessions of while it lived (its
-    /// port refused a probe, as a firewall that rejects rather than drops
-    /// can make it) finds the reaper's mark at its next report, however
-    /// timely, and announces its sessions again.
-    #[tokio::test]
-    async fn a_server_reaped_while_it_lives_announces_its_sessions_again() {
+    /// A store with room `r_1`, alice its only member, and a server with
+    /// an idle session of hers (`s_a`) that the room's index does not list.
+    async fn alice_in_a_room_on_a_server() -> (Arc<dyn Store>, Arc<ChatServer>, Arc<Mailbox>) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         store
             .create_room(NewRoom {
@@ -1095,7 +1092,17 @@ mod tests {
             .await
             .unwrap();
         let server = ChatServer::new(config(), store.clone());
-        let _queue = add_idle_session(&server, "alice", "s_a");
+        let queue = add_idle_session(&server, "alice", "s_a");
+        (store, server, queue)
+    }
+
+    /// A server that a reaper took the sessions of while it lived (its
+    /// port refused a probe, as a firewall that rejects rather than drops
+    /// can make it) finds the reaper's mark at its next report, however
+    /// timely, and announces its sessions again.
+    #[tokio::test]
+    async fn a_server_reaped_while_it_lives_announces_its_sessions_again() {
+        let (store, server, _queue) = alice_in_a_room_on_a_server().await;
         let location = SessionLocation {
             session: "s_a".into(),
             server_id: "s-test".into(),
@@ -1130,20 +1137,7 @@ mod tests {
     /// (routers may have forgotten them).
     #[tokio::test]
     async fn a_server_that_may_have_been_reaped_announces_its_sessions_again() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        store
-            .create_room(NewRoom {
-                id: "r_1".into(),
-                name: "room".into(),
-                created_by: "alice".into(),
-                created_at: 0,
-                members: vec!["alice".into()],
-            })
-            .await
-            .unwrap();
-        let server = ChatServer::new(config(), store.clone());
-        // A live session that the room's index does not list.
-        let _queue = add_idle_session(&server, "alice", "s_a");
+        let (store, server, _queue) = alice_in_a_room_on_a_server().await;
         assert!(store.room_online("r_1").await.unwrap().is_empty());
         let silent_for = |silence: Duration| {
             *server.last_report_ok.lock().unwrap() = std::time::Instant::now()

@@ -319,8 +319,6 @@ async fn port_refuses(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::{LinkConfig, LinkPool};
-    use crate::registry::{RegistryConfig, ServerRegistry};
     use chat_store::conformance::{health, room_with};
     use chat_store::{MemoryStore, SessionLocation};
     use std::time::Duration;
@@ -341,14 +339,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
-        registry.refresh().await;
-        MessageRouter::new(
-            store.clone(),
-            registry,
-            LinkPool::new(LinkConfig::default()),
-            None,
-        )
+        crate::router::tests::router_on(store).await
     }
 
     /// A server whose port refuses is reaped once a report is late

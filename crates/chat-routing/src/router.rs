@@ -359,7 +359,7 @@ impl MessageRouter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::link::LinkConfig;
     use crate::registry::RegistryConfig;
@@ -561,7 +561,8 @@ mod tests {
 
     /// A router over `store` with a fresh registry read, forgetting the
     /// sessions of missing servers at once.
-    async fn forgetful_router(store: &Arc<dyn Store>) -> MessageRouter {
+    /// A router over `store`, its registry read once, with no local hub.
+    pub(crate) async fn router_on(store: &Arc<dyn Store>) -> MessageRouter {
         let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
         registry.refresh().await;
         MessageRouter::new(
@@ -570,7 +571,12 @@ mod tests {
             LinkPool::new(LinkConfig::default()),
             None,
         )
-        .with_forget_missing_after(Duration::ZERO)
+    }
+
+    async fn forgetful_router(store: &Arc<dyn Store>) -> MessageRouter {
+        router_on(store)
+            .await
+            .with_forget_missing_after(Duration::ZERO)
     }
 
     fn entry(user: &str, session: &str, server_id: &str) -> OnlineSession {
