@@ -1134,7 +1134,8 @@ mod tests {
     /// to have been reaped (half the dead-after interval: a reaper that
     /// found its port refusing may have, before its record expired), a
     /// server puts its sessions back into the rooms' presence indexes
-    /// (routers may have forgotten them).
+    /// (routers may have forgotten them), mark or no mark (it may not
+    /// have been readable).
     #[tokio::test]
     async fn a_server_that_may_have_been_reaped_announces_its_sessions_again() {
         let (store, server, _queue) = alice_in_a_room_on_a_server().await;
