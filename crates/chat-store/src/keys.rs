@@ -25,7 +25,7 @@
 //! | `chat:{registry}:hosts` | set | chat server ids that reported health or hold sessions: what presence reaping scans |
 //! | `chat:{server:<id>}:hosted` | set | users with sessions on that chat server, for reaping when it dies |
 //! | `chat:{registry}:hosted:<id>` | set | the same, written by chat servers from before the set moved to their own slot; reaping reads both |
-//! | `chat:{server:<id>}:reaped` | string, expires in 60 s | set by a reaper before and after it takes that server's sessions; the server takes it (`GETDEL`) at each health report and, finding it, announces its sessions again |
+//! | `chat:{server:<id>}:reaped` | string, expires in 60 s | set by a reaper before it takes that server's sessions and after its last forget in the rooms' indexes; the server takes it (`GETDEL`) at each health report and, finding it, announces its sessions again |
 //! | `chat:{server:<id>}:reaping:<list>:<chunk>` | string, expires in seconds | a reaper's claim on one chunk of a dead server's users (`<list>`: a digest of the user list the chunks were cut from), so concurrent reapers share the users instead of each trying all |
 //! | `chat:{registry}:registered` | hash | server id -> owning ChatCluster (`namespace/name`), written by the operator |
 //! | `chat:{registry}:unseen` | hash | registered server id -> ms since when it has had no health record (expiry of registrations) |

@@ -448,7 +448,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a reaper took sessions of `server_id` since the last call
     /// (and forgets it): [`Store::reap_dead_servers`] and
     /// [`Store::reap_silent_server`] mark a server before they drop any of
-    /// its sessions and again after. A live server that was reaped all the
+    /// its sessions and again after their last write to the rooms'
+    /// presence indexes. A live server that was reaped all the
     /// same (its reports were late; a firewall that rejects rather than
     /// drops made its port look dead) asks at every health report and then
     /// announces its sessions again, so no reap, however late it lands,

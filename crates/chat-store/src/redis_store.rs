@@ -1207,9 +1207,10 @@ impl RedisStore {
         users.extend(legacy);
         users.sort();
         users.dedup();
-        // Marked before any session is taken and again after the last, so
-        // that a server alive after all announces them again whenever this
-        // lands (`Store::take_reaped_mark`).
+        // Marked before any session is taken and again after the last
+        // write to the rooms' indexes, so that a server alive after all
+        // announces its sessions again whenever this lands, and after
+        // every forget (`Store::take_reaped_mark`).
         let mark = !force && !users.is_empty();
         if mark {
             self.mark_reaped(server_id).await?;
@@ -1218,9 +1219,6 @@ impl RedisStore {
         // tries every user, claimed or not, since it must not take sessions
         // while another reaper may still drop its users' sessions there.
         let (done, dropped) = self.reap_users(server_id, &users, !force).await?;
-        if mark && !dropped.is_empty() {
-            self.mark_reaped(server_id).await?;
-        }
         let users_took = started.elapsed();
         // The dead server's sessions leave the rooms' indexes too, so
         // routing stops sending there (it comes back by re-announcing):
@@ -1265,6 +1263,9 @@ impl RedisStore {
             }
         }
         let rooms_took = started.elapsed() - users_took;
+        if mark && !dropped.is_empty() {
+            self.mark_reaped(server_id).await?;
+        }
         let reaped: Vec<WentOffline> = dropped
             .iter()
             .filter(|reaped| reaped.offline)
