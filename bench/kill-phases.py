@@ -13,6 +13,9 @@ that the reap's log line is there). All times in seconds from the kill:
            interval): no process can know of the death sooner
   reap     the first reap of its users starts .. the last one ends
   last     the last offline event reaches a member's session
+  from report  the same, from the killed server's last health report
+           (removes where in the report's second the kill fell: compare
+           builds on this one)
   wait     reap start - expiry: the reapers' part of the detection
 """
 import json
@@ -35,8 +38,8 @@ def main(argv):
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    print("| run | binaries | last report before kill | expiry | reap | wait | last event | users taken (rooms) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | binaries | last report before kill | expiry | reap | wait | last event | from report | users taken (rooms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in map(Path, argv):
         text = path.read_text()
         binaries = re.search(r"^# binaries from (\S+)", text, re.M)
@@ -70,7 +73,8 @@ def main(argv):
         print(
             f"| {path.stem} | {binaries.group(1) if binaries else ''} | "
             f"{'' if since_report is None else f'{since_report / 1000:.2f}'} | "
-            f"{'' if expiry is None else f'{expiry:.2f}'} | {reap} | {wait} | {last:.2f} | {taken} |"
+            f"{'' if expiry is None else f'{expiry:.2f}'} | {reap} | {wait} | {last:.2f} | "
+            f"{'' if since_report is None else f'{last + since_report / 1000:.2f}'} | {taken} |"
         )
     return 0
 
