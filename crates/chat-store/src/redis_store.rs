@@ -1264,7 +1264,9 @@ impl RedisStore {
         }
         let rooms_took = started.elapsed() - users_took;
         if mark && !dropped.is_empty() {
-            self.mark_reaped(server_id).await?;
+            if let Err(e) = self.mark_reaped(server_id).await {
+                tracing::warn!(error = %e, server_id, "reap: the server not marked after its forgets");
+            }
         }
         let reaped: Vec<WentOffline> = dropped
             .iter()
@@ -1304,21 +1306,40 @@ impl RedisStore {
                 "reaped the sessions of a dead chat server"
             );
         }
+        // The users' records are dropped already: a failure from here on
+        // must not lose their offline transitions (no reaper finds those
+        // users again). The users stay listed; the next reap unhosts them.
+        if let Err(e) = self.unhost(server_id, force, &users, &done).await {
+            tracing::warn!(error = %e, server_id, "reap: the server's users not unhosted");
+        }
+        Ok(reaped)
+    }
+
+    /// The last step of [`Self::reap`]: the users tried (`done`) leave
+    /// the server's sets, and the server leaves `hosts` once it hosts
+    /// nobody.
+    async fn unhost(
+        &self,
+        server_id: &str,
+        force: bool,
+        users: &[String],
+        done: &[&String],
+    ) -> StoreResult<()> {
         // A server that reported health again meanwhile was only cut off:
         // its sets stay (the registry's script checks again, atomically
         // with `hosts`; the server rejoins `hosts` with its next health).
         if !force && have_health_records(&mut self.conn()?, &[server_id.to_owned()]).await?[0] {
-            return Ok(reaped);
+            return Ok(());
         }
         // Only users tried already leave the server's sets: those of
         // chunks another reaper is trying stay until it is done, so a
         // reaper that dies before it tries them leaves them to the next.
         if done.is_empty() && !users.is_empty() {
-            return Ok(reaped);
+            return Ok(());
         }
         let mut own = self.unhost_own.prepare_invoke();
         own.key(keys::server_hosted(server_id));
-        for user in &done {
+        for user in done {
             own.arg(user);
         }
         let still_hosted: i64 = own
@@ -1333,19 +1354,19 @@ impl RedisStore {
             .arg(server_id)
             .arg(if force { "1" } else { "0" })
             .arg(still_hosted);
-        for user in &done {
+        for user in done {
             invocation.arg(user);
         }
         let _: i64 = invocation
             .invoke_async(&mut self.conn()?)
             .await
             .map_err(unavailable)?;
-        Ok(reaped)
+        Ok(())
     }
 
     /// The users part of [`Self::reap`]: drops `users`' sessions on the
-    /// dead server, chunk by chunk, only those of chunks it could `claim`
-    /// if asked to (else every chunk). Every process reaps and each user's
+    /// dead server, chunk by chunk, only those of chunks it could claim
+    /// if `claim_chunks` (else every chunk). Every process reaps and each user's
     /// step is atomic, so any number of reapers is correct; but when each
     /// tried every user, a dead server cost Redis one script per user per
     /// process, and the first reaper took every user and then did all the
@@ -1359,7 +1380,7 @@ impl RedisStore {
         &self,
         server_id: &str,
         users: &'u [String],
-        claim: bool,
+        claim_chunks: bool,
     ) -> StoreResult<(Vec<&'u String>, Vec<ReapedUser>)> {
         let chunks: Vec<&[String]> = users.chunks(REAP_CHUNK_USERS).collect();
         if chunks.is_empty() {
@@ -1371,58 +1392,84 @@ impl RedisStore {
         let first = rand::random_range(0..chunks.len());
         let (mut done, mut dropped) = (Vec::new(), Vec::new());
         for i in (0..chunks.len()).map(|k| (first + k) % chunks.len()) {
-            let claim = claim.then(|| keys::server_reap_claim(server_id, list, i));
-            if let Some(claim) = &claim {
-                // Nothing before: ours. `done`: another reaper tried these
-                // users (it could not unhost them if the server's health
-                // record still lived, so this reaper may). `taken`:
-                // another reaper is trying them.
-                let before: Option<String> = redis::cmd("SET")
-                    .arg(claim)
-                    .arg(CLAIM_TAKEN)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("PX")
-                    .arg(REAP_CLAIM_TTL.as_millis() as u64)
-                    .query_async(&mut self.conn()?)
+            let claim = claim_chunks.then(|| keys::server_reap_claim(server_id, list, i));
+            let step = match &claim {
+                Some(claim) => self.reap_claimed_chunk(server_id, claim, chunks[i]).await,
+                None => in_steps(chunks[i], |user| self.reap_one_user(server_id, user))
                     .await
-                    .map_err(unavailable)?;
-                match before.as_deref() {
-                    None => {}
-                    Some(CLAIM_DONE) => {
-                        done.extend(chunks[i]);
-                        continue;
-                    }
-                    Some(_) => continue,
-                }
-            }
-            // A server's users can be tens of thousands: `in_steps`.
-            let reaped = match in_steps(chunks[i], |user| self.reap_one_user(server_id, user)).await
-            {
-                Ok(reaped) => reaped,
-                Err(e) => {
-                    if let Some(claim) = &claim {
-                        // Let the next reaper try them now, not once the
-                        // claim expires (best effort: it expires anyway).
-                        let _: Result<i64, _> = self.conn()?.del(claim).await;
-                    }
-                    return Err(e);
-                }
+                    .map(Some),
             };
-            if let Some(claim) = &claim {
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(claim)
-                    .arg(CLAIM_DONE)
-                    .arg("XX")
-                    .arg("KEEPTTL")
-                    .query_async(&mut self.conn()?)
-                    .await
-                    .map_err(unavailable)?;
+            match step {
+                Ok(Some(reaped)) => {
+                    done.extend(chunks[i]);
+                    dropped.extend(reaped.into_iter().flatten());
+                }
+                Ok(None) => {}
+                // What this reaper has so far (the transitions it took,
+                // the users it may unhost) is kept: it stops here and
+                // leaves the rest to the next reaper.
+                Err(e) if !done.is_empty() => {
+                    tracing::warn!(error = %e, server_id, "reap: stopped after a failed chunk");
+                    break;
+                }
+                Err(e) => return Err(e),
             }
-            done.extend(chunks[i]);
-            dropped.extend(reaped.into_iter().flatten());
         }
         Ok((done, dropped))
+    }
+
+    /// One chunk of [`Self::reap_users`] under its claim: `None` when
+    /// another reaper is trying it, `Some(vec![])` when another is done
+    /// with it (its users may leave the server's sets all the same), else
+    /// what this reaper dropped.
+    async fn reap_claimed_chunk(
+        &self,
+        server_id: &str,
+        claim: &str,
+        chunk: &[String],
+    ) -> StoreResult<Option<Vec<Option<ReapedUser>>>> {
+        // Nothing before: ours. `done`: another reaper tried these users
+        // (it could not unhost them if the server's health record still
+        // lived, so this reaper may). `taken`: another reaper is trying
+        // them.
+        let before: Option<String> = redis::cmd("SET")
+            .arg(claim)
+            .arg(CLAIM_TAKEN)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(REAP_CLAIM_TTL.as_millis() as u64)
+            .query_async(&mut self.conn()?)
+            .await
+            .map_err(unavailable)?;
+        match before.as_deref() {
+            None => {}
+            Some(CLAIM_DONE) => return Ok(Some(Vec::new())),
+            Some(_) => return Ok(None),
+        }
+        // A server's users can be tens of thousands: `in_steps`.
+        let reaped = match in_steps(chunk, |user| self.reap_one_user(server_id, user)).await {
+            Ok(reaped) => reaped,
+            Err(e) => {
+                // Let the next reaper try them now, not once the claim
+                // expires (best effort: it expires anyway).
+                let _: Result<i64, _> = self.conn()?.del(claim).await;
+                return Err(e);
+            }
+        };
+        // Best effort too: without it the claim expires as `taken`, and
+        // the next reaper tries these users again (nothing left to drop).
+        let marked: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(claim)
+            .arg(CLAIM_DONE)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut self.conn()?)
+            .await;
+        if let Err(e) = marked {
+            tracing::debug!(error = %e, claim, "reap: a claim not marked done");
+        }
+        Ok(Some(reaped))
     }
 
     /// Leaves `Store::take_reaped_mark`'s mark on `server_id` (for longer
