@@ -559,8 +559,6 @@ pub(crate) mod tests {
         assert_eq!(store.room_online("r_1").await.unwrap().len(), 1);
     }
 
-    /// A router over `store` with a fresh registry read, forgetting the
-    /// sessions of missing servers at once.
     /// A router over `store`, its registry read once, with no local hub.
     pub(crate) async fn router_on(store: &Arc<dyn Store>) -> MessageRouter {
         let registry = ServerRegistry::new(store.clone(), RegistryConfig::default());
@@ -573,6 +571,8 @@ pub(crate) mod tests {
         )
     }
 
+    /// A router over `store` with a fresh registry read, forgetting the
+    /// sessions of missing servers at once.
     async fn forgetful_router(store: &Arc<dyn Store>) -> MessageRouter {
         router_on(store)
             .await

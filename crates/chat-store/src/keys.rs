@@ -142,14 +142,17 @@ pub fn server_reap_claim(server_id: &str, list: u64, chunk: usize) -> String {
     format!("chat:{{server:{server_id}}}:reaping:{list:016x}:{chunk}")
 }
 /// Names the user list a reap's chunks were cut from: reapers that read
-/// the same list share its claims. FNV-1a, so that every process and
-/// release agrees.
+/// the same list share its claims. SHA-256 as for [`dedup_field`], so
+/// that every process and release agrees.
 pub fn user_list_digest(users: &[String]) -> u64 {
-    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in users.iter().flat_map(|u| u.as_bytes().iter().chain([&0u8])) {
-        digest = (digest ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    let mut hash = Sha256::new();
+    for user in users {
+        hash.update(user);
+        hash.update([0u8]);
     }
-    digest
+    let mut digest = [0u8; 8];
+    digest.copy_from_slice(&hash.finalize()[..8]);
+    u64::from_be_bytes(digest)
 }
 /// Legacy: the same in the registry's slot, written by chat servers from
 /// before [`server_hosted`]; reaping reads it too.
