@@ -14,8 +14,8 @@ use chat_protocol::now_ms;
 use chat_protocol::rest::ServerState;
 
 use crate::{
-    NewMessage, NewRoom, OnlineSession, ServerHealth, SessionLocation, Store, StoreError,
-    WentOffline,
+    NewMessage, NewRoom, OnlineSession, RoomServers, ServerHealth, SessionLocation, Store,
+    StoreError, WentOffline,
 };
 
 pub type SharedStore = Arc<dyn Store>;
@@ -711,6 +711,68 @@ pub async fn presence_index_lists_members_sessions(store: SharedStore) {
     store.remove_session(&carol, "s3").await.unwrap();
 }
 
+/// Placement's read: for each of a user's rooms, the servers its online
+/// members are on, each once; rooms with more sessions than the bound are
+/// left out, and no more rooms than asked are read.
+pub async fn placement_reads_where_a_users_rooms_are_online(store: SharedStore) {
+    let [alice, bob, carol, dave, erin] = ["alice", "bob", "carol", "dave", "erin"].map(user);
+    let alone = room_with(&*store, &alice, &[]).await;
+    let with_bob = room_with(&*store, &alice, &[&bob]).await;
+    let with_carol = room_with(&*store, &alice, &[&carol]).await;
+    let crowded = room_with(&*store, &alice, &[&dave, &erin]).await;
+    // A server id with the separator characters of the index encoding.
+    let (a, b) = ("12:srv-a", "srv:b");
+    let sessions = [
+        (&bob, "s1", a),
+        (&carol, "s2", b),
+        (&carol, "s3", b),
+        (&dave, "s4", "srv-c"),
+        (&erin, "s5", "srv-d"),
+        (&erin, "s6", "srv-c"),
+    ];
+    for (who, session, server) in sessions {
+        store
+            .add_session(who, &loc(session, server), 60_000)
+            .await
+            .unwrap();
+    }
+    let mut read = store.room_servers_of_user(&alice, 10, 2).await.unwrap();
+    read.sort_by(|x, y| x.room.cmp(&y.room));
+    let mut want = vec![
+        RoomServers {
+            room: alone,
+            servers: vec![],
+        },
+        RoomServers {
+            room: with_bob,
+            servers: vec![a.to_owned()],
+        },
+        RoomServers {
+            room: with_carol,
+            servers: vec![b.to_owned()],
+        },
+    ];
+    want.sort_by(|x, y| x.room.cmp(&y.room));
+    assert_eq!(read, want, "{crowded} has 3 sessions, over the bound of 2");
+
+    let mut crowded_too = store.room_servers_of_user(&alice, 10, 3).await.unwrap();
+    crowded_too.retain(|r| r.room == crowded);
+    let mut servers = crowded_too.pop().expect("the crowded room, read").servers;
+    servers.sort();
+    assert_eq!(servers, ["srv-c", "srv-d"]);
+
+    let two = store.room_servers_of_user(&alice, 2, 3).await.unwrap();
+    assert_eq!(two.len(), 2, "at most the rooms asked for: {two:?}");
+    assert!(store
+        .room_servers_of_user(&user("nobody"), 10, 3)
+        .await
+        .unwrap()
+        .is_empty());
+    for (who, session, _) in sessions {
+        store.remove_session(who, session).await.unwrap();
+    }
+}
+
 /// Every change to a room's presence index reaches the next append's
 /// list of sessions and the next read of the index, whatever made it (a
 /// store may keep the list between them, see `online_cache.rs`):
@@ -1338,6 +1400,7 @@ macro_rules! store_conformance_tests {
             pending_tickets_count_until_taken_once,
             presence_tracks_sessions_until_removed_or_expired,
             presence_index_lists_members_sessions,
+            placement_reads_where_a_users_rooms_are_online,
             appends_see_every_change_to_the_presence_index,
             read_markers_move_forward_only,
             presence_transitions_are_decided_once,

@@ -201,6 +201,16 @@ pub struct OnlineSession {
     pub server_id: String,
 }
 
+/// Where a room's online members are, as placement reads it
+/// ([`Store::room_servers_of_user`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomServers {
+    pub room: String,
+    /// The chat servers holding the room's live sessions, each once, in no
+    /// particular order; empty when none is online.
+    pub servers: Vec<String>,
+}
+
 /// A chat server's self-reported health, as kept in the registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerHealth {
@@ -483,6 +493,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         users: &[String],
     ) -> StoreResult<HashMap<String, Vec<SessionLocation>>>;
+    /// Placement's read: for up to `max_rooms` of `user`'s rooms (which
+    /// ones, when there are more, is the store's choice), the chat servers
+    /// their online members are on, read from the presence indexes. A room
+    /// whose index holds more than `max_sessions` sessions is left out:
+    /// it spans every server anyway, and reading it would cost a connect
+    /// more than it tells.
+    async fn room_servers_of_user(
+        &self,
+        user: &str,
+        max_rooms: usize,
+        max_sessions: u64,
+    ) -> StoreResult<Vec<RoomServers>>;
 }
 
 /// The message record as stored: the contract's JSON.

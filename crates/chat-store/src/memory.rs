@@ -13,9 +13,9 @@ use chat_protocol::rest::Room;
 use chat_protocol::{now_ms, Message};
 
 use crate::{
-    Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange, RoomView,
-    ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig, StoreError,
-    StoreResult, WentOffline,
+    Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange, RoomServers,
+    RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
+    StoreError, StoreResult, WentOffline,
 };
 
 #[derive(Default)]
@@ -808,6 +808,33 @@ impl Store for MemoryStore {
                     })
                     .collect();
                 Some((user.clone(), locations))
+            })
+            .collect())
+    }
+
+    async fn room_servers_of_user(
+        &self,
+        user: &str,
+        max_rooms: usize,
+        max_sessions: u64,
+    ) -> StoreResult<Vec<RoomServers>> {
+        let st = self.lock();
+        let rooms = st.user_rooms.get(user).into_iter().flatten();
+        Ok(rooms
+            .take(max_rooms)
+            .filter_map(|id| {
+                let online = &st.rooms.get(id)?.online.by_session;
+                if online.len() as u64 > max_sessions {
+                    return None;
+                }
+                let mut servers: Vec<String> =
+                    online.values().map(|s| s.server_id.clone()).collect();
+                servers.sort_unstable();
+                servers.dedup();
+                Some(RoomServers {
+                    room: id.clone(),
+                    servers,
+                })
             })
             .collect())
     }

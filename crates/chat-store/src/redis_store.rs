@@ -25,8 +25,8 @@ use crate::online_cache::OnlineCache;
 use crate::slot_owners::{key_slot, Node, SlotMap, SlotOwners};
 use crate::{
     decode_message, Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange,
-    RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
-    StoreError, StoreResult, WentOffline,
+    RoomServers, RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store,
+    StoreConfig, StoreError, StoreResult, WentOffline,
 };
 
 /// The append script: see its header for keys, arguments and replies. The
@@ -528,6 +528,7 @@ impl MasterScript {
 static LATEST_SEQS: MasterScript = MasterScript::new(LATEST_SEQS_LUA);
 static ANNOUNCE_ROOMS: MasterScript = MasterScript::new(ANNOUNCE_ROOMS_LUA);
 static FORGET_ROOMS: MasterScript = MasterScript::new(FORGET_ROOMS_LUA);
+static ROOM_SERVERS: MasterScript = MasterScript::new(include_str!("lua/room_servers.lua"));
 
 /// Runs `call` (`script`'s) at `master`, by address: no redirect is
 /// followed, so a key the node does not serve fails the script there. A
@@ -2736,6 +2737,113 @@ impl Store for RedisStore {
             })
             .collect())
     }
+
+    /// `SRANDMEMBER` of the user's rooms (bounded by `max_rooms`), then one
+    /// `lua/room_servers.lua` per Redis master for its rooms, and `HLEN`
+    /// and `HVALS` per room where that script cannot answer.
+    async fn room_servers_of_user(
+        &self,
+        user: &str,
+        max_rooms: usize,
+        max_sessions: u64,
+    ) -> StoreResult<Vec<RoomServers>> {
+        let cluster = self.conn()?;
+        let rooms: Vec<String> = cluster
+            .clone()
+            .srandmember_multiple(
+                keys::user_rooms(user),
+                isize::try_from(max_rooms).unwrap_or(isize::MAX),
+            )
+            .await
+            .map_err(unavailable)?;
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owners = self.slots.owners(&cluster);
+        let max = max_sessions.to_string();
+        let per_master = PerMaster::new(
+            &owners,
+            &rooms,
+            1,
+            || {
+                let mut script = ROOM_SERVERS.call();
+                script.arg(&max);
+                script
+            },
+            |script, room| {
+                script.arg(keys::room_online(room));
+            },
+        );
+        let servers = self
+            .run_per_master(
+                &cluster,
+                per_master,
+                rooms.len(),
+                &ROOM_SERVERS,
+                |fields, at| decode_room_servers(fields, at.len()),
+                |i| room_servers_one(&rooms[i], max_sessions, &cluster),
+            )
+            .await?;
+        Ok(rooms
+            .into_iter()
+            .zip(servers)
+            .filter_map(|(room, servers)| {
+                Some(RoomServers {
+                    room,
+                    servers: servers?,
+                })
+            })
+            .collect())
+    }
+}
+
+/// `lua/room_servers.lua`'s reply for `count` rooms: each room's servers,
+/// `None` for a room too large to be read.
+fn decode_room_servers(reply: Vec<String>, count: usize) -> StoreResult<Vec<Option<Vec<String>>>> {
+    let corrupt = || StoreError::Corrupt(format!("room servers reply for {count} rooms"));
+    let mut fields = reply.into_iter();
+    let mut rooms = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = fields.next().ok_or_else(corrupt)?;
+        if n == "-1" {
+            rooms.push(None);
+            continue;
+        }
+        let n: usize = n.parse().map_err(|_| corrupt())?;
+        let servers: Vec<String> = fields.by_ref().take(n).collect();
+        if servers.len() != n {
+            return Err(corrupt());
+        }
+        rooms.push(Some(servers));
+    }
+    match fields.next() {
+        Some(_) => Err(corrupt()),
+        None => Ok(rooms),
+    }
+}
+
+/// `lua/room_servers.lua`'s answer for one room, through the cluster client.
+async fn room_servers_one(
+    room: &str,
+    max_sessions: u64,
+    cluster: &ClusterConnection,
+) -> StoreResult<Option<Vec<String>>> {
+    let key = keys::room_online(room);
+    let len: u64 = cluster.clone().hlen(&key).await.map_err(unavailable)?;
+    if len > max_sessions {
+        return Ok(None);
+    }
+    let entries: Vec<String> = cluster.clone().hvals(&key).await.map_err(unavailable)?;
+    let mut servers = Vec::new();
+    for entry in entries {
+        // An entry that does not parse is skipped, as the script does.
+        if let Ok(online) = decode_online(String::new(), &entry) {
+            servers.push(online.server_id);
+        }
+    }
+    servers.sort_unstable();
+    servers.dedup();
+    Ok(Some(servers))
 }
 
 /// Tries to reach the Redis Cluster until it answers (backing off from
@@ -2846,7 +2954,7 @@ mod tests {
             .await
             .unwrap();
         store.slots.set(&slots);
-        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS, &FORGET_ROOMS] {
+        for script in [&LATEST_SEQS, &ANNOUNCE_ROOMS, &FORGET_ROOMS, &ROOM_SERVERS] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.code);
             let everywhere = RoutingInfo::MultiNode((
@@ -3132,6 +3240,70 @@ mod tests {
         // No map at all: every room one by one.
         store.slots.set(&redis::Value::Array(Vec::new()));
         assert_eq!(store.latest_seqs(&names).await.unwrap(), expected);
+    }
+
+    /// Placement's read goes as one script per master, and room by room
+    /// when the slot map is stale or missing, with the same answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn placement_reads_rooms_per_master_and_one_by_one_when_the_map_is_stale() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let alice = new_id("u_");
+        let mut want = Vec::new();
+        let mut sessions = Vec::new();
+        for i in 0..12 {
+            let others: Vec<String> = (0..i % 5).map(|_| new_id("u_")).collect();
+            let names: Vec<&str> = others.iter().map(String::as_str).collect();
+            let room = crate::conformance::room_with(&store, &alice, &names).await;
+            let mut servers = Vec::new();
+            for (j, other) in others.iter().enumerate() {
+                // Two sessions on a server, then the other server.
+                let (session, server) = (new_id("s_"), format!("srv-{}", (i + j / 2) % 2));
+                store
+                    .add_session(other, &at(&session, &server), 60_000)
+                    .await
+                    .unwrap();
+                sessions.push((other.clone(), session));
+                servers.push(server);
+            }
+            servers.sort();
+            servers.dedup();
+            // Four sessions are over the bound of three.
+            if others.len() < 4 {
+                want.push(RoomServers { room, servers });
+            }
+        }
+        want.sort_by(|x, y| x.room.cmp(&y.room));
+        let read = || async {
+            let mut read = store.room_servers_of_user(&alice, 100, 3).await.unwrap();
+            read.sort_by(|x, y| x.room.cmp(&y.room));
+            for room in &mut read {
+                room.servers.sort();
+            }
+            read
+        };
+        let cluster = read_slot_map(&store).await;
+        let owners = store.slots.owners(&cluster);
+        let masters: std::collections::BTreeSet<Node> = want
+            .iter()
+            .map(|r| {
+                owners
+                    .owner(key_slot(&keys::room_online(&r.room)))
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        assert!(masters.len() > 1, "the rooms should span masters");
+        assert_eq!(read().await, want, "per master");
+        let (host, port) = &**masters.iter().next().unwrap();
+        store.slots.set(&all_slots_at(host, *port));
+        assert_eq!(read().await, want, "a stale map");
+        store.slots.set(&redis::Value::Array(Vec::new()));
+        assert_eq!(read().await, want, "no map");
+        for (user, session) in sessions {
+            store.remove_session(&user, &session).await.unwrap();
+        }
     }
 
     /// A connect announces its user in every room with one script per
