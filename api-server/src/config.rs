@@ -7,6 +7,8 @@ use chat_auth::{ClaimChecks, JwksConfig, JwksSource, KeyError, TokenVerifier, Ve
 use chat_protocol::Limits;
 use chat_store::StoreArgs;
 
+use crate::placement::PlacementPolicy;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiConfig {
     /// Address the REST API listens on.
@@ -72,6 +74,17 @@ pub struct ApiConfig {
     /// How often the live-server view is re-read from the store.
     #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS", default_value_t = 250)]
     pub registry_refresh_ms: u64,
+    /// Placement keeps a room's members together: a client goes to the
+    /// chat server where most of its rooms already have online members if
+    /// that server has at most this many more connections (plus pending
+    /// tickets) than the least busy one, or the fraction below of the
+    /// least busy one's, whichever is more. 0 and 0: load alone, and no
+    /// read of the client's rooms on connect.
+    #[arg(long, env = "CHAT_PLACEMENT_ROOM_AFFINITY_CONNECTIONS", default_value_t = PlacementPolicy::default().room_affinity_connections)]
+    pub placement_room_affinity_connections: u64,
+    /// See `--placement-room-affinity-connections`.
+    #[arg(long, env = "CHAT_PLACEMENT_ROOM_AFFINITY_SLACK", default_value_t = PlacementPolicy::default().room_affinity_slack)]
+    pub placement_room_affinity_slack: f64,
     /// Kubernetes mode: place clients only on chat servers the operator
     /// registered for a ChatCluster.
     #[arg(long, env = "CHAT_REQUIRE_REGISTRATION", default_value_t = false)]
@@ -161,6 +174,14 @@ impl ApiConfig {
                 leeway_s: self.jwt_leeway_s,
             },
         )?)
+    }
+
+    pub fn placement_policy(&self) -> PlacementPolicy {
+        PlacementPolicy {
+            room_affinity_connections: self.placement_room_affinity_connections,
+            room_affinity_slack: self.placement_room_affinity_slack,
+            ..PlacementPolicy::default()
+        }
     }
 
     pub fn limits(&self) -> Limits {

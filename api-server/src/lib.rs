@@ -27,7 +27,7 @@ use chat_store::Store;
 
 pub use config::{ApiConfig, ConfigError};
 use error::ApiError;
-use placement::PlacementPolicy;
+use placement::{PlacementPolicy, RecentPlacements};
 
 pub struct ApiMetrics {
     pub http_requests: Arc<Counter>,
@@ -35,6 +35,7 @@ pub struct ApiMetrics {
     pub messages_posted: Arc<Counter>,
     pub connects: Arc<Counter>,
     pub connect_no_server: Arc<Counter>,
+    pub connects_beside_rooms: Arc<Counter>,
     pub sends_unavailable: Arc<Counter>,
 }
 
@@ -56,6 +57,10 @@ impl ApiMetrics {
                 "api_connect_no_server_total",
                 "/v1/connect calls refused because no chat server was available.",
             ),
+            connects_beside_rooms: m.counter(
+                "api_connect_beside_rooms_total",
+                "Tickets for a chat server where some of the client's rooms already had online members.",
+            ),
             sends_unavailable: m.counter(
                 "api_sends_unavailable_total",
                 "REST sends refused as unavailable (not confirmed as stored; the client retries).",
@@ -74,7 +79,9 @@ pub struct AppState {
     pub registry: Arc<ServerRegistry>,
     pub router: Arc<MessageRouter>,
     pub placement: PlacementPolicy,
-    pub placement_lock: Mutex<()>,
+    /// Held while a connect chooses its server: the recent placements'
+    /// rooms, and the pending tickets counted in the registry.
+    pub placement_lock: Mutex<RecentPlacements>,
     pub metrics: ApiMetrics,
     pub metrics_registry: Arc<Metrics>,
 }
@@ -121,6 +128,7 @@ impl AppState {
                 config.dead_after_ms,
             )),
         );
+        let placement = config.placement_policy();
         Ok(Arc::new(AppState {
             tokens,
             allowed_origins: chat_auth::AllowedOrigins::new(&config.cors_origins),
@@ -129,8 +137,8 @@ impl AppState {
             store,
             registry,
             router,
-            placement: PlacementPolicy::default(),
-            placement_lock: Mutex::new(()),
+            placement,
+            placement_lock: Mutex::new(RecentPlacements::default()),
             metrics: ApiMetrics::new(&metrics_registry),
             metrics_registry,
         }))

@@ -1,38 +1,165 @@
 //! [`PlacementPolicy`]: which chat server a new client should use.
 //!
-//! Only ready servers with room left qualify. Among them the one with the
-//! fewest connections plus tickets handed out but not yet used wins, so a
+//! Only ready servers with room left qualify. Load first: the score is a
+//! server's connections plus tickets handed out but not yet used, so a
 //! burst of connects alternates between servers instead of piling onto the
-//! one that looked emptiest at the last health report. The reported load
+//! one that looked emptiest at the last health report. Then the client's
+//! rooms: among the servers whose score is within an allowance of the
+//! lowest, the one where most of the client's rooms already have online
+//! members wins. A message then crosses to fewer chat servers and fewer
+//! servers follow each room: a room's members spread over the servers cost
+//! a hop per server for each of its messages (docs/benchmarks.md,
+//! "Scale-out on one machine", "Rooms kept together"). The reported load
 //! figure breaks ties, then the id (deterministic for tests).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chat_protocol::rest::ServerState;
 use chat_store::ServerSnapshot;
+
+/// How many of a client's rooms placement reads: a user in more rooms is
+/// placed by a sample of them (the read is on every connect's path).
+pub const ROOMS_READ: usize = 64;
+
+/// Rooms with more live sessions than this do not steer placement: they
+/// span every server anyway, and reading their presence index on every
+/// connect would cost more than it tells.
+pub const ROOM_SESSIONS_READ: u64 = 256;
 
 #[derive(Debug, Clone)]
 pub struct PlacementPolicy {
     /// Servers at or above this load figure (0..=1) get no new clients.
     pub max_load: f64,
+    /// How much busier than the least busy ready server (in connections
+    /// plus pending tickets) a server may be and still be chosen for the
+    /// client's rooms: the larger of this count and
+    /// [`Self::room_affinity_slack`] of the least busy server's score.
+    pub room_affinity_connections: u64,
+    /// The same as a fraction of the least busy server's score.
+    pub room_affinity_slack: f64,
 }
 
 impl Default for PlacementPolicy {
     fn default() -> Self {
-        PlacementPolicy { max_load: 1.0 }
+        PlacementPolicy {
+            max_load: 1.0,
+            room_affinity_connections: 32,
+            room_affinity_slack: 0.05,
+        }
     }
 }
 
 impl PlacementPolicy {
+    /// Whether a client's rooms can change the choice, so that they are
+    /// worth reading.
+    pub fn uses_rooms(&self) -> bool {
+        self.room_affinity_connections > 0 || self.room_affinity_slack > 0.0
+    }
+
+    /// The least busy server, by load alone.
     pub fn choose<'a>(&self, servers: &'a [ServerSnapshot]) -> Option<&'a ServerSnapshot> {
-        servers
-            .iter()
-            .filter(|s| s.health.state == ServerState::Ready && s.health.load < self.max_load)
-            .min_by(|a, b| {
-                let score = |s: &ServerSnapshot| s.health.connections + s.pending_tickets;
-                score(a)
-                    .cmp(&score(b))
+        self.choose_beside_rooms(servers, |_| 0)
+    }
+
+    /// The server for a client, `rooms_on(server id)` being how many of the
+    /// client's rooms have online members on that server.
+    pub fn choose_beside_rooms<'a>(
+        &self,
+        servers: &'a [ServerSnapshot],
+        rooms_on: impl Fn(&str) -> usize,
+    ) -> Option<&'a ServerSnapshot> {
+        let score = |s: &ServerSnapshot| s.health.connections + s.pending_tickets;
+        let ready = || {
+            servers
+                .iter()
+                .filter(|s| s.health.state == ServerState::Ready && s.health.load < self.max_load)
+        };
+        let least = ready().map(score).min()?;
+        let allowance = self
+            .room_affinity_connections
+            .max((least as f64 * self.room_affinity_slack.max(0.0)) as u64);
+        let within = least.saturating_add(allowance);
+        ready()
+            .filter(|s| score(s) <= within)
+            .map(|s| (rooms_on(&s.health.id), s))
+            .min_by(|(rooms_a, a), (rooms_b, b)| {
+                rooms_b
+                    .cmp(rooms_a)
+                    .then(score(a).cmp(&score(b)))
                     .then(a.health.load.total_cmp(&b.health.load))
                     .then(a.health.id.cmp(&b.health.id))
             })
+            .map(|(_, s)| s)
+    }
+}
+
+/// The rooms of the clients this API replica placed in the last
+/// [`RecentPlacements::WINDOW`], by server. A session enters its rooms'
+/// presence indexes only once its WebSocket opens, so without these a
+/// burst of room-mates (a room's members reconnecting together after a
+/// drain) would be spread before any of them shows in the store.
+#[derive(Debug, Default)]
+pub struct RecentPlacements {
+    placed: VecDeque<(Instant, Arc<str>, Vec<String>)>,
+    /// Room -> servers it was placed on in the window, with counts.
+    by_room: HashMap<String, Vec<(Arc<str>, u32)>>,
+}
+
+impl RecentPlacements {
+    /// Long enough for a placed client to open its WebSocket and its
+    /// session to reach the presence indexes; a ticket that is never used
+    /// steers for no longer than this.
+    pub const WINDOW: Duration = Duration::from_secs(2);
+
+    /// Forgets placements older than the window.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((at, _, _)) = self.placed.front() {
+            if now.duration_since(*at) < Self::WINDOW {
+                break;
+            }
+            let Some((_, server, rooms)) = self.placed.pop_front() else {
+                break;
+            };
+            for room in rooms {
+                let Some(servers) = self.by_room.get_mut(&room) else {
+                    continue;
+                };
+                if let Some(i) = servers.iter().position(|(s, _)| *s == server) {
+                    servers[i].1 -= 1;
+                    if servers[i].1 == 0 {
+                        servers.swap_remove(i);
+                    }
+                }
+                if servers.is_empty() {
+                    self.by_room.remove(&room);
+                }
+            }
+        }
+    }
+
+    /// Notes a client with `rooms` placed on `server`.
+    pub fn note(&mut self, now: Instant, server: &str, rooms: Vec<String>) {
+        if rooms.is_empty() {
+            return;
+        }
+        let server: Arc<str> = Arc::from(server);
+        for room in &rooms {
+            let servers = self.by_room.entry(room.clone()).or_default();
+            match servers.iter_mut().find(|(s, _)| *s == server) {
+                Some((_, n)) => *n += 1,
+                None => servers.push((server.clone(), 1)),
+            }
+        }
+        self.placed.push_back((now, server, rooms));
+    }
+
+    /// Whether a client of `room` was placed on `server` in the window.
+    pub fn placed(&self, room: &str, server: &str) -> bool {
+        self.by_room
+            .get(room)
+            .is_some_and(|servers| servers.iter().any(|(s, _)| &**s == server))
     }
 }
 
@@ -140,5 +267,105 @@ mod tests {
             counts[i] += 1;
         }
         assert_eq!(counts, [50, 50]);
+    }
+
+    fn chosen(
+        policy: &PlacementPolicy,
+        servers: &[ServerSnapshot],
+        rooms: &[(&str, usize)],
+    ) -> String {
+        let rooms_on = |id: &str| rooms.iter().find(|(s, _)| *s == id).map_or(0, |(_, n)| *n);
+        policy
+            .choose_beside_rooms(servers, rooms_on)
+            .unwrap()
+            .health
+            .id
+            .clone()
+    }
+
+    #[test]
+    fn a_client_goes_where_most_of_its_rooms_are_within_the_allowance() {
+        let policy = PlacementPolicy::default(); // 32 connections, 5 %
+        let servers = [
+            server("a", 10, 0, ServerState::Ready, 0.1),
+            server("b", 30, 12, ServerState::Ready, 0.1),
+            server("c", 43, 0, ServerState::Ready, 0.1),
+            server("d", 0, 0, ServerState::Draining, 0.0),
+        ];
+        assert_eq!(chosen(&policy, &servers, &[]), "a");
+        assert_eq!(chosen(&policy, &servers, &[("b", 1)]), "b", "42 <= 10 + 32");
+        assert_eq!(chosen(&policy, &servers, &[("b", 1), ("a", 2)]), "a");
+        assert_eq!(chosen(&policy, &servers, &[("c", 5)]), "a", "43 > 10 + 32");
+        assert_eq!(chosen(&policy, &servers, &[("d", 5)]), "a", "draining");
+        assert_eq!(chosen(&policy, &servers, &[("b", 2), ("c", 2)]), "b");
+        // The allowance as a fraction of the least busy server's score.
+        let busy = [
+            server("a", 1000, 0, ServerState::Ready, 0.1),
+            server("b", 1050, 0, ServerState::Ready, 0.1),
+            server("c", 1051, 0, ServerState::Ready, 0.1),
+        ];
+        assert_eq!(chosen(&policy, &busy, &[("b", 1)]), "b");
+        assert_eq!(chosen(&policy, &busy, &[("c", 1)]), "a");
+        // Without an allowance, rooms only break ties of load.
+        let off = PlacementPolicy {
+            room_affinity_connections: 0,
+            room_affinity_slack: 0.0,
+            ..PlacementPolicy::default()
+        };
+        assert!(!off.uses_rooms() && PlacementPolicy::default().uses_rooms());
+        assert_eq!(chosen(&off, &servers, &[("b", 1)]), "a");
+        assert_eq!(chosen(&off, &busy[..1], &[("a", 1)]), "a");
+    }
+
+    #[test]
+    fn recent_placements_steer_for_the_window() {
+        let mut recent = RecentPlacements::default();
+        let t0 = Instant::now();
+        recent.note(t0, "a", vec!["r1".into(), "r2".into()]);
+        recent.note(t0 + Duration::from_secs(1), "a", vec!["r1".into()]);
+        recent.note(t0 + Duration::from_secs(1), "b", vec!["r2".into()]);
+        assert!(recent.placed("r1", "a") && recent.placed("r2", "a") && recent.placed("r2", "b"));
+        assert!(!recent.placed("r1", "b") && !recent.placed("r3", "a"));
+        recent.expire(t0 + RecentPlacements::WINDOW);
+        assert!(recent.placed("r1", "a"), "placed again a second later");
+        assert!(!recent.placed("r2", "a") && recent.placed("r2", "b"));
+        recent.expire(t0 + RecentPlacements::WINDOW + Duration::from_secs(1));
+        assert!(recent.placed.is_empty() && recent.by_room.is_empty());
+    }
+
+    /// Room-mates connecting together, their rooms' members not yet online
+    /// anywhere: each room lands on one server, and the servers stay
+    /// within the allowance of each other.
+    #[test]
+    fn a_burst_of_room_mates_keeps_each_room_on_one_server() {
+        let policy = PlacementPolicy::default();
+        let mut servers: Vec<ServerSnapshot> = ["a", "b", "c", "d"]
+            .map(|id| server(id, 0, 0, ServerState::Ready, 0.0))
+            .into();
+        let mut recent = RecentPlacements::default();
+        let now = Instant::now();
+        let mut rooms_at: HashMap<String, Vec<String>> = HashMap::new();
+        for i in 0..400 {
+            let room = format!("r{}", i % 40); // 40 rooms of 10, interleaved
+            let id = policy
+                .choose_beside_rooms(&servers, |id| usize::from(recent.placed(&room, id)))
+                .unwrap()
+                .health
+                .id
+                .clone();
+            recent.note(now, &id, vec![room.clone()]);
+            servers
+                .iter_mut()
+                .find(|s| s.health.id == id)
+                .unwrap()
+                .pending_tickets += 1;
+            rooms_at.entry(room).or_default().push(id);
+        }
+        for (room, at) in &rooms_at {
+            assert!(at.iter().all(|s| *s == at[0]), "{room} spread: {at:?}");
+        }
+        let scores: Vec<u64> = servers.iter().map(|s| s.pending_tickets).collect();
+        let (min, max) = (scores.iter().min().unwrap(), scores.iter().max().unwrap());
+        assert!(max - min <= 32 + 10, "{scores:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! Placement: `/v1/connect` and `/v1/servers`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::Json;
@@ -11,6 +12,7 @@ use chat_protocol::{now_ms, ErrorCode};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Caller;
+use crate::placement::{ROOMS_READ, ROOM_SESSIONS_READ};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/connect",
@@ -26,18 +28,51 @@ pub async fn connect(
         ));
     }
     let caller = caller.id;
+    // Where the caller's rooms have online members, read before the lock:
+    // a failed read places by load alone (it must not cost a connect).
+    let rooms = if state.placement.uses_rooms() {
+        state
+            .store
+            .room_servers_of_user(&caller, ROOMS_READ, ROOM_SESSIONS_READ)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "rooms unread; placing by load alone");
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     let now = now_ms();
     // Choosing and counting the ticket happen under one lock so concurrent
-    // connects on this replica see each other's tickets.
+    // connects on this replica see each other's tickets and rooms.
     let chosen = {
-        let _guard = state
+        let mut recent = state
             .placement_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let at = Instant::now();
+        recent.expire(at);
         let servers = state.registry.live_with_local_pending();
-        let chosen = state.placement.choose(&servers).cloned();
+        let rooms_on = |server: &str| {
+            rooms
+                .iter()
+                .filter(|r| r.servers.iter().any(|s| s == server) || recent.placed(&r.room, server))
+                .count()
+        };
+        let chosen = state
+            .placement
+            .choose_beside_rooms(&servers, rooms_on)
+            .cloned();
         if let Some(s) = &chosen {
             state.registry.note_ticket_issued(&s.health.id, now);
+            if rooms_on(&s.health.id) > 0 {
+                state.metrics.connects_beside_rooms.inc();
+            }
+            recent.note(
+                at,
+                &s.health.id,
+                rooms.into_iter().map(|r| r.room).collect(),
+            );
         }
         chosen
     };

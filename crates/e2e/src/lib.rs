@@ -482,8 +482,21 @@ pub async fn start_api_on_as(
     spawn_api(&process_env(redis_urls), &dev_tokens_args(), port, uid).await
 }
 
-fn dev_tokens_args() -> Vec<String> {
-    vec!["--dev-tokens".to_owned()]
+/// The API server's arguments in the suite: development tokens, and
+/// placement by load alone. By default placement puts a room's members on
+/// the server where the room already has online members, and the tests
+/// need them where their scenario needs them (`WsClient::connect_to`,
+/// `connect_avoiding`: two members of a room on two servers, say), which
+/// retries would not reach; `room_mates_are_placed_beside_each_other`
+/// starts an API server of its own with the default placement.
+pub fn dev_tokens_args() -> Vec<String> {
+    [
+        "--dev-tokens",
+        "--placement-room-affinity-connections=0",
+        "--placement-room-affinity-slack=0",
+    ]
+    .map(str::to_owned)
+    .into()
 }
 
 /// The chat server counter of gaps filled from history: a delivery that

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{member_ids, message_fields, ok_body, seqs, unique, Api, Cluster, WsClient, WAIT};
+use e2e::{
+    member_ids, message_fields, ok_body, process_env, seqs, start_api_with, unique, Api, Cluster,
+    WsClient, WAIT,
+};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -59,6 +62,49 @@ async fn connects_spread_evenly() {
             "{id} got {n} of 100 connects: {counts:?}"
         );
     }
+}
+
+/// A room's members go to the chat server where the room already has an
+/// online member, though another has fewer connections; a user in no room
+/// still goes to the least busy server. Through an API server with the
+/// default placement (the suite's places by load alone, see
+/// `dev_tokens_args`), which has not placed the first member itself: the
+/// store's presence index is what steers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_mates_are_placed_beside_each_other() {
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) = Cluster::start(2, &[]).await else {
+        return;
+    };
+    let ids = cluster.ids();
+    cluster.wait_servers_exactly(&ids).await;
+    let (_default_api, default_api_url) =
+        start_api_with(&process_env(&cluster.redis_urls), &["--dev-tokens".into()]).await;
+    let members: Vec<String> = (0..6).map(|i| unique(&format!("mate{i}"))).collect();
+    let first = cluster.api(&members[0]).await;
+    let others: Vec<&str> = members[1..].iter().map(String::as_str).collect();
+    first.create_room_id("mates", &others).await;
+    let ws = WsClient::connect(&first).await;
+    let there = ws.server_id.clone();
+    let elsewhere = ids.iter().find(|id| **id != there).unwrap().clone();
+    for member in &members[1..] {
+        let (status, body) = Api::login(&default_api_url, member).await.connect().await;
+        assert_eq!(status, 200, "/v1/connect: {body}");
+        assert_eq!(
+            body["server_id"],
+            there.as_str(),
+            "{member} not beside the room"
+        );
+    }
+    let loner = Api::login(&default_api_url, &unique("loner")).await;
+    let (status, body) = loner.connect().await;
+    assert_eq!(status, 200, "/v1/connect: {body}");
+    assert_eq!(
+        body["server_id"],
+        elsewhere.as_str(),
+        "the least busy server"
+    );
+    drop(ws);
 }
 
 /// Sends `room` messages from `ws` until `stop` is set (at least `min`,
