@@ -82,6 +82,11 @@ function start(name: string, bin: string, args: string[], port: number): Proc {
       CHAT_INTERNAL_SECRET: 'faults-internal-secret',
       RUST_LOG: 'warn',
       NO_COLOR: '1',
+      // Placement by load alone: the faults must hit servers that hold
+      // members of the same rooms (by default a room's members are placed
+      // together).
+      CHAT_PLACEMENT_ROOM_AFFINITY_CONNECTIONS: '0',
+      CHAT_PLACEMENT_ROOM_AFFINITY_SLACK: '0',
     },
   });
   const proc: Proc = { name, child, log: '', port };

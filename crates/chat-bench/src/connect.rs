@@ -42,7 +42,8 @@ pub struct ConnectArgs {
     /// `--server-pid`, found by its `--server-id` argument) and measure
     /// how long until every "offline" event for its users reached the
     /// other members' sessions (the reaping of a dead server), before the
-    /// others close.
+    /// others close. Needs room-mates on several servers: run the API
+    /// server with placement by load alone (see the warning it prints).
     #[arg(long)]
     pub kill_server: Option<String>,
 }
@@ -121,7 +122,16 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         elapsed.as_secs_f64()
     );
     println!("  connect+handshake+welcome ms: {}", lat.line_ms());
-    println!("  placement: {placement:?}");
+    // The servers a group of room-mates is spread over, on average.
+    let servers_per_room = (args.rooms_per_user > 0).then(|| {
+        let groups: Vec<std::collections::BTreeSet<&str>> = server_of
+            .chunks(args.room_size.max(1))
+            .map(|group| group.iter().flatten().map(String::as_str).collect())
+            .collect();
+        let spread: usize = groups.iter().map(|servers| servers.len()).sum();
+        (spread as f64 / groups.len().max(1) as f64 * 100.0).round() / 100.0
+    });
+    println!("  placement: {placement:?}, servers per room: {servers_per_room:?}");
     let per_session = |us: u64| (us as f64 / ok.max(1) as f64 * 10.0).round() / 10.0;
     let cpu_per_session: std::collections::BTreeMap<&str, f64> = cpu
         .iter()
@@ -170,6 +180,14 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         Some(id) => {
             let expected =
                 offline_events_expected(&server_of, id, args.room_size, args.rooms_per_user);
+            if expected == 0 {
+                eprintln!(
+                    "warning: no offline event to wait for: no room has members both on {id} and \
+                     elsewhere (placement keeps a room's members together; the API server's \
+                     CHAT_PLACEMENT_ROOM_AFFINITY_CONNECTIONS=0 and \
+                     CHAT_PLACEMENT_ROOM_AFFINITY_SLACK=0 spread them by load)"
+                );
+            }
             Some(
                 kill_and_wait_for_offline(id, &args.server_pid, expected, &offline, observer)
                     .await?,
@@ -237,6 +255,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         "rss_after_kib": rss_after,
         "rss_per_session_bytes": per_conn,
         "servers": placement,
+        "servers_per_room": servers_per_room,
         "killed": killed,
     });
     println!("RESULT {}", serde_json::to_string(&result)?);

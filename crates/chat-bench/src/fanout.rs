@@ -278,7 +278,17 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
     for (_, server) in &sessions {
         *placement.entry(server.clone()).or_insert(0) += 1;
     }
-    println!("placement: {placement:?}");
+    // The servers a room's members are spread over, on average: each
+    // message crosses to every one of them but the sender's.
+    let servers_per_room = {
+        let mut per_room = vec![std::collections::BTreeSet::new(); rooms];
+        for (i, (_, server)) in sessions.iter().enumerate() {
+            per_room[room_of(i)].insert(server.as_str());
+        }
+        let spread: usize = per_room.iter().map(|servers| servers.len()).sum();
+        (spread as f64 / rooms as f64 * 100.0).round() / 100.0
+    };
+    println!("placement: {placement:?}, {servers_per_room} servers per room");
 
     let shared = Arc::new(Shared {
         epoch: ctx.epoch,
@@ -399,6 +409,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<()> {
             drain_ms,
         );
         result["drained"] = drained.into();
+        result["servers_per_room"] = servers_per_room.into();
         // The load generator's own CPU over the whole step (warm-up, sends,
         // drain), per delivery: what a delivery costs the client side.
         // `*_kernel_cpu_us_per_delivery` is the part of it spent in the

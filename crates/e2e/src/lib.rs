@@ -389,6 +389,18 @@ impl Drop for Process {
     }
 }
 
+/// Placement by load alone, for the suite's API servers (and chat-local's).
+/// By default placement puts a client on the server where its rooms
+/// already have online members, and the tests put members where their
+/// scenario needs them (`WsClient::connect_to`, `connect_avoiding`: two
+/// members of a room on two servers, say), which retries would not reach.
+/// `room_mates_are_placed_beside_each_other` runs an API server with the
+/// default placement.
+pub const PLACEMENT_BY_LOAD: [(&str, &str); 2] = [
+    ("CHAT_PLACEMENT_ROOM_AFFINITY_CONNECTIONS", "0"),
+    ("CHAT_PLACEMENT_ROOM_AFFINITY_SLACK", "0"),
+];
+
 pub fn process_env(redis_urls: &str) -> Vec<(String, String)> {
     [
         ("CHAT_REDIS_URLS", redis_urls),
@@ -399,6 +411,7 @@ pub fn process_env(redis_urls: &str) -> Vec<(String, String)> {
         ("NO_COLOR", "1"),
     ]
     .into_iter()
+    .chain(PLACEMENT_BY_LOAD)
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
@@ -482,21 +495,8 @@ pub async fn start_api_on_as(
     spawn_api(&process_env(redis_urls), &dev_tokens_args(), port, uid).await
 }
 
-/// The API server's arguments in the suite: development tokens, and
-/// placement by load alone. By default placement puts a room's members on
-/// the server where the room already has online members, and the tests
-/// need them where their scenario needs them (`WsClient::connect_to`,
-/// `connect_avoiding`: two members of a room on two servers, say), which
-/// retries would not reach; `room_mates_are_placed_beside_each_other`
-/// starts an API server of its own with the default placement.
-pub fn dev_tokens_args() -> Vec<String> {
-    [
-        "--dev-tokens",
-        "--placement-room-affinity-connections=0",
-        "--placement-room-affinity-slack=0",
-    ]
-    .map(str::to_owned)
-    .into()
+fn dev_tokens_args() -> Vec<String> {
+    vec!["--dev-tokens".to_owned()]
 }
 
 /// The chat server counter of gaps filled from history: a delivery that
@@ -627,7 +627,10 @@ impl LocalSystem {
             format!("{},{}", chat_ports[0], chat_ports[1]),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let process = Process::spawn("chat-local", &bin_path("chat-local"), &args, &[], api_port);
+        let env: Vec<(String, String)> = PLACEMENT_BY_LOAD
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let process = Process::spawn("chat-local", &bin_path("chat-local"), &args, &env, api_port);
         let api_url = format!("http://127.0.0.1:{api_port}");
         let chat_ids = eventually(STARTUP, "chat-local to list two ready chat servers", || {
             let api_url = api_url.clone();

@@ -99,6 +99,7 @@ async fn local_mode_serves_the_contract_and_drains_on_sigterm() {
         .arg(format!("--api-port={api_port}"))
         .arg(format!("--chat-ports={chat_a},{chat_b}"))
         .env("RUST_LOG", "info,chat_routing=debug")
+        .envs(e2e::PLACEMENT_BY_LOAD)
         .stdout(Stdio::null())
         .stderr(log_file("local_mode.log"))
         .kill_on_drop(true)
@@ -149,7 +150,7 @@ async fn local_mode_serves_the_contract_and_drains_on_sigterm() {
     let (mut ws_bob, welcome_b) = connect(&http, &api, &bob).await;
     assert_ne!(
         welcome_a["server_id"], welcome_b["server_id"],
-        "two connects in a row land on the two chat servers"
+        "two connects in a row land on the two chat servers (placement by load)"
     );
 
     ws_alice

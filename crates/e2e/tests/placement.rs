@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     member_ids, message_fields, ok_body, process_env, seqs, start_api_with, unique, Api, Cluster,
-    WsClient, WAIT,
+    WsClient, PLACEMENT_BY_LOAD, WAIT,
 };
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -67,8 +67,8 @@ async fn connects_spread_evenly() {
 /// A room's members go to the chat server where the room already has an
 /// online member, though another has fewer connections; a user in no room
 /// still goes to the least busy server. Through an API server with the
-/// default placement (the suite's places by load alone, see
-/// `dev_tokens_args`), which has not placed the first member itself: the
+/// default placement (the suite's place by load alone, see
+/// `PLACEMENT_BY_LOAD`), which has not placed the first member itself: the
 /// store's presence index is what steers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_mates_are_placed_beside_each_other() {
@@ -78,8 +78,9 @@ async fn room_mates_are_placed_beside_each_other() {
     };
     let ids = cluster.ids();
     cluster.wait_servers_exactly(&ids).await;
-    let (_default_api, default_api_url) =
-        start_api_with(&process_env(&cluster.redis_urls), &["--dev-tokens".into()]).await;
+    let mut env = process_env(&cluster.redis_urls);
+    env.retain(|(name, _)| !PLACEMENT_BY_LOAD.iter().any(|(by_load, _)| by_load == name));
+    let (_default_api, default_api_url) = start_api_with(&env, &["--dev-tokens".into()]).await;
     let members: Vec<String> = (0..6).map(|i| unique(&format!("mate{i}"))).collect();
     let first = cluster.api(&members[0]).await;
     let others: Vec<&str> = members[1..].iter().map(String::as_str).collect();
