@@ -17,11 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_protocol::rest::ServerState;
-use chat_store::ServerSnapshot;
+use chat_store::{RoomServers, ServerSnapshot, StoreResult};
 
 /// How many of a client's rooms placement reads: a user in more rooms is
 /// placed by a sample of them (the read is on every connect's path).
 pub const ROOMS_READ: usize = 64;
+
+/// How long a connect waits for its rooms before placing by load alone:
+/// a read takes a millisecond or two, longer only when Redis is in trouble.
+pub const ROOMS_READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Rooms with more live sessions than this do not steer placement: they
 /// span every server anyway, and reading their presence index on every
@@ -92,6 +96,27 @@ impl PlacementPolicy {
                     .then(a.health.id.cmp(&b.health.id))
             })
             .map(|(_, s)| s)
+    }
+}
+
+/// What `read` (the store's [`chat_store::Store::room_servers_of_user`])
+/// answers, or no rooms if it fails or takes longer than `timeout`: the
+/// rooms only refine the choice, and a master failing over must not hold
+/// up a reconnect.
+pub async fn rooms_within(
+    read: impl std::future::Future<Output = StoreResult<Vec<RoomServers>>>,
+    timeout: Duration,
+) -> Vec<RoomServers> {
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(rooms)) => rooms,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "rooms unread; placing by load alone");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::debug!("rooms read timed out; placing by load alone");
+            Vec::new()
+        }
     }
 }
 
@@ -166,7 +191,7 @@ impl RecentPlacements {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_store::ServerHealth;
+    use chat_store::{ServerHealth, StoreError};
 
     fn server(
         id: &str,
@@ -315,6 +340,25 @@ mod tests {
         assert!(!off.uses_rooms() && PlacementPolicy::default().uses_rooms());
         assert_eq!(chosen(&off, &servers, &[("b", 1)]), "a");
         assert_eq!(chosen(&off, &busy[..1], &[("a", 1)]), "a");
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_slow_rooms_read_places_by_load() {
+        let room = || RoomServers {
+            room: "r".into(),
+            servers: vec!["a".into()],
+        };
+        let long = Duration::from_secs(60);
+        assert_eq!(
+            rooms_within(async { Ok(vec![room()]) }, long).await,
+            vec![room()]
+        );
+        let failed = async { Err(StoreError::Unavailable("down".into())) };
+        assert!(rooms_within(failed, long).await.is_empty());
+        let hung = std::future::pending();
+        assert!(rooms_within(hung, Duration::from_millis(10))
+            .await
+            .is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chat_protocol::{now_ms, ErrorCode};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Caller;
-use crate::placement::{ROOMS_READ, ROOM_SESSIONS_READ};
+use crate::placement::{rooms_within, ROOMS_READ, ROOMS_READ_TIMEOUT, ROOM_SESSIONS_READ};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/connect",
@@ -28,17 +28,14 @@ pub async fn connect(
         ));
     }
     let caller = caller.id;
-    // Where the caller's rooms have online members, read before the lock:
-    // a failed read places by load alone (it must not cost a connect).
+    // Where the caller's rooms have online members, read before the lock.
+    // A failed or slow read (a master failing over) places by load alone:
+    // the rooms only refine the choice, and must not hold up a reconnect.
     let rooms = if state.placement.uses_rooms() {
-        state
+        let read = state
             .store
-            .room_servers_of_user(&caller, ROOMS_READ, ROOM_SESSIONS_READ)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "rooms unread; placing by load alone");
-                Vec::new()
-            })
+            .room_servers_of_user(&caller, ROOMS_READ, ROOM_SESSIONS_READ);
+        rooms_within(read, ROOMS_READ_TIMEOUT).await
     } else {
         Vec::new()
     };
