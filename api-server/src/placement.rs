@@ -17,20 +17,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_protocol::rest::ServerState;
-use chat_store::{RoomServers, ServerSnapshot, StoreResult};
+use chat_store::{RoomServers, RoomsRead, ServerSnapshot, StoreResult};
 
-/// How many of a client's rooms placement reads: a user in more rooms is
-/// placed by a sample of them (the read is on every connect's path).
-pub const ROOMS_READ: usize = 64;
+/// How much of a client's rooms placement reads, on every connect's path:
+/// up to 64 rooms (a user in more is placed by a sample of them); a room of
+/// more than 256 live sessions does not steer, as it spans every server
+/// anyway; of a room's sessions, the servers of a sample of 16.
+pub const ROOMS_READ: RoomsRead = RoomsRead {
+    rooms: 64,
+    max_sessions: 256,
+    sessions: 16,
+};
 
 /// How long a connect waits for its rooms before placing by load alone:
 /// a read takes a millisecond or two, longer only when Redis is in trouble.
 pub const ROOMS_READ_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// Rooms with more live sessions than this do not steer placement: they
-/// span every server anyway, and reading their presence index on every
-/// connect would cost more than it tells.
-pub const ROOM_SESSIONS_READ: u64 = 256;
 
 #[derive(Debug, Clone)]
 pub struct PlacementPolicy {

@@ -12,7 +12,7 @@ use chat_protocol::{now_ms, ErrorCode};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Caller;
-use crate::placement::{rooms_within, ROOMS_READ, ROOMS_READ_TIMEOUT, ROOM_SESSIONS_READ};
+use crate::placement::{rooms_within, ROOMS_READ, ROOMS_READ_TIMEOUT};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/connect",
@@ -32,9 +32,7 @@ pub async fn connect(
     // A failed or slow read (a master failing over) places by load alone:
     // the rooms only refine the choice, and must not hold up a reconnect.
     let rooms = if state.placement.uses_rooms() {
-        let read = state
-            .store
-            .room_servers_of_user(&caller, ROOMS_READ, ROOM_SESSIONS_READ);
+        let read = state.store.room_servers_of_user(&caller, ROOMS_READ);
         rooms_within(read, ROOMS_READ_TIMEOUT).await
     } else {
         Vec::new()

@@ -14,8 +14,8 @@ use chat_protocol::now_ms;
 use chat_protocol::rest::ServerState;
 
 use crate::{
-    NewMessage, NewRoom, OnlineSession, RoomServers, ServerHealth, SessionLocation, Store,
-    StoreError, WentOffline,
+    NewMessage, NewRoom, OnlineSession, RoomServers, RoomsRead, ServerHealth, SessionLocation,
+    Store, StoreError, WentOffline,
 };
 
 pub type SharedStore = Arc<dyn Store>;
@@ -736,8 +736,16 @@ pub async fn placement_reads_where_a_users_rooms_are_online(store: SharedStore) 
             .await
             .unwrap();
     }
-    let mut read = store.room_servers_of_user(&alice, 10, 2).await.unwrap();
-    read.sort_by(|x, y| x.room.cmp(&y.room));
+    let read = |rooms, max_sessions, sessions| RoomsRead {
+        rooms,
+        max_sessions,
+        sessions,
+    };
+    let mut read_all = store
+        .room_servers_of_user(&alice, read(10, 2, 16))
+        .await
+        .unwrap();
+    read_all.sort_by(|x, y| x.room.cmp(&y.room));
     let mut want = vec![
         RoomServers {
             room: alone,
@@ -753,18 +761,33 @@ pub async fn placement_reads_where_a_users_rooms_are_online(store: SharedStore) 
         },
     ];
     want.sort_by(|x, y| x.room.cmp(&y.room));
-    assert_eq!(read, want, "{crowded} has 3 sessions, over the bound of 2");
+    assert_eq!(
+        read_all, want,
+        "{crowded} has 3 sessions, over the bound of 2"
+    );
 
-    let mut crowded_too = store.room_servers_of_user(&alice, 10, 3).await.unwrap();
-    crowded_too.retain(|r| r.room == crowded);
-    let mut servers = crowded_too.pop().expect("the crowded room, read").servers;
-    servers.sort();
-    assert_eq!(servers, ["srv-c", "srv-d"]);
+    let crowded_servers = |sessions| {
+        let store = store.clone();
+        let (alice, crowded) = (alice.clone(), crowded.clone());
+        async move {
+            let rooms = store.room_servers_of_user(&alice, read(10, 3, sessions));
+            let mut rooms = rooms.await.unwrap();
+            rooms.retain(|r| r.room == crowded);
+            let mut servers = rooms.pop().expect("the crowded room, read").servers;
+            servers.sort();
+            servers
+        }
+    };
+    assert_eq!(crowded_servers(3).await, ["srv-c", "srv-d"]);
+    // A sample of one of its three sessions: one of their servers.
+    let sampled = crowded_servers(1).await;
+    assert!(sampled == ["srv-c"] || sampled == ["srv-d"], "{sampled:?}");
 
-    let two = store.room_servers_of_user(&alice, 2, 3).await.unwrap();
+    let two = store.room_servers_of_user(&alice, read(2, 3, 16)).await;
+    let two = two.unwrap();
     assert_eq!(two.len(), 2, "at most the rooms asked for: {two:?}");
     assert!(store
-        .room_servers_of_user(&user("nobody"), 10, 3)
+        .room_servers_of_user(&user("nobody"), read(10, 3, 16))
         .await
         .unwrap()
         .is_empty());

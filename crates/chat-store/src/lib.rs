@@ -201,6 +201,21 @@ pub struct OnlineSession {
     pub server_id: String,
 }
 
+/// How much of a user's rooms placement reads
+/// ([`Store::room_servers_of_user`]): the read is on every connect's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomsRead {
+    /// At most this many of the user's rooms (which ones, when there are
+    /// more, is the store's choice).
+    pub rooms: usize,
+    /// A room whose presence index holds more sessions than this is left
+    /// out: it spans every server anyway.
+    pub max_sessions: u64,
+    /// Of a room's sessions, the servers of at most this many (a sample
+    /// when there are more): enough to see where most of them are.
+    pub sessions: u64,
+}
+
 /// Where a room's online members are, as placement reads it
 /// ([`Store::room_servers_of_user`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -493,17 +508,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         users: &[String],
     ) -> StoreResult<HashMap<String, Vec<SessionLocation>>>;
-    /// Placement's read: for up to `max_rooms` of `user`'s rooms (which
-    /// ones, when there are more, is the store's choice), the chat servers
-    /// their online members are on, read from the presence indexes. A room
-    /// whose index holds more than `max_sessions` sessions is left out:
-    /// it spans every server anyway, and reading it would cost a connect
-    /// more than it tells.
+    /// Placement's read: for some of `user`'s rooms, the chat servers
+    /// their online members are on, read from the presence indexes within
+    /// the bounds of `read`.
     async fn room_servers_of_user(
         &self,
         user: &str,
-        max_rooms: usize,
-        max_sessions: u64,
+        read: RoomsRead,
     ) -> StoreResult<Vec<RoomServers>>;
 }
 

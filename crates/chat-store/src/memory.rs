@@ -14,8 +14,8 @@ use chat_protocol::{now_ms, Message};
 
 use crate::{
     Appended, MarkedRead, NewMessage, NewRoom, OnlineSession, PresenceChange, RoomServers,
-    RoomView, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store, StoreConfig,
-    StoreError, StoreResult, WentOffline,
+    RoomView, RoomsRead, ServerHealth, ServerSnapshot, SessionAdded, SessionLocation, Store,
+    StoreConfig, StoreError, StoreResult, WentOffline,
 };
 
 #[derive(Default)]
@@ -815,20 +815,24 @@ impl Store for MemoryStore {
     async fn room_servers_of_user(
         &self,
         user: &str,
-        max_rooms: usize,
-        max_sessions: u64,
+        read: RoomsRead,
     ) -> StoreResult<Vec<RoomServers>> {
         let st = self.lock();
         let rooms = st.user_rooms.get(user).into_iter().flatten();
         Ok(rooms
-            .take(max_rooms)
+            .take(read.rooms)
             .filter_map(|id| {
                 let online = &st.rooms.get(id)?.online.by_session;
-                if online.len() as u64 > max_sessions {
+                if online.len() as u64 > read.max_sessions {
                     return None;
                 }
-                let mut servers: Vec<String> =
-                    online.values().map(|s| s.server_id.clone()).collect();
+                // A map's order is arbitrary: its first sessions are a sample.
+                let sample = usize::try_from(read.sessions).unwrap_or(usize::MAX);
+                let mut servers: Vec<String> = online
+                    .values()
+                    .take(sample)
+                    .map(|s| s.server_id.clone())
+                    .collect();
                 servers.sort_unstable();
                 servers.dedup();
                 Some(RoomServers {
