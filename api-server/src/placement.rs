@@ -9,8 +9,8 @@
 //! members wins. A message then crosses to fewer chat servers and fewer
 //! servers follow each room: a room's members spread over the servers cost
 //! a hop per server for each of its messages (docs/benchmarks.md,
-//! "Scale-out on one machine", "Rooms kept together"). The reported load
-//! figure breaks ties, then the id (deterministic for tests).
+//! "Scale-out on one machine", "Rooms kept together by placement"). The
+//! reported load figure breaks ties, then the id (deterministic for tests).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

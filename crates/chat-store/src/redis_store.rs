@@ -2899,10 +2899,6 @@ mod tests {
         )
     }
 
-    /// Sets the store's slot map from the cluster now (tests then set
-    /// stale ones), with the per-master scripts loaded on every master (a
-    /// node answers `NOSCRIPT` once otherwise: tested on its own); the
-    /// store's cluster connection.
     /// Runs an [`announce_rooms_script`] of `count` rooms at `master`.
     async fn announce_at_master(
         master: &Node,
@@ -2958,6 +2954,10 @@ mod tests {
         fields
     }
 
+    /// Sets the store's slot map from the cluster now (tests then set
+    /// stale ones), with the per-master scripts loaded on every master (a
+    /// node answers `NOSCRIPT` once otherwise: tested on its own); the
+    /// store's cluster connection.
     async fn read_slot_map(store: &RedisStore) -> ClusterConnection {
         let cluster = store.conn().unwrap();
         let slots: redis::Value = redis::cmd("CLUSTER")
