@@ -131,6 +131,8 @@ pub struct RecentPlacements {
     placed: VecDeque<(Instant, Arc<str>, Vec<String>)>,
     /// Room -> servers it was placed on in the window, with counts.
     by_room: HashMap<String, Vec<(Arc<str>, u32)>>,
+    /// Rooms over all of `placed`.
+    rooms_held: usize,
 }
 
 impl RecentPlacements {
@@ -139,15 +141,22 @@ impl RecentPlacements {
     /// steers for no longer than this.
     pub const WINDOW: Duration = Duration::from_secs(2);
 
-    /// Forgets placements older than the window.
+    /// Most rooms remembered over all placements (the oldest go first
+    /// past it): a reconnect storm of users in many rooms would otherwise
+    /// hold connects/s x 2 s x rooms entries (about 100 bytes each).
+    pub const MAX_ROOMS: usize = 100_000;
+
+    /// Forgets placements older than the window, and the oldest beyond
+    /// [`Self::MAX_ROOMS`].
     pub fn expire(&mut self, now: Instant) {
         while let Some((at, _, _)) = self.placed.front() {
-            if now.duration_since(*at) < Self::WINDOW {
+            if now.duration_since(*at) < Self::WINDOW && self.rooms_held <= Self::MAX_ROOMS {
                 break;
             }
             let Some((_, server, rooms)) = self.placed.pop_front() else {
                 break;
             };
+            self.rooms_held -= rooms.len();
             for room in rooms {
                 let Some(servers) = self.by_room.get_mut(&room) else {
                     continue;
@@ -178,6 +187,7 @@ impl RecentPlacements {
                 None => servers.push((server.clone(), 1)),
             }
         }
+        self.rooms_held += rooms.len();
         self.placed.push_back((now, server, rooms));
     }
 
@@ -376,6 +386,21 @@ mod tests {
         assert!(!recent.placed("r2", "a") && recent.placed("r2", "b"));
         recent.expire(t0 + RecentPlacements::WINDOW + Duration::from_secs(1));
         assert!(recent.placed.is_empty() && recent.by_room.is_empty());
+        assert_eq!(recent.rooms_held, 0);
+    }
+
+    #[test]
+    fn recent_placements_keep_at_most_their_bound_of_rooms() {
+        let mut recent = RecentPlacements::default();
+        let now = Instant::now();
+        let rooms = |i: usize| (0..1_000).map(|j| format!("r{i}-{j}")).collect();
+        for i in 0..=RecentPlacements::MAX_ROOMS / 1_000 {
+            recent.note(now, "a", rooms(i));
+        }
+        recent.expire(now);
+        assert_eq!(recent.rooms_held, RecentPlacements::MAX_ROOMS);
+        assert!(!recent.placed("r0-0", "a"), "the oldest went first");
+        assert!(recent.placed("r1-0", "a") && recent.placed("r100-999", "a"));
     }
 
     /// Room-mates connecting together, their rooms' members not yet online
