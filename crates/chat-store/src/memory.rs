@@ -817,6 +817,8 @@ impl Store for MemoryStore {
         user: &str,
         read: RoomsRead,
     ) -> StoreResult<Vec<RoomServers>> {
+        // A map's order is arbitrary: a room's first sessions are a sample.
+        let sample = usize::try_from(read.sessions).unwrap_or(usize::MAX);
         let st = self.lock();
         let rooms = st.user_rooms.get(user).into_iter().flatten();
         Ok(rooms
@@ -826,8 +828,6 @@ impl Store for MemoryStore {
                 if online.len() as u64 > read.max_sessions {
                     return None;
                 }
-                // A map's order is arbitrary: its first sessions are a sample.
-                let sample = usize::try_from(read.sessions).unwrap_or(usize::MAX);
                 let mut servers: Vec<String> = online
                     .values()
                     .take(sample)

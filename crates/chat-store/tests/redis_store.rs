@@ -473,6 +473,18 @@ mod reap_claims {
 
     const CHUNK: usize = 500;
 
+    /// A store on the test cluster and a connection of the test's own to
+    /// it (`None` without one).
+    async fn store_and_connection() -> Option<(
+        chat_store::conformance::SharedStore,
+        redis::cluster_async::ClusterConnection,
+    )> {
+        let urls = chat_store::conformance::test_redis_urls()?;
+        let store = super::make(StoreConfig::default()).await?;
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        Some((store, client.get_async_connection().await.unwrap()))
+    }
+
     /// A dead server hosting `n` users, one session each, in no room;
     /// its users sorted as the reap cuts them into chunks.
     async fn dead_server_with(
@@ -519,15 +531,10 @@ mod reap_claims {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reaper_skips_the_chunks_others_claimed_and_unhosts_only_those_tried() {
-        let Some(urls) = chat_store::conformance::test_redis_urls() else {
-            return;
-        };
-        let Some(store) = super::make(StoreConfig::default()).await else {
+        let Some((store, mut conn)) = store_and_connection().await else {
             return;
         };
         let (server, users) = dead_server_with(&store, 2 * CHUNK + 100).await;
-        let client = redis::cluster::ClusterClient::new(urls).unwrap();
-        let mut conn = client.get_async_connection().await.unwrap();
         // Another reaper is trying the first chunk, and a third is done
         // with the second: it took those users' sessions, and could not
         // unhost them (the server's health record still lived).
@@ -567,10 +574,7 @@ mod reap_claims {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_reapers_report_each_user_once_and_unhost_all() {
-        let Some(urls) = chat_store::conformance::test_redis_urls() else {
-            return;
-        };
-        let Some(store) = super::make(StoreConfig::default()).await else {
+        let Some((store, mut conn)) = store_and_connection().await else {
             return;
         };
         let (server, users) = dead_server_with(&store, 3 * CHUNK + 1).await;
@@ -586,8 +590,6 @@ mod reap_claims {
         same_users(&sorted_users(&all), &users, "every user once");
         let distinct: HashSet<&String> = all.iter().map(|gone| &gone.change.user).collect();
         assert_eq!(distinct.len(), users.len());
-        let client = redis::cluster::ClusterClient::new(urls).unwrap();
-        let mut conn = client.get_async_connection().await.unwrap();
         let left: u64 = conn.scard(keys::server_hosted(&server)).await.unwrap();
         assert_eq!(left, 0, "the last reaper done unhosts");
         let listed: bool = conn.sismember(keys::REGISTRY_HOSTS, &server).await.unwrap();
@@ -599,15 +601,10 @@ mod reap_claims {
     /// reaper may still drop its users' sessions there.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_servers_reap_tries_every_user_claimed_or_not() {
-        let Some(urls) = chat_store::conformance::test_redis_urls() else {
-            return;
-        };
-        let Some(store) = super::make(StoreConfig::default()).await else {
+        let Some((store, mut conn)) = store_and_connection().await else {
             return;
         };
         let (server, users) = dead_server_with(&store, CHUNK + 1).await;
-        let client = redis::cluster::ClusterClient::new(urls).unwrap();
-        let mut conn = client.get_async_connection().await.unwrap();
         let list = keys::user_list_digest(&users);
         for chunk in 0..2 {
             let claim = keys::server_reap_claim(&server, list, chunk);
