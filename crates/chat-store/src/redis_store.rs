@@ -3287,19 +3287,26 @@ mod tests {
             }
         }
         want.sort_by(|x, y| x.room.cmp(&y.room));
-        let read = || async {
-            let bounds = RoomsRead {
-                rooms: 100,
-                max_sessions: 3,
-                sessions: 16,
-            };
-            let mut read = store.room_servers_of_user(&alice, bounds).await.unwrap();
-            read.sort_by(|x, y| x.room.cmp(&y.room));
-            for room in &mut read {
-                room.servers.sort();
+        // The rooms of at most 3 sessions, the servers of `sessions` of
+        // each, in a stable order.
+        let read_sampling = |sessions| {
+            let store = &store;
+            let alice = &alice;
+            async move {
+                let bounds = RoomsRead {
+                    rooms: 100,
+                    max_sessions: 3,
+                    sessions,
+                };
+                let mut read = store.room_servers_of_user(alice, bounds).await.unwrap();
+                read.sort_by(|x, y| x.room.cmp(&y.room));
+                for room in &mut read {
+                    room.servers.sort();
+                }
+                read
             }
-            read
         };
+        let read = || read_sampling(16);
         let cluster = read_slot_map(&store).await;
         let owners = store.slots.owners(&cluster);
         let masters: std::collections::BTreeSet<Node> = want
@@ -3314,13 +3321,7 @@ mod tests {
         assert!(masters.len() > 1, "the rooms should span masters");
         // Of each room's sessions one is sampled: one of its servers.
         let sampled = || async {
-            let bounds = RoomsRead {
-                rooms: 100,
-                max_sessions: 3,
-                sessions: 1,
-            };
-            let mut read = store.room_servers_of_user(&alice, bounds).await.unwrap();
-            read.sort_by(|x, y| x.room.cmp(&y.room));
+            let read = read_sampling(1).await;
             for (got, all) in read.iter().zip(&want) {
                 assert_eq!(got.room, all.room);
                 assert_eq!(got.servers.len(), all.servers.len().min(1), "{got:?}");
