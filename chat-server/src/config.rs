@@ -84,12 +84,11 @@ pub struct ChatConfig {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a session collects before it writes them to the
     /// socket: a batch of deliveries goes out in writes of about this size
-    /// (one syscall each). The buffer keeps its largest size for the
-    /// connection's life (tungstenite never shrinks it), so this also
-    /// bounds what a session keeps after a burst: presence events at
-    /// connect, a resume's replay. tungstenite's default, 128 KiB, let an
-    /// idle session keep whatever its largest batch was (docs/benchmarks.md,
-    /// "Idle sessions in rooms").
+    /// (one syscall each), the rest on flush. The buffer is freed once
+    /// written (`chat_ops::batched_writes`), so an idle session keeps none;
+    /// tungstenite's own buffer kept its largest size for the connection's
+    /// life (docs/benchmarks.md, "Idle sessions in rooms", "A write buffer
+    /// freed once written").
     #[arg(long, env = "CHAT_WS_WRITE_BUFFER_BYTES", default_value_t = 1024)]
     pub ws_write_buffer_bytes: usize,
     /// Largest message body in bytes.

@@ -670,7 +670,11 @@ impl ChatServer {
         // up and reports not ready instead of crash-looping.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (app, ops) = (self.app(), self.ops());
-        let limits = self.config.connections.limits();
+        let mut limits = self.config.connections.limits();
+        // A session's frames are collected below tungstenite (whose own
+        // write buffer is 0, see `ws_upgrade`), in a buffer freed once
+        // written.
+        limits.write_batch_bytes = self.config.ws_write_buffer_bytes.min(1 << 20);
         // Slow, idle and surplus connections: see chat_ops::serve (which
         // also sets TCP_NODELAY: back-to-back frames would otherwise stall
         // ~40 ms on the client's delayed ACK, measured by chat-bench).
@@ -856,7 +860,10 @@ async fn ws_upgrade(
     // mode; see docs/benchmarks.md).
     upgrade
         .read_buffer_size(server.config.ws_read_buffer_bytes.clamp(256, 1 << 20))
-        .write_buffer_size(server.config.ws_write_buffer_bytes.min(1 << 20))
+        // Each frame goes through to the connection at once: the batching
+        // is `chat_ops::batched_writes` (`--ws-write-buffer-bytes`), whose
+        // buffer, unlike tungstenite's, is freed once written.
+        .write_buffer_size(0)
         .max_frame_size(max)
         .max_message_size(max)
         .on_upgrade(move |socket| session::run(server, socket, ticket.user))

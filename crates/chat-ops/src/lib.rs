@@ -3,6 +3,7 @@
 //! `/readyz` and `/metrics` endpoints ([`ops_router`]) and the shutdown
 //! signal ([`shutdown_signal`]).
 
+pub mod batched_writes;
 mod metrics;
 pub mod serve;
 

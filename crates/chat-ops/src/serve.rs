@@ -34,6 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tower::ServiceExt;
 
+use crate::batched_writes::BatchedWrites;
+
 /// Connections accepted over `max_connections`, answering only the ops
 /// endpoints.
 pub const OPS_RESERVE: usize = 32;
@@ -67,6 +69,7 @@ impl ConnectionArgs {
                     .unwrap_or(ConnectionLimits::default().max_connections),
                 n => n,
             },
+            write_batch_bytes: 0,
         }
     }
 }
@@ -95,6 +98,10 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Connections served at once (WebSocket sessions included).
     pub max_connections: usize,
+    /// Bytes a connection's small writes collect before they go to the
+    /// socket ([`BatchedWrites`]; they also go on flush). 0: each write
+    /// goes through as it comes (hyper batches its own responses).
+    pub write_batch_bytes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -102,6 +109,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            write_batch_bytes: 0,
         }
     }
 }
@@ -168,6 +176,7 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         let done = done_tx.clone();
         let header_read_timeout = limits.header_read_timeout;
+        let tcp = BatchedWrites::new(tcp, limits.write_batch_bytes);
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
