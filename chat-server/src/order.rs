@@ -222,71 +222,12 @@ impl TrackedRooms {
     }
 }
 
-/// A session's cursors by room name, sorted: a session follows a few rooms,
-/// and a `Vec` grown one at a time holds them in 32 bytes each, where a
-/// `HashMap` took 280 for 5 (buckets in powers of two, control bytes, the
-/// hasher's keys inline). A lookup is a binary search, fewer string
-/// compares than a hash of the name costs for the rooms a session has
-/// (docs/benchmarks.md, "Read buffers that exist while bytes arrive").
-#[derive(Debug, Default)]
-struct CursorsByRoom(Vec<(Arc<str>, RoomCursor)>);
-
-impl CursorsByRoom {
-    fn find(&self, room: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(name, _)| (**name).cmp(room))
-    }
-
-    fn get(&self, room: &str) -> Option<&RoomCursor> {
-        self.find(room).ok().map(|i| &self.0[i].1)
-    }
-
-    fn get_mut(&mut self, room: &str) -> Option<&mut RoomCursor> {
-        self.find(room).ok().map(|i| &mut self.0[i].1)
-    }
-
-    /// Adds a room not there yet; the `Vec` grows by one, keeping no spare
-    /// capacity (rooms are added at connect and on joins, not per message).
-    fn insert_new(&mut self, name: Arc<str>) -> &mut RoomCursor {
-        let at = match self.find(&name) {
-            Ok(at) => return &mut self.0[at].1,
-            Err(at) => at,
-        };
-        self.0.reserve_exact(1);
-        self.0.insert(at, (name, RoomCursor::default()));
-        &mut self.0[at].1
-    }
-
-    fn remove_entry(&mut self, room: &str) -> Option<(Arc<str>, RoomCursor)> {
-        self.find(room).ok().map(|at| self.0.remove(at))
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.0.iter().map(|(name, _)| name)
-    }
-
-    fn values(&self) -> impl Iterator<Item = &RoomCursor> {
-        self.0.iter().map(|(_, cursor)| cursor)
-    }
-
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut RoomCursor> {
-        self.0.iter_mut().map(|(_, cursor)| cursor)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &RoomCursor)> {
-        self.0.iter().map(|(name, cursor)| (name, cursor))
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut RoomCursor)> {
-        self.0.iter_mut().map(|(name, cursor)| (&*name, cursor))
-    }
-}
-
 /// One session's cursors, one per room it tracks. The server's
 /// [`TrackedRooms`] counts them: a cursor made is tracked, a cursor
 /// forgotten or dropped with the session is not.
 #[derive(Debug, Default)]
 pub struct RoomOrder {
-    rooms: CursorsByRoom,
+    rooms: HashMap<Arc<str>, RoomCursor>,
     tracked: Arc<TrackedRooms>,
     /// How long a room first seen through a delivery holds its first
     /// messages (zero: written at once, starting at the first).
@@ -305,7 +246,7 @@ impl RoomOrder {
     /// anything is written.
     pub fn new(tracked: Arc<TrackedRooms>, hold: Duration) -> Self {
         RoomOrder {
-            rooms: CursorsByRoom::default(),
+            rooms: HashMap::new(),
             tracked,
             first_seen_hold: hold,
         }
@@ -317,13 +258,11 @@ impl RoomOrder {
     }
 
     fn cursor(&mut self, room: &str) -> &mut RoomCursor {
-        match self.rooms.find(room) {
-            Ok(at) => &mut self.rooms.0[at].1,
-            Err(_) => {
-                let name = self.tracked.track(room);
-                self.rooms.insert_new(name)
-            }
+        if !self.rooms.contains_key(room) {
+            let name = self.tracked.track(room);
+            self.rooms.insert(name, RoomCursor::default());
         }
+        self.rooms.get_mut(room).expect("inserted above")
     }
 
     /// Everything up to `seq` counts as seen (the state at connect time).
@@ -356,7 +295,7 @@ impl RoomOrder {
     /// server's catch-up map): one pass over this session's cursors, no
     /// allocation.
     pub fn note_latest_all(&mut self, latest: &LatestSeqs, now: Instant) {
-        for (room, cursor) in self.rooms.iter_mut() {
+        for (room, cursor) in &mut self.rooms {
             if let Some(seq) = latest.get(&**room) {
                 cursor.note_latest(*seq, now);
             }
@@ -535,38 +474,6 @@ impl RoomOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_by_room_find_every_room_and_keep_no_spare_room() {
-        let mut cursors = CursorsByRoom::default();
-        // Names in an order unlike their sorted one.
-        let names: Vec<String> = (0..40).map(|i| format!("r{}", (i * 17) % 40)).collect();
-        for (i, name) in names.iter().enumerate() {
-            cursors.insert_new(Arc::from(name.as_str())).last = i as u64;
-        }
-        assert_eq!(cursors.0.capacity(), 40, "grown one at a time");
-        for (i, name) in names.iter().enumerate() {
-            assert_eq!(cursors.get(name).map(|c| c.last), Some(i as u64), "{name}");
-        }
-        assert!(cursors.get("r40").is_none() && cursors.get("").is_none());
-        // Adding a room already there changes nothing.
-        cursors.insert_new(Arc::from("r3"));
-        assert_eq!(
-            (cursors.0.len(), cursors.get("r3").map(|c| c.last)),
-            (40, Some(19))
-        );
-        let (name, cursor) = cursors.remove_entry("r3").expect("there");
-        assert_eq!((&*name, cursor.last), ("r3", 19));
-        assert!(cursors.get("r3").is_none() && cursors.remove_entry("r3").is_none());
-        assert_eq!(cursors.keys().count(), 39);
-        assert!(
-            cursors
-                .keys()
-                .zip(cursors.keys().skip(1))
-                .all(|(a, b)| a < b),
-            "sorted"
-        );
-    }
 
     fn f(s: &str) -> Arc<str> {
         Arc::from(s)
@@ -795,7 +702,7 @@ mod tests {
             "one count per session"
         );
         // The sessions share one copy of the name.
-        let shared = |o: &RoomOrder| o.rooms.keys().find(|k| &***k == "a").unwrap().clone();
+        let shared = |o: &RoomOrder| o.rooms.get_key_value("a").unwrap().0.clone();
         assert!(Arc::ptr_eq(&shared(&o), &shared(&other)));
         o.note_latest("r", 9, Instant::now());
         assert!(o.forget("r"));
@@ -840,7 +747,7 @@ mod tests {
     fn gap_state_is_dropped_once_the_gap_closes() {
         let mut o = RoomOrder::default();
         o.set_baseline("r", 1);
-        let settled = |o: &RoomOrder| o.rooms.get("r").unwrap().unsettled.is_none();
+        let settled = |o: &RoomOrder| o.rooms["r"].unsettled.is_none();
         assert!(settled(&o));
         offer(&mut o, 3);
         o.note_latest("r", 4, Instant::now());
