@@ -76,12 +76,11 @@ pub struct ChatConfig {
     /// WebSocket read buffer per connection, in bytes. It is resident for
     /// every session, so it is a large part of an idle session's memory;
     /// frames larger than it still arrive whole (the buffer grows while one
-    /// is read). The socket itself is read up to 4 KiB at a time below it
-    /// (`chat_ops::stashed_reads`), so a small buffer costs copies from
-    /// memory, not syscalls (docs/benchmarks.md, "Read buffers that exist
-    /// while bytes arrive": 64 B against 512; "Idle session memory" for
-    /// 512 against 2 KiB).
-    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 64)]
+    /// is read). Chat frames are small: 512 bytes hold a send of a few
+    /// hundred characters in one read (docs/benchmarks.md, "Idle session
+    /// memory": 1.4 KB less per session than 2 KiB, latency the same
+    /// within the noise of two sittings).
+    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 512)]
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a session collects before it writes them to the
     /// socket: a batch of deliveries goes out in writes of about this size

@@ -859,7 +859,7 @@ async fn ws_upgrade(
     // KB per session at 4 KiB, saturation 28k -> 40k deliveries/s in Redis
     // mode; see docs/benchmarks.md).
     upgrade
-        .read_buffer_size(server.config.ws_read_buffer_bytes.clamp(16, 1 << 20))
+        .read_buffer_size(server.config.ws_read_buffer_bytes.clamp(256, 1 << 20))
         // Each frame goes through to the connection at once: the batching
         // is `chat_ops::batched_writes` (`--ws-write-buffer-bytes`), whose
         // buffer, unlike tungstenite's, is freed once written.

@@ -6,7 +6,6 @@
 pub mod batched_writes;
 mod metrics;
 pub mod serve;
-pub mod stashed_reads;
 
 use std::sync::Arc;
 

@@ -35,7 +35,6 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tower::ServiceExt;
 
 use crate::batched_writes::BatchedWrites;
-use crate::stashed_reads::StashedReads;
 
 /// Connections accepted over `max_connections`, answering only the ops
 /// endpoints.
@@ -177,10 +176,7 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         let done = done_tx.clone();
         let header_read_timeout = limits.header_read_timeout;
-        // Buffers that exist only while bytes pass through them: see
-        // batched_writes and stashed_reads (a WebSocket session's own
-        // buffers can then stay small for its whole life).
-        let tcp = StashedReads::new(BatchedWrites::new(tcp, limits.write_batch_bytes));
+        let tcp = BatchedWrites::new(tcp, limits.write_batch_bytes);
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
