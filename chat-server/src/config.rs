@@ -84,8 +84,8 @@ pub struct ChatConfig {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a session collects before it writes them to the
     /// socket: a batch of deliveries goes out in writes of about this size
-    /// (one syscall each), the rest on flush. The buffer is freed once
-    /// written (`chat_ops::batched_writes`), so an idle session keeps none;
+    /// (one syscall each), the rest on flush. The buffer is freed at that
+    /// flush (`chat_ops::batched_writes`), so an idle session keeps none;
     /// tungstenite's own buffer kept its largest size for the connection's
     /// life (docs/benchmarks.md, "Idle sessions in rooms", "A write buffer
     /// freed once written").

@@ -672,8 +672,8 @@ impl ChatServer {
         let (app, ops) = (self.app(), self.ops());
         let mut limits = self.config.connections.limits();
         // A session's frames are collected below tungstenite (whose own
-        // write buffer is 0, see `ws_upgrade`), in a buffer freed once
-        // written.
+        // write buffer is 0, see `ws_upgrade`), in a buffer freed when
+        // the batch is flushed.
         limits.write_batch_bytes = self.config.ws_write_buffer_bytes.min(1 << 20);
         // Slow, idle and surplus connections: see chat_ops::serve (which
         // also sets TCP_NODELAY: back-to-back frames would otherwise stall
@@ -862,7 +862,7 @@ async fn ws_upgrade(
         .read_buffer_size(server.config.ws_read_buffer_bytes.clamp(256, 1 << 20))
         // Each frame goes through to the connection at once: the batching
         // is `chat_ops::batched_writes` (`--ws-write-buffer-bytes`), whose
-        // buffer, unlike tungstenite's, is freed once written.
+        // buffer, unlike tungstenite's, is freed when the batch is flushed.
         .write_buffer_size(0)
         .max_frame_size(max)
         .max_message_size(max)

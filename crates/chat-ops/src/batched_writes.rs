@@ -1,5 +1,5 @@
 //! A connection whose small writes are collected and written together,
-//! in a buffer that is freed once written.
+//! in a buffer that is freed when the batch is flushed.
 //!
 //! Why not tungstenite's own write buffer: it is a `Vec` that keeps the
 //! largest size it ever reached for the connection's life, so every
@@ -47,9 +47,10 @@ impl<S> BatchedWrites<S> {
 }
 
 impl<S: AsyncWrite + Unpin> BatchedWrites<S> {
-    /// Writes what is waiting, then frees the buffer: the next batch
-    /// allocates its own (one allocation per batch, against a syscall per
-    /// batch), and an idle connection holds none.
+    /// Writes what is waiting. The buffer is kept for the rest of the
+    /// batch: it is freed at the flush that ends the batch
+    /// ([`Self::poll_write_all`]), so a batch allocates once, and an idle
+    /// connection holds none.
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
             let n =
@@ -59,8 +60,16 @@ impl<S: AsyncWrite + Unpin> BatchedWrites<S> {
             }
             self.written += n;
         }
-        self.pending = Vec::new();
+        self.pending.clear();
         self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what is waiting and frees the buffer: the batch is over
+    /// (a flush or a shutdown).
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_pending(cx))?;
+        self.pending = Vec::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -86,6 +95,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for BatchedWrites<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         if this.pending.len() > this.batch_bytes {
             ready!(this.poll_write_pending(cx))?;
         }
@@ -123,13 +135,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for BatchedWrites<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_write_pending(cx))?;
+        ready!(this.poll_write_all(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_write_pending(cx))?;
+        ready!(this.poll_write_all(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
@@ -223,6 +235,35 @@ mod tests {
         assert_eq!(io.get_ref().writes.len(), 3);
         assert_eq!(io.get_ref().writes[2], frame(9, 400));
         assert_eq!(io.pending.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_keeps_its_buffer_until_the_flush() {
+        let mut io = BatchedWrites::new(Socket::default(), 250);
+        io.write_all(&frame(0, 100)).await.unwrap();
+        // A frame that grows the buffer past what a batch starts with.
+        io.write_all(&frame(1, 450)).await.unwrap();
+        let grown = io.pending.capacity();
+        assert!(grown > 500, "{grown}");
+        // Over the size: written at this write, the buffer kept (a new
+        // one would start at 250 + 250).
+        io.write_all(&frame(2, 100)).await.unwrap();
+        assert_eq!(io.get_ref().writes.len(), 1);
+        assert_eq!(io.pending.capacity(), grown, "one allocation per batch");
+        io.flush().await.unwrap();
+        assert_eq!(io.pending.capacity(), 0, "freed when the batch ends");
+        assert_eq!(
+            io.get_ref().bytes(),
+            [frame(0, 100), frame(1, 450), frame(2, 100)].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_write_takes_no_buffer() {
+        let mut io = BatchedWrites::new(Socket::default(), 1024);
+        assert_eq!(io.write(&[]).await.unwrap(), 0);
+        assert_eq!(io.pending.capacity(), 0);
+        assert!(io.get_ref().writes.is_empty());
     }
 
     #[tokio::test]
